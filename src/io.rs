@@ -1,0 +1,1 @@
+//! Reading images with clear errors, and writing outputs atomically.

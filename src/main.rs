@@ -1,0 +1,5 @@
+//! The `loopback-scaler` command line.
+
+fn main() {
+    println!("loopback-scaler");
+}

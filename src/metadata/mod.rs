@@ -1,0 +1,1 @@
+//! Image metadata: A1111's `parameters` infotext and this app's recipe, in PNG text chunks.
