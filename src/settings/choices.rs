@@ -212,7 +212,10 @@ mod tests {
     #[test]
     fn choices_parse_keys_and_labels() {
         assert_eq!(Sampler::parse("Euler a"), Some(Sampler::EulerA));
-        assert_eq!(Sampler::parse("dpmpp-2m-karras"), Some(Sampler::DpmPp2mKarras));
+        assert_eq!(
+            Sampler::parse("dpmpp-2m-karras"),
+            Some(Sampler::DpmPp2mKarras)
+        );
         assert_eq!(Curve::parse("Ease InOut: Circ"), Some(Curve::EaseInOutCirc));
         assert_eq!(Curve::ALL.len(), 14);
         assert_eq!(FilterLevel::High.passes(), 3);

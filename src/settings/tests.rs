@@ -1,0 +1,157 @@
+use super::*;
+use clap::Parser;
+
+#[derive(Parser)]
+struct Cli {
+    #[command(flatten)]
+    settings: SettingsArgs,
+}
+
+fn parse(args: &[&str]) -> Settings {
+    let cli = Cli::try_parse_from(std::iter::once("test").chain(args.iter().copied()))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut settings = Settings::default();
+    cli.settings.apply(&mut settings);
+    settings
+}
+
+#[test]
+fn defaults_match_the_spec_and_are_valid() {
+    let s = Settings::default();
+    assert_eq!((s.loops, s.steps, s.seed), (4, 30, -1));
+    assert_eq!((s.max_width, s.max_height), (1024, 1024));
+    assert_eq!((s.denoise, s.cfg, s.scale), (0.35, 7.0, 2.0));
+    assert_eq!(s.sampler, Sampler::Ddim);
+    assert_eq!(s.resize_mode, ResizeMode::CropAndResize);
+    s.validate().unwrap();
+}
+
+#[test]
+fn every_field_has_metadata_and_a_flag() {
+    let json = serde_json::to_value(Settings::default()).unwrap();
+    let keys: Vec<&String> = json.as_object().unwrap().keys().collect();
+    assert_eq!(keys.len(), FIELDS.len());
+    for field in FIELDS {
+        assert!(
+            json.get(field.key).is_some(),
+            "{} not in Settings",
+            field.key
+        );
+        assert!(!field.help.trim().is_empty(), "{} has no help", field.key);
+        assert_eq!(field.flag, field.key.replace('_', "-"));
+    }
+}
+
+#[test]
+fn validation_names_field_value_and_range() {
+    let s = Settings {
+        loops: 40,
+        ..Settings::default()
+    };
+    let msg = s.validate().unwrap_err().to_string();
+    assert_eq!(msg, "invalid setting loops = 40: must be between 1 and 32");
+
+    let s = Settings {
+        denoise: 1.5,
+        ..Settings::default()
+    };
+    assert!(
+        s.validate()
+            .unwrap_err()
+            .to_string()
+            .contains("denoise = 1.5")
+    );
+
+    let s = Settings {
+        start_size: Some(Size::new(500, 512)),
+        ..Settings::default()
+    };
+    let msg = s.validate().unwrap_err().to_string();
+    assert!(
+        msg.contains("start_size = 500x512") && msg.contains("multiple of 8"),
+        "{msg}"
+    );
+
+    let s = Settings {
+        seed: MAX_SEED + 1,
+        ..Settings::default()
+    };
+    assert!(s.validate().is_err());
+}
+
+#[test]
+fn flags_override_and_imply_target_mode() {
+    let s = parse(&[
+        "--loops",
+        "6",
+        "--curve",
+        "ease-in-out-cubic",
+        "--seed",
+        "-1",
+        "--scale",
+        "1.5",
+    ]);
+    assert_eq!(s.loops, 6);
+    assert_eq!(s.curve, Curve::EaseInOutCubic);
+    assert_eq!(s.seed, -1);
+    assert_eq!(s.target_mode, TargetMode::Scale);
+    assert_eq!(s.scale, 1.5);
+
+    let s = parse(&[
+        "--scale",
+        "1.5",
+        "--target-mode",
+        "max-size",
+        "--contour",
+        "--color-correction=false",
+    ]);
+    assert_eq!(s.target_mode, TargetMode::MaxSize);
+    assert!(s.contour);
+    assert!(!s.color_correction);
+
+    let s = parse(&[
+        "--start-size",
+        "512x768",
+        "--sampler",
+        "euler-a",
+        "--blur",
+        "high",
+    ]);
+    assert_eq!(s.start_size, Some(Size::new(512, 768)));
+    assert_eq!(s.sampler, Sampler::EulerA);
+    assert_eq!(s.blur, FilterLevel::High);
+}
+
+#[test]
+fn settings_file_fills_defaults_and_rejects_unknown_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.json");
+    std::fs::write(
+        &path,
+        r#"{"loops": 8, "curve": "adaptive", "start_size": {"width": 512, "height": 768}}"#,
+    )
+    .unwrap();
+    let s = Settings::from_json_file(&path).unwrap();
+    assert_eq!(s.loops, 8);
+    assert_eq!(s.curve, Curve::Adaptive);
+    assert_eq!(s.steps, 30);
+
+    std::fs::write(&path, r#"{"loopz": 8}"#).unwrap();
+    let msg = Settings::from_json_file(&path).unwrap_err().to_string();
+    assert!(msg.contains("s.json") && msg.contains("loopz"), "{msg}");
+
+    std::fs::write(&path, r#"{"loops": 99}"#).unwrap();
+    let msg = Settings::from_json_file(&path).unwrap_err().to_string();
+    assert!(msg.contains("loops = 99"), "{msg}");
+}
+
+#[test]
+fn json_round_trip() {
+    let s = Settings {
+        prompt: "a cat, 4k".into(),
+        seed: 42,
+        ..Settings::default()
+    };
+    let back: Settings = serde_json::from_str(&s.to_json_pretty()).unwrap();
+    assert_eq!(back, s);
+}
