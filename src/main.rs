@@ -1,5 +1,16 @@
-//! The `loopback-scaler` command line.
+//! The `loopback-scaler` command line: a thin front end over the library.
 
-fn main() {
-    println!("loopback-scaler");
+mod cli;
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    match cli::run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line, naming the file or setting and the problem (see `loopback_scaler::Error`).
+            eprintln!("error: {}", cli::one_line(&e));
+            ExitCode::from(2)
+        }
+    }
 }

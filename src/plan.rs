@@ -7,7 +7,7 @@
 //! - When the start size is larger than the final size the loops shrink the image; each loop's
 //!   size is then bounded by the start size instead of the final size.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::settings::{Curve, Settings, Size, TargetMode};
 use crate::{Error, Result};
@@ -18,7 +18,7 @@ pub const MIN_SIDE: u32 = 64;
 pub const MAX_SIDE: u32 = 4096;
 
 /// One loop of a plan.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct LoopSpec {
     /// 1-based loop number.
     pub index: u32,

@@ -1,0 +1,253 @@
+//! The recipe of a run, and its mapping to and from A1111's infotext.
+
+use serde::{Deserialize, Serialize};
+
+use super::infotext::{Infotext, py_float};
+use super::{PARAMETERS_KEY, RECIPE_KEY};
+use crate::plan::{LoopSpec, Plan};
+use crate::settings::{Choice, Curve, FilterLevel, ResizeMode, Sampler, Settings, Size, TargetMode};
+use crate::{Error, Result};
+
+/// The model a run used.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelInfo {
+    /// The model's name (preset, folder or file name).
+    pub name: String,
+    /// A1111's short hash: the first 10 hex digits of the checkpoint's SHA-256, if known.
+    pub hash: Option<String>,
+}
+
+/// Everything needed to reproduce a run: settings, the resolved seed, the model and the plan.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Recipe {
+    /// The app and version that wrote it, e.g. `loopback-scaler 0.1.0`.
+    pub app: String,
+    /// Every setting, as set (the seed setting may be −1).
+    pub settings: Settings,
+    /// The seed of the first loop, resolved.
+    pub seed: u32,
+    /// The model, when one ran.
+    pub model: Option<ModelInfo>,
+    /// The size the first loop started from.
+    pub start: Size,
+    /// The final size.
+    #[serde(rename = "final")]
+    pub final_size: Size,
+    /// Every loop's size, denoise, seed and steps.
+    pub loops: Vec<LoopSpec>,
+}
+
+/// A Python `bool`'s `str`.
+fn py_bool(v: bool) -> &'static str {
+    if v { "True" } else { "False" }
+}
+
+impl Recipe {
+    /// The recipe of a run of `settings` along `plan`.
+    pub fn new(settings: &Settings, plan: &Plan, model: Option<ModelInfo>) -> Self {
+        Recipe {
+            app: format!("{} {}", env!("CARGO_PKG_NAME"), env!("CARGO_PKG_VERSION")),
+            settings: settings.clone(),
+            seed: plan.loops.first().map_or(0, |l| l.seed),
+            model,
+            start: plan.start,
+            final_size: plan.final_size,
+            loops: plan.loops.clone(),
+        }
+    }
+
+    /// The A1111 infotext: A1111's keys in A1111's order, then the script's and this app's.
+    pub fn to_infotext(&self) -> Infotext {
+        let s = &self.settings;
+        let mut params: Vec<(String, String)> = Vec::new();
+        let mut push = |k: &str, v: String| params.push((k.to_string(), v));
+        push("Steps", s.steps.to_string());
+        match s.sampler {
+            Sampler::DpmPp2mKarras => {
+                push("Sampler", "DPM++ 2M".into());
+                push("Schedule type", "Karras".into());
+            }
+            other => push("Sampler", other.label().into()),
+        }
+        push("CFG scale", py_float(s.cfg));
+        push("Seed", self.seed.to_string());
+        push("Size", self.final_size.to_string());
+        if let Some(model) = &self.model {
+            if let Some(hash) = &model.hash {
+                push("Model hash", hash.clone());
+            }
+            push("Model", model.name.clone());
+        }
+        push("Denoising strength", py_float(s.denoise));
+        push("Denoising strength change factor", py_float(s.denoise_change));
+        push("Dimension increment factor", py_float(s.adaptive_factor));
+        push("Add Detail", s.detail.label().into());
+        push("Add Blur", s.blur.label().into());
+        push("Smoothing", s.smooth.label().into());
+        push("Contour", py_bool(s.contour).into());
+        push("Sharpness", py_float(s.sharpness));
+        push("Brightness", py_float(s.brightness));
+        push("Color Strength", py_float(s.color));
+        push("Contrast", py_float(s.contrast));
+        push("Loopback loops", s.loops.to_string());
+        push("Loopback curve", s.curve.label().into());
+        match s.target_mode {
+            TargetMode::MaxSize => push("Loopback max size", format!("{}x{}", s.max_width, s.max_height)),
+            TargetMode::Scale => push("Loopback scale", py_float(s.scale)),
+        }
+        push("Loopback start size", self.start.to_string());
+        push("Resize mode", s.resize_mode.label().into());
+        push("Color correction", py_bool(s.color_correction).into());
+        push("Version", format!("{} v{}", env!("CARGO_PKG_NAME"), env!("CARGO_PKG_VERSION")));
+        Infotext {
+            prompt: s.prompt.clone(),
+            negative_prompt: s.negative_prompt.clone(),
+            params,
+        }
+    }
+
+    /// The recipe as PNG texts: `parameters` (A1111 infotext) and `loopback-scaler` (JSON).
+    pub fn png_texts(&self) -> Vec<(String, String)> {
+        vec![
+            (PARAMETERS_KEY.to_string(), self.to_infotext().to_text()),
+            (RECIPE_KEY.to_string(), self.to_json()),
+        ]
+    }
+
+    /// The recipe as compact JSON.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// Parses a recipe written by [`Recipe::to_json`].
+    pub fn from_json(text: &str) -> Result<Self> {
+        let recipe: Recipe = serde_json::from_str(text)
+            .map_err(|e| Error::Metadata(format!("not a valid {RECIPE_KEY} recipe: {e}")))?;
+        recipe.settings.validate()?;
+        Ok(recipe)
+    }
+}
+
+/// Settings from an image's texts: the app's recipe when present (exact), else A1111's
+/// `parameters`. Returns `None` when neither is there; the strings are warnings about values
+/// that could not be taken over.
+pub fn settings_from_texts(texts: &[(String, String)]) -> Option<(Settings, Vec<String>)> {
+    let find = |key: &str| texts.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str());
+    if let Some(recipe) = find(RECIPE_KEY).and_then(|json| Recipe::from_json(json).ok()) {
+        let mut settings = recipe.settings;
+        settings.seed = i64::from(recipe.seed);
+        return Some((settings, Vec::new()));
+    }
+    find(PARAMETERS_KEY).map(|text| settings_from_infotext(&Infotext::parse(text)))
+}
+
+/// Settings from an A1111 infotext: prompt, negative prompt, sampler, steps, CFG, seed and
+/// denoise, plus the loopback keys this app and the original script write. Everything else
+/// keeps its default; values that cannot be used are reported as warnings.
+pub fn settings_from_infotext(info: &Infotext) -> (Settings, Vec<String>) {
+    let mut s = Settings {
+        prompt: info.prompt.clone(),
+        negative_prompt: info.negative_prompt.clone(),
+        ..Settings::default()
+    };
+    let mut warnings = Vec::new();
+    let mut take = |key: &str, apply: &mut dyn FnMut(&str) -> bool| {
+        if let Some(value) = info.get(key) {
+            if !apply(value) {
+                warnings.push(format!("ignored {key}: {value:?}"));
+            }
+        }
+    };
+    take("Steps", &mut |v| parse_into(v, &mut s.steps));
+    take("CFG scale", &mut |v| parse_into(v, &mut s.cfg));
+    take("Seed", &mut |v| parse_into(v, &mut s.seed));
+    take("Denoising strength", &mut |v| parse_into(v, &mut s.denoise));
+    take("Denoising strength change factor", &mut |v| parse_into(v, &mut s.denoise_change));
+    take("Dimension increment factor", &mut |v| parse_into(v, &mut s.adaptive_factor));
+    take("Sharpness", &mut |v| parse_into(v, &mut s.sharpness));
+    take("Brightness", &mut |v| parse_into(v, &mut s.brightness));
+    take("Color Strength", &mut |v| parse_into(v, &mut s.color));
+    take("Contrast", &mut |v| parse_into(v, &mut s.contrast));
+    take("Loopback loops", &mut |v| parse_into(v, &mut s.loops));
+    take("Add Detail", &mut |v| choice_into::<FilterLevel>(v, &mut s.detail));
+    take("Add Blur", &mut |v| choice_into::<FilterLevel>(v, &mut s.blur));
+    take("Smoothing", &mut |v| choice_into::<FilterLevel>(v, &mut s.smooth));
+    take("Loopback curve", &mut |v| choice_into::<Curve>(v, &mut s.curve));
+    take("Resize mode", &mut |v| choice_into::<ResizeMode>(v, &mut s.resize_mode));
+    take("Contour", &mut |v| bool_into(v, &mut s.contour));
+    take("Color correction", &mut |v| bool_into(v, &mut s.color_correction));
+    take("Loopback max size", &mut |v| match v.parse::<Size>() {
+        Ok(size) => {
+            (s.target_mode, s.max_width, s.max_height) = (TargetMode::MaxSize, size.width, size.height);
+            true
+        }
+        Err(_) => false,
+    });
+    take("Loopback scale", &mut |v| {
+        s.target_mode = TargetMode::Scale;
+        parse_into(v, &mut s.scale)
+    });
+    take("Sampler", &mut |v| {
+        let karras = info.get("Schedule type").is_some_and(|t| t.eq_ignore_ascii_case("Karras"));
+        let name = if karras && !v.contains("Karras") { format!("{v} Karras") } else { v.to_string() };
+        choice_into::<Sampler>(&name, &mut s.sampler)
+    });
+    // Keep only what validates; report the rest and fall back to the default.
+    let defaults = Settings::default();
+    for _ in crate::settings::FIELDS {
+        match s.validate() {
+            Err(Error::InvalidSetting { field, value, reason }) => {
+                warnings.push(format!("ignored {field} = {value}: {reason}"));
+                reset_field(&mut s, &defaults, &field);
+            }
+            _ => break,
+        }
+    }
+    (s, warnings)
+}
+
+/// Sets `key` back to its default (by round-tripping through JSON).
+fn reset_field(settings: &mut Settings, defaults: &Settings, key: &str) {
+    let (Ok(mut value), Ok(default)) = (serde_json::to_value(&*settings), serde_json::to_value(defaults))
+    else {
+        return;
+    };
+    if let (Some(obj), Some(d)) = (value.as_object_mut(), default.get(key)) {
+        obj.insert(key.to_string(), d.clone());
+    }
+    if let Ok(restored) = serde_json::from_value(value) {
+        *settings = restored;
+    }
+}
+
+fn parse_into<T: std::str::FromStr>(text: &str, target: &mut T) -> bool {
+    match text.trim().parse() {
+        Ok(v) => {
+            *target = v;
+            true
+        }
+        Err(_) => false,
+    }
+}
+
+fn choice_into<T: Choice>(text: &str, target: &mut T) -> bool {
+    match T::parse(text) {
+        Some(v) => {
+            *target = v;
+            true
+        }
+        None => false,
+    }
+}
+
+fn bool_into(text: &str, target: &mut bool) -> bool {
+    match text.trim() {
+        "True" | "true" => *target = true,
+        "False" | "false" => *target = false,
+        _ => return false,
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,77 @@
+use super::*;
+use crate::plan::plan;
+
+fn sample_recipe() -> Recipe {
+    let settings = Settings {
+        prompt: "a cat on a sofa, (masterpiece:1.2)\nsecond line".into(),
+        negative_prompt: "blurry, lowres".into(),
+        sampler: Sampler::DpmPp2mKarras,
+        curve: Curve::EaseOutSine,
+        denoise_change: 0.95,
+        detail: FilterLevel::Low,
+        contour: true,
+        sharpness: 1.25,
+        color_correction: true,
+        seed: -1,
+        ..Settings::default()
+    };
+    let p = plan(&settings, Size::new(512, 768), 1234, &[]).unwrap();
+    Recipe::new(&settings, &p, Some(ModelInfo { name: "sd15".into(), hash: Some("cc6cb27103".into()) }))
+}
+
+#[test]
+fn infotext_has_a1111_keys_in_order() {
+    let text = sample_recipe().to_infotext().to_text();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[0], "a cat on a sofa, (masterpiece:1.2)");
+    assert_eq!(lines[1], "second line");
+    assert_eq!(lines[2], "Negative prompt: blurry, lowres");
+    assert!(lines[3].starts_with(
+        "Steps: 30, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 7.0, Seed: 1234, \
+         Size: 680x1024, Model hash: cc6cb27103, Model: sd15, Denoising strength: 0.35, \
+         Denoising strength change factor: 0.95, Dimension increment factor: 1.0, Add Detail: Low"
+    ), "{}", lines[3]);
+    assert!(lines[3].ends_with(&format!("Version: loopback-scaler v{}", env!("CARGO_PKG_VERSION"))));
+}
+
+#[test]
+fn texts_round_trip_to_the_same_settings() {
+    let recipe = sample_recipe();
+    let texts = recipe.png_texts();
+    let (settings, warnings) = settings_from_texts(&texts).unwrap();
+    assert!(warnings.is_empty());
+    assert_eq!(settings, Settings { seed: 1234, ..recipe.settings.clone() });
+    assert_eq!(Recipe::from_json(&texts[1].1).unwrap(), recipe);
+
+    // Without the recipe chunk, the infotext alone restores everything it carries.
+    let (from_infotext, warnings) = settings_from_texts(&texts[..1]).unwrap();
+    assert!(warnings.is_empty(), "{warnings:?}");
+    assert_eq!(from_infotext, Settings { seed: 1234, ..recipe.settings });
+}
+
+#[test]
+fn a1111_infotext_gives_settings_and_warnings() {
+    let text = "masterpiece, best quality, 1girl, <lora:detail:0.6>\n\
+                Negative prompt: (worst quality:1.4), lowres\n\
+                Steps: 28, Sampler: Euler a, Schedule type: Automatic, CFG scale: 6.5, Seed: 3141592653, \
+                Size: 512x768, Model hash: 6ce0161689, Model: v1-5-pruned-emaonly, Denoising strength: 0.45, \
+                Clip skip: 2, Version: v1.10.1";
+    let (s, warnings) = settings_from_infotext(&Infotext::parse(text));
+    assert!(warnings.is_empty(), "{warnings:?}");
+    assert_eq!(s.prompt, "masterpiece, best quality, 1girl, <lora:detail:0.6>");
+    assert_eq!(s.negative_prompt, "(worst quality:1.4), lowres");
+    assert_eq!((s.steps, s.cfg, s.seed, s.denoise), (28, 6.5, 3141592653, 0.45));
+    assert_eq!(s.sampler, Sampler::EulerA);
+
+    let text = "a photo\nSteps: 500, Sampler: UniPC, CFG scale: 7, Seed: 1, Denoising strength: 0.3";
+    let (s, warnings) = settings_from_infotext(&Infotext::parse(text));
+    assert_eq!(s.steps, 30);
+    assert_eq!(s.sampler, Sampler::Ddim);
+    assert_eq!(s.denoise, 0.3);
+    assert_eq!(warnings.len(), 2, "{warnings:?}");
+}
+
+#[test]
+fn no_metadata_gives_none() {
+    assert!(settings_from_texts(&[("Software".into(), "GIMP".into())]).is_none());
+}
