@@ -172,7 +172,11 @@ fn parent_dir(path: &Path) -> &Path {
 }
 
 /// Encodes `image` in `format`; PNG carries `texts` as text chunks (other formats drop them).
-pub fn encode(image: &DynamicImage, format: OutputFormat, texts: &[(&str, &str)]) -> Result<Vec<u8>> {
+pub fn encode(
+    image: &DynamicImage,
+    format: OutputFormat,
+    texts: &[(&str, &str)],
+) -> Result<Vec<u8>> {
     let image = to_rgb_or_rgba8(image);
     match format {
         OutputFormat::Png => crate::metadata::png_text::encode_png(&image, texts),
@@ -202,7 +206,12 @@ pub fn write_atomic(path: &Path, bytes: &[u8], overwrite: bool) -> Result<()> {
         .prefix(".loopback-scaler-")
         .suffix(".tmp")
         .tempfile_in(parent)
-        .map_err(|e| Error::output(path, format!("cannot create a file in {}: {e}", parent.display())))?;
+        .map_err(|e| {
+            Error::output(
+                path,
+                format!("cannot create a file in {}: {e}", parent.display()),
+            )
+        })?;
     temp.write_all(bytes)
         .and_then(|()| temp.as_file().sync_all())
         .map_err(|e| Error::output(path, format!("cannot write: {e}")))?;
@@ -246,7 +255,11 @@ mod tests {
     #[test]
     fn div255_matches_pillow_rounding() {
         for v in [0u32, 127, 128, 255 * 255, 1000, 32640] {
-            assert_eq!(u32::from(div255(v)), (v as f64 / 255.0).round() as u32, "{v}");
+            assert_eq!(
+                u32::from(div255(v)),
+                (v as f64 / 255.0).round() as u32,
+                "{v}"
+            );
         }
     }
 
@@ -260,9 +273,18 @@ mod tests {
 
     #[test]
     fn output_formats_by_extension() {
-        assert_eq!(OutputFormat::from_path(Path::new("a.PNG")).ok(), Some(OutputFormat::Png));
-        assert_eq!(OutputFormat::from_path(Path::new("a.jpeg")).ok(), Some(OutputFormat::Jpeg));
-        assert_eq!(OutputFormat::from_path(Path::new("a.webp")).ok(), Some(OutputFormat::WebP));
+        assert_eq!(
+            OutputFormat::from_path(Path::new("a.PNG")).ok(),
+            Some(OutputFormat::Png)
+        );
+        assert_eq!(
+            OutputFormat::from_path(Path::new("a.jpeg")).ok(),
+            Some(OutputFormat::Jpeg)
+        );
+        assert_eq!(
+            OutputFormat::from_path(Path::new("a.webp")).ok(),
+            Some(OutputFormat::WebP)
+        );
         assert!(OutputFormat::from_path(Path::new("a.gif")).is_err());
         assert!(OutputFormat::from_path(Path::new("noext")).is_err());
     }

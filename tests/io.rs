@@ -45,7 +45,9 @@ fn with_exif_orientation(jpeg: &[u8], orientation: u16) -> Vec<u8> {
 #[test]
 fn jpeg_exif_orientation_is_applied() {
     let dir = temp();
-    let img = image::RgbImage::from_fn(40, 16, |x, _| image::Rgb(if x < 20 { [255, 0, 0] } else { [0, 0, 255] }));
+    let img = image::RgbImage::from_fn(40, 16, |x, _| {
+        image::Rgb(if x < 20 { [255, 0, 0] } else { [0, 0, 255] })
+    });
     let mut jpeg = Vec::new();
     image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 95)
         .write_image(img.as_raw(), 40, 16, image::ExtendedColorType::Rgb8)
@@ -53,7 +55,11 @@ fn jpeg_exif_orientation_is_applied() {
     let path = dir.path().join("rotated.jpg");
     std::fs::write(&path, with_exif_orientation(&jpeg, 6)).unwrap();
     let loaded = load_image(&path).unwrap();
-    assert_eq!(loaded.dimensions(), (16, 40), "orientation 6 rotates by 90°");
+    assert_eq!(
+        loaded.dimensions(),
+        (16, 40),
+        "orientation 6 rotates by 90°"
+    );
     // Rotated 90° clockwise: the red left half is now on top.
     let rgb = loaded.to_rgb8();
     assert!(rgb.get_pixel(8, 2)[0] > 200 && rgb.get_pixel(8, 37)[2] > 200);
@@ -62,7 +68,9 @@ fn jpeg_exif_orientation_is_applied() {
 #[test]
 fn sixteen_bit_grayscale_and_alpha_become_8_bit_rgb() {
     let dir = temp();
-    let gray16 = image::ImageBuffer::<image::Luma<u16>, _>::from_fn(9, 5, |x, _| image::Luma([x as u16 * 8000]));
+    let gray16 = image::ImageBuffer::<image::Luma<u16>, _>::from_fn(9, 5, |x, _| {
+        image::Luma([x as u16 * 8000])
+    });
     let path = dir.path().join("g16.png");
     DynamicImage::ImageLuma16(gray16).save(&path).unwrap();
     let loaded = load_image(&path).unwrap();
@@ -97,12 +105,18 @@ fn bad_files_give_one_line_errors_naming_the_file() {
     let truncated = dir.path().join("truncated.png");
     std::fs::write(&truncated, &coffee[..coffee.len() / 2]).unwrap();
     let msg = err_of(&truncated);
-    assert!(msg.contains("truncated.png") && msg.contains("truncated or corrupt"), "{msg}");
+    assert!(
+        msg.contains("truncated.png") && msg.contains("truncated or corrupt"),
+        "{msg}"
+    );
 
     let huge = dir.path().join("huge.png");
     std::fs::write(&huge, common::huge_png_header(20_000, 20_000)).unwrap();
     let msg = err_of(&huge);
-    assert!(msg.contains("20000x20000") && msg.contains("100-megapixel"), "{msg}");
+    assert!(
+        msg.contains("20000x20000") && msg.contains("100-megapixel"),
+        "{msg}"
+    );
 
     let folder = dir.path().join("folder.png");
     std::fs::create_dir(&folder).unwrap();
@@ -122,13 +136,27 @@ fn writes_are_atomic_and_never_clobber() {
     let dir = temp();
     let out = dir.path().join("out.png");
     write_atomic(&out, b"first", false).unwrap();
-    let err = write_atomic(&out, b"second", false).unwrap_err().to_string();
-    assert!(err.contains("already exists") && err.contains("--overwrite"), "{err}");
+    let err = write_atomic(&out, b"second", false)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("already exists") && err.contains("--overwrite"),
+        "{err}"
+    );
     assert_eq!(std::fs::read(&out).unwrap(), b"first");
     write_atomic(&out, b"third", true).unwrap();
     assert_eq!(std::fs::read(&out).unwrap(), b"third");
-    assert_eq!(common::files_in(dir.path()), ["out.png"], "no temporary files left");
+    assert_eq!(
+        common::files_in(dir.path()),
+        ["out.png"],
+        "no temporary files left"
+    );
 
-    assert!(check_output(&dir.path().join("nope/out.png"), false).unwrap_err().to_string().contains("folder does not exist"));
+    assert!(
+        check_output(&dir.path().join("nope/out.png"), false)
+            .unwrap_err()
+            .to_string()
+            .contains("folder does not exist")
+    );
     assert!(check_output(&dir.path().join("out.tiff"), false).is_err());
 }

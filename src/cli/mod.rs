@@ -7,7 +7,7 @@ mod settings;
 use std::path::PathBuf;
 
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
-use loopback_scaler::settings::{Group, Settings, SettingsArgs, Size, FIELDS};
+use loopback_scaler::settings::{FIELDS, Group, Settings, SettingsArgs, Size};
 
 /// Loopback Scaler: enlarge an image and add detail by looping Stable Diffusion img2img,
 /// then finish it with Pillow-exact filters.
@@ -69,7 +69,10 @@ pub fn run() -> anyhow::Result<()> {
     match cli.command {
         Command::Plan(args) => plan::run(&args),
         Command::Post(args) => {
-            let sub = matches.subcommand_matches("post").cloned().unwrap_or_default();
+            let sub = matches
+                .subcommand_matches("post")
+                .cloned()
+                .unwrap_or_default();
             reject_non_finishing_flags(&sub)?;
             post::run(&args)
         }

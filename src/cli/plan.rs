@@ -63,7 +63,11 @@ fn table(settings: &Settings, plan: &Plan) -> String {
         settings.steps,
         settings.cfg
     );
-    let _ = writeln!(out, "{:>4}  {:>11}  {:>7}  {:>10}  {:>5}", "loop", "size", "denoise", "seed", "steps");
+    let _ = writeln!(
+        out,
+        "{:>4}  {:>11}  {:>7}  {:>10}  {:>5}",
+        "loop", "size", "denoise", "seed", "steps"
+    );
     for l in &plan.loops {
         let size = format!("{}{}", l.size(), if l.estimated { "*" } else { "" });
         let _ = writeln!(

@@ -46,7 +46,10 @@ pub fn run(args: &PostArgs) -> anyhow::Result<()> {
     let mut texts = carried_texts(&args.input);
     let record = metadata::post_record(&settings.finishing(), args.match_colors.as_deref());
     texts.push((metadata::POST_KEY.to_string(), record));
-    let texts: Vec<(&str, &str)> = texts.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let texts: Vec<(&str, &str)> = texts
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
     let bytes = io::encode(&finished, format, &texts)?;
     io::write_atomic(&args.output, &bytes, args.overwrite)?;
     Ok(())

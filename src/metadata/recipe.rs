@@ -5,7 +5,9 @@ use serde::{Deserialize, Serialize};
 use super::infotext::{Infotext, py_float};
 use super::{PARAMETERS_KEY, RECIPE_KEY};
 use crate::plan::{LoopSpec, Plan};
-use crate::settings::{Choice, Curve, FilterLevel, ResizeMode, Sampler, Settings, Size, TargetMode};
+use crate::settings::{
+    Choice, Curve, FilterLevel, ResizeMode, Sampler, Settings, Size, TargetMode,
+};
 use crate::{Error, Result};
 
 /// The model a run used.
@@ -79,7 +81,10 @@ impl Recipe {
             push("Model", model.name.clone());
         }
         push("Denoising strength", py_float(s.denoise));
-        push("Denoising strength change factor", py_float(s.denoise_change));
+        push(
+            "Denoising strength change factor",
+            py_float(s.denoise_change),
+        );
         push("Dimension increment factor", py_float(s.adaptive_factor));
         push("Add Detail", s.detail.label().into());
         push("Add Blur", s.blur.label().into());
@@ -92,13 +97,19 @@ impl Recipe {
         push("Loopback loops", s.loops.to_string());
         push("Loopback curve", s.curve.label().into());
         match s.target_mode {
-            TargetMode::MaxSize => push("Loopback max size", format!("{}x{}", s.max_width, s.max_height)),
+            TargetMode::MaxSize => push(
+                "Loopback max size",
+                format!("{}x{}", s.max_width, s.max_height),
+            ),
             TargetMode::Scale => push("Loopback scale", py_float(s.scale)),
         }
         push("Loopback start size", self.start.to_string());
         push("Resize mode", s.resize_mode.label().into());
         push("Color correction", py_bool(s.color_correction).into());
-        push("Version", format!("{} v{}", env!("CARGO_PKG_NAME"), env!("CARGO_PKG_VERSION")));
+        push(
+            "Version",
+            format!("{} v{}", env!("CARGO_PKG_NAME"), env!("CARGO_PKG_VERSION")),
+        );
         Infotext {
             prompt: s.prompt.clone(),
             negative_prompt: s.negative_prompt.clone(),
@@ -132,7 +143,12 @@ impl Recipe {
 /// `parameters`. Returns `None` when neither is there; the strings are warnings about values
 /// that could not be taken over.
 pub fn settings_from_texts(texts: &[(String, String)]) -> Option<(Settings, Vec<String>)> {
-    let find = |key: &str| texts.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str());
+    let find = |key: &str| {
+        texts
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    };
     if let Some(recipe) = find(RECIPE_KEY).and_then(|json| Recipe::from_json(json).ok()) {
         let mut settings = recipe.settings;
         settings.seed = i64::from(recipe.seed);
@@ -162,23 +178,40 @@ pub fn settings_from_infotext(info: &Infotext) -> (Settings, Vec<String>) {
     take("CFG scale", &mut |v| parse_into(v, &mut s.cfg));
     take("Seed", &mut |v| parse_into(v, &mut s.seed));
     take("Denoising strength", &mut |v| parse_into(v, &mut s.denoise));
-    take("Denoising strength change factor", &mut |v| parse_into(v, &mut s.denoise_change));
-    take("Dimension increment factor", &mut |v| parse_into(v, &mut s.adaptive_factor));
+    take("Denoising strength change factor", &mut |v| {
+        parse_into(v, &mut s.denoise_change)
+    });
+    take("Dimension increment factor", &mut |v| {
+        parse_into(v, &mut s.adaptive_factor)
+    });
     take("Sharpness", &mut |v| parse_into(v, &mut s.sharpness));
     take("Brightness", &mut |v| parse_into(v, &mut s.brightness));
     take("Color Strength", &mut |v| parse_into(v, &mut s.color));
     take("Contrast", &mut |v| parse_into(v, &mut s.contrast));
     take("Loopback loops", &mut |v| parse_into(v, &mut s.loops));
-    take("Add Detail", &mut |v| choice_into::<FilterLevel>(v, &mut s.detail));
-    take("Add Blur", &mut |v| choice_into::<FilterLevel>(v, &mut s.blur));
-    take("Smoothing", &mut |v| choice_into::<FilterLevel>(v, &mut s.smooth));
-    take("Loopback curve", &mut |v| choice_into::<Curve>(v, &mut s.curve));
-    take("Resize mode", &mut |v| choice_into::<ResizeMode>(v, &mut s.resize_mode));
+    take("Add Detail", &mut |v| {
+        choice_into::<FilterLevel>(v, &mut s.detail)
+    });
+    take("Add Blur", &mut |v| {
+        choice_into::<FilterLevel>(v, &mut s.blur)
+    });
+    take("Smoothing", &mut |v| {
+        choice_into::<FilterLevel>(v, &mut s.smooth)
+    });
+    take("Loopback curve", &mut |v| {
+        choice_into::<Curve>(v, &mut s.curve)
+    });
+    take("Resize mode", &mut |v| {
+        choice_into::<ResizeMode>(v, &mut s.resize_mode)
+    });
     take("Contour", &mut |v| bool_into(v, &mut s.contour));
-    take("Color correction", &mut |v| bool_into(v, &mut s.color_correction));
+    take("Color correction", &mut |v| {
+        bool_into(v, &mut s.color_correction)
+    });
     take("Loopback max size", &mut |v| match v.parse::<Size>() {
         Ok(size) => {
-            (s.target_mode, s.max_width, s.max_height) = (TargetMode::MaxSize, size.width, size.height);
+            (s.target_mode, s.max_width, s.max_height) =
+                (TargetMode::MaxSize, size.width, size.height);
             true
         }
         Err(_) => false,
@@ -188,15 +221,25 @@ pub fn settings_from_infotext(info: &Infotext) -> (Settings, Vec<String>) {
         parse_into(v, &mut s.scale)
     });
     take("Sampler", &mut |v| {
-        let karras = info.get("Schedule type").is_some_and(|t| t.eq_ignore_ascii_case("Karras"));
-        let name = if karras && !v.contains("Karras") { format!("{v} Karras") } else { v.to_string() };
+        let karras = info
+            .get("Schedule type")
+            .is_some_and(|t| t.eq_ignore_ascii_case("Karras"));
+        let name = if karras && !v.contains("Karras") {
+            format!("{v} Karras")
+        } else {
+            v.to_string()
+        };
         choice_into::<Sampler>(&name, &mut s.sampler)
     });
     // Keep only what validates; report the rest and fall back to the default.
     let defaults = Settings::default();
     for _ in crate::settings::FIELDS {
         match s.validate() {
-            Err(Error::InvalidSetting { field, value, reason }) => {
+            Err(Error::InvalidSetting {
+                field,
+                value,
+                reason,
+            }) => {
                 warnings.push(format!("ignored {field} = {value}: {reason}"));
                 reset_field(&mut s, &defaults, &field);
             }
@@ -208,8 +251,10 @@ pub fn settings_from_infotext(info: &Infotext) -> (Settings, Vec<String>) {
 
 /// Sets `key` back to its default (by round-tripping through JSON).
 fn reset_field(settings: &mut Settings, defaults: &Settings, key: &str) {
-    let (Ok(mut value), Ok(default)) = (serde_json::to_value(&*settings), serde_json::to_value(defaults))
-    else {
+    let (Ok(mut value), Ok(default)) = (
+        serde_json::to_value(&*settings),
+        serde_json::to_value(defaults),
+    ) else {
         return;
     };
     if let (Some(obj), Some(d)) = (value.as_object_mut(), default.get(key)) {

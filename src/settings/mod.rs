@@ -236,6 +236,20 @@ impl Settings {
         serde_json::to_string_pretty(self).unwrap_or_default()
     }
 
+    /// The finishing-chain part of the settings.
+    pub fn finishing(&self) -> crate::imageops::finish::Finishing {
+        crate::imageops::finish::Finishing {
+            sharpness: self.sharpness,
+            brightness: self.brightness,
+            color: self.color,
+            contrast: self.contrast,
+            detail: self.detail,
+            smooth: self.smooth,
+            blur: self.blur,
+            contour: self.contour,
+        }
+    }
+
     /// Warnings worth showing the user that do not stop a run (e.g. an empty prompt).
     pub fn warnings(&self) -> Vec<String> {
         let mut warnings = Vec::new();

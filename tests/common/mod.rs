@@ -6,7 +6,9 @@ use std::process::{Command, Output};
 
 /// A file under `tests/data`.
 pub fn data(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data")
+        .join(name)
 }
 
 /// Runs the `loopback-scaler` binary.
@@ -27,18 +29,46 @@ pub fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// A PNG whose header claims `width`×`height` but that holds no pixel data.
+/// A PNG whose header claims `width`×`height`, followed by one small IDAT chunk of a valid
+/// zlib stream of zeros (far too little data for the claimed size).
 pub fn huge_png_header(width: u32, height: u32) -> Vec<u8> {
-    let mut bytes = Vec::new();
-    {
-        let mut encoder = png::Encoder::new(&mut bytes, width, height);
-        encoder.set_color(png::ColorType::Rgb);
-        encoder.set_depth(png::BitDepth::Eight);
-        let writer = encoder.write_header().expect("header");
-        // Dropping without pixels leaves only the signature and IHDR (plus nothing else).
-        std::mem::forget(writer);
-    }
+    let mut bytes = b"\x89PNG\r\n\x1a\n".to_vec();
+    let mut ihdr = Vec::new();
+    ihdr.extend_from_slice(&width.to_be_bytes());
+    ihdr.extend_from_slice(&height.to_be_bytes());
+    ihdr.extend_from_slice(&[8, 2, 0, 0, 0]); // 8-bit RGB
+    push_chunk(&mut bytes, b"IHDR", &ihdr);
+    // zlib: header, one stored block of 16 zero bytes, Adler-32 of 16 zeros.
+    let mut idat = vec![0x78, 0x01, 0x01, 16, 0, 0xEF, 0xFF];
+    idat.extend_from_slice(&[0; 16]);
+    idat.extend_from_slice(&[0x00, 0x10, 0x00, 0x01]);
+    push_chunk(&mut bytes, b"IDAT", &idat);
     bytes
+}
+
+fn push_chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
+    out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+    let start = out.len();
+    out.extend_from_slice(kind);
+    out.extend_from_slice(data);
+    let crc = crc32(&out[start..]);
+    out.extend_from_slice(&crc.to_be_bytes());
+}
+
+/// CRC-32 (IEEE), as PNG chunks use.
+fn crc32(data: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &byte in data {
+        crc ^= u32::from(byte);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
 }
 
 /// Files in `dir`, sorted.

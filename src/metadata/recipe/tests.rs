@@ -16,7 +16,14 @@ fn sample_recipe() -> Recipe {
         ..Settings::default()
     };
     let p = plan(&settings, Size::new(512, 768), 1234, &[]).unwrap();
-    Recipe::new(&settings, &p, Some(ModelInfo { name: "sd15".into(), hash: Some("cc6cb27103".into()) }))
+    Recipe::new(
+        &settings,
+        &p,
+        Some(ModelInfo {
+            name: "sd15".into(),
+            hash: Some("cc6cb27103".into()),
+        }),
+    )
 }
 
 #[test]
@@ -26,12 +33,19 @@ fn infotext_has_a1111_keys_in_order() {
     assert_eq!(lines[0], "a cat on a sofa, (masterpiece:1.2)");
     assert_eq!(lines[1], "second line");
     assert_eq!(lines[2], "Negative prompt: blurry, lowres");
-    assert!(lines[3].starts_with(
-        "Steps: 30, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 7.0, Seed: 1234, \
+    assert!(
+        lines[3].starts_with(
+            "Steps: 30, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 7.0, Seed: 1234, \
          Size: 680x1024, Model hash: cc6cb27103, Model: sd15, Denoising strength: 0.35, \
          Denoising strength change factor: 0.95, Dimension increment factor: 1.0, Add Detail: Low"
-    ), "{}", lines[3]);
-    assert!(lines[3].ends_with(&format!("Version: loopback-scaler v{}", env!("CARGO_PKG_VERSION"))));
+        ),
+        "{}",
+        lines[3]
+    );
+    assert!(lines[3].ends_with(&format!(
+        "Version: loopback-scaler v{}",
+        env!("CARGO_PKG_VERSION")
+    )));
 }
 
 #[test]
@@ -40,13 +54,25 @@ fn texts_round_trip_to_the_same_settings() {
     let texts = recipe.png_texts();
     let (settings, warnings) = settings_from_texts(&texts).unwrap();
     assert!(warnings.is_empty());
-    assert_eq!(settings, Settings { seed: 1234, ..recipe.settings.clone() });
+    assert_eq!(
+        settings,
+        Settings {
+            seed: 1234,
+            ..recipe.settings.clone()
+        }
+    );
     assert_eq!(Recipe::from_json(&texts[1].1).unwrap(), recipe);
 
     // Without the recipe chunk, the infotext alone restores everything it carries.
     let (from_infotext, warnings) = settings_from_texts(&texts[..1]).unwrap();
     assert!(warnings.is_empty(), "{warnings:?}");
-    assert_eq!(from_infotext, Settings { seed: 1234, ..recipe.settings });
+    assert_eq!(
+        from_infotext,
+        Settings {
+            seed: 1234,
+            ..recipe.settings
+        }
+    );
 }
 
 #[test]
@@ -58,12 +84,19 @@ fn a1111_infotext_gives_settings_and_warnings() {
                 Clip skip: 2, Version: v1.10.1";
     let (s, warnings) = settings_from_infotext(&Infotext::parse(text));
     assert!(warnings.is_empty(), "{warnings:?}");
-    assert_eq!(s.prompt, "masterpiece, best quality, 1girl, <lora:detail:0.6>");
+    assert_eq!(
+        s.prompt,
+        "masterpiece, best quality, 1girl, <lora:detail:0.6>"
+    );
     assert_eq!(s.negative_prompt, "(worst quality:1.4), lowres");
-    assert_eq!((s.steps, s.cfg, s.seed, s.denoise), (28, 6.5, 3141592653, 0.45));
+    assert_eq!(
+        (s.steps, s.cfg, s.seed, s.denoise),
+        (28, 6.5, 3141592653, 0.45)
+    );
     assert_eq!(s.sampler, Sampler::EulerA);
 
-    let text = "a photo\nSteps: 500, Sampler: UniPC, CFG scale: 7, Seed: 1, Denoising strength: 0.3";
+    let text =
+        "a photo\nSteps: 500, Sampler: UniPC, CFG scale: 7, Seed: 1, Denoising strength: 0.3";
     let (s, warnings) = settings_from_infotext(&Infotext::parse(text));
     assert_eq!(s.steps, 30);
     assert_eq!(s.sampler, Sampler::Ddim);
