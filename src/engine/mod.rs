@@ -1,0 +1,8 @@
+//! Pure building blocks of the diffusion engine, with no model weights and no tensor library:
+//! - [`noise`]: seeded Gaussian noise bit-identical to PyTorch's CPU `torch.randn`, so a seed
+//!   gives the same initial latents as A1111 (RNG source "CPU") and diffusers;
+//! - [`tokenizer`]: the CLIP byte-pair-encoding tokenizer of every Stable Diffusion text encoder,
+//!   shipped with the app, with A1111's splitting of long prompts into 75-token chunks.
+
+pub mod noise;
+pub mod tokenizer;
