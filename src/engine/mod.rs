@@ -1,0 +1,3 @@
+//! The diffusion engine.
+
+pub mod scheduler;
