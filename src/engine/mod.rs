@@ -5,6 +5,8 @@
 //! - [`tokenizer`]: the CLIP byte-pair-encoding tokenizer of every Stable Diffusion text encoder,
 //!   shipped with the app, with A1111's splitting of long prompts into 75-token chunks.
 
+pub mod hub;
+pub mod models;
 pub mod noise;
 pub mod scheduler;
 pub mod tokenizer;

