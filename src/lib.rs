@@ -9,6 +9,7 @@
 //!   atomically writing images, with clear errors);
 //! - the front ends (the `loopback-scaler` command line, later the desktop app) on top.
 
+pub mod engine;
 pub mod error;
 pub mod imageops;
 pub mod io;

@@ -1,0 +1,3 @@
+//! The diffusion engine: models, samplers, the img2img pipeline and the loop runner.
+
+pub mod model;
