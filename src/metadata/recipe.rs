@@ -168,10 +168,10 @@ pub fn settings_from_infotext(info: &Infotext) -> (Settings, Vec<String>) {
     };
     let mut warnings = Vec::new();
     let mut take = |key: &str, apply: &mut dyn FnMut(&str) -> bool| {
-        if let Some(value) = info.get(key) {
-            if !apply(value) {
-                warnings.push(format!("ignored {key}: {value:?}"));
-            }
+        if let Some(value) = info.get(key)
+            && !apply(value)
+        {
+            warnings.push(format!("ignored {key}: {value:?}"));
         }
     };
     take("Steps", &mut |v| parse_into(v, &mut s.steps));
