@@ -88,15 +88,15 @@ UNET_CONFIG = dict(
     in_channels=4,
     out_channels=4,
     layers_per_block=1,
-    block_out_channels=(16, 32),
+    block_out_channels=(32, 32),
     down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
     up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
     mid_block_type="UNetMidBlock2DCrossAttn",
     cross_attention_dim=TEXT_CONFIG["hidden_size"],
     # diffusers (and SD 1.x configs) use `attention_head_dim` as the NUMBER of heads:
-    # 2 heads -> head dim 8 at 16 channels, 16 at 32 channels (mid block).
+    # 2 heads -> head dim 16 at 32 channels.
     attention_head_dim=2,
-    norm_num_groups=8,
+    norm_num_groups=32,  # candle 0.11 DownBlock2D/UpBlock2D ignore the config and use 32
     norm_eps=1e-5,
     act_fn="silu",
     flip_sin_to_cos=True,
