@@ -160,6 +160,10 @@ impl UNetFile {
                 return unsupported("mid_block_type", mid);
             }
         }
+        if self.norm_num_groups != 32 {
+            // candle 0.11's DownBlock2D/UpBlock2D ignore the configured groups and use 32.
+            return unsupported("norm_num_groups", &format!("{} (only 32)", self.norm_num_groups));
+        }
         let n = self.block_out_channels.len();
         if self.down_block_types.len() != n || self.up_block_types.len() != n || n == 0 {
             return Err(Error::input(path, "block_out_channels, down_block_types and up_block_types differ in length"));

@@ -18,9 +18,14 @@ use clip::ClipText;
 use config::ModelFiles;
 use vae::Vae;
 
+/// A candle error's message without the backtrace candle appends when `RUST_BACKTRACE` is set.
+pub(crate) fn candle_msg(e: &candle_core::Error) -> String {
+    e.to_string().lines().next().unwrap_or_default().to_string()
+}
+
 /// Converts a candle error into the library's error, with context.
 pub(crate) fn engine_err(context: &str) -> impl FnOnce(candle_core::Error) -> Error + '_ {
-    move |e| Error::Engine(format!("{context}: {e}"))
+    move |e| Error::Engine(format!("{context}: {}", candle_msg(&e)))
 }
 
 /// A loaded model.
@@ -63,7 +68,7 @@ fn var_builder(path: &Path, dtype: DType, device: &Device) -> Result<VarBuilder<
     // SAFETY: the file is memory-mapped read-only; as with every mmap, it must not be
     // truncated while the model is loaded. Model files are not modified in place.
     unsafe { VarBuilder::from_mmaped_safetensors(&[path], dtype, device) }
-        .map_err(|e| Error::input(path, format!("cannot read weights: {e}")))
+        .map_err(|e| Error::input(path, format!("cannot read weights: {}", candle_msg(&e))))
 }
 
 impl SdModel {
@@ -73,11 +78,11 @@ impl SdModel {
 
         let clip_path = weights_file(&root.join("text_encoder"), "model", dtype)?;
         let clip = ClipText::new(var_builder(&clip_path, dtype, device)?, &files.clip)
-            .map_err(|e| Error::input(&clip_path, format!("not a matching CLIP text encoder: {e}")))?;
+            .map_err(|e| Error::input(&clip_path, format!("not a matching CLIP text encoder: {}", candle_msg(&e))))?;
 
         let vae_path = weights_file(&root.join("vae"), "diffusion_pytorch_model", dtype)?;
         let vae = Vae::new(var_builder(&vae_path, dtype, device)?, &files.vae)
-            .map_err(|e| Error::input(&vae_path, format!("not a matching VAE: {e}")))?;
+            .map_err(|e| Error::input(&vae_path, format!("not a matching VAE: {}", candle_msg(&e))))?;
 
         let unet_cfg_path = root.join("unet/config.json");
         let unet_cfg = files.unet.to_candle(&unet_cfg_path)?;
@@ -89,7 +94,7 @@ impl SdModel {
             false,
             unet_cfg,
         )
-        .map_err(|e| Error::input(&unet_path, format!("not a matching UNet: {e}")))?;
+        .map_err(|e| Error::input(&unet_path, format!("not a matching UNet: {}", candle_msg(&e))))?;
 
         Ok(SdModel {
             files,
