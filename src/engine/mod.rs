@@ -6,8 +6,11 @@
 //! - [`tokenizer`]: the CLIP byte-pair-encoding tokenizer of every Stable Diffusion text encoder,
 //!   shipped with the app, with A1111's splitting of long prompts into 75-token chunks.
 
+pub mod device;
 pub mod model;
 pub mod noise;
 pub mod pipeline;
+pub mod preview;
+pub mod runner;
 pub mod scheduler;
 pub mod tokenizer;
