@@ -35,6 +35,9 @@ pub enum Error {
     /// Embedded metadata could not be parsed.
     #[error("metadata: {0}")]
     Metadata(String),
+    /// The diffusion engine failed (a tensor operation, a device).
+    #[error("engine: {0}")]
+    Engine(String),
     /// An image operation was given arguments it cannot work with.
     #[error("image operation: {0}")]
     ImageOp(String),

@@ -2,6 +2,7 @@
 
 mod plan;
 mod post;
+mod run;
 mod settings;
 
 use std::path::PathBuf;
@@ -22,6 +23,8 @@ struct Cli {
 enum Command {
     /// Print the loop plan: the final size and each loop's size, denoise, seed and steps.
     Plan(plan::PlanArgs),
+    /// Run the loops: img2img again and again, each loop larger, then the finishing chain.
+    Run(Box<run::RunArgs>),
     /// Apply the finishing chain (enhancements, filters, colour matching) to any image.
     Post(post::PostArgs),
     /// Print the resolved settings as JSON (defaults, then --settings FILE, then flags).
@@ -44,9 +47,14 @@ pub struct SettingsSource {
 impl SettingsSource {
     /// Defaults, then the settings file, then the flags; validated.
     pub fn resolve(&self) -> anyhow::Result<Settings> {
+        self.resolve_over(Settings::default())
+    }
+
+    /// `base`, then the settings file (which replaces it whole), then the flags; validated.
+    pub fn resolve_over(&self, base: Settings) -> anyhow::Result<Settings> {
         let mut settings = match &self.settings_file {
             Some(path) => Settings::from_json_file(path)?,
-            None => Settings::default(),
+            None => base,
         };
         let mut flags = self.flags.clone();
         if let Some(size) = self.max_size {
@@ -68,6 +76,7 @@ pub fn run() -> anyhow::Result<()> {
     };
     match cli.command {
         Command::Plan(args) => plan::run(&args),
+        Command::Run(args) => run::run(&args),
         Command::Post(args) => {
             let sub = matches
                 .subcommand_matches("post")

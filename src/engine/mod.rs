@@ -1,12 +1,24 @@
 //! The diffusion engine.
+//! - [`device`]: picking CPU, CUDA or Metal and the weights' dtype;
+//! - [`hub`]: built-in model presets fetched into the Hugging Face cache;
+//! - [`model`]: a Stable Diffusion model loaded from a diffusers folder (CLIP, VAE, UNet);
 //! - [`noise`]: seeded Gaussian noise bit-identical to PyTorch's CPU `torch.randn`, so a seed
 //!   gives the same initial latents as A1111 (RNG source "CPU") and diffusers;
+//! - [`models`]: resolving `--model` (preset, folder, or a name in `models/`);
+//! - [`pipeline`]: one img2img pass, as diffusers computes it;
+//! - [`preview`]: cheap latent previews;
+//! - [`runner`]: the loop runner on a worker thread, with events and cancel;
 //! - [`scheduler`]: the samplers (DDIM, Euler a, DPM++ 2M Karras), equivalent to diffusers';
 //! - [`tokenizer`]: the CLIP byte-pair-encoding tokenizer of every Stable Diffusion text encoder,
 //!   shipped with the app, with A1111's splitting of long prompts into 75-token chunks.
 
+pub mod device;
 pub mod hub;
+pub mod model;
 pub mod models;
 pub mod noise;
+pub mod pipeline;
+pub mod preview;
+pub mod runner;
 pub mod scheduler;
 pub mod tokenizer;

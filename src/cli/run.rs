@@ -1,0 +1,188 @@
+//! `loopback-scaler run`: the whole loopback job, headless, with a progress bar.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use anyhow::Context as _;
+use image::{DynamicImage, RgbImage};
+use indicatif::{ProgressBar, ProgressStyle};
+use loopback_scaler::engine::device::{self, DeviceSpec};
+use loopback_scaler::engine::runner::{self, Event, LoadedModel, RunRequest};
+use loopback_scaler::io::{self, load_image};
+use loopback_scaler::metadata::{self, png_text};
+use loopback_scaler::plan;
+
+use super::SettingsSource;
+
+/// Arguments of `run`.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// The input image (PNG, JPEG or WebP).
+    #[arg(long, value_name = "IMAGE")]
+    input: PathBuf,
+    /// The model: a diffusers folder, or the name of one in ./models.
+    #[arg(long, value_name = "PATH")]
+    model: String,
+    /// Where to run: auto, cpu, cuda, cuda:N or metal.
+    #[arg(long, default_value = "auto", value_name = "DEVICE")]
+    device: DeviceSpec,
+    /// Where to write the final PNG (with the recipe in its metadata).
+    #[arg(short = 'o', long = "output", value_name = "OUT.png")]
+    output: PathBuf,
+    /// Also save every loop's image into this folder.
+    #[arg(long, value_name = "DIR")]
+    save_loops: Option<PathBuf>,
+    /// Take prompt and settings from the input's metadata (A1111 `parameters` or this app's
+    /// recipe); settings files and flags still override them.
+    #[arg(long)]
+    use_metadata: bool,
+    /// Replace existing output files.
+    #[arg(long)]
+    overwrite: bool,
+    #[command(flatten)]
+    settings: SettingsSource,
+}
+
+/// Runs `run`.
+pub fn run(args: &RunArgs) -> anyhow::Result<()> {
+    let base = if args.use_metadata { metadata_settings(&args.input)? } else { Default::default() };
+    let settings = args.settings.resolve_over(base)?;
+    io::check_output(&args.output, args.overwrite)?;
+    if let Some(dir) = &args.save_loops {
+        std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create folder", dir.display()))?;
+    }
+    let input = Arc::new(load_image(&args.input)?);
+    for warning in settings.warnings() {
+        eprintln!("warning: {warning}");
+    }
+
+    let model_dir = resolve_model(&args.model)?;
+    let (device, dtype) = device::select(args.device)?;
+    let loading = Instant::now();
+    eprintln!("loading {} on {}", model_dir.display(), device::describe(&device));
+    let model = Arc::new(LoadedModel::load(&model_dir, &device, dtype)?);
+    eprintln!("model loaded in {:.1} s", loading.elapsed().as_secs_f64());
+
+    let seed = plan::resolve_seed(settings.seed);
+    let settings = loopback_scaler::Settings { seed: i64::from(seed), ..settings };
+    let plan = runner::preview_plan(&settings, &input, seed)?;
+    let total_steps: u64 = plan.loops.iter().map(|l| u64::from(l.steps)).sum();
+
+    let handle = runner::spawn(model, RunRequest { input, settings });
+    let cancel = handle.cancel_flag();
+    let _ = ctrlc::set_handler(move || cancel.store(true, Ordering::SeqCst));
+
+    let bar = ProgressBar::new(total_steps.max(1));
+    bar.set_style(
+        ProgressStyle::with_template("{msg:28} [{bar:30}] {pos}/{len} steps, {elapsed} elapsed, ETA {prefix}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    let mut finished_loops: Vec<Arc<RgbImage>> = Vec::new();
+    let mut outcome = None;
+    for event in &handle.events {
+        match event {
+            Event::LoopStarted { spec, loops } => bar.set_message(format!(
+                "loop {}/{} {}x{} d={:.2}",
+                spec.index, loops, spec.width, spec.height, spec.denoise
+            )),
+            Event::StepFinished { eta, .. } => {
+                bar.inc(1);
+                if let Some(eta) = eta {
+                    bar.set_prefix(format!("{}s", eta.as_secs()));
+                }
+            }
+            Event::LoopFinished { index, image } => {
+                if let Some(dir) = &args.save_loops {
+                    save_loop(dir, index, &image, args.overwrite)?;
+                }
+                finished_loops.push(image);
+            }
+            Event::Finished(output) => outcome = Some(Ok(output)),
+            Event::Cancelled { .. } => outcome = Some(Err(None)),
+            Event::Failed { message, .. } => outcome = Some(Err(Some(message))),
+            Event::ModelLoaded { .. } | Event::Preview { .. } => {}
+        }
+    }
+    bar.finish_and_clear();
+    handle.join();
+
+    match outcome {
+        Some(Ok(output)) => {
+            let texts = output.recipe.png_texts();
+            let texts: Vec<(&str, &str)> = texts.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            io::save_image(&args.output, &output.finished, &texts, args.overwrite)?;
+            eprintln!(
+                "wrote {} ({}x{}, seed {})",
+                args.output.display(),
+                output.finished.width(),
+                output.finished.height(),
+                output.recipe.seed
+            );
+            Ok(())
+        }
+        Some(Err(message)) => {
+            let kept = keep_loops(args, &finished_loops)?;
+            match message {
+                None => {
+                    eprintln!("cancelled after {} finished loop(s){kept}", finished_loops.len());
+                    Ok(())
+                }
+                Some(message) => anyhow::bail!("{message}{kept}"),
+            }
+        }
+        None => anyhow::bail!("the run ended without a result"),
+    }
+}
+
+/// Settings from the input image's metadata.
+fn metadata_settings(path: &Path) -> anyhow::Result<loopback_scaler::Settings> {
+    let texts = png_text::read_png_texts_from_path(path).unwrap_or_default();
+    let (settings, warnings) = metadata::settings_from_texts(&texts)
+        .with_context(|| format!("{}: no A1111 or loopback-scaler metadata to use", path.display()))?;
+    for warning in warnings {
+        eprintln!("warning: {}: {warning}", path.display());
+    }
+    Ok(settings)
+}
+
+/// The diffusers folder named by `spec`: a path, or a folder name inside `./models`.
+fn resolve_model(spec: &str) -> anyhow::Result<PathBuf> {
+    let path = PathBuf::from(spec);
+    if path.is_dir() {
+        return Ok(path);
+    }
+    let local = Path::new("models").join(spec);
+    if local.is_dir() {
+        return Ok(local);
+    }
+    anyhow::bail!(
+        "{spec}: no such model folder (give a diffusers folder or the name of one in ./models)"
+    )
+}
+
+fn save_loop(dir: &Path, index: u32, image: &RgbImage, overwrite: bool) -> anyhow::Result<()> {
+    let path = dir.join(format!("loop-{index:02}.png"));
+    io::save_image(&path, &DynamicImage::ImageRgb8(image.clone()), &[], overwrite)?;
+    Ok(())
+}
+
+/// After a cancel or failure: keeps the finished loops next to the output when no
+/// `--save-loops` folder already has them; returns a note saying where they are.
+fn keep_loops(args: &RunArgs, loops: &[Arc<RgbImage>]) -> anyhow::Result<String> {
+    if loops.is_empty() {
+        return Ok(String::new());
+    }
+    if let Some(dir) = &args.save_loops {
+        return Ok(format!("; finished loops are in {}", dir.display()));
+    }
+    let stem = args.output.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let dir = args.output.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    for (i, image) in loops.iter().enumerate() {
+        let path = dir.join(format!("{stem}-loop-{:02}.png", i + 1));
+        io::save_image(&path, &DynamicImage::ImageRgb8((**image).clone()), &[], args.overwrite)?;
+    }
+    Ok(format!("; finished loops saved as {}/{stem}-loop-NN.png", dir.display()))
+}

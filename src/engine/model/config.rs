@@ -1,0 +1,358 @@
+//! The `config.json` files of a diffusers folder, read into the engine's model configs.
+//!
+//! Architecture, latent scale and text-encoder shape all come from the files, never from
+//! presets, so SD 1.x, SD 2.x, fine-tunes and tiny test models load through one path.
+//! Features the engine does not implement yet (SDXL's added conditioning, class embeddings,
+//! …) are refused with a message naming the file and the key.
+
+use std::path::{Path, PathBuf};
+
+use candle_transformers::models::stable_diffusion::unet_2d::{
+    BlockConfig, UNet2DConditionModelConfig,
+};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+
+use crate::{Error, Result};
+
+/// Reads and parses a JSON config, naming the file on error.
+pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        Error::input(
+            path,
+            match e.kind() {
+                std::io::ErrorKind::NotFound => "missing (not a diffusers model folder?)".into(),
+                _ => format!("cannot read: {e}"),
+            },
+        )
+    })?;
+    serde_json::from_str(&text).map_err(|e| Error::input(path, format!("invalid config: {e}")))
+}
+
+/// A value that diffusers writes either once for all blocks or once per block.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum PerBlock {
+    /// One value for every block.
+    One(usize),
+    /// One value per block.
+    Each(Vec<usize>),
+}
+
+impl PerBlock {
+    fn get(&self, i: usize) -> Option<usize> {
+        match self {
+            PerBlock::One(v) => Some(*v),
+            PerBlock::Each(v) => v.get(i).copied(),
+        }
+    }
+}
+
+/// `unet/config.json` (the keys the engine uses).
+#[derive(Debug, Clone, Deserialize)]
+pub struct UNetFile {
+    /// Latent channels in.
+    #[serde(default = "four")]
+    pub in_channels: usize,
+    /// Latent channels out.
+    #[serde(default = "four")]
+    pub out_channels: usize,
+    /// Channels of each resolution level.
+    pub block_out_channels: Vec<usize>,
+    /// Down block class names.
+    pub down_block_types: Vec<String>,
+    /// Up block class names.
+    pub up_block_types: Vec<String>,
+    /// Resnets per block.
+    #[serde(default = "two")]
+    pub layers_per_block: usize,
+    /// Attention heads per block (diffusers' historical name).
+    #[serde(default)]
+    pub attention_head_dim: Option<PerBlock>,
+    /// Attention heads per block (newer name; wins over `attention_head_dim`).
+    #[serde(default)]
+    pub num_attention_heads: Option<PerBlock>,
+    /// Transformer layers per cross-attention block.
+    #[serde(default)]
+    pub transformer_layers_per_block: Option<PerBlock>,
+    /// Width of the text embeddings.
+    pub cross_attention_dim: usize,
+    /// GroupNorm groups.
+    #[serde(default = "thirty_two")]
+    pub norm_num_groups: usize,
+    /// GroupNorm epsilon.
+    #[serde(default = "norm_eps")]
+    pub norm_eps: f64,
+    /// Linear instead of 1×1-conv projections in the transformers (SD 2.x).
+    #[serde(default)]
+    pub use_linear_projection: bool,
+    /// Sinusoidal embedding layout.
+    #[serde(default = "yes")]
+    pub flip_sin_to_cos: bool,
+    /// Sinusoidal embedding shift.
+    #[serde(default)]
+    pub freq_shift: f64,
+    /// Centre the input (`2x − 1`).
+    #[serde(default)]
+    pub center_input_sample: bool,
+    /// Downsampling padding.
+    #[serde(default = "one")]
+    pub downsample_padding: usize,
+    /// Mid-block output scale.
+    #[serde(default = "one_f")]
+    pub mid_block_scale_factor: f64,
+    /// SDXL-style added conditioning (not supported yet).
+    #[serde(default)]
+    pub addition_embed_type: Option<String>,
+    /// Class-conditional models (not supported).
+    #[serde(default)]
+    pub class_embed_type: Option<String>,
+    /// LCM-style guidance embedding (not supported).
+    #[serde(default)]
+    pub time_cond_proj_dim: Option<usize>,
+    /// Mid-block class (only the cross-attention one is supported).
+    #[serde(default)]
+    pub mid_block_type: Option<String>,
+    /// Default image size in latents.
+    #[serde(default)]
+    pub sample_size: Option<usize>,
+}
+
+fn one() -> usize {
+    1
+}
+fn two() -> usize {
+    2
+}
+fn four() -> usize {
+    4
+}
+fn thirty_two() -> usize {
+    32
+}
+fn norm_eps() -> f64 {
+    1e-5
+}
+fn one_f() -> f64 {
+    1.0
+}
+fn yes() -> bool {
+    true
+}
+
+impl UNetFile {
+    /// The candle UNet config, or an error naming `path` and the unsupported key.
+    pub fn to_candle(&self, path: &Path) -> Result<UNet2DConditionModelConfig> {
+        let unsupported = |key: &str, what: &str| {
+            Err(Error::input(path, format!("{key}: {what} is not supported yet")))
+        };
+        if let Some(kind) = &self.addition_embed_type {
+            return unsupported("addition_embed_type", &format!("{kind:?} (SDXL-style conditioning)"));
+        }
+        if let Some(kind) = &self.class_embed_type {
+            return unsupported("class_embed_type", kind);
+        }
+        if self.time_cond_proj_dim.is_some() {
+            return unsupported("time_cond_proj_dim", "guidance embedding");
+        }
+        if let Some(mid) = &self.mid_block_type {
+            if mid != "UNetMidBlock2DCrossAttn" {
+                return unsupported("mid_block_type", mid);
+            }
+        }
+        if self.norm_num_groups != 32 {
+            // candle 0.11's DownBlock2D/UpBlock2D ignore the configured groups and use 32.
+            return unsupported("norm_num_groups", &format!("{} (only 32)", self.norm_num_groups));
+        }
+        let n = self.block_out_channels.len();
+        if self.down_block_types.len() != n || self.up_block_types.len() != n || n == 0 {
+            return Err(Error::input(path, "block_out_channels, down_block_types and up_block_types differ in length"));
+        }
+        let heads = self
+            .num_attention_heads
+            .clone()
+            .or_else(|| self.attention_head_dim.clone())
+            .unwrap_or(PerBlock::One(8));
+        let layers = self.transformer_layers_per_block.clone().unwrap_or(PerBlock::One(1));
+        let mut blocks = Vec::with_capacity(n);
+        for (i, (&out_channels, kind)) in self.block_out_channels.iter().zip(&self.down_block_types).enumerate() {
+            let cross = match kind.as_str() {
+                "CrossAttnDownBlock2D" => true,
+                "DownBlock2D" => false,
+                other => return unsupported("down_block_types", other),
+            };
+            let up = &self.up_block_types[n - 1 - i];
+            let up_cross = match up.as_str() {
+                "CrossAttnUpBlock2D" => true,
+                "UpBlock2D" => false,
+                other => return unsupported("up_block_types", other),
+            };
+            if up_cross != cross {
+                return unsupported("up_block_types", "up blocks that do not mirror the down blocks");
+            }
+            let missing = |key: &str| Error::input(path, format!("{key} has no value for block {i}"));
+            blocks.push(BlockConfig {
+                out_channels,
+                use_cross_attn: if cross { Some(layers.get(i).ok_or_else(|| missing("transformer_layers_per_block"))?) } else { None },
+                attention_head_dim: heads.get(i).ok_or_else(|| missing("attention_head_dim"))?,
+            });
+        }
+        Ok(UNet2DConditionModelConfig {
+            center_input_sample: self.center_input_sample,
+            flip_sin_to_cos: self.flip_sin_to_cos,
+            freq_shift: self.freq_shift,
+            blocks,
+            layers_per_block: self.layers_per_block,
+            downsample_padding: self.downsample_padding,
+            mid_block_scale_factor: self.mid_block_scale_factor,
+            norm_num_groups: self.norm_num_groups,
+            norm_eps: self.norm_eps,
+            cross_attention_dim: self.cross_attention_dim,
+            sliced_attention_size: None,
+            use_linear_projection: self.use_linear_projection,
+        })
+    }
+}
+
+/// `vae/config.json` (the keys the engine uses).
+#[derive(Debug, Clone, Deserialize)]
+pub struct VaeFile {
+    /// Image channels in.
+    #[serde(default = "three")]
+    pub in_channels: usize,
+    /// Image channels out.
+    #[serde(default = "three")]
+    pub out_channels: usize,
+    /// Channels of each level.
+    pub block_out_channels: Vec<usize>,
+    /// Resnets per level.
+    #[serde(default = "one")]
+    pub layers_per_block: usize,
+    /// Latent channels.
+    #[serde(default = "four")]
+    pub latent_channels: usize,
+    /// GroupNorm groups.
+    #[serde(default = "thirty_two")]
+    pub norm_num_groups: usize,
+    /// Latents are multiplied by this after encoding (0.18215 for SD 1.x/2.x, 0.13025 for XL).
+    #[serde(default = "sd_scale")]
+    pub scaling_factor: f64,
+    /// Latent shift (SD3-style; must be absent or 0).
+    #[serde(default)]
+    pub shift_factor: Option<f64>,
+    /// 1×1 conv after the encoder.
+    #[serde(default = "yes")]
+    pub use_quant_conv: bool,
+    /// 1×1 conv before the decoder.
+    #[serde(default = "yes")]
+    pub use_post_quant_conv: bool,
+    /// Attention in the mid block.
+    #[serde(default = "yes")]
+    pub mid_block_add_attention: bool,
+}
+
+fn three() -> usize {
+    3
+}
+fn sd_scale() -> f64 {
+    0.18215
+}
+
+impl VaeFile {
+    /// Checks the features the engine's VAE implements.
+    pub fn check(&self, path: &Path) -> Result<()> {
+        if self.shift_factor.is_some_and(|s| s != 0.0) {
+            return Err(Error::input(path, "shift_factor: shifted latents are not supported"));
+        }
+        if !self.mid_block_add_attention {
+            return Err(Error::input(path, "mid_block_add_attention = false is not supported"));
+        }
+        if self.block_out_channels.is_empty() {
+            return Err(Error::input(path, "block_out_channels is empty"));
+        }
+        Ok(())
+    }
+
+    /// How many pixels one latent covers per side.
+    pub fn downscale(&self) -> usize {
+        1 << (self.block_out_channels.len() - 1)
+    }
+}
+
+/// `text_encoder/config.json` (CLIP text model).
+#[derive(Debug, Clone, Deserialize)]
+pub struct ClipFile {
+    /// Vocabulary size.
+    pub vocab_size: usize,
+    /// Embedding width.
+    pub hidden_size: usize,
+    /// MLP width.
+    pub intermediate_size: usize,
+    /// Transformer layers.
+    pub num_hidden_layers: usize,
+    /// Attention heads.
+    pub num_attention_heads: usize,
+    /// Sequence length (77).
+    #[serde(default = "seventy_seven")]
+    pub max_position_embeddings: usize,
+    /// `quick_gelu` (OpenAI CLIP) or `gelu` (OpenCLIP).
+    #[serde(default = "quick_gelu")]
+    pub hidden_act: String,
+    /// LayerNorm epsilon.
+    #[serde(default = "norm_eps")]
+    pub layer_norm_eps: f64,
+    /// End-of-text token id.
+    #[serde(default = "eos")]
+    pub eos_token_id: u32,
+}
+
+fn seventy_seven() -> usize {
+    77
+}
+fn quick_gelu() -> String {
+    "quick_gelu".into()
+}
+fn eos() -> u32 {
+    49407
+}
+
+/// The config files of a diffusers model folder.
+#[derive(Debug, Clone)]
+pub struct ModelFiles {
+    /// The folder.
+    pub root: PathBuf,
+    /// UNet config.
+    pub unet: UNetFile,
+    /// VAE config.
+    pub vae: VaeFile,
+    /// Text encoder config.
+    pub clip: ClipFile,
+}
+
+impl ModelFiles {
+    /// Reads every config of the diffusers folder `root`.
+    pub fn read(root: &Path) -> Result<Self> {
+        if !root.is_dir() {
+            return Err(Error::input(root, "not a folder (expected a diffusers model folder)"));
+        }
+        let unet: UNetFile = read_json(&root.join("unet/config.json"))?;
+        let vae: VaeFile = read_json(&root.join("vae/config.json"))?;
+        vae.check(&root.join("vae/config.json"))?;
+        let clip: ClipFile = read_json(&root.join("text_encoder/config.json"))?;
+        if clip.hidden_size != unet.cross_attention_dim {
+            return Err(Error::input(
+                root,
+                format!(
+                    "text encoder width {} does not match the UNet's cross_attention_dim {}",
+                    clip.hidden_size, unet.cross_attention_dim
+                ),
+            ));
+        }
+        Ok(ModelFiles {
+            root: root.to_path_buf(),
+            unet,
+            vae,
+            clip,
+        })
+    }
+}

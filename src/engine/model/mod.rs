@@ -1,0 +1,122 @@
+//! A Stable Diffusion model loaded from a diffusers folder: text encoder, VAE and UNet.
+//!
+//! Weights are memory-mapped safetensors, cast to the requested dtype as they load. The
+//! architecture comes from each component's `config.json` ([`config`]).
+
+pub mod clip;
+pub mod config;
+pub mod vae;
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use candle_transformers::models::stable_diffusion::unet_2d::UNet2DConditionModel;
+
+use crate::{Error, Result};
+use clip::ClipText;
+use config::ModelFiles;
+use vae::Vae;
+
+/// A candle error's message without the backtrace candle appends when `RUST_BACKTRACE` is set.
+pub(crate) fn candle_msg(e: &candle_core::Error) -> String {
+    e.to_string().lines().next().unwrap_or_default().to_string()
+}
+
+/// Converts a candle error into the library's error, with context.
+pub(crate) fn engine_err(context: &str) -> impl FnOnce(candle_core::Error) -> Error + '_ {
+    move |e| Error::Engine(format!("{context}: {}", candle_msg(&e)))
+}
+
+/// A loaded model.
+#[derive(Debug)]
+pub struct SdModel {
+    /// The configs it was built from.
+    pub files: ModelFiles,
+    /// The text encoder.
+    pub clip: ClipText,
+    /// The VAE.
+    pub vae: Vae,
+    /// The denoising UNet.
+    pub unet: UNet2DConditionModel,
+    /// Where the weights live.
+    pub device: Device,
+    /// The weights' dtype.
+    pub dtype: DType,
+}
+
+/// The weights file of a component: the fp16 variant first when loading f16, the full one
+/// otherwise, falling back to whichever exists.
+fn weights_file(dir: &Path, stem: &str, dtype: DType) -> Result<PathBuf> {
+    let full = dir.join(format!("{stem}.safetensors"));
+    let half = dir.join(format!("{stem}.fp16.safetensors"));
+    let order = if dtype == DType::F16 { [&half, &full] } else { [&full, &half] };
+    if let Some(found) = order.into_iter().find(|p| p.is_file()) {
+        return Ok(found.clone());
+    }
+    if dir.join(format!("{stem}.bin")).is_file() {
+        return Err(Error::input(
+            dir,
+            format!("only {stem}.bin (PyTorch pickle) found; convert it to .safetensors"),
+        ));
+    }
+    Err(Error::input(dir, format!("no {stem}.safetensors weights")))
+}
+
+/// Memory-maps a safetensors file as a var builder.
+fn var_builder(path: &Path, dtype: DType, device: &Device) -> Result<VarBuilder<'static>> {
+    // SAFETY: the file is memory-mapped read-only; as with every mmap, it must not be
+    // truncated while the model is loaded. Model files are not modified in place.
+    unsafe { VarBuilder::from_mmaped_safetensors(&[path], dtype, device) }
+        .map_err(|e| Error::input(path, format!("cannot read weights: {}", candle_msg(&e))))
+}
+
+impl SdModel {
+    /// Loads the diffusers folder `root` onto `device` with weights in `dtype`.
+    pub fn load(root: &Path, device: &Device, dtype: DType) -> Result<Self> {
+        let files = ModelFiles::read(root)?;
+
+        let clip_path = weights_file(&root.join("text_encoder"), "model", dtype)?;
+        let clip = ClipText::new(var_builder(&clip_path, dtype, device)?, &files.clip)
+            .map_err(|e| Error::input(&clip_path, format!("not a matching CLIP text encoder: {}", candle_msg(&e))))?;
+
+        let vae_path = weights_file(&root.join("vae"), "diffusion_pytorch_model", dtype)?;
+        let vae = Vae::new(var_builder(&vae_path, dtype, device)?, &files.vae)
+            .map_err(|e| Error::input(&vae_path, format!("not a matching VAE: {}", candle_msg(&e))))?;
+
+        let unet_cfg_path = root.join("unet/config.json");
+        let unet_cfg = files.unet.to_candle(&unet_cfg_path)?;
+        let unet_path = weights_file(&root.join("unet"), "diffusion_pytorch_model", dtype)?;
+        let unet = UNet2DConditionModel::new(
+            var_builder(&unet_path, dtype, device)?,
+            files.unet.in_channels,
+            files.unet.out_channels,
+            false,
+            unet_cfg,
+        )
+        .map_err(|e| Error::input(&unet_path, format!("not a matching UNet: {}", candle_msg(&e))))?;
+
+        Ok(SdModel {
+            files,
+            clip,
+            vae,
+            unet,
+            device: device.clone(),
+            dtype,
+        })
+    }
+
+    /// Text embeddings for prompt chunks of 77 token ids each (A1111's chunking): each chunk
+    /// is encoded on its own and the results are concatenated along the sequence, giving
+    /// `(1, 77 × chunks, hidden)`.
+    pub fn text_embeddings(&self, chunks: &[Vec<u32>]) -> Result<Tensor> {
+        let mut parts = Vec::with_capacity(chunks.len());
+        for chunk in chunks {
+            let ids = Tensor::new(chunk.as_slice(), &self.device)
+                .and_then(|t| t.unsqueeze(0))
+                .map_err(engine_err("token ids"))?;
+            parts.push(self.clip.forward(&ids, 0).map_err(engine_err("text encoder"))?);
+        }
+        Tensor::cat(&parts, 1).map_err(engine_err("text embeddings"))
+    }
+}

@@ -1,0 +1,38 @@
+//! A cheap preview of latents: a linear projection of the 4 latent channels to RGB, at latent
+//! resolution (one pixel per 8×8 block). Used after every step, where decoding with the VAE
+//! would cost as much as the step itself.
+
+use candle_core::{DType, Tensor};
+use image::RgbImage;
+
+use super::model::engine_err;
+use crate::Result;
+
+/// Approximate RGB contribution of each SD 1.x/2.x latent channel (rows: channels), plus bias.
+const FACTORS: [[f32; 3]; 4] = [
+    [0.298, 0.207, 0.208],
+    [0.187, 0.286, 0.173],
+    [-0.158, 0.189, 0.264],
+    [-0.184, -0.271, -0.473],
+];
+const BIAS: [f32; 3] = [0.0, 0.0, 0.0];
+
+/// The preview of `(1, 4, h, w)` latents as an `w × h` RGB image.
+pub fn latents_to_rgb(latents: &Tensor) -> Result<RgbImage> {
+    let latents = latents.to_dtype(DType::F32).map_err(engine_err("preview"))?;
+    let (_, c, h, w) = latents.dims4().map_err(engine_err("preview"))?;
+    let values: Vec<f32> = latents
+        .get(0)
+        .and_then(|t| t.flatten_all())
+        .and_then(|t| t.to_vec1())
+        .map_err(engine_err("preview"))?;
+    let plane = h * w;
+    let mut out = RgbImage::new(w as u32, h as u32);
+    for (i, px) in out.pixels_mut().enumerate() {
+        for (rgb, bias) in BIAS.iter().enumerate() {
+            let v: f32 = (0..c.min(4)).map(|ch| values[ch * plane + i] * FACTORS[ch][rgb]).sum::<f32>() + bias;
+            px[rgb] = (((v + 1.0) / 2.0).clamp(0.0, 1.0) * 255.0) as u8;
+        }
+    }
+    Ok(out)
+}
