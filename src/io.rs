@@ -212,6 +212,14 @@ pub fn write_atomic(path: &Path, bytes: &[u8], overwrite: bool) -> Result<()> {
                 format!("cannot create a file in {}: {e}", parent.display()),
             )
         })?;
+    // Temporary files are created private (0600); a saved image gets the usual 0644.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = temp
+            .as_file()
+            .set_permissions(std::fs::Permissions::from_mode(0o644));
+    }
     temp.write_all(bytes)
         .and_then(|()| temp.as_file().sync_all())
         .map_err(|e| Error::output(path, format!("cannot write: {e}")))?;

@@ -28,10 +28,23 @@ fn case() -> Value {
 /// Loads reference tensor `key` of `case` as f32 with its recorded shape.
 fn tensor(case: &Value, key: &str) -> Tensor {
     let file = &case["files"][key];
-    let shape: Vec<usize> = file["shape"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
-    let bytes = std::fs::read(fixtures().join("parity").join(file["file"].as_str().unwrap())).unwrap();
+    let shape: Vec<usize> = file["shape"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as usize)
+        .collect();
+    let bytes = std::fs::read(
+        fixtures()
+            .join("parity")
+            .join(file["file"].as_str().unwrap()),
+    )
+    .unwrap();
     let values: Vec<f32> = match file["dtype"].as_str().unwrap() {
-        "f32" => bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
+        "f32" => bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect(),
         "i64" => bytes
             .chunks_exact(8)
             .map(|b| i64::from_le_bytes(b.try_into().unwrap()) as f32)
@@ -43,11 +56,27 @@ fn tensor(case: &Value, key: &str) -> Tensor {
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
     assert_eq!(a.dims(), b.dims());
-    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
 }
 
 fn max_abs(a: &Tensor) -> f32 {
-    a.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+    a.abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
 }
 
 fn model() -> SdModel {
@@ -64,26 +93,45 @@ fn components_match_diffusers() {
     let hidden = model.clip.forward(&ids, 0).unwrap();
     let reference = tensor(&case, "text_hidden");
     let err = max_abs_diff(&hidden, &reference);
-    eprintln!("text encoder: max abs diff {err:e} (max |ref| {})", max_abs(&reference));
+    eprintln!(
+        "text encoder: max abs diff {err:e} (max |ref| {})",
+        max_abs(&reference)
+    );
     assert!(err < 1e-4, "text encoder differs by {err}");
 
     // VAE encoder: the posterior mean.
     let mean = model.vae.encode_mean(&tensor(&case, "vae_input")).unwrap();
     let reference = tensor(&case, "posterior_mean");
     let err = max_abs_diff(&mean, &reference);
-    eprintln!("VAE encode mean: max abs diff {err:e} (max |ref| {})", max_abs(&reference));
+    eprintln!(
+        "VAE encode mean: max abs diff {err:e} (max |ref| {})",
+        max_abs(&reference)
+    );
     assert!(err < 1e-4, "VAE mean differs by {err}");
 
     // UNet: the first step, batch [uncond, cond].
     let input = tensor(&case, "unet_input").get(0).unwrap();
     let t = case["timesteps"][0].as_f64().unwrap();
     let text = tensor(&case, "text_hidden");
-    let context = Tensor::cat(&[text.get(1).unwrap().unsqueeze(0).unwrap(), text.get(0).unwrap().unsqueeze(0).unwrap()], 0).unwrap();
+    let context = Tensor::cat(
+        &[
+            text.get(1).unwrap().unsqueeze(0).unwrap(),
+            text.get(0).unwrap().unsqueeze(0).unwrap(),
+        ],
+        0,
+    )
+    .unwrap();
     let out = model.unet.forward(&input, t, &context).unwrap();
     let reference = tensor(&case, "unet_output").get(0).unwrap();
     let err = max_abs_diff(&out, &reference);
-    eprintln!("UNet step: max abs diff {err:e} (max |ref| {})", max_abs(&reference));
-    assert!(err < 1e-3 * max_abs(&reference).max(1.0), "UNet differs by {err}");
+    eprintln!(
+        "UNet step: max abs diff {err:e} (max |ref| {})",
+        max_abs(&reference)
+    );
+    assert!(
+        err < 1e-3 * max_abs(&reference).max(1.0),
+        "UNet differs by {err}"
+    );
 
     // VAE decoder: from the final latents.
     let trajectory = tensor(&case, "latents_trajectory");
@@ -91,15 +139,28 @@ fn components_match_diffusers() {
     let decoded = model.vae.decode(&last).unwrap();
     let reference = tensor(&case, "decoded");
     let err = max_abs_diff(&decoded, &reference);
-    eprintln!("VAE decode: max abs diff {err:e} (max |ref| {})", max_abs(&reference));
-    assert!(err < 1e-4 * max_abs(&reference).max(1.0), "VAE decode differs by {err}");
+    eprintln!(
+        "VAE decode: max abs diff {err:e} (max |ref| {})",
+        max_abs(&reference)
+    );
+    assert!(
+        err < 1e-4 * max_abs(&reference).max(1.0),
+        "VAE decode differs by {err}"
+    );
 }
 
 #[test]
 fn bad_model_folders_are_named() {
     let dir = tempfile::tempdir().unwrap();
-    let err = SdModel::load(dir.path(), &Device::Cpu, DType::F32).unwrap_err().to_string();
-    assert!(err.contains("unet/config.json") && err.contains("missing"), "{err}");
-    let err = SdModel::load(&dir.path().join("nope"), &Device::Cpu, DType::F32).unwrap_err().to_string();
+    let err = SdModel::load(dir.path(), &Device::Cpu, DType::F32)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("unet/config.json") && err.contains("missing"),
+        "{err}"
+    );
+    let err = SdModel::load(&dir.path().join("nope"), &Device::Cpu, DType::F32)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("not a folder"), "{err}");
 }

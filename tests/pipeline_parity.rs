@@ -18,7 +18,10 @@ fn fixtures() -> PathBuf {
 
 fn read_f32(name: &str) -> Vec<f32> {
     let bytes = std::fs::read(fixtures().join("parity").join(name)).unwrap();
-    bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
+    bytes
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect()
 }
 
 fn sampler(name: &str) -> Sampler {
@@ -37,12 +40,17 @@ fn field<'a>(case: &'a Value, manifest: &'a Value, key: &str) -> &'a str {
 
 #[test]
 fn img2img_matches_diffusers() {
-    let manifest: Value =
-        serde_json::from_str(&std::fs::read_to_string(fixtures().join("parity/manifest.json")).unwrap()).unwrap();
+    let manifest: Value = serde_json::from_str(
+        &std::fs::read_to_string(fixtures().join("parity/manifest.json")).unwrap(),
+    )
+    .unwrap();
     let model = SdModel::load(&fixtures().join("tiny-sd"), &Device::Cpu, DType::F32).unwrap();
     let epsilon = TextAndSchedule::load(&fixtures().join("tiny-sd")).unwrap();
     let v_pred = TextAndSchedule {
-        scheduler: SchedulerConfig::load(&fixtures().join("tiny-sd-v/scheduler/scheduler_config.json")).unwrap(),
+        scheduler: SchedulerConfig::load(
+            &fixtures().join("tiny-sd-v/scheduler/scheduler_config.json"),
+        )
+        .unwrap(),
         ..TextAndSchedule::load(&fixtures().join("tiny-sd")).unwrap()
     };
     let mut compared = 0;
@@ -53,9 +61,13 @@ fn img2img_matches_diffusers() {
             continue;
         }
         let name = case["name"].as_str().unwrap();
-        let input = image::open(fixtures().join("parity").join(case["input"].as_str().unwrap()))
-            .unwrap()
-            .to_rgb8();
+        let input = image::open(
+            fixtures()
+                .join("parity")
+                .join(case["input"].as_str().unwrap()),
+        )
+        .unwrap()
+        .to_rgb8();
         let params = Img2ImgParams {
             prompt: field(case, &manifest, "prompt").into(),
             negative_prompt: field(case, &manifest, "negative_prompt").into(),
@@ -65,7 +77,11 @@ fn img2img_matches_diffusers() {
             strength: case["strength"].as_f64().unwrap(),
             seed: case["seed"].as_u64().unwrap() as u32,
         };
-        let text = if case["prediction_type"] == "v_prediction" { &v_pred } else { &epsilon };
+        let text = if case["prediction_type"] == "v_prediction" {
+            &v_pred
+        } else {
+            &epsilon
+        };
         let mut steps = 0;
         let out = img2img(&model, text, &input, &params, &mut |_| {
             steps += 1;
@@ -73,10 +89,25 @@ fn img2img_matches_diffusers() {
         })
         .unwrap()
         .unwrap();
-        assert_eq!(steps, case["n_steps_run"].as_u64().unwrap() as usize, "{name}: steps");
+        assert_eq!(
+            steps,
+            case["n_steps_run"].as_u64().unwrap() as usize,
+            "{name}: steps"
+        );
 
-        let reference = std::fs::read(fixtures().join("parity").join(case["files"]["out_u8"]["file"].as_str().unwrap())).unwrap();
-        let diff_u8 = out.as_raw().iter().zip(&reference).map(|(a, b)| a.abs_diff(*b)).max().unwrap();
+        let reference = std::fs::read(
+            fixtures()
+                .join("parity")
+                .join(case["files"]["out_u8"]["file"].as_str().unwrap()),
+        )
+        .unwrap();
+        let diff_u8 = out
+            .as_raw()
+            .iter()
+            .zip(&reference)
+            .map(|(a, b)| a.abs_diff(*b))
+            .max()
+            .unwrap();
         let reference_f = read_f32(case["files"]["out"]["file"].as_str().unwrap());
         // The reference's float output against our u8 output: within one level plus rounding.
         let diff_f = out

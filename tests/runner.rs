@@ -16,7 +16,8 @@ fn model() -> LoadedModel {
 }
 
 fn input() -> Arc<DynamicImage> {
-    let photo = image::open(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/coffee.png")).unwrap();
+    let photo =
+        image::open(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/coffee.png")).unwrap();
     Arc::new(photo.resize_exact(96, 64, image::imageops::FilterType::Triangle))
 }
 
@@ -38,17 +39,26 @@ fn settings(seed: i64) -> Settings {
 
 /// Runs to the end, returning every event (the final one included).
 fn run_all(model: &LoadedModel, settings: Settings, cancel_at: Option<(u32, usize)>) -> Vec<Event> {
-    let request = RunRequest { input: input(), settings };
+    let request = RunRequest {
+        input: input(),
+        settings,
+    };
     let cancel = AtomicBool::new(false);
     let mut events = Vec::new();
     let result = runner::run_blocking(
         model,
         &request,
         &mut |event| {
-            if let (Event::StepFinished { loop_index, step, .. }, Some((l, s))) = (&event, cancel_at) {
-                if *loop_index == l && *step == s {
-                    cancel.store(true, Ordering::SeqCst);
-                }
+            if let (
+                Event::StepFinished {
+                    loop_index, step, ..
+                },
+                Some((l, s)),
+            ) = (&event, cancel_at)
+                && *loop_index == l
+                && *step == s
+            {
+                cancel.store(true, Ordering::SeqCst);
             }
             events.push(event);
         },
@@ -85,12 +95,23 @@ fn sizes_seeds_and_event_order() {
                 assert!(!in_loop);
                 assert_eq!(spec.index, expected_loop);
                 let planned = plan.loops[(expected_loop - 1) as usize];
-                assert_eq!((spec.width, spec.height, spec.seed), (planned.width, planned.height, planned.seed));
+                assert_eq!(
+                    (spec.width, spec.height, spec.seed),
+                    (planned.width, planned.height, planned.seed)
+                );
                 in_loop = true;
             }
-            Event::StepFinished { loop_index, step, total, .. } => {
+            Event::StepFinished {
+                loop_index,
+                step,
+                total,
+                ..
+            } => {
                 assert!(in_loop && *loop_index == expected_loop && *step <= *total);
-                assert_eq!(*total, plan.loops[(expected_loop - 1) as usize].steps as usize);
+                assert_eq!(
+                    *total,
+                    plan.loops[(expected_loop - 1) as usize].steps as usize
+                );
             }
             Event::Preview { loop_index, .. } => assert_eq!(*loop_index, expected_loop),
             Event::LoopFinished { index, image } => {
@@ -104,7 +125,10 @@ fn sizes_seeds_and_event_order() {
                 assert_eq!(expected_loop, 4);
                 assert_eq!(output.loops.len(), 3);
                 assert_eq!(output.recipe.seed, 42);
-                assert_eq!((output.finished.width(), output.finished.height()), (192, 128));
+                assert_eq!(
+                    (output.finished.width(), output.finished.height()),
+                    (192, 128)
+                );
             }
             other => panic!("unexpected {other:?}"),
         }
@@ -130,7 +154,11 @@ fn cancel_mid_loop_keeps_finished_loops() {
             _ => None,
         })
         .collect();
-    assert_eq!(finished, [1], "loop 1 kept, loop 2 cancelled after its first step");
+    assert_eq!(
+        finished,
+        [1],
+        "loop 1 kept, loop 2 cancelled after its first step"
+    );
     let steps_in_loop_2 = events
         .iter()
         .filter(|e| matches!(e, Event::StepFinished { loop_index: 2, .. }))
@@ -141,7 +169,13 @@ fn cancel_mid_loop_keeps_finished_loops() {
 #[test]
 fn spawned_run_reports_on_a_channel() {
     let model = Arc::new(model());
-    let handle = runner::spawn(model, RunRequest { input: input(), settings: settings(3) });
+    let handle = runner::spawn(
+        model,
+        RunRequest {
+            input: input(),
+            settings: settings(3),
+        },
+    );
     let events: Vec<Event> = handle.events.iter().collect();
     assert!(matches!(events.first(), Some(Event::ModelLoaded { .. })));
     match events.last() {

@@ -6,9 +6,12 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use anyhow::Context as _;
+use candle_core::DType;
 use image::{DynamicImage, RgbImage};
 use indicatif::{ProgressBar, ProgressStyle};
 use loopback_scaler::engine::device::{self, DeviceSpec};
+use loopback_scaler::engine::hub::{self, DownloadEvent, FetchOptions};
+use loopback_scaler::engine::models::{self, ModelSource};
 use loopback_scaler::engine::runner::{self, Event, LoadedModel, RunRequest};
 use loopback_scaler::io::{self, load_image};
 use loopback_scaler::metadata::{self, png_text};
@@ -22,9 +25,13 @@ pub struct RunArgs {
     /// The input image (PNG, JPEG or WebP).
     #[arg(long, value_name = "IMAGE")]
     input: PathBuf,
-    /// The model: a diffusers folder, or the name of one in ./models.
-    #[arg(long, value_name = "PATH")]
+    /// The model: a preset (sd15, sd21, sd-turbo; downloaded once into the Hugging Face
+    /// cache), a diffusers folder, or the name of one in ./models.
+    #[arg(long, value_name = "PRESET|PATH")]
     model: String,
+    /// Use only models already in the Hugging Face cache; never download.
+    #[arg(long)]
+    offline: bool,
     /// Where to run: auto, cpu, cuda, cuda:N or metal.
     #[arg(long, default_value = "auto", value_name = "DEVICE")]
     device: DeviceSpec,
@@ -47,26 +54,38 @@ pub struct RunArgs {
 
 /// Runs `run`.
 pub fn run(args: &RunArgs) -> anyhow::Result<()> {
-    let base = if args.use_metadata { metadata_settings(&args.input)? } else { Default::default() };
+    let base = if args.use_metadata {
+        metadata_settings(&args.input)?
+    } else {
+        Default::default()
+    };
     let settings = args.settings.resolve_over(base)?;
     io::check_output(&args.output, args.overwrite)?;
     if let Some(dir) = &args.save_loops {
-        std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create folder", dir.display()))?;
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("{}: cannot create folder", dir.display()))?;
     }
     let input = Arc::new(load_image(&args.input)?);
     for warning in settings.warnings() {
         eprintln!("warning: {warning}");
     }
 
-    let model_dir = resolve_model(&args.model)?;
     let (device, dtype) = device::select(args.device)?;
+    let model_dir = resolve_model(&args.model, dtype == DType::F16, args.offline)?;
     let loading = Instant::now();
-    eprintln!("loading {} on {}", model_dir.display(), device::describe(&device));
+    eprintln!(
+        "loading {} on {}",
+        model_dir.display(),
+        device::describe(&device)
+    );
     let model = Arc::new(LoadedModel::load(&model_dir, &device, dtype)?);
     eprintln!("model loaded in {:.1} s", loading.elapsed().as_secs_f64());
 
     let seed = plan::resolve_seed(settings.seed);
-    let settings = loopback_scaler::Settings { seed: i64::from(seed), ..settings };
+    let settings = loopback_scaler::Settings {
+        seed: i64::from(seed),
+        ..settings
+    };
     let plan = runner::preview_plan(&settings, &input, seed)?;
     let total_steps: u64 = plan.loops.iter().map(|l| u64::from(l.steps)).sum();
 
@@ -76,9 +95,11 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
 
     let bar = ProgressBar::new(total_steps.max(1));
     bar.set_style(
-        ProgressStyle::with_template("{msg:28} [{bar:30}] {pos}/{len} steps, {elapsed} elapsed, ETA {prefix}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
+        ProgressStyle::with_template(
+            "{msg:28} [{bar:30}] {pos}/{len} steps, {elapsed} elapsed, ETA {prefix}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
     );
     let mut finished_loops: Vec<Arc<RgbImage>> = Vec::new();
     let mut outcome = None;
@@ -112,7 +133,10 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     match outcome {
         Some(Ok(output)) => {
             let texts = output.recipe.png_texts();
-            let texts: Vec<(&str, &str)> = texts.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            let texts: Vec<(&str, &str)> = texts
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
             io::save_image(&args.output, &output.finished, &texts, args.overwrite)?;
             eprintln!(
                 "wrote {} ({}x{}, seed {})",
@@ -127,7 +151,10 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
             let kept = keep_loops(args, &finished_loops)?;
             match message {
                 None => {
-                    eprintln!("cancelled after {} finished loop(s){kept}", finished_loops.len());
+                    eprintln!(
+                        "cancelled after {} finished loop(s){kept}",
+                        finished_loops.len()
+                    );
                     Ok(())
                 }
                 Some(message) => anyhow::bail!("{message}{kept}"),
@@ -140,32 +167,57 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
 /// Settings from the input image's metadata.
 fn metadata_settings(path: &Path) -> anyhow::Result<loopback_scaler::Settings> {
     let texts = png_text::read_png_texts_from_path(path).unwrap_or_default();
-    let (settings, warnings) = metadata::settings_from_texts(&texts)
-        .with_context(|| format!("{}: no A1111 or loopback-scaler metadata to use", path.display()))?;
+    let (settings, warnings) = metadata::settings_from_texts(&texts).with_context(|| {
+        format!(
+            "{}: no A1111 or loopback-scaler metadata to use",
+            path.display()
+        )
+    })?;
     for warning in warnings {
         eprintln!("warning: {}: {warning}", path.display());
     }
     Ok(settings)
 }
 
-/// The diffusers folder named by `spec`: a path, or a folder name inside `./models`.
-fn resolve_model(spec: &str) -> anyhow::Result<PathBuf> {
-    let path = PathBuf::from(spec);
-    if path.is_dir() {
-        return Ok(path);
-    }
-    let local = Path::new("models").join(spec);
-    if local.is_dir() {
-        return Ok(local);
-    }
-    anyhow::bail!(
-        "{spec}: no such model folder (give a diffusers folder or the name of one in ./models)"
-    )
+/// The diffusers folder for `spec`: a preset (fetched into the Hugging Face cache, with a
+/// download progress bar), a folder, or a name in `./models`.
+fn resolve_model(spec: &str, f16: bool, offline: bool) -> anyhow::Result<PathBuf> {
+    let preset = match models::resolve(spec, &models::default_search_dirs())? {
+        ModelSource::Folder(path) => return Ok(path),
+        ModelSource::Preset(preset) => preset,
+    };
+    let options = FetchOptions {
+        offline: offline || hub::offline_from_env(),
+        ..Default::default()
+    };
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{msg:40} {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let path = hub::fetch(preset, f16, &options, &mut |event| match event {
+        DownloadEvent::Started { file, total_bytes } => {
+            bar.set_message(file.to_string());
+            bar.set_length(total_bytes.unwrap_or(0));
+            bar.set_position(0);
+        }
+        DownloadEvent::Progress { downloaded, .. } => bar.set_position(downloaded),
+        DownloadEvent::Finished { .. } | DownloadEvent::AllDone => {}
+    })?;
+    bar.finish_and_clear();
+    Ok(path)
 }
 
 fn save_loop(dir: &Path, index: u32, image: &RgbImage, overwrite: bool) -> anyhow::Result<()> {
     let path = dir.join(format!("loop-{index:02}.png"));
-    io::save_image(&path, &DynamicImage::ImageRgb8(image.clone()), &[], overwrite)?;
+    io::save_image(
+        &path,
+        &DynamicImage::ImageRgb8(image.clone()),
+        &[],
+        overwrite,
+    )?;
     Ok(())
 }
 
@@ -178,11 +230,27 @@ fn keep_loops(args: &RunArgs, loops: &[Arc<RgbImage>]) -> anyhow::Result<String>
     if let Some(dir) = &args.save_loops {
         return Ok(format!("; finished loops are in {}", dir.display()));
     }
-    let stem = args.output.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-    let dir = args.output.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let stem = args
+        .output
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let dir = args
+        .output
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     for (i, image) in loops.iter().enumerate() {
         let path = dir.join(format!("{stem}-loop-{:02}.png", i + 1));
-        io::save_image(&path, &DynamicImage::ImageRgb8((**image).clone()), &[], args.overwrite)?;
+        io::save_image(
+            &path,
+            &DynamicImage::ImageRgb8((**image).clone()),
+            &[],
+            args.overwrite,
+        )?;
     }
-    Ok(format!("; finished loops saved as {}/{stem}-loop-NN.png", dir.display()))
+    Ok(format!(
+        "; finished loops saved as {}/{stem}-loop-NN.png",
+        dir.display()
+    ))
 }

@@ -28,7 +28,9 @@ impl std::str::FromStr for DeviceSpec {
             "metal" | "mps" => Ok(DeviceSpec::Metal),
             other => match other.strip_prefix("cuda:").map(str::parse) {
                 Some(Ok(n)) => Ok(DeviceSpec::Cuda(n)),
-                _ => Err(format!("unknown device {s:?} (use auto, cpu, cuda, cuda:N or metal)")),
+                _ => Err(format!(
+                    "unknown device {s:?} (use auto, cpu, cuda, cuda:N or metal)"
+                )),
             },
         }
     }

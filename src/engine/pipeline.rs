@@ -101,15 +101,18 @@ impl TextAndSchedule {
 
 /// The pad token named in the folder's tokenizer files (`!` for SD 2.x), else end-of-text.
 fn pad_token(root: &Path, tokenizer: &ClipTokenizer) -> u32 {
-    let named = ["tokenizer/special_tokens_map.json", "tokenizer/tokenizer_config.json"]
-        .iter()
-        .filter_map(|f| std::fs::read_to_string(root.join(f)).ok())
-        .filter_map(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
-        .find_map(|json| match &json["pad_token"] {
-            serde_json::Value::String(s) => Some(s.clone()),
-            serde_json::Value::Object(o) => o.get("content").and_then(|c| c.as_str()).map(String::from),
-            _ => None,
-        });
+    let named = [
+        "tokenizer/special_tokens_map.json",
+        "tokenizer/tokenizer_config.json",
+    ]
+    .iter()
+    .filter_map(|f| std::fs::read_to_string(root.join(f)).ok())
+    .filter_map(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+    .find_map(|json| match &json["pad_token"] {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Object(o) => o.get("content").and_then(|c| c.as_str()).map(String::from),
+        _ => None,
+    });
     named
         .and_then(|name| tokenizer.token_id(&name))
         .unwrap_or_else(|| tokenizer.eos_id())
@@ -119,7 +122,11 @@ fn pad_token(root: &Path, tokenizer: &ClipTokenizer) -> u32 {
 /// (with empty-prompt chunks), as A1111 does.
 fn token_chunks(text: &TextAndSchedule, p: &Img2ImgParams) -> (Vec<Vec<u32>>, Vec<Vec<u32>>) {
     let encode = |s: &str| -> Vec<Vec<u32>> {
-        text.tokenizer.encode_chunks(s, text.pad_token).iter().map(|c| c.to_vec()).collect()
+        text.tokenizer
+            .encode_chunks(s, text.pad_token)
+            .iter()
+            .map(|c| c.to_vec())
+            .collect()
     };
     let mut cond = encode(&p.prompt);
     let mut uncond = encode(&p.negative_prompt);
@@ -136,7 +143,11 @@ fn token_chunks(text: &TextAndSchedule, p: &Img2ImgParams) -> (Vec<Vec<u32>>, Ve
 /// An 8-bit RGB image as a `(1, 3, H, W)` f32 tensor in [−1, 1] (`u8/255·2 − 1`).
 pub fn image_to_tensor(image: &RgbImage, device: &Device) -> Result<Tensor> {
     let (w, h) = image.dimensions();
-    let values: Vec<f32> = image.as_raw().iter().map(|&v| f32::from(v) / 255.0 * 2.0 - 1.0).collect();
+    let values: Vec<f32> = image
+        .as_raw()
+        .iter()
+        .map(|&v| f32::from(v) / 255.0 * 2.0 - 1.0)
+        .collect();
     Tensor::from_vec(values, (h as usize, w as usize, 3), device)
         .and_then(|t| t.permute((2, 0, 1)))
         .and_then(|t| t.unsqueeze(0))
@@ -174,7 +185,7 @@ pub fn img2img(
     on_step: &mut dyn FnMut(StepProgress<'_>) -> ControlFlow<()>,
 ) -> Result<Option<RgbImage>> {
     let down = model.vae.downscale as u32;
-    if image.width() % down != 0 || image.height() % down != 0 {
+    if !image.width().is_multiple_of(down) || !image.height().is_multiple_of(down) {
         return Err(Error::Engine(format!(
             "image size {}x{} is not a multiple of {down}",
             image.width(),
@@ -196,14 +207,17 @@ pub fn img2img(
         cond
     };
 
-    let pixels = image_to_tensor(image, device)?.to_dtype(model.dtype).map_err(engine_err("image"))?;
+    let pixels = image_to_tensor(image, device)?
+        .to_dtype(model.dtype)
+        .map_err(engine_err("image"))?;
     let latents = model
         .vae
         .encode(&pixels)
         .and_then(|l| l.to_dtype(DType::F32))
         .map_err(engine_err("VAE encode"))?;
 
-    let mut sched: Box<dyn Scheduler<Tensor> + Send> = scheduler::build(p.sampler, &text.scheduler, p.steps)?;
+    let mut sched: Box<dyn Scheduler<Tensor> + Send> =
+        scheduler::build(p.sampler, &text.scheduler, p.steps)?;
     let mut range = sched.img2img(p.strength)?;
     if range.is_empty() {
         // Fewer than one scheduled step: run the last one (the spec's "at least one step").
@@ -231,27 +245,50 @@ pub fn img2img(
         let input = sched.scale_model_input(&input, i)?;
         let out = model
             .unet
-            .forward(&input.to_dtype(model.dtype).map_err(engine_err("UNet input"))?, t, &context)
+            .forward(
+                &input
+                    .to_dtype(model.dtype)
+                    .map_err(engine_err("UNet input"))?,
+                t,
+                &context,
+            )
             .and_then(|o| o.to_dtype(DType::F32))
             .map_err(engine_err("UNet"))?;
         let eps = if guided {
-            let uncond = out.get(0).and_then(|t| t.unsqueeze(0)).map_err(engine_err("guidance"))?;
-            let cond = out.get(1).and_then(|t| t.unsqueeze(0)).map_err(engine_err("guidance"))?;
+            let uncond = out
+                .get(0)
+                .and_then(|t| t.unsqueeze(0))
+                .map_err(engine_err("guidance"))?;
+            let cond = out
+                .get(1)
+                .and_then(|t| t.unsqueeze(0))
+                .map_err(engine_err("guidance"))?;
             // diffusers' order of operations: uncond + g·(cond − uncond).
-            (&uncond + ((&cond - &uncond).and_then(|d| d * p.cfg)).map_err(engine_err("guidance"))?)
-                .map_err(engine_err("guidance"))?
+            (&uncond
+                + ((&cond - &uncond).and_then(|d| d * p.cfg)).map_err(engine_err("guidance"))?)
+            .map_err(engine_err("guidance"))?
         } else {
             out
         };
         latents = sched.step(&eps, i, &latents, &mut draw)?;
-        if on_step(StepProgress { step: n + 1, total, latents: &latents }).is_break() {
+        if on_step(StepProgress {
+            step: n + 1,
+            total,
+            latents: &latents,
+        })
+        .is_break()
+        {
             return Ok(None);
         }
     }
 
     let decoded = model
         .vae
-        .decode(&latents.to_dtype(model.dtype).map_err(engine_err("VAE decode"))?)
+        .decode(
+            &latents
+                .to_dtype(model.dtype)
+                .map_err(engine_err("VAE decode"))?,
+        )
         .map_err(engine_err("VAE decode"))?;
     tensor_to_image(&decoded).map(Some)
 }

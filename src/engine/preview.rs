@@ -19,7 +19,9 @@ const BIAS: [f32; 3] = [0.0, 0.0, 0.0];
 
 /// The preview of `(1, 4, h, w)` latents as an `w × h` RGB image.
 pub fn latents_to_rgb(latents: &Tensor) -> Result<RgbImage> {
-    let latents = latents.to_dtype(DType::F32).map_err(engine_err("preview"))?;
+    let latents = latents
+        .to_dtype(DType::F32)
+        .map_err(engine_err("preview"))?;
     let (_, c, h, w) = latents.dims4().map_err(engine_err("preview"))?;
     let values: Vec<f32> = latents
         .get(0)
@@ -30,7 +32,10 @@ pub fn latents_to_rgb(latents: &Tensor) -> Result<RgbImage> {
     let mut out = RgbImage::new(w as u32, h as u32);
     for (i, px) in out.pixels_mut().enumerate() {
         for (rgb, bias) in BIAS.iter().enumerate() {
-            let v: f32 = (0..c.min(4)).map(|ch| values[ch * plane + i] * FACTORS[ch][rgb]).sum::<f32>() + bias;
+            let v: f32 = (0..c.min(4))
+                .map(|ch| values[ch * plane + i] * FACTORS[ch][rgb])
+                .sum::<f32>()
+                + bias;
             px[rgb] = (((v + 1.0) / 2.0).clamp(0.0, 1.0) * 255.0) as u8;
         }
     }

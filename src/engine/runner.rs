@@ -250,7 +250,10 @@ impl Job<'_, '_> {
         let settings = &request.settings;
         settings.validate()?;
         let original = to_diffusion_rgb(&request.input);
-        let start = plan::start_size(settings, Some(Size::new(original.width(), original.height())))?;
+        let start = plan::start_size(
+            settings,
+            Some(Size::new(original.width(), original.height())),
+        )?;
         let seed = plan::resolve_seed(settings.seed);
         let mut means = vec![plan::rgb_mean(&original)];
         let mut plan = plan::plan(settings, start, seed, &means)?;
@@ -269,7 +272,8 @@ impl Job<'_, '_> {
                 spec,
                 loops: settings.loops,
             });
-            let resized = resize::resize_image(settings.resize_mode, &current, spec.width, spec.height)?;
+            let resized =
+                resize::resize_image(settings.resize_mode, &current, spec.width, spec.height)?;
             let params = Img2ImgParams {
                 prompt: settings.prompt.clone(),
                 negative_prompt: settings.negative_prompt.clone(),
@@ -286,7 +290,8 @@ impl Job<'_, '_> {
             let mut on_step = |p: super::pipeline::StepProgress<'_>| {
                 let done = done_cost + per_step * p.step as f64;
                 let elapsed = started.elapsed();
-                let eta = (done > 0.0).then(|| elapsed.mul_f64(((total_cost - done) / done).max(0.0)));
+                let eta =
+                    (done > 0.0).then(|| elapsed.mul_f64(((total_cost - done) / done).max(0.0)));
                 sink(Event::StepFinished {
                     loop_index: k,
                     step: p.step,
@@ -306,7 +311,9 @@ impl Job<'_, '_> {
                     ControlFlow::Continue(())
                 }
             };
-            let Some(mut out) = img2img(&model.model, &model.text, &resized, &params, &mut on_step)? else {
+            let Some(mut out) =
+                img2img(&model.model, &model.text, &resized, &params, &mut on_step)?
+            else {
                 return Ok(None);
             };
             done_cost += cost(&spec);
@@ -325,7 +332,10 @@ impl Job<'_, '_> {
                 return Ok(None);
             }
         }
-        let finished = finish::apply_dynamic(&DynamicImage::ImageRgb8(current.clone()), &settings.finishing());
+        let finished = finish::apply_dynamic(
+            &DynamicImage::ImageRgb8(current.clone()),
+            &settings.finishing(),
+        );
         let recipe = Recipe::new(settings, &plan, Some(self.model_info()));
         Ok(Some(RunOutput {
             unfinished: Arc::new(current),

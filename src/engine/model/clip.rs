@@ -62,7 +62,8 @@ impl ClipText {
         let hidden = cfg.hidden_size;
         let eps = cfg.layer_norm_eps;
         let emb = vb.pp("embeddings");
-        let token_embedding = candle_nn::embedding(cfg.vocab_size, hidden, emb.pp("token_embedding"))?;
+        let token_embedding =
+            candle_nn::embedding(cfg.vocab_size, hidden, emb.pp("token_embedding"))?;
         let position_embedding = emb
             .pp("position_embedding")
             .get((cfg.max_position_embeddings, hidden), "weight")?;
@@ -103,7 +104,10 @@ impl ClipText {
     pub fn forward(&self, ids: &Tensor, skip: usize) -> candle_core::Result<Tensor> {
         let (batch, seq) = ids.dims2()?;
         let positions = self.position_embedding.narrow(0, 0, seq)?;
-        let mut xs = self.token_embedding.forward(ids)?.broadcast_add(&positions)?;
+        let mut xs = self
+            .token_embedding
+            .forward(ids)?
+            .broadcast_add(&positions)?;
         let mask = causal_mask(seq, xs.device(), xs.dtype())?;
         let run = self.layers.len().saturating_sub(skip).max(1);
         for layer in &self.layers[..run] {
@@ -124,7 +128,9 @@ impl ClipText {
         let head_dim = hidden / self.heads;
         let h = layer.norm1.forward(xs)?;
         let split = |t: Tensor| -> candle_core::Result<Tensor> {
-            t.reshape((batch, seq, self.heads, head_dim))?.transpose(1, 2)?.contiguous()
+            t.reshape((batch, seq, self.heads, head_dim))?
+                .transpose(1, 2)?
+                .contiguous()
         };
         let scale = (head_dim as f64).powf(-0.5);
         let q = split((layer.q.forward(&h)? * scale)?)?;
@@ -132,10 +138,15 @@ impl ClipText {
         let v = split(layer.v.forward(&h)?)?;
         let scores = q.matmul(&k.t()?)?.broadcast_add(mask)?;
         let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-        let attn = probs.matmul(&v)?.transpose(1, 2)?.reshape((batch, seq, hidden))?;
+        let attn = probs
+            .matmul(&v)?
+            .transpose(1, 2)?
+            .reshape((batch, seq, hidden))?;
         let xs = (xs + layer.out.forward(&attn)?)?;
         let h = layer.norm2.forward(&xs)?;
-        let h = layer.fc2.forward(&self.activation.apply(&layer.fc1.forward(&h)?)?)?;
+        let h = layer
+            .fc2
+            .forward(&self.activation.apply(&layer.fc1.forward(&h)?)?)?;
         xs + h
     }
 }

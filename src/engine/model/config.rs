@@ -144,10 +144,16 @@ impl UNetFile {
     /// The candle UNet config, or an error naming `path` and the unsupported key.
     pub fn to_candle(&self, path: &Path) -> Result<UNet2DConditionModelConfig> {
         let unsupported = |key: &str, what: &str| {
-            Err(Error::input(path, format!("{key}: {what} is not supported yet")))
+            Err(Error::input(
+                path,
+                format!("{key}: {what} is not supported yet"),
+            ))
         };
         if let Some(kind) = &self.addition_embed_type {
-            return unsupported("addition_embed_type", &format!("{kind:?} (SDXL-style conditioning)"));
+            return unsupported(
+                "addition_embed_type",
+                &format!("{kind:?} (SDXL-style conditioning)"),
+            );
         }
         if let Some(kind) = &self.class_embed_type {
             return unsupported("class_embed_type", kind);
@@ -155,27 +161,41 @@ impl UNetFile {
         if self.time_cond_proj_dim.is_some() {
             return unsupported("time_cond_proj_dim", "guidance embedding");
         }
-        if let Some(mid) = &self.mid_block_type {
-            if mid != "UNetMidBlock2DCrossAttn" {
-                return unsupported("mid_block_type", mid);
-            }
+        if let Some(mid) = &self.mid_block_type
+            && mid != "UNetMidBlock2DCrossAttn"
+        {
+            return unsupported("mid_block_type", mid);
         }
         if self.norm_num_groups != 32 {
             // candle 0.11's DownBlock2D/UpBlock2D ignore the configured groups and use 32.
-            return unsupported("norm_num_groups", &format!("{} (only 32)", self.norm_num_groups));
+            return unsupported(
+                "norm_num_groups",
+                &format!("{} (only 32)", self.norm_num_groups),
+            );
         }
         let n = self.block_out_channels.len();
         if self.down_block_types.len() != n || self.up_block_types.len() != n || n == 0 {
-            return Err(Error::input(path, "block_out_channels, down_block_types and up_block_types differ in length"));
+            return Err(Error::input(
+                path,
+                "block_out_channels, down_block_types and up_block_types differ in length",
+            ));
         }
         let heads = self
             .num_attention_heads
             .clone()
             .or_else(|| self.attention_head_dim.clone())
             .unwrap_or(PerBlock::One(8));
-        let layers = self.transformer_layers_per_block.clone().unwrap_or(PerBlock::One(1));
+        let layers = self
+            .transformer_layers_per_block
+            .clone()
+            .unwrap_or(PerBlock::One(1));
         let mut blocks = Vec::with_capacity(n);
-        for (i, (&out_channels, kind)) in self.block_out_channels.iter().zip(&self.down_block_types).enumerate() {
+        for (i, (&out_channels, kind)) in self
+            .block_out_channels
+            .iter()
+            .zip(&self.down_block_types)
+            .enumerate()
+        {
             let cross = match kind.as_str() {
                 "CrossAttnDownBlock2D" => true,
                 "DownBlock2D" => false,
@@ -188,12 +208,24 @@ impl UNetFile {
                 other => return unsupported("up_block_types", other),
             };
             if up_cross != cross {
-                return unsupported("up_block_types", "up blocks that do not mirror the down blocks");
+                return unsupported(
+                    "up_block_types",
+                    "up blocks that do not mirror the down blocks",
+                );
             }
-            let missing = |key: &str| Error::input(path, format!("{key} has no value for block {i}"));
+            let missing =
+                |key: &str| Error::input(path, format!("{key} has no value for block {i}"));
             blocks.push(BlockConfig {
                 out_channels,
-                use_cross_attn: if cross { Some(layers.get(i).ok_or_else(|| missing("transformer_layers_per_block"))?) } else { None },
+                use_cross_attn: if cross {
+                    Some(
+                        layers
+                            .get(i)
+                            .ok_or_else(|| missing("transformer_layers_per_block"))?,
+                    )
+                } else {
+                    None
+                },
                 attention_head_dim: heads.get(i).ok_or_else(|| missing("attention_head_dim"))?,
             });
         }
@@ -262,10 +294,16 @@ impl VaeFile {
     /// Checks the features the engine's VAE implements.
     pub fn check(&self, path: &Path) -> Result<()> {
         if self.shift_factor.is_some_and(|s| s != 0.0) {
-            return Err(Error::input(path, "shift_factor: shifted latents are not supported"));
+            return Err(Error::input(
+                path,
+                "shift_factor: shifted latents are not supported",
+            ));
         }
         if !self.mid_block_add_attention {
-            return Err(Error::input(path, "mid_block_add_attention = false is not supported"));
+            return Err(Error::input(
+                path,
+                "mid_block_add_attention = false is not supported",
+            ));
         }
         if self.block_out_channels.is_empty() {
             return Err(Error::input(path, "block_out_channels is empty"));
@@ -333,7 +371,10 @@ impl ModelFiles {
     /// Reads every config of the diffusers folder `root`.
     pub fn read(root: &Path) -> Result<Self> {
         if !root.is_dir() {
-            return Err(Error::input(root, "not a folder (expected a diffusers model folder)"));
+            return Err(Error::input(
+                root,
+                "not a folder (expected a diffusers model folder)",
+            ));
         }
         let unet: UNetFile = read_json(&root.join("unet/config.json"))?;
         let vae: VaeFile = read_json(&root.join("vae/config.json"))?;

@@ -50,7 +50,11 @@ pub struct SdModel {
 fn weights_file(dir: &Path, stem: &str, dtype: DType) -> Result<PathBuf> {
     let full = dir.join(format!("{stem}.safetensors"));
     let half = dir.join(format!("{stem}.fp16.safetensors"));
-    let order = if dtype == DType::F16 { [&half, &full] } else { [&full, &half] };
+    let order = if dtype == DType::F16 {
+        [&half, &full]
+    } else {
+        [&full, &half]
+    };
     if let Some(found) = order.into_iter().find(|p| p.is_file()) {
         return Ok(found.clone());
     }
@@ -77,12 +81,18 @@ impl SdModel {
         let files = ModelFiles::read(root)?;
 
         let clip_path = weights_file(&root.join("text_encoder"), "model", dtype)?;
-        let clip = ClipText::new(var_builder(&clip_path, dtype, device)?, &files.clip)
-            .map_err(|e| Error::input(&clip_path, format!("not a matching CLIP text encoder: {}", candle_msg(&e))))?;
+        let clip =
+            ClipText::new(var_builder(&clip_path, dtype, device)?, &files.clip).map_err(|e| {
+                Error::input(
+                    &clip_path,
+                    format!("not a matching CLIP text encoder: {}", candle_msg(&e)),
+                )
+            })?;
 
         let vae_path = weights_file(&root.join("vae"), "diffusion_pytorch_model", dtype)?;
-        let vae = Vae::new(var_builder(&vae_path, dtype, device)?, &files.vae)
-            .map_err(|e| Error::input(&vae_path, format!("not a matching VAE: {}", candle_msg(&e))))?;
+        let vae = Vae::new(var_builder(&vae_path, dtype, device)?, &files.vae).map_err(|e| {
+            Error::input(&vae_path, format!("not a matching VAE: {}", candle_msg(&e)))
+        })?;
 
         let unet_cfg_path = root.join("unet/config.json");
         let unet_cfg = files.unet.to_candle(&unet_cfg_path)?;
@@ -94,7 +104,12 @@ impl SdModel {
             false,
             unet_cfg,
         )
-        .map_err(|e| Error::input(&unet_path, format!("not a matching UNet: {}", candle_msg(&e))))?;
+        .map_err(|e| {
+            Error::input(
+                &unet_path,
+                format!("not a matching UNet: {}", candle_msg(&e)),
+            )
+        })?;
 
         Ok(SdModel {
             files,
@@ -115,7 +130,11 @@ impl SdModel {
             let ids = Tensor::new(chunk.as_slice(), &self.device)
                 .and_then(|t| t.unsqueeze(0))
                 .map_err(engine_err("token ids"))?;
-            parts.push(self.clip.forward(&ids, 0).map_err(engine_err("text encoder"))?);
+            parts.push(
+                self.clip
+                    .forward(&ids, 0)
+                    .map_err(engine_err("text encoder"))?,
+            );
         }
         Tensor::cat(&parts, 1).map_err(engine_err("text embeddings"))
     }

@@ -29,7 +29,11 @@ fn conv1(vb: VarBuilder, cin: usize, cout: usize) -> candle_core::Result<Conv2d>
     candle_nn::conv2d(cin, cout, 1, Conv2dConfig::default(), vb)
 }
 
-fn mid_block(vb: VarBuilder, channels: usize, groups: usize) -> candle_core::Result<UNetMidBlock2D> {
+fn mid_block(
+    vb: VarBuilder,
+    channels: usize,
+    groups: usize,
+) -> candle_core::Result<UNetMidBlock2D> {
     let cfg = UNetMidBlock2DConfig {
         resnet_eps: EPS,
         output_scale_factor: 1.0,
@@ -99,7 +103,12 @@ impl Vae {
                     ..Default::default()
                 };
                 let cin = if i == 0 { reversed[0] } else { reversed[i - 1] };
-                UpDecoderBlock2D::new(dec.pp("up_blocks").pp(i.to_string()), cin, reversed[i], block)
+                UpDecoderBlock2D::new(
+                    dec.pp("up_blocks").pp(i.to_string()),
+                    cin,
+                    reversed[i],
+                    block,
+                )
             })
             .collect::<candle_core::Result<Vec<_>>>()?;
 
@@ -156,7 +165,9 @@ impl Vae {
         if let Some(conv) = &self.post_quant_conv {
             xs = conv.forward(&xs)?;
         }
-        let mut xs = self.dec_mid.forward(&self.dec_conv_in.forward(&xs)?, None)?;
+        let mut xs = self
+            .dec_mid
+            .forward(&self.dec_conv_in.forward(&xs)?, None)?;
         for block in &self.dec_up {
             xs = block.forward(&xs)?;
         }
