@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device};
 use loopback_scaler::engine::model::SdModel;
+use loopback_scaler::engine::noise::TorchGenerator;
 use loopback_scaler::engine::pipeline::{Img2ImgParams, TextAndSchedule, img2img};
 use loopback_scaler::engine::scheduler::SchedulerConfig;
 use loopback_scaler::settings::Sampler;
@@ -56,6 +57,8 @@ fn img2img_matches_diffusers() {
     let mut compared = 0;
     let mut worst_u8 = 0u8;
     let mut worst_out = 0f32;
+    let mut worst_latents = 0f32;
+    let mut worst_latents_rel = 0f32;
     for case in manifest["cases"].as_array().unwrap() {
         if case["latent_mode"] != "mean" {
             continue;
@@ -83,8 +86,10 @@ fn img2img_matches_diffusers() {
             &epsilon
         };
         let mut steps = 0;
-        let out = img2img(&model, text, &input, &params, &mut |_| {
+        let mut last_latents = Vec::new();
+        let out = img2img(&model, text, &input, &params, &mut |p| {
             steps += 1;
+            last_latents = p.latents.flatten_all().unwrap().to_vec1::<f32>().unwrap();
             ControlFlow::Continue(())
         })
         .unwrap()
@@ -116,12 +121,53 @@ fn img2img_matches_diffusers() {
             .zip(&reference_f)
             .map(|(&a, &b)| (f32::from(a) / 255.0 - b.clamp(0.0, 1.0)).abs())
             .fold(0f32, f32::max);
-        eprintln!("{name}: max |u8 diff| {diff_u8}, max |out diff| {diff_f:.2e}");
+        // Final latents: the last row of the reference trajectory.
+        let trajectory = read_f32(
+            case["files"]["latents_trajectory"]["file"]
+                .as_str()
+                .unwrap(),
+        );
+        let reference_latents = &trajectory[trajectory.len() - last_latents.len()..];
+        let diff_latents = last_latents
+            .iter()
+            .zip(reference_latents)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        let scale = reference_latents.iter().fold(0f32, |m, v| m.max(v.abs()));
+        worst_latents = worst_latents.max(diff_latents);
+        worst_latents_rel = worst_latents_rel.max(diff_latents / scale);
+        assert!(
+            diff_latents <= 1e-3 * scale.max(1.0),
+            "{name}: final latents differ by {diff_latents}"
+        );
+
+        // Every noise draw of the pipeline equals our generator's stream, bit for bit.
+        let draws = read_f32(case["files"]["noise_draws"]["file"].as_str().unwrap());
+        let per_draw = last_latents.len();
+        let mut generator = TorchGenerator::new(params.seed.into());
+        let ours: Vec<f32> = (0..draws.len() / per_draw)
+            .flat_map(|_| generator.randn(per_draw))
+            .collect();
+        assert_eq!(ours.len(), draws.len());
+        assert!(
+            draws
+                .iter()
+                .zip(&ours)
+                .all(|(a, b)| a.to_bits() == b.to_bits()),
+            "{name}: noise"
+        );
+
+        eprintln!(
+            "{name}: max |u8 diff| {diff_u8}, max |out diff| {diff_f:.2e}, final latents {diff_latents:.2e} (max |x| {scale:.1})"
+        );
         worst_u8 = worst_u8.max(diff_u8);
         worst_out = worst_out.max(diff_f);
         assert!(diff_u8 <= 1, "{name}: u8 output differs by {diff_u8}");
         compared += 1;
     }
-    eprintln!("{compared} cases; worst u8 diff {worst_u8}, worst float diff {worst_out:.2e}");
+    eprintln!(
+        "{compared} cases; worst u8 diff {worst_u8}, worst float diff {worst_out:.2e}, \
+         worst final-latent diff {worst_latents:.2e} ({worst_latents_rel:.2e} of max |x|)"
+    );
     assert_eq!(compared, 15);
 }
