@@ -1,5 +1,6 @@
 //! Command-line parsing and dispatch. Each subcommand lives in its own module.
 
+mod bench;
 mod plan;
 mod post;
 mod run;
@@ -27,6 +28,8 @@ enum Command {
     Run(Box<run::RunArgs>),
     /// Apply the finishing chain (enhancements, filters, colour matching) to any image.
     Post(post::PostArgs),
+    /// Time UNet steps (and VAE encode/decode) and report seconds and peak memory as JSON.
+    Bench(bench::BenchArgs),
     /// Print the resolved settings as JSON (defaults, then --settings FILE, then flags).
     Settings(settings::SettingsCmdArgs),
 }
@@ -77,6 +80,7 @@ pub fn run() -> anyhow::Result<()> {
     match cli.command {
         Command::Plan(args) => plan::run(&args),
         Command::Run(args) => run::run(&args),
+        Command::Bench(args) => bench::run(&args),
         Command::Post(args) => {
             let sub = matches
                 .subcommand_matches("post")

@@ -1,4 +1,5 @@
 //! The diffusion engine.
+//! - [`arch`]: the SD 1.5 and 2.1 architectures, for benchmarks with random weights;
 //! - [`device`]: picking CPU, CUDA or Metal and the weights' dtype;
 //! - [`hub`]: built-in model presets fetched into the Hugging Face cache;
 //! - [`model`]: a Stable Diffusion model loaded from a diffusers folder (CLIP, VAE, UNet);
@@ -12,6 +13,7 @@
 //! - [`tokenizer`]: the CLIP byte-pair-encoding tokenizer of every Stable Diffusion text encoder,
 //!   shipped with the app, with A1111's splitting of long prompts into 75-token chunks.
 
+pub mod arch;
 pub mod device;
 pub mod hub;
 pub mod model;

@@ -1,0 +1,158 @@
+//! `loopback-scaler bench`: time UNet steps, VAE encode and decode at a given size, and report
+//! seconds and peak memory as JSON. Without `--model`, the networks get random weights of the
+//! chosen architecture (timing does not depend on the values).
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+use candle_transformers::models::stable_diffusion::unet_2d::UNet2DConditionModel;
+use loopback_scaler::engine::arch::Arch;
+use loopback_scaler::engine::device::{self, DeviceSpec};
+use loopback_scaler::engine::model::SdModel;
+use loopback_scaler::engine::model::config::{UNetFile, VaeFile};
+use loopback_scaler::engine::model::vae::Vae;
+use serde_json::json;
+
+/// Arguments of `bench`.
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// Architecture for random weights (ignored with --model).
+    #[arg(long, value_enum, default_value = "sd15")]
+    arch: Arch,
+    /// Image size in pixels (square, multiple of 8).
+    #[arg(long, default_value_t = 512)]
+    size: usize,
+    /// UNet batch (2 = one classifier-free-guidance step).
+    #[arg(long, default_value_t = 2)]
+    batch: usize,
+    /// Timed UNet steps (after one warm-up step).
+    #[arg(long, default_value_t = 3)]
+    steps: usize,
+    /// Also time VAE encode and decode.
+    #[arg(long)]
+    vae: bool,
+    /// A diffusers folder to time instead of random weights.
+    #[arg(long, value_name = "PATH")]
+    model: Option<PathBuf>,
+    /// Where to run: auto, cpu, cuda, cuda:N or metal.
+    #[arg(long, default_value = "auto")]
+    device: DeviceSpec,
+}
+
+/// Peak resident memory of this process in MiB (Linux; `None` elsewhere).
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+fn random_builder(dtype: DType, device: &Device) -> (VarMap, VarBuilder<'static>) {
+    let map = VarMap::new();
+    let vb = VarBuilder::from_varmap(&map, dtype, device);
+    (map, vb)
+}
+
+/// Times `f` once to warm up, then `n` times; returns the seconds of each timed call.
+fn time<F: FnMut() -> anyhow::Result<()>>(n: usize, mut f: F) -> anyhow::Result<Vec<f64>> {
+    f()?;
+    let mut times = Vec::with_capacity(n);
+    for _ in 0..n {
+        let start = Instant::now();
+        f()?;
+        times.push(start.elapsed().as_secs_f64());
+    }
+    Ok(times)
+}
+
+fn summary(times: &[f64]) -> serde_json::Value {
+    let mean = times.iter().sum::<f64>() / times.len().max(1) as f64;
+    let min = times.iter().copied().fold(f64::INFINITY, f64::min);
+    json!({ "mean_s": mean, "min_s": min, "runs": times })
+}
+
+/// Runs `bench`.
+pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.size % 8 == 0 && args.size >= 64,
+        "--size must be a multiple of 8, at least 64"
+    );
+    let (device, dtype) = device::select(args.device)?;
+    let load = Instant::now();
+    let (unet, unet_file, vae, _map, name) = match &args.model {
+        Some(path) => {
+            let model = SdModel::load(path, &device, dtype)?;
+            let files = model.files.clone();
+            (
+                model.unet,
+                files.unet,
+                Some(model.vae),
+                None,
+                path.display().to_string(),
+            )
+        }
+        None => {
+            let unet_file: UNetFile = args.arch.unet()?;
+            let (map, vb) = random_builder(dtype, &device);
+            let unet = UNet2DConditionModel::new(
+                vb.pp("unet"),
+                4,
+                4,
+                false,
+                unet_file.to_candle("built-in".as_ref())?,
+            )?;
+            let vae_file: VaeFile = args.arch.vae()?;
+            let vae = if args.vae {
+                Some(Vae::new(vb.pp("vae"), &vae_file)?)
+            } else {
+                None
+            };
+            (
+                unet,
+                unet_file,
+                vae,
+                Some(map),
+                format!("{:?} (random weights)", args.arch),
+            )
+        }
+    };
+    let load_s = load.elapsed().as_secs_f64();
+
+    let latent = args.size / 8;
+    let x = Tensor::randn(0f32, 1.0, (args.batch, 4, latent, latent), &device)?.to_dtype(dtype)?;
+    let context = Tensor::randn(
+        0f32,
+        1.0,
+        (args.batch, 77, unet_file.cross_attention_dim),
+        &device,
+    )?
+    .to_dtype(dtype)?;
+    let unet_times = time(args.steps, || {
+        let out = unet.forward(&x, 500.0, &context)?;
+        device.synchronize()?;
+        drop(out);
+        Ok(())
+    })?;
+    let mut report = json!({
+        "model": name,
+        "device": device::describe(&device),
+        "dtype": format!("{dtype:?}"),
+        "size": args.size,
+        "batch": args.batch,
+        "threads": candle_core::utils::get_num_threads(),
+        "load_s": load_s,
+        "unet_step": summary(&unet_times),
+    });
+    if let Some(vae) = &vae {
+        let image =
+            Tensor::randn(0f32, 1.0, (1, 3, args.size, args.size), &device)?.to_dtype(dtype)?;
+        let latents = Tensor::randn(0f32, 1.0, (1, 4, latent, latent), &device)?.to_dtype(dtype)?;
+        report["vae_encode"] = summary(&time(1, || Ok(drop(vae.encode(&image)?)))?);
+        report["vae_decode"] = summary(&time(1, || Ok(drop(vae.decode(&latents)?)))?);
+    }
+    report["peak_rss_mib"] = json!(peak_rss_mib());
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(())
+}

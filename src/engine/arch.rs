@@ -1,0 +1,66 @@
+//! The published architectures of SD 1.5 and SD 2.1 (their diffusers `config.json` values), for
+//! benchmarks with random weights when no model is at hand.
+
+use super::model::config::{UNetFile, VaeFile};
+use crate::{Error, Result};
+
+/// A known architecture.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Arch {
+    /// Stable Diffusion 1.x (UNet 860M, CLIP ViT-L context 768).
+    Sd15,
+    /// Stable Diffusion 2.x (linear projections, OpenCLIP-H context 1024).
+    Sd21,
+}
+
+const SD15_UNET: &str = r#"{
+  "block_out_channels": [320, 640, 1280, 1280],
+  "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+  "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+  "layers_per_block": 2, "attention_head_dim": 8, "cross_attention_dim": 768,
+  "norm_num_groups": 32, "use_linear_projection": false
+}"#;
+
+const SD21_UNET: &str = r#"{
+  "block_out_channels": [320, 640, 1280, 1280],
+  "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+  "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+  "layers_per_block": 2, "attention_head_dim": [5, 10, 20, 20], "cross_attention_dim": 1024,
+  "norm_num_groups": 32, "use_linear_projection": true
+}"#;
+
+const SD_VAE: &str = r#"{
+  "block_out_channels": [128, 256, 512, 512], "layers_per_block": 2, "latent_channels": 4,
+  "norm_num_groups": 32, "scaling_factor": 0.18215
+}"#;
+
+impl Arch {
+    /// The UNet config.
+    pub fn unet(self) -> Result<UNetFile> {
+        let text = match self {
+            Arch::Sd15 => SD15_UNET,
+            Arch::Sd21 => SD21_UNET,
+        };
+        serde_json::from_str(text).map_err(|e| Error::Engine(format!("built-in UNet config: {e}")))
+    }
+
+    /// The VAE config (the same for SD 1.x and 2.x).
+    pub fn vae(self) -> Result<VaeFile> {
+        serde_json::from_str(SD_VAE).map_err(|e| Error::Engine(format!("built-in VAE config: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn built_in_configs_parse_and_convert() {
+        for arch in [Arch::Sd15, Arch::Sd21] {
+            let unet = arch.unet().unwrap();
+            let cfg = unet.to_candle(std::path::Path::new("built-in")).unwrap();
+            assert_eq!(cfg.blocks.len(), 4);
+            assert_eq!(arch.vae().unwrap().downscale(), 8);
+        }
+    }
+}
