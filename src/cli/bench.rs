@@ -76,7 +76,7 @@ fn summary(times: &[f64]) -> serde_json::Value {
 /// Runs `bench`.
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     anyhow::ensure!(
-        args.size % 8 == 0 && args.size >= 64,
+        args.size.is_multiple_of(8) && args.size >= 64,
         "--size must be a multiple of 8, at least 64"
     );
     let (device, dtype) = device::select(args.device)?;
@@ -149,8 +149,16 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         let image =
             Tensor::randn(0f32, 1.0, (1, 3, args.size, args.size), &device)?.to_dtype(dtype)?;
         let latents = Tensor::randn(0f32, 1.0, (1, 4, latent, latent), &device)?.to_dtype(dtype)?;
-        report["vae_encode"] = summary(&time(1, || Ok(drop(vae.encode(&image)?)))?);
-        report["vae_decode"] = summary(&time(1, || Ok(drop(vae.decode(&latents)?)))?);
+        let encode = time(1, || {
+            vae.encode(&image)?;
+            Ok(())
+        })?;
+        let decode = time(1, || {
+            vae.decode(&latents)?;
+            Ok(())
+        })?;
+        report["vae_encode"] = summary(&encode);
+        report["vae_decode"] = summary(&decode);
     }
     report["peak_rss_mib"] = json!(peak_rss_mib());
     println!("{}", serde_json::to_string_pretty(&report)?);
