@@ -4,8 +4,8 @@
 //! steps of each loop") as pure functions. Two choices the spec leaves open are made here:
 //! - In scale mode the limiting side (the one computed, the other following the ratio) is the
 //!   longer side of the start size (height on a square).
-//! - When the start size is larger than the final size the loops shrink the image; each loop's
-//!   size is then bounded by the start size instead of the final size.
+//! - Each side of every loop stays between its start and final values (the final size bounds
+//!   growth; when the start is larger than the final size, the loops shrink towards it).
 
 use serde::{Deserialize, Serialize};
 
@@ -185,17 +185,16 @@ impl Geometry {
             Side::Height => ((limit * w0 / h0).floor(), limit),
             Side::Width => (limit, (limit * h0 / w0).floor()),
         };
-        let shrinking =
-            self.start.width > self.final_size.width || self.start.height > self.final_size.height;
-        let bound = if shrinking {
-            Size::new(
-                self.final_size.width.max(self.start.width),
-                self.final_size.height.max(self.start.height),
-            )
-        } else {
-            self.final_size
-        };
-        Size::new(round8(w, bound.width), round8(h, bound.height))
+        // Each side stays between its start and final values, so the sizes move monotonically
+        // from the start towards the final size even where the side that follows the ratio
+        // rounds differently from the final size's own rounding.
+        let (s, f) = (self.start, self.final_size);
+        let lo = Size::new(s.width.min(f.width), s.height.min(f.height));
+        let hi = Size::new(s.width.max(f.width), s.height.max(f.height));
+        Size::new(
+            round8(w, hi.width).max(lo.width),
+            round8(h, hi.height).max(lo.height),
+        )
     }
 }
 
