@@ -263,7 +263,7 @@ impl Job<'_, '_> {
 
         let started = Instant::now();
         let mut done_cost = 0.0;
-        let mut current = original;
+        let mut current = Arc::new(original);
         for k in 1..=settings.loops {
             plan = plan::plan(settings, start, seed, &means)?;
             let spec = plan.loops[(k - 1) as usize];
@@ -327,18 +327,18 @@ impl Job<'_, '_> {
                 image: Arc::clone(&out),
             });
             means.push(plan::rgb_mean(&out));
-            current = (*out).clone();
+            current = Arc::clone(&out);
             if self.cancel.load(Ordering::SeqCst) && k < settings.loops {
                 return Ok(None);
             }
         }
         let finished = finish::apply_dynamic(
-            &DynamicImage::ImageRgb8(current.clone()),
+            &DynamicImage::ImageRgb8((*current).clone()),
             &settings.finishing(),
         );
         let recipe = Recipe::new(settings, &plan, Some(self.model_info()));
         Ok(Some(RunOutput {
-            unfinished: Arc::new(current),
+            unfinished: current,
             finished: Arc::new(finished),
             loops: self.loops.clone(),
             recipe,
