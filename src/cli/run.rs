@@ -2,16 +2,14 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context as _;
-use candle_core::DType;
 use image::{DynamicImage, RgbImage};
 use indicatif::{ProgressBar, ProgressStyle};
-use loopback_scaler::engine::device::{self, DeviceSpec};
-use loopback_scaler::engine::hub::{self, DownloadEvent, FetchOptions};
-use loopback_scaler::engine::models::{self, ModelSource};
+use loopback_scaler::engine::device::DeviceSpec;
+use loopback_scaler::engine::hub::DownloadEvent;
+use loopback_scaler::engine::loader::{self, LoadEvent, ModelRequest};
 use loopback_scaler::engine::runner::{self, Event, LoadedModel, RunRequest};
 use loopback_scaler::io::{self, load_image};
 use loopback_scaler::metadata::{self, png_text};
@@ -70,16 +68,11 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         eprintln!("warning: {warning}");
     }
 
-    let (device, dtype) = device::select(args.device)?;
-    let model_dir = resolve_model(&args.model, dtype == DType::F16, args.offline)?;
-    let loading = Instant::now();
-    eprintln!(
-        "loading {} on {}",
-        model_dir.display(),
-        device::describe(&device)
-    );
-    let model = Arc::new(LoadedModel::load(&model_dir, &device, dtype)?);
-    eprintln!("model loaded in {:.1} s", loading.elapsed().as_secs_f64());
+    // One flag for Ctrl-C, shared by the download and the run.
+    let cancel = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&cancel);
+    let _ = ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst));
+    let model = load_model(args, &cancel)?;
 
     let seed = plan::resolve_seed(settings.seed);
     let settings = loopback_scaler::Settings {
@@ -89,9 +82,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     let plan = runner::preview_plan(&settings, &input, seed)?;
     let total_steps: u64 = plan.loops.iter().map(|l| u64::from(l.steps)).sum();
 
-    let handle = runner::spawn(model, RunRequest { input, settings });
-    let cancel = handle.cancel_flag();
-    let _ = ctrlc::set_handler(move || cancel.store(true, Ordering::SeqCst));
+    let handle = runner::spawn_with_cancel(model, RunRequest { input, settings }, cancel);
 
     let bar = ProgressBar::new(total_steps.max(1));
     bar.set_style(
@@ -179,16 +170,12 @@ fn metadata_settings(path: &Path) -> anyhow::Result<loopback_scaler::Settings> {
     Ok(settings)
 }
 
-/// The diffusers folder for `spec`: a preset (fetched into the Hugging Face cache, with a
-/// download progress bar), a folder, or a name in `./models`.
-fn resolve_model(spec: &str, f16: bool, offline: bool) -> anyhow::Result<PathBuf> {
-    let preset = match models::resolve(spec, &models::default_search_dirs())? {
-        ModelSource::Folder(path) => return Ok(path),
-        ModelSource::Preset(preset) => preset,
-    };
-    let options = FetchOptions {
-        offline: offline || hub::offline_from_env(),
-        ..Default::default()
+/// Gets the model ready through the engine's loader, with a download progress bar for
+/// presets not yet cached.
+fn load_model(args: &RunArgs, cancel: &Arc<AtomicBool>) -> anyhow::Result<Arc<LoadedModel>> {
+    let request = ModelRequest {
+        offline: args.offline,
+        ..ModelRequest::new(args.model.clone(), args.device)
     };
     let bar = ProgressBar::new(0);
     bar.set_style(
@@ -197,17 +184,24 @@ fn resolve_model(spec: &str, f16: bool, offline: bool) -> anyhow::Result<PathBuf
         )
         .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
-    let path = hub::fetch(preset, f16, &options, &mut |event| match event {
-        DownloadEvent::Started { file, total_bytes } => {
-            bar.set_message(file.to_string());
+    let model = loader::load_blocking(&request, cancel, &mut |event| match event {
+        LoadEvent::Download(DownloadEvent::Started { file, total_bytes }) => {
+            bar.set_message(file);
             bar.set_length(total_bytes.unwrap_or(0));
             bar.set_position(0);
         }
-        DownloadEvent::Progress { downloaded, .. } => bar.set_position(downloaded),
-        DownloadEvent::Finished { .. } | DownloadEvent::AllDone => {}
-    })?;
+        LoadEvent::Download(DownloadEvent::Progress { downloaded, .. }) => {
+            bar.set_position(downloaded)
+        }
+        LoadEvent::Loading { path, device } => {
+            bar.finish_and_clear();
+            eprintln!("loading {} on {device}", path.display());
+        }
+        LoadEvent::Loaded { seconds, .. } => eprintln!("model loaded in {seconds:.1} s"),
+        _ => {}
+    });
     bar.finish_and_clear();
-    Ok(path)
+    Ok(model?)
 }
 
 fn save_loop(dir: &Path, index: u32, image: &RgbImage, overwrite: bool) -> anyhow::Result<()> {

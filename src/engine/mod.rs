@@ -2,6 +2,7 @@
 //! - [`arch`]: the SD 1.5 and 2.1 architectures, for benchmarks with random weights;
 //! - [`device`]: picking CPU, CUDA or Metal and the weights' dtype;
 //! - [`hub`]: built-in model presets fetched into the Hugging Face cache;
+//! - [`loader`]: getting a model ready (download a preset, load it) on a worker thread;
 //! - [`model`]: a Stable Diffusion model loaded from a diffusers folder (CLIP, VAE, UNet);
 //! - [`noise`]: seeded Gaussian noise bit-identical to PyTorch's CPU `torch.randn`, so a seed
 //!   gives the same initial latents as A1111 (RNG source "CPU") and diffusers;
@@ -16,6 +17,7 @@
 pub mod arch;
 pub mod device;
 pub mod hub;
+pub mod loader;
 pub mod model;
 pub mod models;
 pub mod noise;

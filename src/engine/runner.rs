@@ -173,8 +173,17 @@ impl RunHandle {
 
 /// Starts `request` on a worker thread with `model`.
 pub fn spawn(model: Arc<LoadedModel>, request: RunRequest) -> RunHandle {
+    spawn_with_cancel(model, request, Arc::new(AtomicBool::new(false)))
+}
+
+/// Like [`spawn`], with a cancel flag the caller already holds (e.g. one a Ctrl-C handler
+/// sets); [`RunHandle::cancel`] sets the same flag.
+pub fn spawn_with_cancel(
+    model: Arc<LoadedModel>,
+    request: RunRequest,
+    cancel: Arc<AtomicBool>,
+) -> RunHandle {
     let (tx, events) = channel();
-    let cancel = Arc::new(AtomicBool::new(false));
     let flag = Arc::clone(&cancel);
     let thread = std::thread::Builder::new()
         .name("loopback-runner".into())

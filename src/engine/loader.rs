@@ -1,0 +1,183 @@
+//! Getting a model ready: resolve what the user named (preset, folder, name in `models/`),
+//! download a preset if needed (with [`DownloadEvent`]s), and load it on a device — on a
+//! worker thread ([`spawn_load`]) or on the caller's ([`load_blocking`]).
+//!
+//! The same job serves the CLI (progress bar) and the GUI (progress in the side panel, with
+//! Cancel). A loaded model is an `Arc<LoadedModel>`; keep it and pass it to
+//! [`super::runner::spawn`] for as many runs as wanted.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, channel};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use candle_core::DType;
+
+use super::device::{self, DeviceSpec};
+use super::hub::{self, DownloadEvent, FetchOptions};
+use super::models::{self, ModelSource};
+use super::runner::LoadedModel;
+use crate::{Error, Result};
+
+/// Which model to get ready, and where.
+#[derive(Debug, Clone)]
+pub struct ModelRequest {
+    /// A preset name (`sd15`, `sd21`, `sd-turbo`), a diffusers folder, or the name of a
+    /// folder in one of `search_dirs`.
+    pub spec: String,
+    /// Where to run it.
+    pub device: DeviceSpec,
+    /// Never download; use the Hugging Face cache only (also set by `HF_HUB_OFFLINE`).
+    pub offline: bool,
+    /// Folders searched for local models by name ([`models::default_search_dirs`]).
+    pub search_dirs: Vec<PathBuf>,
+    /// The Hugging Face cache to use; `None`: the standard one.
+    pub cache_dir: Option<PathBuf>,
+}
+
+impl ModelRequest {
+    /// A request for `spec` on `device` with the default search folders and cache.
+    pub fn new(spec: impl Into<String>, device: DeviceSpec) -> Self {
+        ModelRequest {
+            spec: spec.into(),
+            device,
+            offline: false,
+            search_dirs: models::default_search_dirs(),
+            cache_dir: None,
+        }
+    }
+}
+
+/// What a load job reports, in order: any number of `Download`s (presets not yet cached),
+/// `Loading`, then exactly one of `Loaded`, `Failed` or `Cancelled`.
+#[derive(Debug, Clone)]
+pub enum LoadEvent {
+    /// Download progress of a preset's files.
+    Download(DownloadEvent),
+    /// The weights are being read (memory-mapped) onto the device.
+    Loading {
+        /// The diffusers folder.
+        path: PathBuf,
+        /// The device, in words ("CPU", "CUDA GPU 0", …).
+        device: String,
+    },
+    /// The model is ready.
+    Loaded {
+        /// The model, to pass to the runner as often as wanted.
+        model: Arc<LoadedModel>,
+        /// Seconds spent loading the weights (downloads not included).
+        seconds: f64,
+    },
+    /// The model could not be got ready; one line saying why.
+    Failed(String),
+    /// Cancelled (a partial download is kept and resumed next time).
+    Cancelled,
+}
+
+/// A load job running on a worker thread.
+#[derive(Debug)]
+pub struct LoadHandle {
+    /// The job's events; the channel closes after the last one.
+    pub events: Receiver<LoadEvent>,
+    cancel: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl LoadHandle {
+    /// Asks the job to stop (a download stops within 64 KiB; loading weights is not
+    /// interrupted, but its result is then dropped).
+    pub fn cancel(&self) {
+        self.cancel.store(true, Ordering::SeqCst);
+    }
+
+    /// Waits for the worker thread to end.
+    pub fn join(mut self) {
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Starts getting `request` ready on a worker thread.
+pub fn spawn_load(request: ModelRequest) -> LoadHandle {
+    let (tx, rx) = channel();
+    let cancel = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&cancel);
+    let thread = std::thread::Builder::new()
+        .name("model-loader".into())
+        .spawn(move || {
+            let mut sink = |event: LoadEvent| {
+                let _ = tx.send(event);
+            };
+            let last = match load_blocking(&request, &flag, &mut sink) {
+                Ok(model) if !flag.load(Ordering::SeqCst) => {
+                    // `load_blocking` already sent `Loaded`.
+                    drop(model);
+                    return;
+                }
+                Ok(_) => LoadEvent::Cancelled,
+                Err(_) if flag.load(Ordering::SeqCst) => LoadEvent::Cancelled,
+                Err(e) => LoadEvent::Failed(e.to_string()),
+            };
+            sink(last);
+        });
+    match thread {
+        Ok(thread) => LoadHandle {
+            events: rx,
+            cancel,
+            thread: Some(thread),
+        },
+        Err(e) => {
+            let (tx, rx) = channel();
+            let _ = tx.send(LoadEvent::Failed(format!(
+                "cannot start the model loader thread: {e}"
+            )));
+            LoadHandle {
+                events: rx,
+                cancel,
+                thread: None,
+            }
+        }
+    }
+}
+
+/// Gets `request` ready on this thread, reporting `Download`, `Loading` and (on success)
+/// `Loaded` to `sink`. Errors are returned, not reported.
+pub fn load_blocking(
+    request: &ModelRequest,
+    cancel: &Arc<AtomicBool>,
+    sink: &mut dyn FnMut(LoadEvent),
+) -> Result<Arc<LoadedModel>> {
+    let (device, dtype) = device::select(request.device)?;
+    let f16 = dtype == DType::F16;
+    let path = match models::resolve(&request.spec, &request.search_dirs)? {
+        ModelSource::Folder(path) => path,
+        ModelSource::Preset(preset) => {
+            let options = FetchOptions {
+                offline: request.offline || hub::offline_from_env(),
+                cache_dir: request.cache_dir.clone(),
+                cancel: Some(Arc::clone(cancel)),
+                endpoint: None,
+            };
+            hub::fetch(preset, f16, &options, &mut |event| {
+                sink(LoadEvent::Download(event));
+            })?
+        }
+    };
+    if cancel.load(Ordering::SeqCst) {
+        return Err(Error::Engine("model loading cancelled".into()));
+    }
+    sink(LoadEvent::Loading {
+        path: path.clone(),
+        device: device::describe(&device),
+    });
+    let started = Instant::now();
+    let model = Arc::new(LoadedModel::load(&path, &device, dtype)?);
+    sink(LoadEvent::Loaded {
+        model: Arc::clone(&model),
+        seconds: started.elapsed().as_secs_f64(),
+    });
+    Ok(model)
+}
