@@ -18,7 +18,10 @@ fn events(request: ModelRequest) -> Vec<LoadEvent> {
 #[test]
 fn local_folder_loads_through_the_worker() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-sd");
-    let events = events(ModelRequest::new(path.display().to_string(), DeviceSpec::Cpu));
+    let events = events(ModelRequest::new(
+        path.display().to_string(),
+        DeviceSpec::Cpu,
+    ));
     assert_eq!(events.len(), 2, "{events:?}");
     match &events[0] {
         LoadEvent::Loading { path: p, device } => {
