@@ -3,6 +3,7 @@
 //! Weights are memory-mapped safetensors, cast to the requested dtype as they load. The
 //! architecture comes from each component's `config.json` ([`config`]).
 
+pub mod attention;
 pub mod clip;
 pub mod config;
 pub mod vae;
