@@ -7,11 +7,11 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
-use candle_transformers::models::stable_diffusion::unet_2d::UNet2DConditionModel;
 use loopback_scaler::engine::arch::Arch;
 use loopback_scaler::engine::device::{self, DeviceSpec};
 use loopback_scaler::engine::model::SdModel;
 use loopback_scaler::engine::model::config::{UNetFile, VaeFile};
+use loopback_scaler::engine::model::unet::UNet;
 use loopback_scaler::engine::model::vae::Vae;
 use serde_json::json;
 
@@ -96,13 +96,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         None => {
             let unet_file: UNetFile = args.arch.unet()?;
             let (map, vb) = random_builder(dtype, &device);
-            let unet = UNet2DConditionModel::new(
-                vb.pp("unet"),
-                4,
-                4,
-                false,
-                unet_file.to_candle("built-in".as_ref())?,
-            )?;
+            let unet = UNet::new(vb.pp("unet"), &unet_file, "built-in".as_ref())?;
             let vae_file: VaeFile = args.arch.vae()?;
             let vae = if args.vae {
                 Some(Vae::new(vb.pp("vae"), &vae_file)?)

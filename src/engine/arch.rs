@@ -58,8 +58,14 @@ mod tests {
     fn built_in_configs_parse_and_convert() {
         for arch in [Arch::Sd15, Arch::Sd21] {
             let unet = arch.unet().unwrap();
-            let cfg = unet.to_candle(std::path::Path::new("built-in")).unwrap();
-            assert_eq!(cfg.blocks.len(), 4);
+            let levels = unet.levels(std::path::Path::new("built-in")).unwrap();
+            assert_eq!(levels.len(), 4);
+            assert!(levels[..3].iter().all(|l| l.attention) && !levels[3].attention);
+            assert!(
+                levels
+                    .iter()
+                    .all(|l| l.channels / l.heads == 64 || arch == Arch::Sd15)
+            );
             assert_eq!(arch.vae().unwrap().downscale(), 8);
         }
     }

@@ -7,9 +7,6 @@
 
 use std::path::{Path, PathBuf};
 
-use candle_transformers::models::stable_diffusion::unet_2d::{
-    BlockConfig, UNet2DConditionModelConfig,
-};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
@@ -140,9 +137,24 @@ fn yes() -> bool {
     true
 }
 
+/// One resolution level of the UNet, as the config describes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Level {
+    /// Channels of the level.
+    pub channels: usize,
+    /// Whether the level's blocks have cross-attention transformers.
+    pub attention: bool,
+    /// Transformer layers of each attention block (the last level's value is the mid
+    /// block's, whether or not the level itself has attention).
+    pub transformer_layers: usize,
+    /// Attention heads of the level's transformers.
+    pub heads: usize,
+}
+
 impl UNetFile {
-    /// The candle UNet config, or an error naming `path` and the unsupported key.
-    pub fn to_candle(&self, path: &Path) -> Result<UNet2DConditionModelConfig> {
+    /// The resolution levels (down path order), or an error naming `path` and the
+    /// unsupported or inconsistent key.
+    pub fn levels(&self, path: &Path) -> Result<Vec<Level>> {
         let unsupported = |key: &str, what: &str| {
             Err(Error::input(
                 path,
@@ -166,12 +178,19 @@ impl UNetFile {
         {
             return unsupported("mid_block_type", mid);
         }
-        if self.norm_num_groups != 32 {
-            // candle 0.11's DownBlock2D/UpBlock2D ignore the configured groups and use 32.
-            return unsupported(
-                "norm_num_groups",
-                &format!("{} (only 32)", self.norm_num_groups),
-            );
+        if self.norm_num_groups == 0
+            || self
+                .block_out_channels
+                .iter()
+                .any(|c| c % self.norm_num_groups != 0)
+        {
+            return Err(Error::input(
+                path,
+                format!(
+                    "norm_num_groups {} does not divide every block_out_channels value",
+                    self.norm_num_groups
+                ),
+            ));
         }
         let n = self.block_out_channels.len();
         if self.down_block_types.len() != n || self.up_block_types.len() != n || n == 0 {
@@ -215,34 +234,23 @@ impl UNetFile {
             }
             let missing =
                 |key: &str| Error::input(path, format!("{key} has no value for block {i}"));
-            blocks.push(BlockConfig {
-                out_channels,
-                use_cross_attn: if cross {
-                    Some(
-                        layers
-                            .get(i)
-                            .ok_or_else(|| missing("transformer_layers_per_block"))?,
-                    )
-                } else {
-                    None
-                },
-                attention_head_dim: heads.get(i).ok_or_else(|| missing("attention_head_dim"))?,
+            let heads = heads.get(i).ok_or_else(|| missing("attention_head_dim"))?;
+            if heads == 0 || out_channels % heads != 0 {
+                return Err(Error::input(
+                    path,
+                    format!("{heads} attention heads do not divide {out_channels} channels"),
+                ));
+            }
+            blocks.push(Level {
+                channels: out_channels,
+                attention: cross,
+                transformer_layers: layers
+                    .get(i)
+                    .ok_or_else(|| missing("transformer_layers_per_block"))?,
+                heads,
             });
         }
-        Ok(UNet2DConditionModelConfig {
-            center_input_sample: self.center_input_sample,
-            flip_sin_to_cos: self.flip_sin_to_cos,
-            freq_shift: self.freq_shift,
-            blocks,
-            layers_per_block: self.layers_per_block,
-            downsample_padding: self.downsample_padding,
-            mid_block_scale_factor: self.mid_block_scale_factor,
-            norm_num_groups: self.norm_num_groups,
-            norm_eps: self.norm_eps,
-            cross_attention_dim: self.cross_attention_dim,
-            sliced_attention_size: None,
-            use_linear_projection: self.use_linear_projection,
-        })
+        Ok(blocks)
     }
 }
 

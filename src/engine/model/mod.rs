@@ -6,17 +6,18 @@
 pub mod attention;
 pub mod clip;
 pub mod config;
+pub mod unet;
 pub mod vae;
 
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
-use candle_transformers::models::stable_diffusion::unet_2d::UNet2DConditionModel;
 
 use crate::{Error, Result};
 use clip::ClipText;
 use config::ModelFiles;
+use unet::UNet;
 use vae::Vae;
 
 /// A candle error's message without the backtrace candle appends when `RUST_BACKTRACE` is set.
@@ -39,7 +40,7 @@ pub struct SdModel {
     /// The VAE.
     pub vae: Vae,
     /// The denoising UNet.
-    pub unet: UNet2DConditionModel,
+    pub unet: UNet,
     /// Where the weights live.
     pub device: Device,
     /// The weights' dtype.
@@ -95,21 +96,15 @@ impl SdModel {
             Error::input(&vae_path, format!("not a matching VAE: {}", candle_msg(&e)))
         })?;
 
-        let unet_cfg_path = root.join("unet/config.json");
-        let unet_cfg = files.unet.to_candle(&unet_cfg_path)?;
         let unet_path = weights_file(&root.join("unet"), "diffusion_pytorch_model", dtype)?;
-        let unet = UNet2DConditionModel::new(
+        let unet = UNet::new(
             var_builder(&unet_path, dtype, device)?,
-            files.unet.in_channels,
-            files.unet.out_channels,
-            false,
-            unet_cfg,
+            &files.unet,
+            &root.join("unet/config.json"),
         )
-        .map_err(|e| {
-            Error::input(
-                &unet_path,
-                format!("not a matching UNet: {}", candle_msg(&e)),
-            )
+        .map_err(|e| match e {
+            Error::Input { reason, .. } => Error::input(&unet_path, reason),
+            other => other,
         })?;
 
         Ok(SdModel {
