@@ -2,6 +2,7 @@
 //! seconds and peak memory as JSON. Without `--model`, the networks get random weights of the
 //! chosen architecture (timing does not depend on the values).
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -49,10 +50,25 @@ fn peak_rss_mib() -> Option<f64> {
     Some(kib / 1024.0)
 }
 
-fn random_builder(dtype: DType, device: &Device) -> (VarMap, VarBuilder<'static>) {
+/// Builds a network with random weights as plain tensors. A `VarMap` alone would hand out
+/// trainable variables, and candle then keeps every activation of a forward pass alive for
+/// backpropagation (at 512² that is 12 GB more than inference needs): so the variables are
+/// created once, detached, and the network is built again from the detached tensors.
+fn with_random_weights<T>(
+    dtype: DType,
+    device: &Device,
+    build: impl Fn(VarBuilder) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
     let map = VarMap::new();
-    let vb = VarBuilder::from_varmap(&map, dtype, device);
-    (map, vb)
+    drop(build(VarBuilder::from_varmap(&map, dtype, device))?);
+    let tensors: HashMap<String, Tensor> = map
+        .data()
+        .lock()
+        .map_err(|_| anyhow::anyhow!("random weights: poisoned lock"))?
+        .iter()
+        .map(|(name, var)| (name.clone(), var.as_detached_tensor()))
+        .collect();
+    build(VarBuilder::from_tensors(tensors, dtype, device))
 }
 
 /// Times `f` once to warm up, then `n` times; returns the seconds of each timed call.
@@ -81,7 +97,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     );
     let (device, dtype) = device::select(args.device)?;
     let load = Instant::now();
-    let (unet, unet_file, vae, _map, name) = match &args.model {
+    let (unet, unet_file, vae, name) = match &args.model {
         Some(path) => {
             let model = SdModel::load(path, &device, dtype)?;
             let files = model.files.clone();
@@ -89,17 +105,19 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
                 model.unet,
                 files.unet,
                 Some(model.vae),
-                None,
                 path.display().to_string(),
             )
         }
         None => {
             let unet_file: UNetFile = args.arch.unet()?;
-            let (map, vb) = random_builder(dtype, &device);
-            let unet = UNet::new(vb.pp("unet"), &unet_file, "built-in".as_ref())?;
+            let unet = with_random_weights(dtype, &device, |vb| {
+                Ok(UNet::new(vb, &unet_file, "built-in".as_ref())?)
+            })?;
             let vae_file: VaeFile = args.arch.vae()?;
             let vae = if args.vae {
-                Some(Vae::new(vb.pp("vae"), &vae_file)?)
+                Some(with_random_weights(dtype, &device, |vb| {
+                    Ok(Vae::new(vb, &vae_file)?)
+                })?)
             } else {
                 None
             };
@@ -107,7 +125,6 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
                 unet,
                 unet_file,
                 vae,
-                Some(map),
                 format!("{:?} (random weights)", args.arch),
             )
         }
