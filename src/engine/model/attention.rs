@@ -15,7 +15,7 @@
 use candle_core::{D, DType, Result, Tensor};
 
 /// Default bytes of scores held at once (per attention call).
-pub const DEFAULT_SCORE_BUDGET: usize = 256 << 20;
+pub const DEFAULT_SCORE_BUDGET: usize = 32 << 20;
 
 /// Query rows per chunk are never fewer than this (smaller chunks starve the matrix
 /// multiplication); below it the keys are blocked instead.

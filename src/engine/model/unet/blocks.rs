@@ -5,16 +5,13 @@
 //! configured GroupNorm groups (always 32), which breaks small fine-tunes and test models.
 
 use candle_core::{DType, Module, Result, Tensor};
-use candle_nn::{Conv2d, Conv2dConfig, GroupNorm, Linear, VarBuilder};
+use candle_nn::{GroupNorm, Linear, VarBuilder};
+
+use super::super::conv::Conv2d;
 
 /// A 3×3 convolution with padding 1 and the given stride.
 pub fn conv3(vb: VarBuilder, cin: usize, cout: usize, stride: usize) -> Result<Conv2d> {
-    let cfg = Conv2dConfig {
-        padding: 1,
-        stride,
-        ..Default::default()
-    };
-    candle_nn::conv2d(cin, cout, 3, cfg, vb)
+    Conv2d::new(vb, cin, cout, 3, stride, 1)
 }
 
 /// GroupNorm, SiLU, 3×3 conv, plus the projected time embedding; GroupNorm, SiLU, 3×3 conv;
@@ -42,13 +39,7 @@ impl ResnetBlock {
         let shortcut = if cin == cout {
             None
         } else {
-            Some(candle_nn::conv2d(
-                cin,
-                cout,
-                1,
-                Default::default(),
-                vb.pp("conv_shortcut"),
-            )?)
+            Some(Conv2d::new(vb.pp("conv_shortcut"), cin, cout, 1, 1, 0)?)
         };
         Ok(ResnetBlock {
             norm1: candle_nn::group_norm(groups, cin, eps, vb.pp("norm1"))?,
@@ -86,19 +77,14 @@ pub struct Downsample {
 impl Downsample {
     /// Builds one from `vb` for `channels` channels.
     pub fn new(vb: VarBuilder, channels: usize, padding: usize) -> Result<Self> {
-        let cfg = Conv2dConfig {
-            padding,
-            stride: 2,
-            ..Default::default()
-        };
         Ok(Downsample {
-            conv: candle_nn::conv2d(channels, channels, 3, cfg, vb.pp("conv"))?,
+            conv: Conv2d::new(vb.pp("conv"), channels, channels, 3, 2, padding)?,
         })
     }
 
     /// Applies it (padding 0 pads one row and column at the end, as diffusers does).
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        if self.conv.config().padding == 0 {
+        if self.conv.padding() == 0 {
             let xs = xs.pad_with_zeros(3, 0, 1)?.pad_with_zeros(2, 0, 1)?;
             return self.conv.forward(&xs);
         }

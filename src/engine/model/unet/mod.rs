@@ -12,10 +12,11 @@ mod transformer;
 use std::path::Path;
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Conv2d, GroupNorm, Linear, VarBuilder};
+use candle_nn::{GroupNorm, Linear, VarBuilder};
 
 use super::attention::DEFAULT_SCORE_BUDGET;
 use super::config::{Level, UNetFile};
+use super::conv::Conv2d;
 use blocks::{Downsample, ResnetBlock, Upsample, conv3, timestep_embedding};
 use transformer::SpatialTransformer;
 

@@ -8,9 +8,10 @@
 //!   variant crashes; here attention goes through [`attention::attention`] with a byte budget.
 
 use candle_core::{D, Module, Result, Tensor};
-use candle_nn::{Conv2d, GroupNorm, LayerNorm, Linear, VarBuilder};
+use candle_nn::{GroupNorm, LayerNorm, Linear, VarBuilder};
 
 use super::super::attention;
+use super::super::conv::Conv2d;
 
 /// Multi-head attention (`attn1` on the image itself, `attn2` on the text).
 #[derive(Debug)]
@@ -136,13 +137,7 @@ impl Projection {
         Ok(if linear {
             Projection::Linear(candle_nn::linear(channels, channels, vb)?)
         } else {
-            Projection::Conv(candle_nn::conv2d(
-                channels,
-                channels,
-                1,
-                Default::default(),
-                vb,
-            )?)
+            Projection::Conv(Conv2d::new(vb, channels, channels, 1, 1, 0)?)
         })
     }
 }
