@@ -5,9 +5,10 @@
 //! configured GroupNorm groups (always 32), which breaks small fine-tunes and test models.
 
 use candle_core::{DType, Module, Result, Tensor};
-use candle_nn::{GroupNorm, Linear, VarBuilder};
+use candle_nn::{Linear, VarBuilder};
 
 use super::super::conv::Conv2d;
+use super::super::norm::GroupNorm;
 
 /// A 3×3 convolution with padding 1 and the given stride.
 pub fn conv3(vb: VarBuilder, cin: usize, cout: usize, stride: usize) -> Result<Conv2d> {
@@ -42,10 +43,10 @@ impl ResnetBlock {
             Some(Conv2d::new(vb.pp("conv_shortcut"), cin, cout, 1, 1, 0)?)
         };
         Ok(ResnetBlock {
-            norm1: candle_nn::group_norm(groups, cin, eps, vb.pp("norm1"))?,
+            norm1: GroupNorm::new(vb.pp("norm1"), groups, cin, eps)?,
             conv1: conv3(vb.pp("conv1"), cin, cout, 1)?,
             time_emb_proj: candle_nn::linear(temb, cout, vb.pp("time_emb_proj"))?,
-            norm2: candle_nn::group_norm(groups, cout, eps, vb.pp("norm2"))?,
+            norm2: GroupNorm::new(vb.pp("norm2"), groups, cout, eps)?,
             conv2: conv3(vb.pp("conv2"), cout, cout, 1)?,
             shortcut,
         })
@@ -53,14 +54,12 @@ impl ResnetBlock {
 
     /// Applies the block to `xs` with `temb`, the SiLU of the time embedding.
     pub fn forward(&self, xs: &Tensor, silu_temb: &Tensor) -> Result<Tensor> {
-        let h = self.conv1.forward(&self.norm1.forward(xs)?.silu()?)?;
-        let t = self
-            .time_emb_proj
-            .forward(silu_temb)?
-            .unsqueeze(2)?
-            .unsqueeze(3)?;
-        let h = h.broadcast_add(&t)?;
-        let h = self.conv2.forward(&self.norm2.forward(&h)?.silu()?)?;
+        // The projected time embedding is added by the convolution itself.
+        let t = self.time_emb_proj.forward(silu_temb)?;
+        let h = self
+            .conv1
+            .forward_plus(&self.norm1.forward_silu(xs)?, Some(&t))?;
+        let h = self.conv2.forward(&self.norm2.forward_silu(&h)?)?;
         match &self.shortcut {
             Some(conv) => conv.forward(xs)? + h,
             None => xs + h,

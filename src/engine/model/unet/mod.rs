@@ -12,11 +12,12 @@ mod transformer;
 use std::path::Path;
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{GroupNorm, Linear, VarBuilder};
+use candle_nn::{Linear, VarBuilder};
 
 use super::attention::DEFAULT_SCORE_BUDGET;
 use super::config::{Level, UNetFile};
 use super::conv::Conv2d;
+use super::norm::GroupNorm;
 use blocks::{Downsample, ResnetBlock, Upsample, conv3, timestep_embedding};
 use transformer::SpatialTransformer;
 
@@ -182,7 +183,7 @@ impl UNet {
             mid_resnets,
             mid_attention,
             up,
-            norm_out: candle_nn::group_norm(groups, c0, eps, vb.pp("conv_norm_out"))?,
+            norm_out: GroupNorm::new(vb.pp("conv_norm_out"), groups, c0, eps)?,
             conv_out: conv3(vb.pp("conv_out"), c0, cfg.out_channels, 1)?,
             time_dim: c0,
             flip_sin_to_cos: cfg.flip_sin_to_cos,
@@ -278,6 +279,6 @@ impl UNet {
         }
         debug_assert_eq!(xs.dims4()?.2, height);
         debug_assert_eq!(xs.dims4()?.3, width);
-        self.conv_out.forward(&self.norm_out.forward(&xs)?.silu()?)
+        self.conv_out.forward(&self.norm_out.forward_silu(&xs)?)
     }
 }

@@ -8,10 +8,11 @@
 //!   variant crashes; here attention goes through [`attention::attention`] with a byte budget.
 
 use candle_core::{D, Module, Result, Tensor};
-use candle_nn::{GroupNorm, LayerNorm, Linear, VarBuilder};
+use candle_nn::{LayerNorm, Linear, VarBuilder};
 
 use super::super::attention;
 use super::super::conv::Conv2d;
+use super::super::norm::GroupNorm;
 
 /// Multi-head attention (`attn1` on the image itself, `attn2` on the text).
 #[derive(Debug)]
@@ -175,7 +176,7 @@ impl SpatialTransformer {
             .collect::<Result<Vec<_>>>()?;
         Ok(SpatialTransformer {
             // diffusers fixes this GroupNorm's epsilon at 1e-6.
-            norm: candle_nn::group_norm(groups, channels, 1e-6, vb.pp("norm"))?,
+            norm: GroupNorm::new(vb.pp("norm"), groups, channels, 1e-6)?,
             proj_in: Projection::new(vb.pp("proj_in"), channels, linear)?,
             blocks,
             proj_out: Projection::new(vb.pp("proj_out"), channels, linear)?,
