@@ -10,9 +10,16 @@
 //!   keys are cut into blocks too and combined with an online softmax (running maximum and
 //!   running sum, rescaled as each block arrives), as flash attention does.
 //!
-//! Plain device-generic tensor code: it runs on CPU, CUDA and Metal alike.
+//! Device-generic tensor code runs on CUDA and Metal (and any dtype); f32 on the CPU takes a
+//! fused path: per head and chunk of queries, one `gemm` for the scores into a per-thread
+//! scratch buffer, an in-place scaled softmax (vectorised `exp`), one `gemm` into the output
+//! — no score tensor, no separate scaling pass, chunks spread over the threads.
 
-use candle_core::{D, DType, Result, Tensor};
+use candle_core::{D, DType, Device, Result, Tensor};
+use rayon::prelude::*;
+
+use super::conv::{f32_slice, gemm_f32};
+use super::fastmath::softmax_row;
 
 /// Default bytes of scores held at once (per attention call).
 pub const DEFAULT_SCORE_BUDGET: usize = 32 << 20;
@@ -24,6 +31,20 @@ const MIN_QUERY_CHUNK: usize = 64;
 /// `softmax(q kᵀ · scale) v` for `q: (heads, n_q, d)`, `k, v: (heads, n_k, d)` (any leading
 /// batch × heads flattened into `heads`), holding at most about `budget` bytes of scores.
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, budget: usize) -> Result<Tensor> {
+    if matches!(q.device(), Device::Cpu) && q.dtype() == DType::F32 {
+        return attention_cpu(q, k, v, scale, budget);
+    }
+    attention_tensors(q, k, v, scale, budget)
+}
+
+/// The device-generic blocked attention of [`attention`].
+fn attention_tensors(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    scale: f64,
+    budget: usize,
+) -> Result<Tensor> {
     let (heads, n_q, _) = q.dims3()?;
     let n_k = k.dim(1)?;
     let elt = q.dtype().size_in_bytes().max(4);
@@ -66,6 +87,76 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, budget: usize) 
             online(&qh.narrow(1, start, len)?, &kth, &vh, scale, key_block)
         })
     })
+}
+
+/// The f32 CPU attention of [`attention`]: at most about `budget` bytes of scores in all
+/// the threads' scratch buffers together.
+fn attention_cpu(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, budget: usize) -> Result<Tensor> {
+    let (heads, n_q, d) = q.dims3()?;
+    let (_, n_k, dv) = v.dims3()?;
+    if k.dims3()? != (heads, n_k, d) || v.dim(0)? != heads || n_k == 0 {
+        candle_core::bail!(
+            "attention: q {:?}, k {:?}, v {:?} do not fit",
+            q.dims(),
+            k.dims(),
+            v.dims()
+        );
+    }
+    let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
+    let (q_store, q_layout) = q.storage_and_layout();
+    let (k_store, k_layout) = k.storage_and_layout();
+    let (v_store, v_layout) = v.storage_and_layout();
+    let (qs, ks, vs) = (
+        f32_slice(&q_store, q_layout)?,
+        f32_slice(&k_store, k_layout)?,
+        f32_slice(&v_store, v_layout)?,
+    );
+    let threads = rayon::current_num_threads().max(1);
+    let chunk = (budget / threads / (n_k * 4)).clamp(1, n_q.max(1));
+    let scale = scale as f32;
+    let mut out = vec![0f32; heads * n_q * dv];
+    out.par_chunks_mut((n_q * dv).max(1))
+        .enumerate()
+        .for_each(|(h, out_head)| {
+            let qh = &qs[h * n_q * d..(h + 1) * n_q * d];
+            let kh = &ks[h * n_k * d..(h + 1) * n_k * d];
+            let vh = &vs[h * n_k * dv..(h + 1) * n_k * dv];
+            out_head
+                .par_chunks_mut((chunk * dv).max(1))
+                .enumerate()
+                .for_each_init(
+                    || vec![0f32; chunk * n_k],
+                    |scores, (c, out_rows)| {
+                        let rows = out_rows.len() / dv.max(1);
+                        let q_rows = &qh[c * chunk * d..];
+                        let scores = &mut scores[..rows * n_k];
+                        // scores = q · kᵀ (k read as a d × n_k matrix).
+                        gemm_f32(
+                            (rows, n_k, d),
+                            scores,
+                            n_k,
+                            (q_rows, d, 1),
+                            (kh, 1, d),
+                            false,
+                            false,
+                        );
+                        for row in scores.chunks_mut(n_k) {
+                            softmax_row(row, scale);
+                        }
+                        gemm_f32(
+                            (rows, dv, n_k),
+                            out_rows,
+                            dv,
+                            (scores, n_k, 1),
+                            (vh, dv, 1),
+                            false,
+                            false,
+                        );
+                    },
+                );
+        });
+    drop((q_store, k_store, v_store));
+    Tensor::from_vec(out, (heads, n_q, dv), &Device::Cpu)
 }
 
 /// Plain attention with `kt` already transposed to `(heads, d, n_k)`.
@@ -187,7 +278,7 @@ mod tests {
         let k = random((heads, n_k, d), 2);
         let v = random((heads, n_k, d), 3);
         let scale = 1.0 / (d as f64).sqrt();
-        let reference = attention(&q, &k, &v, scale, usize::MAX).unwrap();
+        let reference = attention_tensors(&q, &k, &v, scale, usize::MAX).unwrap();
         // Budgets that force: head groups, query chunks, and key blocks with online softmax.
         for budget in [
             heads * n_q * n_k * 4 - 1,
@@ -198,10 +289,14 @@ mod tests {
             64 * 7 * 4,
             1,
         ] {
-            let blocked = attention(&q, &k, &v, scale, budget).unwrap();
-            assert_eq!(blocked.dims(), reference.dims());
-            let diff = max_diff(&blocked, &reference);
-            assert!(diff <= 1e-5, "budget {budget}: max abs diff {diff}");
+            for blocked in [
+                attention_tensors(&q, &k, &v, scale, budget).unwrap(),
+                attention_cpu(&q, &k, &v, scale, budget).unwrap(),
+            ] {
+                assert_eq!(blocked.dims(), reference.dims());
+                let diff = max_diff(&blocked, &reference);
+                assert!(diff <= 1e-5, "budget {budget}: max abs diff {diff}");
+            }
         }
     }
 }

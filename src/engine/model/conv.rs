@@ -155,10 +155,10 @@ impl Module for Conv2d {
 }
 
 /// The f32 data of a contiguous CPU tensor.
-fn f32_slice<'a>(storage: &'a Storage, layout: &Layout) -> Result<&'a [f32]> {
+pub(crate) fn f32_slice<'a>(storage: &'a Storage, layout: &Layout) -> Result<&'a [f32]> {
     match (storage, layout.contiguous_offsets()) {
         (Storage::Cpu(CpuStorage::F32(data)), Some((start, end))) => Ok(&data[start..end]),
-        _ => candle_core::bail!("conv2d: expected a contiguous f32 CPU tensor"),
+        _ => candle_core::bail!("expected a contiguous f32 CPU tensor"),
     }
 }
 
@@ -183,7 +183,15 @@ impl Geometry {
         let depth = self.cin * self.k * self.k;
         if self.k == 1 && self.s == 1 && self.p == 0 {
             // The input is already the (cin, plane) right-hand matrix.
-            gemm_acc(cout, plane, depth, out, plane, w, image, plane);
+            gemm_f32(
+                (cout, plane, depth),
+                out,
+                plane,
+                (w, depth, 1),
+                (image, plane, 1),
+                true,
+                true,
+            );
             return;
         }
         let rows = (BAND_BYTES / (4 * depth * self.out_w)).clamp(1, self.out_h);
@@ -196,15 +204,14 @@ impl Geometry {
             col.par_chunks_mut(n)
                 .enumerate()
                 .for_each(|(row, dst)| self.patch_row(image, row, y0, band, dst));
-            gemm_acc(
-                cout,
-                n,
-                depth,
+            gemm_f32(
+                (cout, n, depth),
                 &mut out[y0 * self.out_w..],
                 plane,
-                w,
-                col,
-                n,
+                (w, depth, 1),
+                (col, n, 1),
+                true,
+                true,
             );
             y0 += band;
         }
@@ -247,24 +254,32 @@ impl Geometry {
     }
 }
 
-/// `dst (m × n, row stride dst_rs) += lhs (m × k, contiguous) · rhs (k × n, row stride
-/// rhs_rs)`, on all of candle's CPU threads.
+/// A row-major matrix view: data, row stride, column stride.
+pub(crate) type View<'a> = (&'a [f32], usize, usize);
+
+/// `dst (m × n, row stride dst_rs) ← [dst +] lhs (m × k) · rhs (k × n)`, accumulating when
+/// `accumulate`; on all of candle's CPU threads when `parallel`.
 #[allow(clippy::too_many_arguments)]
-fn gemm_acc(
-    m: usize,
-    n: usize,
-    k: usize,
+pub(crate) fn gemm_f32(
+    (m, n, k): (usize, usize, usize),
     dst: &mut [f32],
     dst_rs: usize,
-    lhs: &[f32],
-    rhs: &[f32],
-    rhs_rs: usize,
+    (lhs, lhs_rs, lhs_cs): View,
+    (rhs, rhs_rs, rhs_cs): View,
+    accumulate: bool,
+    parallel: bool,
 ) {
-    assert!(m == 0 || n == 0 || dst.len() >= (m - 1) * dst_rs + n);
-    assert!(lhs.len() >= m * k);
-    assert!(k == 0 || n == 0 || rhs.len() >= (k - 1) * rhs_rs + n);
+    if m == 0 || n == 0 {
+        return;
+    }
+    let last = |rows: usize, rs: usize, cols: usize, cs: usize| {
+        (rows.max(1) - 1) * rs + (cols.max(1) - 1) * cs + 1
+    };
+    assert!(dst.len() >= last(m, dst_rs, n, 1));
+    assert!(k == 0 || lhs.len() >= last(m, lhs_rs, k, lhs_cs));
+    assert!(k == 0 || rhs.len() >= last(k, rhs_rs, n, rhs_cs));
     let threads = candle_core::utils::get_num_threads();
-    let parallelism = if threads > 1 {
+    let parallelism = if parallel && threads > 1 {
         gemm::Parallelism::Rayon(threads)
     } else {
         gemm::Parallelism::None
@@ -279,12 +294,12 @@ fn gemm_acc(
             dst.as_mut_ptr(),
             1,
             dst_rs as isize,
-            true,
+            accumulate,
             lhs.as_ptr(),
-            1,
-            k as isize,
+            lhs_cs as isize,
+            lhs_rs as isize,
             rhs.as_ptr(),
-            1,
+            rhs_cs as isize,
             rhs_rs as isize,
             1.0,
             1.0,

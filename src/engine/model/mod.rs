@@ -7,6 +7,7 @@ pub mod attention;
 pub mod clip;
 pub mod config;
 pub mod conv;
+pub mod fastmath;
 pub mod norm;
 pub mod unet;
 pub mod vae;

@@ -7,9 +7,12 @@
 //! passed through SiLU, with the blocks spread over candle's CPU threads. Other devices and
 //! dtypes use candle-nn's `GroupNorm` and `silu`.
 
-use candle_core::{CpuStorage, DType, Device, Module, Result, Storage, Tensor};
+use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 use rayon::prelude::*;
+
+use super::conv::f32_slice;
+use super::fastmath;
 
 /// GroupNorm with affine parameters.
 #[derive(Debug, Clone)]
@@ -66,10 +69,7 @@ impl GroupNorm {
         let weight = self.weight.to_dtype(DType::F32)?.to_vec1::<f32>()?;
         let bias = self.bias.to_dtype(DType::F32)?.to_vec1::<f32>()?;
         let (store, layout) = xs.storage_and_layout();
-        let data = match (&*store, layout.contiguous_offsets()) {
-            (Storage::Cpu(CpuStorage::F32(data)), Some((start, end))) => &data[start..end],
-            _ => candle_core::bail!("group norm: expected a contiguous f32 CPU tensor"),
-        };
+        let data = f32_slice(&store, layout)?;
         let mut out = vec![0f32; data.len()];
         let eps = self.eps;
         out.par_chunks_mut(block)
@@ -95,10 +95,7 @@ impl GroupNorm {
                     let scale = inv * weight[channel];
                     let shift = bias[channel] - mean * scale;
                     if silu {
-                        for (d, &s) in dst.iter_mut().zip(src) {
-                            let y = s * scale + shift;
-                            *d = y / (1.0 + (-y).exp());
-                        }
+                        fastmath::affine_silu(dst, src, scale, shift);
                     } else {
                         for (d, &s) in dst.iter_mut().zip(src) {
                             *d = s * scale + shift;
