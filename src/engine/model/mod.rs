@@ -11,6 +11,7 @@ pub mod fastmath;
 pub mod norm;
 pub mod unet;
 pub mod vae;
+pub mod winograd;
 
 use std::path::{Path, PathBuf};
 
