@@ -201,7 +201,7 @@ struct Norm {
 
 impl Norm {
     fn new(vb: VarBuilder, groups: usize, channels: usize) -> Result<Self> {
-        if channels % groups != 0 {
+        if groups == 0 || !channels.is_multiple_of(groups) {
             candle_core::bail!("GroupNorm: {channels} channels in {groups} groups");
         }
         let weight = vb.get_with_hints(channels, "weight", candle_nn::Init::Const(1.0))?;
