@@ -333,11 +333,11 @@ fn tiled_vs_whole(vae: &Vae, image: &Tensor, t: &Tiling, name: &str) -> (f64, f6
 fn tiled_matches_whole_on_the_tiny_model() {
     let (cfg, vb) = tiny_vae_builder();
     let vae = Vae::new(vb, &cfg).unwrap();
-    // 256² pixels = 32² latents in 3×3 tiles of about 11² cells.
-    let image = coffee(256);
+    // 192² pixels = 24² latents in 3×3 tiles of 8² cells.
+    let image = coffee(192);
     let tiling = |stats| Tiling {
-        tile: 12,
-        halo: 8,
+        tile: 8,
+        halo: 6,
         blend: 4,
         stats,
     };
