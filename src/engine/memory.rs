@@ -611,9 +611,13 @@ pub fn check_fits(estimates: &[Estimate], limit: Option<u64>, dtype: DType) -> R
     )))
 }
 
-/// Bytes in GiB with one decimal, for messages.
+/// Bytes for messages: GiB with one decimal, or whole MiB below 1 GiB.
 pub fn gib(bytes: u64) -> String {
-    format!("{:.1} GiB", bytes as f64 / GIB)
+    if (bytes as f64) < GIB {
+        format!("{} MiB", bytes.div_ceil(MIB))
+    } else {
+        format!("{:.1} GiB", bytes as f64 / GIB)
+    }
 }
 
 /// A `/proc/meminfo`-style field in bytes.
