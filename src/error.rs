@@ -38,6 +38,9 @@ pub enum Error {
     /// The diffusion engine failed (a tensor operation, a device).
     #[error("engine: {0}")]
     Engine(String),
+    /// A run would not fit the memory available (said before anything is loaded).
+    #[error("not enough memory: {0}")]
+    Memory(String),
     /// An image operation was given arguments it cannot work with.
     #[error("image operation: {0}")]
     ImageOp(String),

@@ -2,18 +2,18 @@
 //! seconds and peak memory as JSON. Without `--model`, the networks get random weights of the
 //! chosen architecture (timing does not depend on the values).
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
-use loopback_scaler::engine::arch::Arch;
+use loopback_scaler::engine::arch::{Arch, frozen_builder};
 use loopback_scaler::engine::device::{self, DeviceSpec};
+use loopback_scaler::engine::memory::{self, VaePass};
 use loopback_scaler::engine::model::SdModel;
 use loopback_scaler::engine::model::config::{UNetFile, VaeFile};
 use loopback_scaler::engine::model::unet::UNet;
-use loopback_scaler::engine::model::vae::Vae;
+use loopback_scaler::engine::model::vae::{TileMode, Tiling, Vae, VaeOptions};
 use serde_json::json;
 
 /// Arguments of `bench`.
@@ -31,9 +31,21 @@ pub struct BenchArgs {
     /// Timed UNet steps (after one warm-up step).
     #[arg(long, default_value_t = 3)]
     steps: usize,
-    /// Also time VAE encode and decode.
+    /// Also time VAE encode and decode (batch 1), with the peak memory each adds.
     #[arg(long)]
     vae: bool,
+    /// Time only the VAE (no UNet is built).
+    #[arg(long, conflicts_with = "model")]
+    vae_only: bool,
+    /// Which VAE passes to time.
+    #[arg(long, default_value = "both", value_parser = ["encode", "decode", "both"])]
+    vae_pass: String,
+    /// VAE tiling: auto (the memory planner decides), never, or a tile side in latent pixels.
+    #[arg(long, default_value = "auto", value_name = "auto|never|N")]
+    vae_tile: String,
+    /// Memory the automatic VAE tiling may plan for (e.g. 3G); default: what is available.
+    #[arg(long, value_name = "SIZE", value_parser = memory::parse_bytes)]
+    memory_limit: Option<u64>,
     /// A diffusers folder to time instead of random weights.
     #[arg(long, value_name = "PATH")]
     model: Option<PathBuf>,
@@ -44,31 +56,92 @@ pub struct BenchArgs {
 
 /// Peak resident memory of this process in MiB (Linux; `None` elsewhere).
 fn peak_rss_mib() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib / 1024.0)
+    memory::process_peak_rss().map(mib)
 }
 
-/// Builds a network with random weights as plain tensors. A `VarMap` alone would hand out
-/// trainable variables, and candle then keeps every activation of a forward pass alive for
-/// backpropagation (at 512² that is 12 GB more than inference needs): so the variables are
-/// created once, detached, and the network is built again from the detached tensors.
-fn with_random_weights<T>(
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1u64 << 20) as f64
+}
+
+fn tile_mode(text: &str) -> anyhow::Result<TileMode> {
+    Ok(match text {
+        "auto" => TileMode::Auto,
+        "never" => TileMode::Never,
+        n => TileMode::Always(n.parse().ok().filter(|&n: &usize| n >= 4).ok_or_else(|| {
+            anyhow::anyhow!("--vae-tile: {n:?} is not auto, never or a tile side ≥ 4")
+        })?),
+    })
+}
+
+/// Runs one VAE pass once and reports its time, tiling, the planner's estimate and the peak
+/// resident memory it added (Linux: the peak is reset before the pass).
+fn vae_pass(
+    vae: &Vae,
+    pass: VaePass,
+    input: &Tensor,
+    latent: (usize, usize),
     dtype: DType,
     device: &Device,
-    build: impl Fn(VarBuilder) -> anyhow::Result<T>,
-) -> anyhow::Result<T> {
+) -> anyhow::Result<serde_json::Value> {
+    let options = vae.options();
+    let mode = match pass {
+        VaePass::Encode => options.encode,
+        VaePass::Decode => options.decode,
+    };
+    let limit = options.memory_limit.or_else(memory::available_bytes);
+    let make = |tile| match pass {
+        VaePass::Encode => Tiling::encode(tile),
+        VaePass::Decode => Tiling::decode(tile),
+    };
+    let tiling = match mode {
+        TileMode::Never => None,
+        TileMode::Always(tile) => Some(make(tile)),
+        TileMode::Auto => {
+            memory::vae_tiling(
+                vae.config(),
+                pass,
+                dtype,
+                1,
+                latent,
+                options.score_budget,
+                limit,
+            )
+            .tiling
+        }
+    };
+    let estimate = memory::vae_pass_bytes(
+        vae.config(),
+        pass,
+        dtype,
+        1,
+        latent,
+        tiling.as_ref(),
+        options.score_budget,
+    );
+    let before = memory::process_rss().unwrap_or(0);
+    let reset = memory::reset_peak_rss();
+    let start = Instant::now();
+    let out = match pass {
+        VaePass::Encode => vae.encode_mean_with(input, tiling.as_ref())?,
+        VaePass::Decode => vae.decode_with(input, tiling.as_ref())?,
+    };
+    device.synchronize()?;
+    let seconds = start.elapsed().as_secs_f64();
+    let peak = memory::process_peak_rss().unwrap_or(0);
+    drop(out);
+    Ok(json!({
+        "seconds": seconds,
+        "tile": tiling.map(|t| t.tile),
+        "rss_before_mib": mib(before),
+        "peak_increase_mib": reset.then(|| mib(peak.saturating_sub(before))),
+        "estimate_mib": mib(estimate),
+    }))
+}
+
+fn random_builder(dtype: DType, device: &Device) -> (VarMap, VarBuilder<'static>) {
     let map = VarMap::new();
-    drop(build(VarBuilder::from_varmap(&map, dtype, device))?);
-    let tensors: HashMap<String, Tensor> = map
-        .data()
-        .lock()
-        .map_err(|_| anyhow::anyhow!("random weights: poisoned lock"))?
-        .iter()
-        .map(|(name, var)| (name.clone(), var.as_detached_tensor()))
-        .collect();
-    build(VarBuilder::from_tensors(tensors, dtype, device))
+    let vb = VarBuilder::from_varmap(&map, dtype, device);
+    (map, vb)
 }
 
 /// Times `f` once to warm up, then `n` times; returns the seconds of each timed call.
@@ -95,36 +168,47 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         args.size.is_multiple_of(8) && args.size >= 64,
         "--size must be a multiple of 8, at least 64"
     );
+    let tile = tile_mode(&args.vae_tile)?;
     let (device, dtype) = device::select(args.device)?;
     let load = Instant::now();
-    let (unet, unet_file, vae, name) = match &args.model {
+    let (unet, unet_file, vae, _map, name) = match &args.model {
         Some(path) => {
             let model = SdModel::load(path, &device, dtype)?;
             let files = model.files.clone();
             (
-                model.unet,
+                Some(model.unet),
                 files.unet,
                 Some(model.vae),
+                None,
                 path.display().to_string(),
             )
         }
         None => {
             let unet_file: UNetFile = args.arch.unet()?;
-            let unet = with_random_weights(dtype, &device, |vb| {
-                Ok(UNet::new(vb, &unet_file, "built-in".as_ref())?)
-            })?;
             let vae_file: VaeFile = args.arch.vae()?;
-            let vae = if args.vae {
-                Some(with_random_weights(dtype, &device, |vb| {
-                    Ok(Vae::new(vb, &vae_file)?)
-                })?)
-            } else {
-                None
+            let (map, vb) = random_builder(dtype, &device);
+            let build = |vb: VarBuilder| -> anyhow::Result<_> {
+                let unet = if args.vae_only {
+                    None
+                } else {
+                    Some(UNet::new(vb.pp("unet"), &unet_file, "built-in".as_ref())?)
+                };
+                let vae = if args.vae || args.vae_only {
+                    Some(Vae::new(vb.pp("vae"), &vae_file)?)
+                } else {
+                    None
+                };
+                Ok((unet, vae))
             };
+            // Once to create the random variables, then again detached from autograd (see
+            // `frozen_builder`).
+            drop(build(vb)?);
+            let (unet, vae) = build(frozen_builder(&map, dtype, &device))?;
             (
                 unet,
                 unet_file,
                 vae,
+                Some(map),
                 format!("{:?} (random weights)", args.arch),
             )
         }
@@ -132,20 +216,6 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let load_s = load.elapsed().as_secs_f64();
 
     let latent = args.size / 8;
-    let x = Tensor::randn(0f32, 1.0, (args.batch, 4, latent, latent), &device)?.to_dtype(dtype)?;
-    let context = Tensor::randn(
-        0f32,
-        1.0,
-        (args.batch, 77, unet_file.cross_attention_dim),
-        &device,
-    )?
-    .to_dtype(dtype)?;
-    let unet_times = time(args.steps, || {
-        let out = unet.forward(&x, 500.0, &context)?;
-        device.synchronize()?;
-        drop(out);
-        Ok(())
-    })?;
     let mut report = json!({
         "model": name,
         "device": device::describe(&device),
@@ -154,23 +224,59 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         "batch": args.batch,
         "threads": candle_core::utils::get_num_threads(),
         "load_s": load_s,
-        "unet_step": summary(&unet_times),
     });
-    if let Some(vae) = &vae {
-        let image =
-            Tensor::randn(0f32, 1.0, (1, 3, args.size, args.size), &device)?.to_dtype(dtype)?;
-        let latents = Tensor::randn(0f32, 1.0, (1, 4, latent, latent), &device)?.to_dtype(dtype)?;
-        let encode = time(1, || {
-            vae.encode(&image)?;
+    if let Some(unet) = &unet {
+        let x =
+            Tensor::randn(0f32, 1.0, (args.batch, 4, latent, latent), &device)?.to_dtype(dtype)?;
+        let context = Tensor::randn(
+            0f32,
+            1.0,
+            (args.batch, 77, unet_file.cross_attention_dim),
+            &device,
+        )?
+        .to_dtype(dtype)?;
+        let unet_times = time(args.steps, || {
+            let out = unet.forward(&x, 500.0, &context)?;
+            device.synchronize()?;
+            drop(out);
             Ok(())
         })?;
-        let decode = time(1, || {
-            vae.decode(&latents)?;
-            Ok(())
-        })?;
-        report["vae_encode"] = summary(&encode);
-        report["vae_decode"] = summary(&decode);
+        report["unet_step"] = summary(&unet_times);
+        report["unet_peak_rss_mib"] = json!(peak_rss_mib());
     }
+    if let Some(vae) = &vae {
+        vae.set_options(VaeOptions {
+            encode: tile,
+            decode: tile,
+            memory_limit: args.memory_limit,
+            ..VaeOptions::default()
+        });
+        if args.vae_pass != "decode" {
+            let image =
+                Tensor::randn(0f32, 1.0, (1, 3, args.size, args.size), &device)?.to_dtype(dtype)?;
+            report["vae_encode"] = vae_pass(
+                vae,
+                VaePass::Encode,
+                &image,
+                (latent, latent),
+                dtype,
+                &device,
+            )?;
+        }
+        if args.vae_pass != "encode" {
+            let latents =
+                Tensor::randn(0f32, 1.0, (1, 4, latent, latent), &device)?.to_dtype(dtype)?;
+            report["vae_decode"] = vae_pass(
+                vae,
+                VaePass::Decode,
+                &latents,
+                (latent, latent),
+                dtype,
+                &device,
+            )?;
+        }
+    }
+    // With VAE passes, the peak since the last pass began (each resets it).
     report["peak_rss_mib"] = json!(peak_rss_mib());
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(())

@@ -3,6 +3,9 @@
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
+use loopback_scaler::engine::device::DeviceSpec;
+use loopback_scaler::engine::memory::{self, Estimate, ModelShape};
+use loopback_scaler::engine::models;
 use loopback_scaler::io::{load_image, to_diffusion_rgb};
 use loopback_scaler::plan::{self, Plan};
 use loopback_scaler::settings::{Choice, Settings, Size};
@@ -19,6 +22,17 @@ pub struct PlanArgs {
     /// Print `{"final":{..},"loops":[..]}` instead of a table.
     #[arg(long)]
     json: bool,
+    /// The model whose memory to estimate: a preset or a diffusers folder (only its configs
+    /// are read). Default: the SD 1.5 architecture.
+    #[arg(long, value_name = "PRESET|PATH")]
+    model: Option<String>,
+    /// Where the run would go: auto, cpu, cuda, cuda:N or metal (sets the dtype, and on the
+    /// CPU the memory available).
+    #[arg(long, default_value = "auto", value_name = "DEVICE")]
+    device: DeviceSpec,
+    /// Memory to plan for (e.g. 8G); default on the CPU: what is available now.
+    #[arg(long, value_name = "SIZE", value_parser = memory::parse_bytes)]
+    memory_limit: Option<u64>,
     #[command(flatten)]
     settings: SettingsSource,
 }
@@ -38,10 +52,38 @@ pub fn run(args: &PlanArgs) -> anyhow::Result<()> {
     let seed = plan::resolve_seed(settings.seed);
     let means: Vec<f64> = mean.into_iter().collect();
     let plan = plan::plan(&settings, start, seed, &means)?;
+    let shape = match &args.model {
+        Some(spec) => ModelShape::resolve(spec, &models::default_search_dirs())?,
+        None => ModelShape::from_arch(loopback_scaler::engine::arch::Arch::Sd15)?,
+    };
+    let dtype = memory::device_dtype(args.device);
+    let batch = if settings.cfg > 1.0 { 2 } else { 1 };
+    let limit = memory::run_limit(args.device, args.memory_limit);
+    let estimates = memory::estimate_plan(&shape, &plan, dtype, batch, limit);
     if args.json {
-        println!("{}", plan.to_json());
+        let json = plan.to_json();
+        let memory = serde_json::json!({
+            "model": shape.name,
+            "dtype": format!("{dtype:?}"),
+            "batch": batch,
+            "limit_bytes": limit,
+            "loops": estimates,
+        });
+        // The plan's own keys first, then the estimate.
+        match json.strip_suffix('}') {
+            Some(head) => println!("{head},\"memory\":{memory}}}"),
+            None => println!("{json}"),
+        }
     } else {
-        print!("{}", table(&settings, &plan));
+        print!("{}", table(&settings, &plan, &estimates));
+        let available = limit.map_or("unknown (pass --memory-limit)".to_string(), memory::gib);
+        println!(
+            "memory: {} ({dtype:?}, UNet batch {batch}), available {available}",
+            shape.name
+        );
+        if let Err(e) = memory::check_fits(&estimates, limit, dtype) {
+            println!("warning: {e}");
+        }
         for warning in settings.warnings() {
             eprintln!("warning: {warning}");
         }
@@ -50,7 +92,7 @@ pub fn run(args: &PlanArgs) -> anyhow::Result<()> {
 }
 
 /// The plan as a readable table.
-fn table(settings: &Settings, plan: &Plan) -> String {
+fn table(settings: &Settings, plan: &Plan, estimates: &[Estimate]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -65,15 +107,22 @@ fn table(settings: &Settings, plan: &Plan) -> String {
     );
     let _ = writeln!(
         out,
-        "{:>4}  {:>11}  {:>7}  {:>10}  {:>5}",
-        "loop", "size", "denoise", "seed", "steps"
+        "{:>4}  {:>11}  {:>7}  {:>10}  {:>5}  {:>9}  VAE",
+        "loop", "size", "denoise", "seed", "steps", "memory"
     );
-    for l in &plan.loops {
+    for (l, e) in plan.loops.iter().zip(estimates) {
         let size = format!("{}{}", l.size(), if l.estimated { "*" } else { "" });
+        let fits = if e.fits { "" } else { " (too big)" };
         let _ = writeln!(
             out,
-            "{:>4}  {:>11}  {:>7.4}  {:>10}  {:>5}",
-            l.index, size, l.denoise, l.seed, l.steps
+            "{:>4}  {:>11}  {:>7.4}  {:>10}  {:>5}  {:>9}  {}{fits}",
+            l.index,
+            size,
+            l.denoise,
+            l.seed,
+            l.steps,
+            memory::gib(e.peak_bytes),
+            e.vae_label()
         );
     }
     for note in plan.notes() {

@@ -10,6 +10,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 use loopback_scaler::engine::device::DeviceSpec;
 use loopback_scaler::engine::hub::DownloadEvent;
 use loopback_scaler::engine::loader::{self, LoadEvent, ModelRequest};
+use loopback_scaler::engine::memory::{self, ModelShape};
+use loopback_scaler::engine::model::vae::VaeOptions;
+use loopback_scaler::engine::models;
 use loopback_scaler::engine::runner::{self, Event, LoadedModel, RunRequest};
 use loopback_scaler::io::{self, load_image};
 use loopback_scaler::metadata::{self, png_text};
@@ -46,6 +49,10 @@ pub struct RunArgs {
     /// Replace existing output files.
     #[arg(long)]
     overwrite: bool,
+    /// Memory the run may use (e.g. 8G). Default on the CPU: what is available now; on a GPU
+    /// the check is skipped unless this is given.
+    #[arg(long, value_name = "SIZE", value_parser = memory::parse_bytes)]
+    memory_limit: Option<u64>,
     #[command(flatten)]
     settings: SettingsSource,
 }
@@ -68,18 +75,34 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         eprintln!("warning: {warning}");
     }
 
-    // One flag for Ctrl-C, shared by the download and the run.
-    let cancel = Arc::new(AtomicBool::new(false));
-    let flag = Arc::clone(&cancel);
-    let _ = ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst));
-    let model = load_model(args, &cancel)?;
-
     let seed = plan::resolve_seed(settings.seed);
     let settings = loopback_scaler::Settings {
         seed: i64::from(seed),
         ..settings
     };
     let plan = runner::preview_plan(&settings, &input, seed)?;
+
+    // Refuse a plan that cannot fit before loading (or downloading) anything.
+    let shape = ModelShape::resolve(&args.model, &models::default_search_dirs())?;
+    let limit = memory::run_limit(args.device, args.memory_limit);
+    let dtype = memory::device_dtype(args.device);
+    let batch = if settings.cfg > 1.0 { 2 } else { 1 };
+    let estimates = memory::estimate_plan(&shape, &plan, dtype, batch, limit);
+    memory::check_fits(&estimates, limit, dtype)?;
+
+    // One flag for Ctrl-C, shared by the download and the run.
+    let cancel = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&cancel);
+    let _ = ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst));
+    let model = load_model(args, &cancel)?;
+    if args.memory_limit.is_some() {
+        // The VAE's automatic tiling plans for the same limit (minus the loaded weights).
+        let weights = shape.parameters() * dtype.size_in_bytes() as u64;
+        model.model.vae.set_options(VaeOptions {
+            memory_limit: args.memory_limit.map(|l| l.saturating_sub(weights)),
+            ..model.model.vae.options()
+        });
+    }
     let total_steps: u64 = plan.loops.iter().map(|l| u64::from(l.steps)).sum();
 
     let handle = runner::spawn_with_cancel(model, RunRequest { input, settings }, cancel);

@@ -3,6 +3,7 @@
 //! - [`device`]: picking CPU, CUDA or Metal and the weights' dtype;
 //! - [`hub`]: built-in model presets fetched into the Hugging Face cache;
 //! - [`loader`]: getting a model ready (download a preset, load it) on a worker thread;
+//! - [`memory`]: the memory planner (peak memory per loop, VAE tiling, attention budget);
 //! - [`model`]: a Stable Diffusion model loaded from a diffusers folder (CLIP, VAE, UNet);
 //! - [`noise`]: seeded Gaussian noise bit-identical to PyTorch's CPU `torch.randn`, so a seed
 //!   gives the same initial latents as A1111 (RNG source "CPU") and diffusers;
@@ -18,6 +19,7 @@ pub mod arch;
 pub mod device;
 pub mod hub;
 pub mod loader;
+pub mod memory;
 pub mod model;
 pub mod models;
 pub mod noise;

@@ -1,0 +1,799 @@
+//! The memory planner: peak memory of each loop, estimated from the architecture before
+//! anything is loaded, and the VAE tiling and attention budget that make a loop fit.
+//!
+//! A loop's peak is the weights of all three networks plus the largest of its three phases:
+//! VAE encode, one UNet step (batch 2 with classifier-free guidance), VAE decode. The
+//! estimates count the tensors alive at each stage of the engine's own code (see
+//! [`vae_pass_bytes`]) and are calibrated against `loopback-scaler bench` peak-RSS
+//! measurements on random weights (`docs/memory.md`): [`VAE_ENCODE_CALIBRATION`], [`VAE_DECODE_CALIBRATION`] and
+//! [`UNET_ACTIVATION_FACTOR`] are the constants to revisit when the networks change.
+
+use std::path::PathBuf;
+
+use candle_core::DType;
+
+use super::arch::Arch;
+use super::device::DeviceSpec;
+use super::hub::Preset;
+use super::model::attention::DEFAULT_SCORE_BUDGET;
+use super::model::config::{ClipFile, ModelFiles, UNetFile, VaeFile};
+use super::model::vae::Tiling;
+use super::models::{self, ModelSource};
+use crate::plan::{LoopSpec, Plan};
+use crate::{Error, Result};
+
+const MIB: u64 = 1 << 20;
+const GIB: f64 = (1u64 << 30) as f64;
+
+/// Multiplies the counted live bytes of a VAE encode (allocator slack, the convolutions'
+/// per-thread im2col tiles, small tensors the count leaves out). Calibrated with
+/// `bench --vae-only` on random SD weights: 903 MiB measured at 512² (`docs/memory.md`).
+pub const VAE_ENCODE_CALIBRATION: f64 = 1.75;
+
+/// The same for a VAE decode: 1449 MiB measured at 512².
+pub const VAE_DECODE_CALIBRATION: f64 = 1.6;
+
+/// Live bytes of a UNet step in units of `batch × latent pixels × first-block channels ×
+/// dtype size` (hidden states, the transformer's q/k/v and GEGLU feed-forward, the skip
+/// connections), attention scores excluded. Based on the SD 1.5 architecture; recalibrate with
+/// `bench` when the UNet changes.
+pub const UNET_ACTIVATION_FACTOR: f64 = 24.0;
+
+/// The process itself, the tokenizer, image buffers' slack and the allocator: a constant.
+pub const BASE_OVERHEAD: u64 = 300 * MIB;
+
+/// Only this share of the available memory is planned for; the rest is headroom.
+pub const HEADROOM: f64 = 0.9;
+
+/// The shape of a model, enough to estimate its memory: the three configs.
+#[derive(Debug, Clone)]
+pub struct ModelShape {
+    /// A name for messages (preset, folder or architecture).
+    pub name: String,
+    /// The UNet config.
+    pub unet: UNetFile,
+    /// The VAE config.
+    pub vae: VaeFile,
+    /// The text encoder config.
+    pub clip: ClipFile,
+}
+
+impl ModelShape {
+    /// The shape of a diffusers folder's configs.
+    pub fn from_files(files: &ModelFiles) -> Self {
+        ModelShape {
+            name: files.root.display().to_string(),
+            unet: files.unet.clone(),
+            vae: files.vae.clone(),
+            clip: files.clip.clone(),
+        }
+    }
+
+    /// A published architecture.
+    pub fn from_arch(arch: Arch) -> Result<Self> {
+        Ok(ModelShape {
+            name: format!("{arch:?} architecture"),
+            unet: arch.unet()?,
+            vae: arch.vae()?,
+            clip: arch.clip(),
+        })
+    }
+
+    /// The shape of what `--model SPEC` names, read without loading any weights: a folder's
+    /// configs, or a preset's architecture (SD 1.5, or SD 2.1 for SD 2.1 and SD-Turbo).
+    pub fn resolve(spec: &str, search_dirs: &[PathBuf]) -> Result<Self> {
+        match models::resolve(spec, search_dirs)? {
+            ModelSource::Folder(path) => Ok(Self::from_files(&ModelFiles::read(&path)?)),
+            ModelSource::Preset(preset) => {
+                let arch = match preset {
+                    Preset::Sd15 => Arch::Sd15,
+                    Preset::Sd21 | Preset::SdTurbo => Arch::Sd21,
+                };
+                Ok(ModelShape {
+                    name: preset.name().to_string(),
+                    ..Self::from_arch(arch)?
+                })
+            }
+        }
+    }
+
+    /// Parameters of the three networks.
+    pub fn parameters(&self) -> u64 {
+        unet_parameters(&self.unet) + vae_parameters(&self.vae) + clip_parameters(&self.clip)
+    }
+}
+
+fn conv3(cin: usize, cout: usize) -> u64 {
+    (cin * cout * 9 + cout) as u64
+}
+fn conv1(cin: usize, cout: usize) -> u64 {
+    (cin * cout + cout) as u64
+}
+fn norm(c: usize) -> u64 {
+    2 * c as u64
+}
+fn resnet(cin: usize, cout: usize) -> u64 {
+    norm(cin)
+        + conv3(cin, cout)
+        + norm(cout)
+        + conv3(cout, cout)
+        + if cin != cout { conv1(cin, cout) } else { 0 }
+}
+
+/// Parameters of a VAE (exact for the diffusers `AutoencoderKL` the engine builds).
+pub fn vae_parameters(cfg: &VaeFile) -> u64 {
+    let ch = &cfg.block_out_channels;
+    let Some(&last) = ch.last() else { return 0 };
+    let lat = cfg.latent_channels;
+    let mid = 2 * resnet(last, last) + norm(last) + 4 * conv1(last, last);
+    let mut enc = conv3(cfg.in_channels, ch[0]) + mid + norm(last) + conv3(last, 2 * lat);
+    for (i, &c) in ch.iter().enumerate() {
+        let cin = if i == 0 { ch[0] } else { ch[i - 1] };
+        enc += resnet(cin, c) + (cfg.layers_per_block as u64 - 1) * resnet(c, c);
+        if i + 1 < ch.len() {
+            enc += conv3(c, c);
+        }
+    }
+    let rev: Vec<usize> = ch.iter().rev().copied().collect();
+    let mut dec = conv3(lat, last) + mid + norm(ch[0]) + conv3(ch[0], cfg.out_channels);
+    for (i, &c) in rev.iter().enumerate() {
+        let cin = if i == 0 { rev[0] } else { rev[i - 1] };
+        dec += resnet(cin, c) + cfg.layers_per_block as u64 * resnet(c, c);
+        if i + 1 < rev.len() {
+            dec += conv3(c, c);
+        }
+    }
+    let quant = if cfg.use_quant_conv {
+        conv1(2 * lat, 2 * lat)
+    } else {
+        0
+    };
+    let post = if cfg.use_post_quant_conv {
+        conv1(lat, lat)
+    } else {
+        0
+    };
+    enc + dec + quant + post
+}
+
+/// Parameters of a CLIP text encoder.
+pub fn clip_parameters(cfg: &ClipFile) -> u64 {
+    let h = cfg.hidden_size as u64;
+    let i = cfg.intermediate_size as u64;
+    let layer = 2 * 2 * h + 4 * (h * h + h) + (h * i + i) + (i * h + h);
+    (cfg.vocab_size as u64 + cfg.max_position_embeddings as u64) * h
+        + cfg.num_hidden_layers as u64 * layer
+        + 2 * h
+}
+
+/// Parameters of a UNet (the diffusers `UNet2DConditionModel` layouts the engine supports).
+pub fn unet_parameters(cfg: &UNetFile) -> u64 {
+    let ch = &cfg.block_out_channels;
+    let n = ch.len();
+    if n == 0 {
+        return 0;
+    }
+    let temb = 4 * ch[0];
+    let d = cfg.cross_attention_dim;
+    let layers = |i: usize| match &cfg.transformer_layers_per_block {
+        Some(super::model::config::PerBlock::One(v)) => *v,
+        Some(super::model::config::PerBlock::Each(v)) => v.get(i).copied().unwrap_or(1),
+        None => 1,
+    } as u64;
+    let res = |cin: usize, cout: usize| resnet(cin, cout) + (temb * cout + cout) as u64;
+    let transformer = |c: usize, depth: u64| {
+        let c64 = c as u64;
+        let block = 3 * 2 * c64
+            + (3 * c64 * c64 + c64 * c64 + c64)
+            + (c64 * c64 + 2 * d as u64 * c64 + c64 * c64 + c64)
+            + (c64 * 8 * c64 + 8 * c64)
+            + (4 * c64 * c64 + c64);
+        norm(c) + 2 * (c64 * c64 + c64) + depth * block
+    };
+    let cross = |kind: &str| kind.starts_with("CrossAttn");
+    let mut total = (ch[0] * temb + temb + temb * temb + temb) as u64
+        + conv3(cfg.in_channels, ch[0])
+        + norm(ch[0])
+        + conv3(ch[0], cfg.out_channels);
+    for i in 0..n {
+        let cin = if i == 0 { ch[0] } else { ch[i - 1] };
+        for j in 0..cfg.layers_per_block {
+            total += res(if j == 0 { cin } else { ch[i] }, ch[i]);
+            if cfg.down_block_types.get(i).is_some_and(|k| cross(k)) {
+                total += transformer(ch[i], layers(i));
+            }
+        }
+        if i + 1 < n {
+            total += conv3(ch[i], ch[i]);
+        }
+    }
+    total += 2 * res(ch[n - 1], ch[n - 1]) + transformer(ch[n - 1], layers(n - 1));
+    let rev: Vec<usize> = ch.iter().rev().copied().collect();
+    for i in 0..n {
+        let prev = if i == 0 { rev[0] } else { rev[i - 1] };
+        let input = rev[(i + 1).min(n - 1)];
+        for j in 0..=cfg.layers_per_block {
+            let skip = if j == cfg.layers_per_block {
+                input
+            } else {
+                rev[i]
+            };
+            let cin = if j == 0 { prev } else { rev[i] };
+            total += res(cin + skip, rev[i]);
+            if cfg.up_block_types.get(i).is_some_and(|k| cross(k)) {
+                total += transformer(rev[i], layers(n - 1 - i));
+            }
+        }
+        if i + 1 < n {
+            total += conv3(rev[i], rev[i]);
+        }
+    }
+    total
+}
+
+/// Which VAE pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VaePass {
+    /// Image → latents.
+    Encode,
+    /// Latents → image.
+    Decode,
+}
+
+/// Peak live elements (in units of one element) of a residual block over `n` pixels.
+fn resnet_peak(cin: usize, cout: usize, n: f64) -> f64 {
+    (3 * cin + cout).max(cin + 3 * cout) as f64 * n
+}
+
+/// Peak live elements of the mid block over `n` latent pixels (`c` channels), attention
+/// scores excluded.
+fn mid_peak(c: usize, n: f64) -> f64 {
+    resnet_peak(c, c, n).max(6.0 * c as f64 * n)
+}
+
+/// Live elements of the encoder's `conv_in` + down blocks on an `n`-pixel input.
+fn encoder_body_peak(cfg: &VaeFile, n: f64) -> f64 {
+    let ch = &cfg.block_out_channels;
+    let mut peak = (cfg.in_channels + 2 * ch[0]) as f64 * n;
+    let mut res = n;
+    for (i, &c) in ch.iter().enumerate() {
+        let cin = if i == 0 { ch[0] } else { ch[i - 1] };
+        peak = peak.max(resnet_peak(cin, c, res));
+        if i + 1 < ch.len() {
+            // Padded copy, the convolution's layout copy, the output and its bias sum.
+            peak = peak.max(c as f64 * (2.0 * res + 0.5 * res));
+            res /= 4.0;
+        }
+    }
+    peak
+}
+
+/// Live elements of the decoder's up blocks + output layers from `n` latent pixels.
+fn decoder_tail_peak(cfg: &VaeFile, n: f64) -> f64 {
+    let rev: Vec<usize> = cfg.block_out_channels.iter().rev().copied().collect();
+    let mut peak = 0.0f64;
+    let mut res = n;
+    for (i, &c) in rev.iter().enumerate() {
+        let cin = if i == 0 { rev[0] } else { rev[i - 1] };
+        peak = peak.max(resnet_peak(cin, c, res));
+        if i + 1 < rev.len() {
+            res *= 4.0;
+            // Upsampled input, the convolution's layout copy, the output (or its bias sum).
+            peak = peak.max(3.0 * c as f64 * res);
+        }
+    }
+    let c0 = cfg.block_out_channels[0];
+    peak.max((3 * c0 + cfg.out_channels) as f64 * res)
+}
+
+/// Peak bytes of a VAE pass over `(h, w)` latents (batch `batch`, weights in `dtype`), whole
+/// (`tiling = None`) or tiled, weights excluded. Attention scores count `2 × score_budget`
+/// (scores and probabilities), at most the whole score matrix.
+pub fn vae_pass_bytes(
+    cfg: &VaeFile,
+    pass: VaePass,
+    dtype: DType,
+    batch: usize,
+    (h, w): (usize, usize),
+    tiling: Option<&Tiling>,
+    score_budget: usize,
+) -> u64 {
+    if cfg.block_out_channels.is_empty() {
+        return 0;
+    }
+    let s = dtype.size_in_bytes() as f64;
+    let d = cfg.downscale() as f64;
+    let n = (h * w) as f64;
+    let pixels = n * d * d;
+    let last = *cfg.block_out_channels.last().unwrap_or(&0);
+    let scores = (n * n * 4.0).min(score_budget as f64) * 2.0;
+    let mid = mid_peak(last, n) * s + scores;
+    let tile_n = |t: &Tiling| {
+        let side = |len: usize| (t.tile + 2 * t.halo).min(len) as f64;
+        side(h) * side(w)
+    };
+    let elements = match (pass, tiling) {
+        (VaePass::Encode, None) => {
+            let body = encoder_body_peak(cfg, pixels) * s;
+            // The features stay alive while the mid block runs.
+            body.max(last as f64 * n * s + mid)
+        }
+        (VaePass::Encode, Some(t)) => {
+            let image = cfg.in_channels as f64 * pixels * s;
+            let canvas = last as f64 * n * 4.0;
+            let tile = encoder_body_peak(cfg, tile_n(t) * d * d) * s;
+            (image + canvas + tile).max(image + last as f64 * n * s + mid)
+        }
+        (VaePass::Decode, None) => {
+            let tail = decoder_tail_peak(cfg, n) * s + last as f64 * n * s;
+            tail.max(mid)
+        }
+        (VaePass::Decode, Some(t)) => {
+            let canvas = cfg.out_channels as f64 * pixels * 4.0 * 2.0;
+            let tile = decoder_tail_peak(cfg, tile_n(t)) * s;
+            (last as f64 * n * s + canvas + tile).max(mid)
+        }
+    };
+    let calibration = match pass {
+        VaePass::Encode => VAE_ENCODE_CALIBRATION,
+        VaePass::Decode => VAE_DECODE_CALIBRATION,
+    };
+    (elements * batch as f64 * calibration) as u64
+}
+
+/// The planner's choice for a VAE pass.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct VaeChoice {
+    /// Tiled with this, or whole.
+    pub tiling: Option<Tiling>,
+    /// Estimated peak bytes of the pass (weights excluded).
+    pub bytes: u64,
+    /// Whether it fits the limit (always true without a limit).
+    pub fits: bool,
+}
+
+/// Tile sides (latent pixels) the planner tries, largest first.
+const TILE_SIDES: [usize; 6] = [128, 96, 64, 48, 32, 16];
+
+/// Chooses whole or tiled for a VAE pass so that it fits `limit` bytes (`None`: whole). The
+/// largest tile that fits wins; when none fits, the smallest with `fits = false`.
+pub fn vae_tiling(
+    cfg: &VaeFile,
+    pass: VaePass,
+    dtype: DType,
+    batch: usize,
+    latent: (usize, usize),
+    score_budget: usize,
+    limit: Option<u64>,
+) -> VaeChoice {
+    let whole = vae_pass_bytes(cfg, pass, dtype, batch, latent, None, score_budget);
+    let Some(limit) = limit else {
+        return VaeChoice {
+            tiling: None,
+            bytes: whole,
+            fits: true,
+        };
+    };
+    let limit = (limit as f64 * HEADROOM) as u64;
+    if whole <= limit {
+        return VaeChoice {
+            tiling: None,
+            bytes: whole,
+            fits: true,
+        };
+    }
+    let make = |tile| match pass {
+        VaePass::Encode => Tiling::encode(tile),
+        VaePass::Decode => Tiling::decode(tile),
+    };
+    let mut last = None;
+    for side in TILE_SIDES {
+        if side >= latent.0.max(latent.1) {
+            continue;
+        }
+        let t = make(side);
+        let bytes = vae_pass_bytes(cfg, pass, dtype, batch, latent, Some(&t), score_budget);
+        if bytes <= limit {
+            return VaeChoice {
+                tiling: Some(t),
+                bytes,
+                fits: true,
+            };
+        }
+        last = Some((t, bytes));
+    }
+    match last {
+        Some((t, bytes)) => VaeChoice {
+            tiling: Some(t),
+            bytes,
+            fits: false,
+        },
+        None => VaeChoice {
+            tiling: None,
+            bytes: whole,
+            fits: false,
+        },
+    }
+}
+
+/// Peak bytes of one UNet call on `(h, w)` latents, weights excluded: activations
+/// ([`UNET_ACTIVATION_FACTOR`]) plus attention scores and probabilities (`2 × score_budget`
+/// at most, less when the whole score matrix is smaller).
+pub fn unet_step_bytes(
+    cfg: &UNetFile,
+    dtype: DType,
+    batch: usize,
+    (h, w): (usize, usize),
+    score_budget: usize,
+) -> u64 {
+    let n = (h * w) as f64;
+    let c0 = cfg.block_out_channels.first().copied().unwrap_or(0) as f64;
+    let s = dtype.size_in_bytes() as f64;
+    let heads = match &cfg.attention_head_dim {
+        Some(super::model::config::PerBlock::One(v)) => *v,
+        Some(super::model::config::PerBlock::Each(v)) => v.first().copied().unwrap_or(8),
+        None => 8,
+    } as f64;
+    let full_scores = batch as f64 * heads * n * n * 4.0;
+    let scores = full_scores.min(score_budget as f64) * 2.0;
+    (UNET_ACTIVATION_FACTOR * batch as f64 * n * c0 * s + scores) as u64
+}
+
+/// The estimate for one loop.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Estimate {
+    /// The loop's index (1-based).
+    pub index: u32,
+    /// Loop size in pixels.
+    pub width: u32,
+    /// Loop size in pixels.
+    pub height: u32,
+    /// Estimated peak of the loop: weights + overhead + the largest phase.
+    pub peak_bytes: u64,
+    /// Weights of the three networks.
+    pub weights_bytes: u64,
+    /// One UNet step (activations and scores).
+    pub unet_bytes: u64,
+    /// VAE encode (activations).
+    pub vae_encode_bytes: u64,
+    /// VAE decode (activations).
+    pub vae_decode_bytes: u64,
+    /// Tile side in latent pixels when the encode is tiled.
+    pub vae_encode_tile: Option<usize>,
+    /// Tile side in latent pixels when the decode is tiled.
+    pub vae_decode_tile: Option<usize>,
+    /// Attention score budget (bytes) chosen for the UNet.
+    pub score_budget: usize,
+    /// Whether the loop fits the memory limit (true without a limit).
+    pub fits: bool,
+}
+
+impl Estimate {
+    /// The VAE passes in words: `whole`, or e.g. `enc whole, dec tiled 48` (tile sides in
+    /// latent pixels).
+    pub fn vae_label(&self) -> String {
+        let part = |t: Option<usize>| t.map_or("whole".to_string(), |t| format!("tiled {t}"));
+        match (self.vae_encode_tile, self.vae_decode_tile) {
+            (None, None) => "whole".into(),
+            (e, d) => format!("enc {}, dec {}", part(e), part(d)),
+        }
+    }
+
+    /// Which phase sets the peak.
+    pub fn largest_phase(&self) -> &'static str {
+        if self.unet_bytes >= self.vae_encode_bytes && self.unet_bytes >= self.vae_decode_bytes {
+            "UNet step"
+        } else if self.vae_decode_bytes >= self.vae_encode_bytes {
+            "VAE decode"
+        } else {
+            "VAE encode"
+        }
+    }
+}
+
+/// Score budgets the planner tries for the UNet, largest first.
+const SCORE_BUDGETS: [usize; 4] = [DEFAULT_SCORE_BUDGET, 64 << 20, 16 << 20, 4 << 20];
+
+/// Estimates the peak memory of a loop at `spec`'s size with weights in `dtype` and UNet
+/// batch `batch` (2 with classifier-free guidance > 1, else 1), choosing VAE tiling and the
+/// attention score budget so that it fits `limit` bytes (the memory available; `None`: no
+/// limit, nothing tiled).
+pub fn estimate_loop(
+    shape: &ModelShape,
+    spec: &LoopSpec,
+    dtype: DType,
+    batch: usize,
+    limit: Option<u64>,
+) -> Estimate {
+    let s = dtype.size_in_bytes() as u64;
+    let weights = shape.parameters() * s;
+    let d = shape.vae.downscale().max(1);
+    let latent = (spec.height as usize / d, spec.width as usize / d);
+    let pixels = u64::from(spec.width) * u64::from(spec.height);
+    // The loop's images: input, resized, output (RGB8) and the f32 image tensors.
+    let images = pixels * (3 * 3 + 2 * 3 * 4);
+    let fixed = weights + BASE_OVERHEAD + images;
+    // What the largest phase may use: the planned share of the limit minus the fixed part.
+    let room = limit.map(|l| ((l as f64 * HEADROOM) as u64).saturating_sub(fixed));
+    // `vae_tiling` keeps its own headroom; hand it the room before that.
+    let vae_limit = room.map(|r| (r as f64 / HEADROOM) as u64);
+    let latents = (batch * 4 * latent.0 * latent.1 * 4 * 4) as u64;
+
+    let mut budget = SCORE_BUDGETS[0];
+    let mut unet = unet_step_bytes(&shape.unet, dtype, batch, latent, budget);
+    if let Some(room) = room {
+        for b in SCORE_BUDGETS {
+            budget = b;
+            unet = unet_step_bytes(&shape.unet, dtype, batch, latent, b);
+            if unet + latents <= room {
+                break;
+            }
+        }
+    }
+    let enc = vae_tiling(
+        &shape.vae,
+        VaePass::Encode,
+        dtype,
+        1,
+        latent,
+        DEFAULT_SCORE_BUDGET,
+        vae_limit,
+    );
+    let dec = vae_tiling(
+        &shape.vae,
+        VaePass::Decode,
+        dtype,
+        1,
+        latent,
+        DEFAULT_SCORE_BUDGET,
+        vae_limit,
+    );
+    let peak = fixed + (unet + latents).max(enc.bytes).max(dec.bytes);
+    let fits = limit.is_none_or(|l| peak as f64 <= l as f64 * HEADROOM) && enc.fits && dec.fits;
+    Estimate {
+        index: spec.index,
+        width: spec.width,
+        height: spec.height,
+        peak_bytes: peak,
+        weights_bytes: weights,
+        unet_bytes: unet + latents,
+        vae_encode_bytes: enc.bytes,
+        vae_decode_bytes: dec.bytes,
+        vae_encode_tile: enc.tiling.map(|t| t.tile),
+        vae_decode_tile: dec.tiling.map(|t| t.tile),
+        score_budget: budget,
+        fits,
+    }
+}
+
+/// Estimates every loop of `plan`.
+pub fn estimate_plan(
+    shape: &ModelShape,
+    plan: &Plan,
+    dtype: DType,
+    batch: usize,
+    limit: Option<u64>,
+) -> Vec<Estimate> {
+    plan.loops
+        .iter()
+        .map(|spec| estimate_loop(shape, spec, dtype, batch, limit))
+        .collect()
+}
+
+/// `Err` with one line (what needs how much, what is available, what to change) when a loop
+/// of the estimates does not fit `limit`.
+pub fn check_fits(estimates: &[Estimate], limit: Option<u64>, dtype: DType) -> Result<()> {
+    let (Some(limit), Some(worst)) = (
+        limit,
+        estimates
+            .iter()
+            .filter(|e| !e.fits)
+            .max_by_key(|e| e.peak_bytes),
+    ) else {
+        return Ok(());
+    };
+    let hint = if dtype == DType::F32 {
+        "lower --max-size (or --max-width/--max-height), close other programs, or pass a larger --memory-limit if more memory is really free"
+    } else {
+        "lower --max-size (or --max-width/--max-height) or pass a larger --memory-limit if the device has more memory"
+    };
+    Err(Error::Memory(format!(
+        "loop {} at {}x{} needs about {} ({} of weights, {} for the {}) but only {} is available (the planner keeps {:.0} % of it free); {hint}",
+        worst.index,
+        worst.width,
+        worst.height,
+        gib(worst.peak_bytes),
+        gib(worst.weights_bytes),
+        gib(worst
+            .unet_bytes
+            .max(worst.vae_encode_bytes)
+            .max(worst.vae_decode_bytes)),
+        worst.largest_phase(),
+        gib(limit),
+        (1.0 - HEADROOM) * 100.0,
+    )))
+}
+
+/// Bytes for messages: GiB with one decimal, or whole MiB below 1 GiB.
+pub fn gib(bytes: u64) -> String {
+    if (bytes as f64) < GIB {
+        format!("{} MiB", bytes.div_ceil(MIB))
+    } else {
+        format!("{:.1} GiB", bytes as f64 / GIB)
+    }
+}
+
+/// A `/proc/meminfo`-style field in bytes.
+fn meminfo_field(text: &str, key: &str) -> Option<u64> {
+    let line = text.lines().find(|l| l.starts_with(key))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Memory the system can still give (Linux `MemAvailable`); `None` elsewhere.
+pub fn available_bytes() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    meminfo_field(&text, "MemAvailable:")
+}
+
+/// This process's resident memory (Linux); `None` elsewhere.
+pub fn process_rss() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/self/status").ok()?;
+    meminfo_field(&text, "VmRSS:")
+}
+
+/// This process's peak resident memory (Linux `VmHWM`); `None` elsewhere.
+pub fn process_peak_rss() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/self/status").ok()?;
+    meminfo_field(&text, "VmHWM:")
+}
+
+/// Resets the peak resident memory to the current one (Linux ≥ 4.0); false elsewhere.
+pub fn reset_peak_rss() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
+/// The memory a run on `device` may plan for: `limit` when given; on the CPU what is
+/// available plus what this process already holds; `None` on a GPU without a limit (the
+/// planner then does not refuse anything).
+pub fn run_limit(device: DeviceSpec, limit: Option<u64>) -> Option<u64> {
+    if limit.is_some() {
+        return limit;
+    }
+    let cpu = match device {
+        DeviceSpec::Cpu => true,
+        DeviceSpec::Auto => {
+            !candle_core::utils::cuda_is_available() && !candle_core::utils::metal_is_available()
+        }
+        DeviceSpec::Cuda(_) | DeviceSpec::Metal => false,
+    };
+    if !cpu {
+        return None;
+    }
+    Some(available_bytes()? + process_rss().unwrap_or(0))
+}
+
+/// The weights' dtype `device` will use (f16 on GPUs, f32 on the CPU), without opening it.
+pub fn device_dtype(device: DeviceSpec) -> DType {
+    match device {
+        DeviceSpec::Cpu => DType::F32,
+        DeviceSpec::Cuda(_) | DeviceSpec::Metal => DType::F16,
+        DeviceSpec::Auto => {
+            if candle_core::utils::cuda_is_available() || candle_core::utils::metal_is_available() {
+                DType::F16
+            } else {
+                DType::F32
+            }
+        }
+    }
+}
+
+/// Parses a memory size: `6G`, `6GiB`, `6000M`, `512MiB`, or bytes.
+pub fn parse_bytes(text: &str) -> std::result::Result<u64, String> {
+    let t = text.trim().to_ascii_lowercase();
+    let digits = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(digits);
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size (e.g. 6G, 512M)"))?;
+    let mult = match unit.trim() {
+        "" | "b" => 1.0,
+        "k" | "kb" | "kib" => 1024.0,
+        "m" | "mb" | "mib" => MIB as f64,
+        "g" | "gb" | "gib" => GIB,
+        "t" | "tb" | "tib" => GIB * 1024.0,
+        _ => return Err(format!("{text:?}: unknown unit (use K, M, G or T)")),
+    };
+    if !(value.is_finite() && value > 0.0) {
+        return Err(format!("{text:?} must be a positive size"));
+    }
+    Ok((value * mult) as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(size: u32) -> LoopSpec {
+        LoopSpec {
+            index: 1,
+            width: size,
+            height: size,
+            denoise: 0.3,
+            seed: 1,
+            steps: 10,
+            estimated: false,
+        }
+    }
+
+    #[test]
+    fn parameter_counts_match_the_published_models() {
+        let sd15 = ModelShape::from_arch(Arch::Sd15).unwrap();
+        // diffusers' num_parameters() of the published SD 1.5 components.
+        assert_eq!(vae_parameters(&sd15.vae), 83_653_863);
+        assert_eq!(clip_parameters(&sd15.clip), 123_060_480);
+        assert_eq!(unet_parameters(&sd15.unet), 859_520_964);
+        let sd21 = ModelShape::from_arch(Arch::Sd21).unwrap();
+        assert_eq!(unet_parameters(&sd21.unet), 865_910_724);
+        assert_eq!(clip_parameters(&sd21.clip), 340_387_840);
+    }
+
+    #[test]
+    fn large_decodes_get_tiled_to_fit() {
+        let vae = Arch::Sd15.vae().unwrap();
+        let latent = (256, 256);
+        let whole = vae_pass_bytes(&vae, VaePass::Decode, DType::F32, 1, latent, None, 1 << 28);
+        assert!(whole > 8 << 30, "2048² decode whole: {}", gib(whole));
+        let choice = vae_tiling(
+            &vae,
+            VaePass::Decode,
+            DType::F32,
+            1,
+            latent,
+            1 << 28,
+            Some(3 << 30),
+        );
+        assert!(choice.fits && choice.tiling.is_some(), "{choice:?}");
+        assert!(choice.bytes < 3 << 30);
+        // Measured with bench (random SD weights, f32): 903 / 1449 MiB at 512² (the
+        // calibration points), 3591 / 5672 MiB at 1024²; the estimates stay within ±25 %.
+        for (pass, side, measured) in [
+            (VaePass::Encode, 64, 903.0),
+            (VaePass::Decode, 64, 1449.0),
+            (VaePass::Encode, 128, 3591.0),
+            (VaePass::Decode, 128, 5672.0),
+        ] {
+            let est = vae_pass_bytes(&vae, pass, DType::F32, 1, (side, side), None, 1 << 28);
+            let ratio = est as f64 / (measured * MIB as f64);
+            assert!((0.75..=1.25).contains(&ratio), "{pass:?} {side}: {ratio}");
+        }
+        // Without a limit nothing is tiled.
+        let free = vae_tiling(&vae, VaePass::Decode, DType::F32, 1, latent, 1 << 28, None);
+        assert!(free.tiling.is_none());
+    }
+
+    #[test]
+    fn loops_that_cannot_fit_are_refused_with_one_line() {
+        let shape = ModelShape::from_arch(Arch::Sd15).unwrap();
+        let small = estimate_loop(&shape, &spec(512), DType::F32, 2, Some(24 << 30));
+        assert!(small.fits, "{small:?}");
+        assert!(check_fits(&[small], Some(24 << 30), DType::F32).is_ok());
+        let big = estimate_loop(&shape, &spec(4096), DType::F32, 2, Some(4 << 30));
+        assert!(!big.fits);
+        let msg = check_fits(&[big], Some(4 << 30), DType::F32)
+            .unwrap_err()
+            .to_string();
+        assert!(!msg.contains('\n') && msg.contains("4096x4096"), "{msg}");
+    }
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_bytes("6G").unwrap(), 6 << 30);
+        assert_eq!(parse_bytes("512MiB").unwrap(), 512 << 20);
+        assert_eq!(parse_bytes("1.5g").unwrap(), 3 << 29);
+        assert!(parse_bytes("lots").is_err());
+        assert!(parse_bytes("0").is_err());
+    }
+}
