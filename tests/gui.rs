@@ -1,0 +1,445 @@
+//! The desktop app driven through egui_kittest with the tiny test model: drop a file, move
+//! sliders, run, watch the loops land in the filmstrip, cancel, re-tune the finish, save,
+//! reload settings from the saved PNG; errors appear as toasts; snapshots (wgpu, lavapipe on
+//! CI) of the main states.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use egui::accesskit::Role;
+use egui_kittest::Harness;
+use egui_kittest::kittest::Queryable;
+use loopback_scaler::gui::state::{Pending, Progress, Shown};
+use loopback_scaler::gui::{App, Command, GuiOptions};
+use loopback_scaler::settings::{Curve, Settings, TargetMode};
+
+/// The tiny diffusers model.
+fn tiny_model() -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/tiny-sd")
+        .display()
+        .to_string()
+}
+
+/// A 64x48 copy of a test photo in `dir` (small, so a loop takes milliseconds).
+fn small_photo(dir: &Path) -> PathBuf {
+    let photo = image::open(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/coffee.png"))
+        .expect("test photo");
+    let small = photo.resize_exact(64, 48, image::imageops::FilterType::Triangle);
+    let path = dir.join("coffee-small.png");
+    small.save(&path).expect("write test photo");
+    path
+}
+
+/// Fast settings: 2 loops of 2 steps, 64x48 → 96x72.
+fn fast_settings() -> Settings {
+    Settings {
+        loops: 2,
+        target_mode: TargetMode::Scale,
+        scale: 1.5,
+        steps: 4,
+        denoise: 0.5,
+        seed: 1234,
+        prompt: "a cup of coffee".into(),
+        curve: Curve::Linear,
+        ..Settings::default()
+    }
+}
+
+/// A dropped file, as the windowing integration would report it.
+#[derive(Debug)]
+struct FakeDrop(PathBuf);
+
+impl egui::DroppedFile for FakeDrop {
+    fn path(&self) -> &Path {
+        &self.0
+    }
+
+    fn bytes(&self) -> Result<Vec<u8>, String> {
+        std::fs::read(&self.0).map_err(|e| e.to_string())
+    }
+}
+
+fn app_harness<'a>(builder: egui_kittest::HarnessBuilder<App>) -> Harness<'a, App> {
+    builder.with_size([1280.0, 800.0]).build_eframe(|cc| {
+        let mut app = App::new(
+            cc,
+            GuiOptions {
+                model: Some(tiny_model()),
+                device: Some("cpu".into()),
+                fresh: true,
+                ..GuiOptions::default()
+            },
+        );
+        app.persisted.settings = fast_settings();
+        app.persisted.theme = egui::ThemePreference::Dark;
+        app
+    })
+}
+
+/// A harness without a renderer (fast).
+fn harness<'a>() -> Harness<'a, App> {
+    app_harness(Harness::builder())
+}
+
+/// Steps frames until `done` holds (panics after 60 s, naming `what`).
+fn step_until(h: &mut Harness<'_, App>, what: &str, done: impl Fn(&App) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !done(h.state()) {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        h.step();
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    h.step();
+}
+
+fn drop_file(h: &mut Harness<'_, App>, path: &Path) {
+    h.input_mut()
+        .dropped_files
+        .push(Arc::new(FakeDrop(path.to_path_buf())));
+    h.step();
+}
+
+fn open_photo(h: &mut Harness<'_, App>, dir: &Path) -> PathBuf {
+    let path = small_photo(dir);
+    drop_file(h, &path);
+    step_until(h, "the dropped image", |app| app.session.input.is_some());
+    path
+}
+
+fn run_to_end(h: &mut Harness<'_, App>) {
+    h.get_by_role_and_label(Role::Button, "▶ Run").click();
+    h.step();
+    step_until(h, "the run to finish", |app| {
+        app.session.outcome.is_some() && !app.session.running()
+    });
+}
+
+#[test]
+fn drop_move_sliders_run_and_see_every_loop() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = harness();
+    h.step();
+    open_photo(&mut h, dir.path());
+    assert_eq!(h.state().view.shown, Shown::Original);
+    assert!(
+        h.state().session.pending.is_empty(),
+        "a plain photo offers no settings"
+    );
+
+    // Sliders generated from the settings definitions.
+    h.get_by_role_and_label(Role::Slider, "Loops")
+        .set_value_accesskit(3.0);
+    h.step();
+    h.get_by_role_and_label(Role::Slider, "Denoising strength")
+        .set_value_accesskit(0.6);
+    h.step();
+    assert_eq!(h.state().persisted.settings.loops, 3);
+    assert!((h.state().persisted.settings.denoise - 0.6).abs() < 1e-9);
+
+    run_to_end(&mut h);
+    let app = h.state();
+    assert_eq!(app.session.loops.len(), 3);
+    assert_eq!(app.view.shown, Shown::Final);
+    assert_eq!(app.persisted.last_seed, Some(1234));
+    let last = app.session.loops.last().unwrap().image.clone();
+    assert_eq!((last.width(), last.height()), (96, 72));
+    // Every loop is in the filmstrip.
+    for k in 1..=3 {
+        h.get_by_label(&format!("Loop {k}"));
+    }
+    h.get_by_label("Final");
+    // Clicking a loop shows it.
+    h.get_by_label("Loop 2").click();
+    h.step();
+    h.step();
+    assert_eq!(h.state().view.shown, Shown::Loop(2));
+}
+
+#[test]
+fn cancel_keeps_the_finished_loops() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = harness();
+    open_photo(&mut h, dir.path());
+    h.state_mut().persisted.settings.loops = 6;
+    h.state_mut().persisted.settings.steps = 40;
+    h.step();
+    h.get_by_role_and_label(Role::Button, "▶ Run").click();
+    step_until(&mut h, "the first loop", |app| {
+        !app.session.loops.is_empty()
+    });
+    h.key_press(egui::Key::Escape);
+    step_until(&mut h, "the run to stop", |app| !app.session.running());
+    let app = h.state();
+    assert!(app.session.outcome.is_none());
+    assert!((1..6).contains(&app.session.loops.len()));
+    assert!(
+        app.toasts
+            .list
+            .iter()
+            .any(|t| t.text.starts_with("Cancelled"))
+    );
+}
+
+#[test]
+fn finishing_reapplies_without_running_a_loop() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = harness();
+    open_photo(&mut h, dir.path());
+    run_to_end(&mut h);
+    let before = h
+        .state()
+        .session
+        .outcome
+        .as_ref()
+        .unwrap()
+        .finished
+        .image
+        .clone();
+    h.get_by_role_and_label(Role::Slider, "Brightness")
+        .set_value_accesskit(1.5);
+    h.step();
+    assert!(h.state().session.progress.is_none(), "no loop runs again");
+    step_until(&mut h, "the new finish", |app| {
+        app.session
+            .outcome
+            .as_ref()
+            .is_some_and(|o| (o.applied.brightness - 1.5).abs() < 1e-9)
+    });
+    let after = h
+        .state()
+        .session
+        .outcome
+        .as_ref()
+        .unwrap()
+        .finished
+        .image
+        .clone();
+    assert_eq!(h.state().session.loops.len(), 2);
+    assert_ne!(before.as_bytes(), after.as_bytes());
+    let mean = |img: &image::DynamicImage| {
+        img.to_rgb8()
+            .as_raw()
+            .iter()
+            .map(|&v| f64::from(v))
+            .sum::<f64>()
+    };
+    assert!(mean(&after) > mean(&before), "brighter");
+}
+
+#[test]
+fn save_asks_before_replacing_and_the_png_brings_its_settings_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = harness();
+    open_photo(&mut h, dir.path());
+    run_to_end(&mut h);
+    let target = dir.path().join("out.png");
+    h.state_mut().push(Command::Save {
+        what: vec![(Shown::Final, target.clone())],
+        overwrite: false,
+    });
+    h.step();
+    step_until(&mut h, "the save", |app| !app.session.saving);
+    assert!(target.exists());
+    let written = std::fs::read(&target).unwrap();
+
+    // Saving again asks; "Don't replace" leaves the file alone.
+    h.state_mut().push(Command::Save {
+        what: vec![(Shown::Final, target.clone())],
+        overwrite: false,
+    });
+    h.step();
+    h.step();
+    assert!(matches!(
+        h.state().session.pending.as_slice(),
+        [Pending::Overwrite { .. }]
+    ));
+    h.get_by_label("Don't replace").click();
+    h.step();
+    h.step();
+    assert!(h.state().session.pending.is_empty());
+    assert_eq!(std::fs::read(&target).unwrap(), written);
+
+    // Save all loops into a folder (the same command the folder dialog issues).
+    let all: Vec<(Shown, PathBuf)> = (1..=2)
+        .map(|k| (Shown::Loop(k), dir.path().join(format!("loop{k}.png"))))
+        .collect();
+    h.state_mut().push(Command::Save {
+        what: all,
+        overwrite: false,
+    });
+    h.step();
+    step_until(&mut h, "saving the loops", |app| !app.session.saving);
+    assert!(dir.path().join("loop2.png").exists());
+
+    // Change settings, then reopen the saved PNG: it offers its settings back.
+    h.state_mut().persisted.settings = Settings::default();
+    drop_file(&mut h, &target);
+    step_until(&mut h, "the settings offer", |app| {
+        app.session
+            .pending
+            .iter()
+            .any(|p| matches!(p, Pending::Metadata { .. }))
+    });
+    h.get_by_label("Load settings").click();
+    h.step();
+    h.step();
+    let settings = &h.state().persisted.settings;
+    assert_eq!(settings.prompt, "a cup of coffee");
+    assert_eq!(settings.loops, 2);
+    assert_eq!(settings.seed, 1234);
+    assert_eq!(settings.target_mode, TargetMode::Scale);
+}
+
+#[test]
+fn errors_are_shown_and_the_work_is_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = harness();
+    open_photo(&mut h, dir.path());
+    let bad = dir.path().join("notes.png");
+    std::fs::write(&bad, b"this is not an image").unwrap();
+    drop_file(&mut h, &bad);
+    step_until(&mut h, "the error", |app| app.toasts.errors().count() > 0);
+    let app = h.state();
+    assert_eq!(
+        app.session.input.as_ref().unwrap().stem,
+        "coffee-small",
+        "the current image is kept"
+    );
+    assert!(
+        app.toasts
+            .errors()
+            .any(|t| t.text == "Cannot open the image")
+    );
+
+    // A model that does not exist.
+    h.state_mut().persisted.model = dir.path().join("no-such-model").display().to_string();
+    h.state_mut().toasts.list.clear();
+    h.key_press_modifiers(egui::Modifiers::COMMAND, egui::Key::Enter);
+    step_until(&mut h, "the model error", |app| {
+        app.toasts.errors().count() > 0
+    });
+    assert!(
+        h.state()
+            .toasts
+            .errors()
+            .any(|t| t.text == "The model could not be loaded")
+    );
+
+    // An empty prompt is warned about in the side panel.
+    h.state_mut().persisted.settings.prompt.clear();
+    h.step();
+    h.step();
+    assert!(h.query_by_label_contains("the prompt is empty").is_some());
+}
+
+#[test]
+fn reset_to_defaults_and_reuse_last_seed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = harness();
+    open_photo(&mut h, dir.path());
+    h.state_mut().persisted.settings.seed = -1;
+    run_to_end(&mut h);
+    let seed = h.state().persisted.last_seed.expect("a seed was drawn");
+    assert_eq!(
+        h.state().persisted.settings.seed,
+        -1,
+        "the setting stays random"
+    );
+    h.get_by_label("♻ Reuse last").click();
+    h.step();
+    h.step();
+    assert_eq!(h.state().persisted.settings.seed, i64::from(seed));
+    h.get_by_label("↺ Reset to defaults").click();
+    h.step();
+    h.step();
+    assert_eq!(h.state().persisted.settings, Settings::default());
+}
+
+/// Records the UI's frame time while a run is in progress and prints it (see the closing
+/// note of issue 5); fails only if frames get absurdly slow.
+#[test]
+fn frames_keep_coming_during_a_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = harness();
+    open_photo(&mut h, dir.path());
+    h.state_mut().persisted.settings.loops = 3;
+    h.state_mut().persisted.settings.steps = 20;
+    h.step();
+    h.get_by_role_and_label(Role::Button, "▶ Run").click();
+    let started = Instant::now();
+    step_until(&mut h, "the run to finish", |app| {
+        app.session.outcome.is_some()
+    });
+    let wall = started.elapsed();
+    let stats = &h.state().frame_stats;
+    let running = loopback_scaler::gui::frame_stats::FrameStats::summarize(&stats.running)
+        .expect("frames during the run");
+    println!(
+        "run took {:.2} s wall; {}",
+        wall.as_secs_f64(),
+        stats.summary()
+    );
+    assert!(running.frames >= 10, "frames kept coming: {running:?}");
+    assert!(running.median_ms < 50.0, "ui frames stay fast: {running:?}");
+}
+
+// ----- snapshots (wgpu; lavapipe on CI) -----
+
+/// A harness that renders with wgpu.
+fn snapshot_harness<'a>() -> Harness<'a, App> {
+    app_harness(Harness::builder().wgpu().with_render_cursor(false))
+}
+
+/// Removes what changes from run to run (timings, toasts) before a snapshot.
+fn settle(h: &mut Harness<'_, App>) {
+    let app = h.state_mut();
+    app.toasts.list.clear();
+    app.session.seconds_per_mpstep = None;
+    h.step();
+    h.step();
+}
+
+#[test]
+fn snapshots_of_the_main_states() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = snapshot_harness();
+    h.step();
+    h.step();
+    h.snapshot("gui_empty");
+
+    open_photo(&mut h, dir.path());
+    settle(&mut h);
+    h.snapshot("gui_image_loaded");
+
+    // A run in progress, at a fixed point: loop 1 of 2, step 1 of 2, preview = the photo.
+    {
+        let app = h.state_mut();
+        let input = app.session.input.as_ref().unwrap().picture.texture.clone();
+        app.session.preview = Some(input);
+        app.session.progress = Some(Progress {
+            loop_index: 1,
+            loops: 2,
+            step: 1,
+            steps: 2,
+            elapsed: Duration::from_secs(3),
+            eta: Some(Duration::from_secs(9)),
+            spec: None,
+        });
+        app.view.shown = Shown::Preview;
+    }
+    settle(&mut h);
+    h.snapshot("gui_running");
+    {
+        let app = h.state_mut();
+        app.session.progress = None;
+        app.session.preview = None;
+        app.view.shown = Shown::Original;
+    }
+    h.step();
+
+    run_to_end(&mut h);
+    settle(&mut h);
+    h.snapshot("gui_finished");
+}
