@@ -22,17 +22,17 @@ fn tiny_model() -> String {
         .to_string()
 }
 
-/// A 64x48 copy of a test photo in `dir` (small, so a loop takes milliseconds).
+/// A 64x64 copy of a test photo in `dir` (small, so a loop takes milliseconds).
 fn small_photo(dir: &Path) -> PathBuf {
     let photo = image::open(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/coffee.png"))
         .expect("test photo");
-    let small = photo.resize_exact(64, 48, image::imageops::FilterType::Triangle);
+    let small = photo.resize_exact(64, 64, image::imageops::FilterType::Triangle);
     let path = dir.join("coffee-small.png");
     small.save(&path).expect("write test photo");
     path
 }
 
-/// Fast settings: 2 loops of 2 steps, 64x48 → 96x72.
+/// Fast settings: 2 loops of 2 steps, 64x64 → 96x96.
 fn fast_settings() -> Settings {
     Settings {
         loops: 2,
@@ -85,9 +85,24 @@ fn harness<'a>() -> Harness<'a, App> {
 
 /// Steps frames until `done` holds (panics after 60 s, naming `what`).
 fn step_until(h: &mut Harness<'_, App>, what: &str, done: impl Fn(&App) -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + Duration::from_secs(20);
     while !done(h.state()) {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        if Instant::now() > deadline {
+            let app = h.state();
+            let toasts: Vec<_> = app
+                .toasts
+                .list
+                .iter()
+                .map(|t| (t.text.clone(), t.detail.clone()))
+                .collect();
+            panic!(
+                "timed out waiting for {what}; toasts {toasts:?}; model status {:?}; \
+                 progress {:?}; loops {}",
+                app.session.model.status,
+                app.session.progress,
+                app.session.loops.len()
+            );
+        }
         h.step();
         std::thread::sleep(Duration::from_millis(2));
     }
@@ -109,7 +124,7 @@ fn open_photo(h: &mut Harness<'_, App>, dir: &Path) -> PathBuf {
 }
 
 fn run_to_end(h: &mut Harness<'_, App>) {
-    h.get_by_role_and_label(Role::Button, "▶ Run").click();
+    h.get_by_role_and_label(Role::Button, "Run").click();
     h.step();
     step_until(h, "the run to finish", |app| {
         app.session.outcome.is_some() && !app.session.running()
@@ -144,7 +159,7 @@ fn drop_move_sliders_run_and_see_every_loop() {
     assert_eq!(app.view.shown, Shown::Final);
     assert_eq!(app.persisted.last_seed, Some(1234));
     let last = app.session.loops.last().unwrap().image.clone();
-    assert_eq!((last.width(), last.height()), (96, 72));
+    assert_eq!((last.width(), last.height()), (96, 96));
     // Every loop is in the filmstrip.
     for k in 1..=3 {
         h.get_by_label(&format!("Loop {k}"));
@@ -165,7 +180,7 @@ fn cancel_keeps_the_finished_loops() {
     h.state_mut().persisted.settings.loops = 6;
     h.state_mut().persisted.settings.steps = 40;
     h.step();
-    h.get_by_role_and_label(Role::Button, "▶ Run").click();
+    h.get_by_role_and_label(Role::Button, "Run").click();
     step_until(&mut h, "the first loop", |app| {
         !app.session.loops.is_empty()
     });
@@ -347,11 +362,11 @@ fn reset_to_defaults_and_reuse_last_seed() {
         -1,
         "the setting stays random"
     );
-    h.get_by_label("♻ Reuse last").click();
+    h.get_by_label("Reuse last").click();
     h.step();
     h.step();
     assert_eq!(h.state().persisted.settings.seed, i64::from(seed));
-    h.get_by_label("↺ Reset to defaults").click();
+    h.get_by_label("Reset to defaults").click();
     h.step();
     h.step();
     assert_eq!(h.state().persisted.settings, Settings::default());
@@ -367,7 +382,7 @@ fn frames_keep_coming_during_a_run() {
     h.state_mut().persisted.settings.loops = 3;
     h.state_mut().persisted.settings.steps = 20;
     h.step();
-    h.get_by_role_and_label(Role::Button, "▶ Run").click();
+    h.get_by_role_and_label(Role::Button, "Run").click();
     let started = Instant::now();
     step_until(&mut h, "the run to finish", |app| {
         app.session.outcome.is_some()

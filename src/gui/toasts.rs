@@ -96,9 +96,9 @@ impl Toasts {
                     egui::Frame::popup(ui.style()).show(ui, |ui| {
                         ui.horizontal(|ui| {
                             let (icon, colour) = match toast.level {
-                                Level::Info => ("ℹ", ui.visuals().text_color()),
-                                Level::Warning => ("⚠", ui.visuals().warn_fg_color),
-                                Level::Error => ("⛔", ui.visuals().error_fg_color),
+                                Level::Info => ("i", ui.visuals().text_color()),
+                                Level::Warning => ("!", ui.visuals().warn_fg_color),
+                                Level::Error => ("x", ui.visuals().error_fg_color),
                             };
                             ui.label(RichText::new(icon).color(colour));
                             ui.add(
@@ -111,7 +111,7 @@ impl Toasts {
                                 ))
                                 .wrap(),
                             );
-                            if ui.small_button("✖").on_hover_text("Close").clicked() {
+                            if ui.small_button("x").on_hover_text("Close").clicked() {
                                 close = Some(index);
                             }
                         });

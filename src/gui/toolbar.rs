@@ -15,7 +15,7 @@ pub fn ui(
     ui.horizontal_wrapped(|ui| {
         let idle = !session.dialog_open;
         if ui
-            .add_enabled(idle, egui::Button::new("📂 Open…"))
+            .add_enabled(idle, egui::Button::new("Open…"))
             .on_hover_text("Open an image (Ctrl+O); you can also drop a file on the window")
             .clicked()
         {
@@ -33,7 +33,7 @@ pub fn ui(
             }
         });
         if ui
-            .button("📋 Paste")
+            .button("Paste")
             .on_hover_text("Use the image on the clipboard (Ctrl+V)")
             .clicked()
         {
@@ -42,7 +42,7 @@ pub fn ui(
         ui.separator();
         if session.running() {
             if ui
-                .button("⏹ Cancel")
+                .button("Cancel")
                 .on_hover_text("Stop after the current step (Esc); finished loops are kept")
                 .clicked()
             {
@@ -51,7 +51,7 @@ pub fn ui(
         } else {
             let ready = session.input.is_some() && session.model.status.is_none();
             if ui
-                .add_enabled(ready, egui::Button::new("▶ Run"))
+                .add_enabled(ready, egui::Button::new("Run"))
                 .on_hover_text("Run every loop (Ctrl+Enter)")
                 .on_disabled_hover_text("Open an image first")
                 .clicked()
@@ -61,7 +61,7 @@ pub fn ui(
         }
         let has_final = session.outcome.is_some();
         if ui
-            .add_enabled(has_final && idle, egui::Button::new("💾 Save…"))
+            .add_enabled(has_final && idle, egui::Button::new("Save…"))
             .on_hover_text("Save the final image with its settings in the PNG (Ctrl+S)")
             .clicked()
         {
@@ -79,7 +79,7 @@ pub fn ui(
         }
         ui.separator();
         if ui
-            .button("↺ Reset to defaults")
+            .button("Reset to defaults")
             .on_hover_text("Put every setting back to its default")
             .clicked()
         {
@@ -106,8 +106,8 @@ pub fn ui(
 
 fn theme_label(theme: egui::ThemePreference) -> &'static str {
     match theme {
-        egui::ThemePreference::System => "🖥 System theme",
-        egui::ThemePreference::Light => "☀ Light",
-        egui::ThemePreference::Dark => "🌙 Dark",
+        egui::ThemePreference::System => "System theme",
+        egui::ThemePreference::Light => "Light theme",
+        egui::ThemePreference::Dark => "Dark theme",
     }
 }

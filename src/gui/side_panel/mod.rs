@@ -48,7 +48,7 @@ pub fn ui(
 fn prompt_ui(ui: &mut egui::Ui, persisted: &mut Persisted) {
     fields::keys_ui(ui, &mut persisted.settings, &["prompt", "negative_prompt"]);
     for warning in persisted.settings.warnings() {
-        ui.colored_label(ui.visuals().warn_fg_color, format!("⚠ {warning}"));
+        ui.colored_label(ui.visuals().warn_fg_color, format!("Warning: {warning}"));
     }
 }
 
@@ -71,15 +71,15 @@ fn img2img_ui(ui: &mut egui::Ui, persisted: &mut Persisted, commands: &mut Comma
     fields::keys_ui(ui, settings, &["seed"]);
     ui.horizontal(|ui| {
         if ui
-            .button("🎲 Random")
-            .on_hover_text("Draw a new seed for every run (seed −1)")
+            .button("Random")
+            .on_hover_text("Draw a new seed for every run (seed -1)")
             .clicked()
         {
             settings.seed = -1;
         }
         let last = persisted.last_seed;
         if ui
-            .add_enabled(last.is_some(), egui::Button::new("♻ Reuse last"))
+            .add_enabled(last.is_some(), egui::Button::new("Reuse last"))
             .on_hover_text(match last {
                 Some(seed) => format!("Use the last run's seed, {seed}"),
                 None => "No run yet".to_string(),

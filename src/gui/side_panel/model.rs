@@ -58,7 +58,7 @@ pub fn ui(
             commands.push(Command::BrowseModel);
         }
         if ui
-            .button("↻")
+            .button("Rescan")
             .on_hover_text("Look for local models again")
             .clicked()
         {
@@ -93,7 +93,7 @@ pub fn ui(
         (Some((model, spec, device)), None)
             if super::super::execute::same_model(persisted, spec, device) =>
         {
-            ui.label(format!("✔ {} loaded ({device})", model.name));
+            ui.label(format!("{} loaded ({device})", model.name));
         }
         _ => {
             ui.horizontal(|ui| {

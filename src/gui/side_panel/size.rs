@@ -47,7 +47,7 @@ pub fn ui(ui: &mut egui::Ui, persisted: &mut Persisted, session: &Session) {
             return;
         }
     };
-    ui.label(format!("Start {} → final {}", plan.start, plan.final_size));
+    ui.label(format!("Start {} to final {}", plan.start, plan.final_size));
     if assumed {
         ui.weak(format!(
             "(assuming a {ASSUMED_INPUT} input until an image is opened)"
@@ -96,7 +96,7 @@ pub fn ui(ui: &mut egui::Ui, persisted: &mut Persisted, session: &Session) {
                 ui.label("");
                 ui.label("");
                 ui.strong("Total");
-                ui.strong(format!("≈ {:.0} s", s * total));
+                ui.strong(format!("~{:.0} s", s * total));
                 ui.end_row();
             }
         });
