@@ -74,6 +74,9 @@ fn canvas_size(session: &Session, shown: Shown) -> Option<Vec2> {
     {
         return Some(Vec2::new(spec.width as f32, spec.height as f32));
     }
+    if shown == Shown::Preview {
+        return session.preview.as_ref().map(|t| t.size_vec2());
+    }
     let image = session.image(shown)?;
     Some(Vec2::new(image.width() as f32, image.height() as f32))
 }
