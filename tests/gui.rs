@@ -475,11 +475,69 @@ fn snapshots_of_the_main_states() {
             egui::ColorImage::from_rgb([64, 64], rgb.as_raw())
         };
         for (k, picture) in app.session.loops.iter_mut().enumerate() {
-            picture.texture.set(tinted(k as u8 + 1), egui::TextureOptions::LINEAR);
+            picture
+                .texture
+                .set(tinted(k as u8 + 1), egui::TextureOptions::LINEAR);
         }
         let outcome = app.session.outcome.as_mut().unwrap();
-        outcome.finished.texture.set(tinted(3), egui::TextureOptions::LINEAR);
+        outcome
+            .finished
+            .texture
+            .set(tinted(3), egui::TextureOptions::LINEAR);
     }
     settle(&mut h);
     h.snapshot("gui_finished");
+}
+
+#[test]
+fn paste_an_image_and_run_again_from_a_loop() {
+    let mut h = harness();
+    h.step();
+    let photo = image::open(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/chelsea.png"))
+        .unwrap()
+        .resize_exact(64, 64, image::imageops::FilterType::Triangle)
+        .to_rgba8();
+    let pasted = egui::ColorImage::from_rgba_unmultiplied([64, 64], photo.as_raw());
+    h.event(egui::Event::PasteImage(Arc::new(pasted)));
+    h.step();
+    step_until(&mut h, "the pasted image", |app| {
+        app.session.input.is_some()
+    });
+    assert_eq!(h.state().session.input.as_ref().unwrap().stem, "pasted");
+    run_to_end(&mut h);
+    let loop1 = h.state().session.loops[0].image.clone();
+
+    // Right-click a loop in the filmstrip: "Run from here".
+    h.get_by_label("Loop 1").click_secondary();
+    h.step();
+    h.step();
+    h.get_by_label("Run from here").click();
+    h.step();
+    step_until(&mut h, "the second run", |app| {
+        app.session.outcome.is_some() && !app.session.running()
+    });
+    let app = h.state();
+    let input = app.session.input.as_ref().unwrap();
+    assert_eq!(input.stem, "pasted-loop1");
+    assert_eq!(input.picture.image.as_bytes(), loop1.as_bytes());
+    assert_eq!(app.session.loops.len(), 2);
+}
+
+#[test]
+fn the_info_section_explains_every_setting() {
+    let mut h = harness();
+    h.step();
+    h.get_by_label("Info").click();
+    h.step();
+    h.step();
+    // Every setting's label and help are there (and drawable with the bundled fonts:
+    // the harness fails on a missing glyph).
+    assert!(
+        h.query_by_label_contains("Loopback Scaler runs img2img")
+            .is_some()
+    );
+    assert!(
+        h.query_by_label_contains("Seed of the first loop")
+            .is_some()
+    );
 }

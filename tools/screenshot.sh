@@ -13,7 +13,11 @@ for cmd in xvfb-run; do
     command -v "$cmd" >/dev/null || { echo "error: $cmd is missing (apt-get install xvfb xauth)" >&2; exit 2; }
 done
 
-cargo build --release --quiet
+# The dev profile optimises dependencies (Cargo.toml), which is plenty for the tiny model;
+# PROFILE=release uses a release build instead.
+profile="${PROFILE:-dev}"
+cargo build --quiet --profile "$profile"
+bin="target/$([ "$profile" = dev ] && echo debug || echo "$profile")/loopback-scaler"
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
 # A small input keeps the tiny model's run short; a 4-loop run to 384 px shows the filmstrip.
@@ -35,7 +39,7 @@ export XDG_DATA_HOME="$tmp/data" XDG_RUNTIME_DIR="$tmp/run"
 mkdir -p "$tmp/run" && chmod 700 "$tmp/run"
 rm -f "$out"
 timeout 300 xvfb-run -a -s "-screen 0 1400x900x24" \
-    target/release/loopback-scaler gui --fresh --model tests/fixtures/tiny-sd --device cpu \
+    "$bin" gui --fresh --model tests/fixtures/tiny-sd --device cpu \
     --settings "$tmp/settings.json" --input "$tmp/coffee.png" --run --screenshot "$out"
 test -s "$out" || { echo "error: no screenshot was written" >&2; exit 1; }
 echo "wrote $out"

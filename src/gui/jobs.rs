@@ -8,7 +8,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, Sender, TryRecvError, channel};
+use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -42,6 +42,9 @@ pub struct LoadedImage {
     /// Settings found in the PNG's texts, with warnings.
     pub metadata: Option<(Settings, Vec<String>)>,
 }
+
+/// One image to save: the pixels, the file, and the PNG texts to write with it.
+pub type SaveItem = (Arc<DynamicImage>, PathBuf, Vec<(String, String)>);
 
 /// What a file dialog returned.
 #[derive(Debug)]
@@ -181,10 +184,7 @@ impl Jobs {
 
     /// The next event, if one is waiting (never blocks).
     pub fn try_next(&self) -> Option<JobEvent> {
-        match self.rx.try_recv() {
-            Ok(event) => Some(event),
-            Err(TryRecvError::Empty | TryRecvError::Disconnected) => None,
-        }
+        self.rx.try_recv().ok()
     }
 
     /// A sender for a job's thread, and the context to wake.
@@ -257,11 +257,7 @@ impl Jobs {
     }
 
     /// Writes images (PNG texts included) atomically.
-    pub fn save(
-        &self,
-        items: Vec<(Arc<DynamicImage>, PathBuf, Vec<(String, String)>)>,
-        overwrite: bool,
-    ) {
+    pub fn save(&self, items: Vec<SaveItem>, overwrite: bool) {
         self.spawn("save-images", move || {
             let mut written = Vec::new();
             for (image, path, texts) in items {

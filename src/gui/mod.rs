@@ -2,7 +2,7 @@
 //!
 //! - [`App`] (`app.rs`) owns the state and lays out the views; `execute.rs` carries out the
 //!   [`Command`]s the views emit, `events.rs` handles what background jobs report.
-//! - [`state`]: [`state::Persisted`] (settings, model, recent files, theme: saved by eframe)
+//! - [`state`] holds [`state::Persisted`] (settings, model, recent files, theme: saved by eframe)
 //!   apart from [`state::Session`] (images, textures, progress: this run only).
 //! - [`jobs`]: every slow thing (reading and saving images, file dialogs, re-finishing, the
 //!   model loader and the loop runner) runs on a worker thread and reports over a channel
