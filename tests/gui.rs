@@ -527,9 +527,10 @@ fn paste_an_image_and_run_again_from_a_loop() {
 fn the_info_section_explains_every_setting() {
     let mut h = harness();
     h.step();
+    h.get_by_label("Info").scroll_to_me();
+    h.run_steps(4);
     h.get_by_label("Info").click();
-    h.step();
-    h.step();
+    h.run_steps(10);
     // Every setting's label and help are there (and drawable with the bundled fonts:
     // the harness fails on a missing glyph).
     assert!(
