@@ -130,6 +130,18 @@ fn run_to_end(h: &mut Harness<'_, App>) {
     });
 }
 
+/// Opens the photo, sets the loops and steps, and clicks Run.
+fn start_run<'a>(loops: u32, steps: u32) -> (tempfile::TempDir, Harness<'a, App>) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = harness();
+    open_photo(&mut h, dir.path());
+    h.state_mut().persisted.settings.loops = loops;
+    h.state_mut().persisted.settings.steps = steps;
+    h.step();
+    h.get_by_role_and_label(Role::Button, "Run").click();
+    (dir, h)
+}
+
 #[test]
 fn drop_move_sliders_run_and_see_every_loop() {
     let dir = tempfile::tempdir().unwrap();
@@ -173,13 +185,7 @@ fn drop_move_sliders_run_and_see_every_loop() {
 
 #[test]
 fn cancel_keeps_the_finished_loops() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut h = harness();
-    open_photo(&mut h, dir.path());
-    h.state_mut().persisted.settings.loops = 6;
-    h.state_mut().persisted.settings.steps = 40;
-    h.step();
-    h.get_by_role_and_label(Role::Button, "Run").click();
+    let (_dir, mut h) = start_run(6, 40);
     step_until(&mut h, "the first loop", |app| {
         !app.session.loops.is_empty()
     });
@@ -196,21 +202,19 @@ fn cancel_keeps_the_finished_loops() {
     );
 }
 
+/// The finished image shown as "Final".
+fn final_image(h: &Harness<'_, App>) -> Arc<image::DynamicImage> {
+    let outcome = h.state().session.outcome.as_ref().expect("a finished run");
+    Arc::clone(&outcome.finished.image)
+}
+
 #[test]
 fn finishing_reapplies_without_running_a_loop() {
     let dir = tempfile::tempdir().unwrap();
     let mut h = harness();
     open_photo(&mut h, dir.path());
     run_to_end(&mut h);
-    let before = h
-        .state()
-        .session
-        .outcome
-        .as_ref()
-        .unwrap()
-        .finished
-        .image
-        .clone();
+    let before = final_image(&h);
     h.get_by_role_and_label(Role::Slider, "Brightness")
         .set_value_accesskit(1.5);
     h.step();
@@ -221,15 +225,7 @@ fn finishing_reapplies_without_running_a_loop() {
             .as_ref()
             .is_some_and(|o| (o.applied.brightness - 1.5).abs() < 1e-9)
     });
-    let after = h
-        .state()
-        .session
-        .outcome
-        .as_ref()
-        .unwrap()
-        .finished
-        .image
-        .clone();
+    let after = final_image(&h);
     assert_eq!(h.state().session.loops.len(), 2);
     assert_ne!(before.as_bytes(), after.as_bytes());
     let mean = |img: &image::DynamicImage| {
@@ -375,13 +371,7 @@ fn reset_to_defaults_and_reuse_last_seed() {
 /// note of issue 5); fails only if frames get absurdly slow.
 #[test]
 fn frames_keep_coming_during_a_run() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut h = harness();
-    open_photo(&mut h, dir.path());
-    h.state_mut().persisted.settings.loops = 3;
-    h.state_mut().persisted.settings.steps = 20;
-    h.step();
-    h.get_by_role_and_label(Role::Button, "Run").click();
+    let (_dir, mut h) = start_run(3, 20);
     let started = Instant::now();
     step_until(&mut h, "the run to finish", |app| {
         app.session.outcome.is_some()

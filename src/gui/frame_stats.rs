@@ -1,6 +1,6 @@
 //! How long the UI takes per frame, kept apart for frames drawn while a run is in progress.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Frames kept per bucket.
 const KEEP: usize = 4096;
@@ -12,6 +12,10 @@ pub struct FrameStats {
     pub idle: Vec<Duration>,
     /// `ui` durations while a run was in progress.
     pub running: Vec<Duration>,
+    /// Time from the start of one frame to the start of the next, while a run was in progress
+    /// (the UI is reactive: it draws when a job reports, after every denoising step).
+    pub running_gaps: Vec<Duration>,
+    last_start: Option<Instant>,
 }
 
 /// Summary numbers of one bucket, in milliseconds.
@@ -30,17 +34,20 @@ pub struct Summary {
 }
 
 impl FrameStats {
-    /// Records one frame.
-    pub fn record(&mut self, took: Duration, running: bool) {
+    /// Records one frame that started at `started`.
+    pub fn record(&mut self, started: Instant, running: bool) {
+        let took = started.elapsed();
+        if let Some(last) = self.last_start.replace(started)
+            && running
+        {
+            push(&mut self.running_gaps, started - last);
+        }
         let bucket = if running {
             &mut self.running
         } else {
             &mut self.idle
         };
-        if bucket.len() == KEEP {
-            bucket.remove(0);
-        }
-        bucket.push(took);
+        push(bucket, took);
     }
 
     /// Summary of a bucket; `None` when empty.
@@ -60,19 +67,51 @@ impl FrameStats {
         })
     }
 
-    /// Both buckets as one line of text.
+    /// Every bucket as one line of text.
     pub fn summary(&self) -> String {
         let line = |name: &str, frames: &[Duration]| match Self::summarize(frames) {
             Some(s) => format!(
-                "{name}: {} frames, ui mean {:.2} ms, median {:.2} ms, p95 {:.2} ms, max {:.2} ms",
+                "{name}: {} frames, mean {:.2} ms, median {:.2} ms, p95 {:.2} ms, max {:.2} ms",
                 s.frames, s.mean_ms, s.median_ms, s.p95_ms, s.max_ms
             ),
             None => format!("{name}: no frames"),
         };
         format!(
-            "frame times — {}; {}",
-            line("idle", &self.idle),
-            line("running", &self.running)
+            "frame times — {}; {}; {}",
+            line("ui idle", &self.idle),
+            line("ui during a run", &self.running),
+            line("gap between frames during a run", &self.running_gaps)
         )
+    }
+}
+
+/// Appends `value`, dropping the oldest beyond [`KEEP`].
+fn push(bucket: &mut Vec<Duration>, value: Duration) {
+    if bucket.len() == KEEP {
+        bucket.remove(0);
+    }
+    bucket.push(value);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summaries_and_buckets() {
+        let ms = |v: u64| Duration::from_millis(v);
+        let s = FrameStats::summarize(&[ms(3), ms(1), ms(2), ms(10)]).unwrap();
+        assert_eq!(s.frames, 4);
+        assert!((s.mean_ms - 4.0).abs() < 1e-9);
+        assert!((s.max_ms - 10.0).abs() < 1e-9);
+        assert!(FrameStats::summarize(&[]).is_none());
+
+        let mut stats = FrameStats::default();
+        let start = Instant::now();
+        stats.record(start, false);
+        stats.record(start + ms(5), true);
+        assert_eq!((stats.idle.len(), stats.running.len()), (1, 1));
+        assert_eq!(stats.running_gaps, vec![ms(5)]);
+        assert!(stats.summary().contains("ui during a run: 1 frames"));
     }
 }
