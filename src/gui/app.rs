@@ -188,8 +188,7 @@ impl eframe::App for App {
         self.toasts.ui(&ctx);
         self.execute_pending(&ctx);
         self.screenshot_tick(&ctx);
-        self.frame_stats
-            .record(started.elapsed(), self.session.running());
+        self.frame_stats.record(started, self.session.running());
     }
 
     fn save(&mut self, storage: &mut dyn eframe::Storage) {
