@@ -60,14 +60,14 @@ impl egui::DroppedFile for FakeDrop {
     }
 }
 
-fn app_harness<'a>(builder: egui_kittest::HarnessBuilder<App>) -> Harness<'a, App> {
+fn app_harness<'a>(builder: egui_kittest::HarnessBuilder<App>, fresh: bool) -> Harness<'a, App> {
     builder.with_size([1280.0, 800.0]).build_eframe(|cc| {
         let mut app = App::new(
             cc,
             GuiOptions {
                 model: Some(tiny_model()),
                 device: Some("cpu".into()),
-                fresh: true,
+                fresh,
                 ..GuiOptions::default()
             },
         );
@@ -79,7 +79,7 @@ fn app_harness<'a>(builder: egui_kittest::HarnessBuilder<App>) -> Harness<'a, Ap
 
 /// A harness without a renderer (fast).
 fn harness<'a>() -> Harness<'a, App> {
-    app_harness(Harness::builder())
+    app_harness(Harness::builder(), true)
 }
 
 /// Steps frames until `done` holds (panics after 60 s, naming `what`).
@@ -393,7 +393,7 @@ fn frames_keep_coming_during_a_run() {
 
 /// A harness that renders with wgpu.
 fn snapshot_harness<'a>() -> Harness<'a, App> {
-    app_harness(Harness::builder().wgpu().with_render_cursor(false))
+    app_harness(Harness::builder().wgpu().with_render_cursor(false), true)
 }
 
 /// Removes what changes from run to run (timings, toasts) before a snapshot.
@@ -531,4 +531,45 @@ fn the_info_section_explains_every_setting() {
         h.query_by_label_contains("Seed of the first loop")
             .is_some()
     );
+}
+
+/// An in-memory `eframe::Storage`.
+#[derive(Default)]
+struct MemoryStorage(std::collections::HashMap<String, String>);
+
+impl eframe::Storage for MemoryStorage {
+    fn get_string(&self, key: &str) -> Option<String> {
+        self.0.get(key).cloned()
+    }
+
+    fn set_string(&mut self, key: &str, value: String) {
+        self.0.insert(key.to_string(), value);
+    }
+
+    fn remove_string(&mut self, key: &str) {
+        self.0.remove(key);
+    }
+
+    fn flush(&mut self) {}
+}
+
+#[test]
+fn settings_model_recent_files_and_theme_are_persisted() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = app_harness(Harness::builder(), false);
+    let photo = open_photo(&mut h, dir.path());
+    {
+        let app = h.state_mut();
+        app.persisted.settings.cfg = 9.5;
+        app.persisted.theme = egui::ThemePreference::Light;
+    }
+    let mut storage = MemoryStorage::default();
+    eframe::App::save(h.state_mut(), &mut storage);
+    let restored: loopback_scaler::gui::state::Persisted =
+        eframe::get_value(&storage, eframe::APP_KEY).expect("the state was saved");
+    assert_eq!(restored, h.state().persisted);
+    assert_eq!(restored.settings.cfg, 9.5);
+    assert_eq!(restored.model, tiny_model());
+    assert_eq!(restored.recent_files, vec![photo]);
+    assert_eq!(restored.theme, egui::ThemePreference::Light);
 }
