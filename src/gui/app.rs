@@ -95,12 +95,13 @@ impl App {
         }
     }
 
-    /// Keyboard shortcuts: Ctrl+Enter runs, Esc cancels, Ctrl+S saves, Ctrl+O opens.
+    /// Keyboard shortcuts: Ctrl+Enter runs, Esc cancels (a run or a model load), Ctrl+S saves,
+    /// Ctrl+O opens.
     fn shortcuts(&mut self, ctx: &egui::Context) {
         let run = KeyboardShortcut::new(Modifiers::COMMAND, Key::Enter);
         let save = KeyboardShortcut::new(Modifiers::COMMAND, Key::S);
         let open = KeyboardShortcut::new(Modifiers::COMMAND, Key::O);
-        let running = self.session.running();
+        let busy = self.session.running() || self.jobs.loading();
         ctx.input_mut(|i| {
             if i.consume_shortcut(&run) {
                 self.commands.push(Command::Run);
@@ -112,7 +113,7 @@ impl App {
             if i.consume_shortcut(&open) {
                 self.commands.push(Command::OpenDialog);
             }
-            if running && i.consume_key(Modifiers::NONE, Key::Escape) {
+            if busy && i.consume_key(Modifiers::NONE, Key::Escape) {
                 self.commands.push(Command::Cancel);
             }
         });
