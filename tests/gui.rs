@@ -413,6 +413,16 @@ fn snapshots_of_the_main_states() {
     h.step();
     h.snapshot("gui_empty");
 
+    // Dragging a file over the window darkens it and says what will open.
+    h.input_mut().hovered_files.push(egui::HoveredFile {
+        path: Some(PathBuf::from("/photos/cat.png")),
+        mime: "image/png".into(),
+    });
+    h.step();
+    h.snapshot("gui_drop_overlay");
+    h.input_mut().hovered_files.clear();
+    h.step();
+
     open_photo(&mut h, dir.path());
     settle(&mut h);
     h.snapshot("gui_image_loaded");
