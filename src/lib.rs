@@ -7,10 +7,11 @@
 //!   [`imageops`] (Pillow-exact filters, enhancements, resizing, colour correction),
 //!   [`metadata`] (A1111 `parameters` text and the recipe in PNG chunks) and [`io`] (reading and
 //!   atomically writing images, with clear errors);
-//! - the front ends (the `loopback-scaler` command line, later the desktop app) on top.
+//! - the front ends on top: the `loopback-scaler` command line and the desktop app ([`gui`]).
 
 pub mod engine;
 pub mod error;
+pub mod gui;
 pub mod imageops;
 pub mod io;
 pub mod metadata;

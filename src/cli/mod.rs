@@ -1,6 +1,7 @@
 //! Command-line parsing and dispatch. Each subcommand lives in its own module.
 
 mod bench;
+mod gui;
 mod plan;
 mod post;
 mod run;
@@ -16,8 +17,9 @@ use loopback_scaler::settings::{FIELDS, Group, Settings, SettingsArgs, Size};
 #[derive(Debug, Parser)]
 #[command(name = "loopback-scaler", version, about, long_about = None)]
 struct Cli {
+    /// Without a command, the desktop app opens.
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -32,6 +34,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Print the resolved settings as JSON (defaults, then --settings FILE, then flags).
     Settings(settings::SettingsCmdArgs),
+    /// Open the desktop app (also what running without a command does).
+    Gui(gui::GuiArgs),
 }
 
 /// Settings flags shared by every command that takes settings.
@@ -77,7 +81,11 @@ pub fn run() -> anyhow::Result<()> {
         Ok(cli) => cli,
         Err(e) => e.exit(),
     };
-    match cli.command {
+    let Some(command) = cli.command else {
+        return gui::run(&gui::GuiArgs::default());
+    };
+    match command {
+        Command::Gui(args) => gui::run(&args),
         Command::Plan(args) => plan::run(&args),
         Command::Run(args) => run::run(&args),
         Command::Bench(args) => bench::run(&args),

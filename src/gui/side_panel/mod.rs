@@ -1,0 +1,97 @@
+//! The settings side panel, grouped like the original script and collapsible: Model, Prompt,
+//! img2img, Loops, Size and Info. The finishing settings have their own panel
+//! ([`super::finishing`]).
+
+pub mod fields;
+mod info;
+mod loops;
+mod model;
+mod size;
+
+use super::command::{Command, Commands};
+use super::state::{Persisted, Session};
+use crate::settings::Group;
+
+/// Draws the side panel.
+pub fn ui(
+    ui: &mut egui::Ui,
+    persisted: &mut Persisted,
+    session: &Session,
+    commands: &mut Commands,
+) {
+    egui::ScrollArea::vertical()
+        .id_salt("settings_scroll")
+        .show(ui, |ui| {
+            ui.add_space(4.0);
+            egui::CollapsingHeader::new("Model")
+                .default_open(true)
+                .show(ui, |ui| model::ui(ui, persisted, session, commands));
+            egui::CollapsingHeader::new("Prompt")
+                .default_open(true)
+                .show(ui, |ui| prompt_ui(ui, persisted));
+            egui::CollapsingHeader::new("img2img")
+                .default_open(true)
+                .show(ui, |ui| img2img_ui(ui, persisted, commands));
+            egui::CollapsingHeader::new("Loops")
+                .default_open(true)
+                .show(ui, |ui| loops::ui(ui, persisted, session));
+            egui::CollapsingHeader::new("Size")
+                .default_open(true)
+                .show(ui, |ui| size::ui(ui, persisted, session));
+            egui::CollapsingHeader::new("Info")
+                .default_open(false)
+                .show(ui, info::ui);
+        });
+}
+
+/// Prompt and negative prompt, with a warning when the prompt is empty.
+fn prompt_ui(ui: &mut egui::Ui, persisted: &mut Persisted) {
+    fields::keys_ui(ui, &mut persisted.settings, &["prompt", "negative_prompt"]);
+    for warning in persisted.settings.warnings() {
+        ui.colored_label(ui.visuals().warn_fg_color, format!("Warning: {warning}"));
+    }
+}
+
+/// Sampler, steps, CFG, denoise, seed (with random / reuse last), resize mode, colour
+/// correction.
+fn img2img_ui(ui: &mut egui::Ui, persisted: &mut Persisted, commands: &mut Commands) {
+    let settings = &mut persisted.settings;
+    fields::group_ui(
+        ui,
+        settings,
+        Group::Img2img,
+        &[
+            "prompt",
+            "negative_prompt",
+            "seed",
+            "resize_mode",
+            "color_correction",
+        ],
+    );
+    fields::keys_ui(ui, settings, &["seed"]);
+    ui.horizontal(|ui| {
+        if ui
+            .button("Random")
+            .on_hover_text("Draw a new seed for every run (seed -1)")
+            .clicked()
+        {
+            settings.seed = -1;
+        }
+        let last = persisted.last_seed;
+        if ui
+            .add_enabled(last.is_some(), egui::Button::new("Reuse last"))
+            .on_hover_text(match last {
+                Some(seed) => format!("Use the last run's seed, {seed}"),
+                None => "No run yet".to_string(),
+            })
+            .clicked()
+        {
+            commands.push(Command::ReuseLastSeed);
+        }
+    });
+    fields::keys_ui(
+        ui,
+        &mut persisted.settings,
+        &["resize_mode", "color_correction"],
+    );
+}

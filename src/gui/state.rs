@@ -1,0 +1,293 @@
+//! The app's state: [`Persisted`] (saved between sessions by eframe) and [`Session`] (this
+//! run of the app only: images, textures, jobs in flight).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use egui::TextureHandle;
+use image::{DynamicImage, RgbImage};
+use serde::{Deserialize, Serialize};
+
+use crate::engine::device::DeviceSpec;
+use crate::engine::runner::LoadedModel;
+use crate::imageops::finish::Finishing;
+use crate::metadata::Recipe;
+use crate::plan::LoopSpec;
+use crate::settings::{Settings, Size};
+
+/// How many recent files are remembered.
+pub const MAX_RECENT: usize = 8;
+
+/// Everything restored at the next start (eframe persistence, key [`eframe::APP_KEY`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Persisted {
+    /// Every setting of a run: the one source of truth the side panel edits.
+    pub settings: Settings,
+    /// The model: a preset name, a diffusers folder, or a folder name in `models/`.
+    pub model: String,
+    /// The device: `auto`, `cpu`, `cuda`, `cuda:N` or `metal`.
+    pub device: String,
+    /// The last images opened, newest first.
+    pub recent_files: Vec<PathBuf>,
+    /// Light, dark or follow the system.
+    pub theme: egui::ThemePreference,
+    /// The first-loop seed of the last run, for "reuse last".
+    pub last_seed: Option<u32>,
+}
+
+impl Default for Persisted {
+    fn default() -> Self {
+        Persisted {
+            settings: Settings::default(),
+            model: "sd15".into(),
+            device: "auto".into(),
+            recent_files: Vec::new(),
+            theme: egui::ThemePreference::System,
+            last_seed: None,
+        }
+    }
+}
+
+impl Persisted {
+    /// The device as the engine understands it (`auto` when the text is not a device).
+    pub fn device_spec(&self) -> DeviceSpec {
+        self.device.parse().unwrap_or(DeviceSpec::Auto)
+    }
+
+    /// Puts `path` first in the recent files.
+    pub fn remember(&mut self, path: PathBuf) {
+        self.recent_files.retain(|p| *p != path);
+        self.recent_files.insert(0, path);
+        self.recent_files.truncate(MAX_RECENT);
+    }
+}
+
+/// Which image the viewer shows (or a filmstrip entry names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Shown {
+    /// The input image.
+    Original,
+    /// The output of loop `k` (1-based).
+    Loop(usize),
+    /// The finished image (last loop plus the finishing chain).
+    Final,
+    /// The latest step preview of the running loop.
+    Preview,
+}
+
+impl Shown {
+    /// A short name for menus and labels.
+    pub fn label(self) -> String {
+        match self {
+            Shown::Original => "Original".into(),
+            Shown::Loop(k) => format!("Loop {k}"),
+            Shown::Final => "Final".into(),
+            Shown::Preview => "Preview".into(),
+        }
+    }
+}
+
+/// An image and its texture.
+#[derive(Clone)]
+pub struct Picture {
+    /// The pixels.
+    pub image: Arc<DynamicImage>,
+    /// The texture showing them.
+    pub texture: TextureHandle,
+}
+
+impl Picture {
+    /// The image's size in pixels.
+    pub fn size(&self) -> Size {
+        Size::new(self.image.width(), self.image.height())
+    }
+}
+
+/// The input image.
+#[derive(Clone)]
+pub struct Input {
+    /// Where it came from: a file, or `None` when pasted.
+    pub path: Option<PathBuf>,
+    /// A name for default file names (the file stem, or `pasted`).
+    pub stem: String,
+    /// The image and its texture.
+    pub picture: Picture,
+    /// The mean brightness the adaptive curve starts from (computed when loaded).
+    pub mean: f64,
+}
+
+/// A finished run's result.
+#[derive(Clone)]
+pub struct Outcome {
+    /// The last loop's output before the finishing chain (re-finished from this).
+    pub unfinished: Arc<RgbImage>,
+    /// The finished image shown as "Final".
+    pub finished: Picture,
+    /// The finishing the shown image was made with.
+    pub applied: Finishing,
+    /// The recipe written into saved PNGs (its finishing settings updated on save).
+    pub recipe: Recipe,
+}
+
+/// Progress of the run in flight.
+#[derive(Debug, Clone, Default)]
+pub struct Progress {
+    /// 1-based loop number.
+    pub loop_index: u32,
+    /// Loops in the run.
+    pub loops: u32,
+    /// 1-based step within the loop.
+    pub step: usize,
+    /// Steps in this loop.
+    pub steps: usize,
+    /// Time since the run started.
+    pub elapsed: Duration,
+    /// Estimated time left.
+    pub eta: Option<Duration>,
+    /// The running loop's plan entry.
+    pub spec: Option<LoopSpec>,
+}
+
+impl Progress {
+    /// Fraction of the whole run done, counting steps of earlier loops as whole loops.
+    pub fn fraction(&self) -> f32 {
+        if self.loops == 0 {
+            return 0.0;
+        }
+        let within = if self.steps == 0 {
+            0.0
+        } else {
+            self.step as f32 / self.steps as f32
+        };
+        ((self.loop_index.saturating_sub(1)) as f32 + within) / self.loops as f32
+    }
+}
+
+/// The model as far as the session knows it.
+#[derive(Default)]
+pub struct ModelState {
+    /// The loaded model and the (spec, device) it was loaded for.
+    pub loaded: Option<(Arc<LoadedModel>, String, String)>,
+    /// A line about the load in progress ("Downloading unet… 40 %", "Loading on CPU…").
+    pub status: Option<String>,
+    /// Download progress of the current file, 0–1, when known.
+    pub download_fraction: Option<f32>,
+    /// Start a run as soon as the model is loaded.
+    pub run_when_loaded: Option<Shown>,
+}
+
+/// View settings of the central image viewer.
+#[derive(Debug, Clone)]
+pub struct ViewState {
+    /// The image shown.
+    pub shown: Shown,
+    /// The image on the left of the compare slider, when comparing.
+    pub compare_with: Option<Shown>,
+    /// Where the compare split is, 0–1 of the image width.
+    pub split: f32,
+    /// The visible part of the scene (image pixels); `Rect::ZERO` fits the image.
+    pub scene_rect: egui::Rect,
+    /// Set to show the image 1:1 next frame.
+    pub want_one_to_one: bool,
+    /// The size the shown image was laid out at; a change fits the new image.
+    pub canvas: egui::Vec2,
+}
+
+impl Default for ViewState {
+    fn default() -> Self {
+        ViewState {
+            shown: Shown::Original,
+            compare_with: None,
+            split: 0.5,
+            scene_rect: egui::Rect::ZERO,
+            want_one_to_one: false,
+            canvas: egui::Vec2::ZERO,
+        }
+    }
+}
+
+/// A question waiting for the user's answer.
+#[derive(Debug, Clone)]
+pub enum Pending {
+    /// The opened PNG carries settings: load them?
+    Metadata {
+        /// The settings read from the file.
+        settings: Box<Settings>,
+        /// Values that could not be taken over.
+        warnings: Vec<String>,
+        /// The file's name.
+        source: String,
+    },
+    /// These files exist: replace them?
+    Overwrite {
+        /// What to save.
+        what: Vec<(Shown, PathBuf)>,
+    },
+}
+
+/// Everything that lives only as long as the app runs.
+#[derive(Default)]
+pub struct Session {
+    /// The input image.
+    pub input: Option<Input>,
+    /// Every finished loop of the current (or last) run, in order.
+    pub loops: Vec<Picture>,
+    /// The finished run's result.
+    pub outcome: Option<Outcome>,
+    /// The latest step preview.
+    pub preview: Option<TextureHandle>,
+    /// The run in flight.
+    pub progress: Option<Progress>,
+    /// The first-loop seed of the run in flight or last run.
+    pub run_seed: Option<u32>,
+    /// The settings of the run in flight or last run.
+    pub run_settings: Option<Settings>,
+    /// The model.
+    pub model: ModelState,
+    /// The viewer.
+    pub view: ViewState,
+    /// Questions waiting for an answer, oldest first.
+    pub pending: Vec<Pending>,
+    /// A file dialog is open (its buttons are disabled meanwhile).
+    pub dialog_open: bool,
+    /// An image is being read.
+    pub loading_image: bool,
+    /// A save is being written.
+    pub saving: bool,
+    /// Seconds per megapixel-step measured on the last finished run (for time estimates).
+    pub seconds_per_mpstep: Option<f64>,
+    /// Local models found in the search folders.
+    pub local_models: Vec<crate::engine::models::LocalModel>,
+}
+
+impl Session {
+    /// The picture `shown` names, if there is one.
+    pub fn texture(&self, shown: Shown) -> Option<&TextureHandle> {
+        match shown {
+            Shown::Original => self.input.as_ref().map(|i| &i.picture.texture),
+            Shown::Loop(k) => self.loops.get(k.checked_sub(1)?).map(|p| &p.texture),
+            Shown::Final => self.outcome.as_ref().map(|o| &o.finished.texture),
+            Shown::Preview => self.preview.as_ref(),
+        }
+    }
+
+    /// The full-size image `shown` names (the preview has none).
+    pub fn image(&self, shown: Shown) -> Option<Arc<DynamicImage>> {
+        match shown {
+            Shown::Original => self.input.as_ref().map(|i| Arc::clone(&i.picture.image)),
+            Shown::Loop(k) => self
+                .loops
+                .get(k.checked_sub(1)?)
+                .map(|p| Arc::clone(&p.image)),
+            Shown::Final => self.outcome.as_ref().map(|o| Arc::clone(&o.finished.image)),
+            Shown::Preview => None,
+        }
+    }
+
+    /// Whether a run is in flight.
+    pub fn running(&self) -> bool {
+        self.progress.is_some()
+    }
+}
