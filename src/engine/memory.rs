@@ -492,7 +492,7 @@ impl Estimate {
 }
 
 /// Score budgets the planner tries for the UNet, largest first.
-const SCORE_BUDGETS: [usize; 4] = [DEFAULT_SCORE_BUDGET, 64 << 20, 16 << 20, 4 << 20];
+const SCORE_BUDGETS: [usize; 4] = [DEFAULT_SCORE_BUDGET, 8 << 20, 2 << 20, 1 << 20];
 
 /// Estimates the peak memory of a loop at `spec`'s size with weights in `dtype` and UNet
 /// batch `batch` (2 with classifier-free guidance > 1, else 1), choosing VAE tiling and the

@@ -9,6 +9,7 @@ use super::jobs::Picked;
 use super::state::{Pending, Persisted, Picture, Shown};
 use crate::engine::loader::ModelRequest;
 use crate::engine::models::{default_search_dirs, list_local};
+use crate::engine::memory::{self, ModelShape};
 use crate::engine::runner::RunRequest;
 use crate::imageops::finish::Finishing;
 use crate::plan;
@@ -195,8 +196,25 @@ impl App {
         let mut settings = settings;
         let seed = plan::resolve_seed(settings.seed);
         settings.seed = i64::from(seed);
-        if let Err(e) = self.plan_for(&settings) {
-            self.toasts.error("The loop plan is refused", Some(e));
+        let plan = match self.plan_for(&settings) {
+            Ok(plan) => plan,
+            Err(e) => {
+                self.toasts.error("The loop plan is refused", Some(e));
+                return;
+            }
+        };
+        // Refuse a plan that cannot fit the memory available (CPU) before starting.
+        let shape = ModelShape::from_files(&model.model.files);
+        let limit = if model.model.device.is_cpu() {
+            memory::available_bytes()
+        } else {
+            None
+        };
+        let batch = if settings.cfg > 1.0 { 2 } else { 1 };
+        let estimates = memory::estimate_plan(&shape, &plan, model.model.dtype, batch, limit);
+        if let Err(e) = memory::check_fits(&estimates, limit, model.model.dtype) {
+            self.toasts
+                .error("Not enough memory for this plan", Some(e.to_string()));
             return;
         }
         self.persisted.last_seed = Some(seed);

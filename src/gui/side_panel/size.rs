@@ -1,7 +1,11 @@
 //! The Size section: start size, target (max size or scale), the final size, and a table of
 //! every loop's size, denoise, seed and steps with time and memory estimates.
 
+use candle_core::DType;
+
 use super::super::state::{Persisted, Session};
+use crate::engine::arch::Arch;
+use crate::engine::memory::{self, ModelShape};
 use super::fields;
 use crate::plan::{self, Plan};
 use crate::settings::{Group, Settings, Size, TargetMode};
@@ -24,12 +28,15 @@ pub fn current_plan(settings: &Settings, session: &Session) -> Result<(Plan, boo
     Ok((plan, assumed))
 }
 
-/// Bytes of the largest attention matrix of a loop (SD's first UNet block attends over every
-/// latent pixel: tokens² × 8 heads, f32, twice with classifier-free guidance).
-fn attention_bytes(width: u32, height: u32, cfg: f64) -> f64 {
-    let tokens = f64::from(width / 8) * f64::from(height / 8);
-    let batch = if cfg > 1.0 { 2.0 } else { 1.0 };
-    tokens * tokens * 8.0 * 4.0 * batch
+/// The shape the memory planner estimates with: the loaded model's configs, else the SD 1.5
+/// architecture (and f32 weights, as on the CPU).
+fn model_shape(session: &Session) -> Option<(ModelShape, DType)> {
+    if let Some((model, _, _)) = &session.model.loaded {
+        return Some((ModelShape::from_files(&model.model.files), model.model.dtype));
+    }
+    ModelShape::from_arch(Arch::Sd15)
+        .ok()
+        .map(|shape| (shape, DType::F32))
 }
 
 /// Draws the Size section.
@@ -57,6 +64,9 @@ pub fn ui(ui: &mut egui::Ui, persisted: &mut Persisted, session: &Session) {
         ui.weak(note);
     }
     let seconds_per_unit = session.seconds_per_mpstep;
+    let shape = model_shape(session);
+    let batch = if settings.cfg > 1.0 { 2 } else { 1 };
+    let limit = memory::available_bytes();
     egui::Grid::new("plan_table")
         .striped(true)
         .num_columns(6)
@@ -79,15 +89,27 @@ pub fn ui(ui: &mut egui::Ui, persisted: &mut Persisted, session: &Session) {
                 ui.label(l.steps.to_string());
                 let mp_steps = f64::from(l.width) * f64::from(l.height) * f64::from(l.steps) / 1e6;
                 total += mp_steps;
-                let memory = attention_bytes(l.width, l.height, settings.cfg) / (1024.0 * 1024.0);
                 let time = seconds_per_unit
-                    .map(|s| format!("{:.0} s, ", s * mp_steps))
+                    .map(|s| format!("{:.0} s", s * mp_steps))
                     .unwrap_or_default();
-                ui.label(format!("{time}{memory:.0} MiB"))
-                    .on_hover_text(format!(
-                        "{mp_steps:.1} megapixel-steps; the memory figure is the largest \
-                         attention matrix, on top of the model's weights"
-                    ));
+                let Some((shape, dtype)) = &shape else {
+                    ui.label(time);
+                    ui.end_row();
+                    continue;
+                };
+                let estimate = memory::estimate_loop(shape, l, *dtype, batch, limit);
+                let sep = if time.is_empty() { "" } else { ", " };
+                let label = format!("{time}{sep}{}", memory::gib(estimate.peak_bytes));
+                let hover = format!(
+                    "{mp_steps:.1} megapixel-steps; peak memory of the loop as the planner \
+                     estimates it for {} ({}){}",
+                    shape.name,
+                    estimate.vae_label(),
+                    if estimate.fits { "" } else { " — does not fit the memory available" }
+                );
+                // No colour for "does not fit": the memory available differs from machine to
+                // machine and moment to moment; Run refuses such a plan with a message.
+                ui.label(label).on_hover_text(hover);
                 ui.end_row();
             }
             if let Some(s) = seconds_per_unit {
