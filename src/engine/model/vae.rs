@@ -25,7 +25,9 @@ use std::ops::Range;
 use std::sync::Mutex;
 
 use candle_core::{DType, Module, Result, Tensor};
-use candle_nn::{Conv2d, Conv2dConfig, Linear, VarBuilder};
+use candle_nn::{Linear, VarBuilder};
+
+use super::conv::Conv2d;
 
 use super::attention::{self, DEFAULT_SCORE_BUDGET};
 use super::config::VaeFile;
@@ -33,15 +35,11 @@ use super::config::VaeFile;
 const EPS: f64 = 1e-6;
 
 fn conv3(vb: VarBuilder, cin: usize, cout: usize) -> Result<Conv2d> {
-    let cfg = Conv2dConfig {
-        padding: 1,
-        ..Default::default()
-    };
-    candle_nn::conv2d(cin, cout, 3, cfg, vb)
+    Conv2d::new(vb, cin, cout, 3, 1, 1)
 }
 
 fn conv1(vb: VarBuilder, cin: usize, cout: usize) -> Result<Conv2d> {
-    candle_nn::conv2d(cin, cout, 1, Conv2dConfig::default(), vb)
+    Conv2d::new(vb, cin, cout, 1, 1, 0)
 }
 
 /// How the GroupNorms of one pass get their statistics.
@@ -633,16 +631,13 @@ impl Vae {
                     })
                     .collect::<Result<Vec<_>>>()?;
                 let down = if i + 1 < ch.len() {
-                    let cfg = Conv2dConfig {
-                        stride: 2,
-                        ..Default::default()
-                    };
-                    Some(candle_nn::conv2d(
+                    Some(Conv2d::new(
+                        vb.pp("downsamplers").pp("0").pp("conv"),
                         ch[i],
                         ch[i],
                         3,
-                        cfg,
-                        vb.pp("downsamplers").pp("0").pp("conv"),
+                        2,
+                        0,
                     )?)
                 } else {
                     None

@@ -4,9 +4,9 @@
 use candle_core::DType;
 
 use super::super::state::{Persisted, Session};
+use super::fields;
 use crate::engine::arch::Arch;
 use crate::engine::memory::{self, ModelShape};
-use super::fields;
 use crate::plan::{self, Plan};
 use crate::settings::{Group, Settings, Size, TargetMode};
 
@@ -32,7 +32,10 @@ pub fn current_plan(settings: &Settings, session: &Session) -> Result<(Plan, boo
 /// architecture (and f32 weights, as on the CPU).
 fn model_shape(session: &Session) -> Option<(ModelShape, DType)> {
     if let Some((model, _, _)) = &session.model.loaded {
-        return Some((ModelShape::from_files(&model.model.files), model.model.dtype));
+        return Some((
+            ModelShape::from_files(&model.model.files),
+            model.model.dtype,
+        ));
     }
     ModelShape::from_arch(Arch::Sd15)
         .ok()
@@ -105,7 +108,11 @@ pub fn ui(ui: &mut egui::Ui, persisted: &mut Persisted, session: &Session) {
                      estimates it for {} ({}){}",
                     shape.name,
                     estimate.vae_label(),
-                    if estimate.fits { "" } else { " — does not fit the memory available" }
+                    if estimate.fits {
+                        ""
+                    } else {
+                        " — does not fit the memory available"
+                    }
                 );
                 // No colour for "does not fit": the memory available differs from machine to
                 // machine and moment to moment; Run refuses such a plan with a message.
