@@ -258,19 +258,6 @@ mod tests {
         Tensor::from_vec(data, shape, &Device::Cpu).unwrap()
     }
 
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    }
-
     #[test]
     fn every_blocking_matches_plain_attention() {
         let (heads, n_q, n_k, d) = (3, 200, 300, 16);
@@ -294,7 +281,7 @@ mod tests {
                 attention_cpu(&q, &k, &v, scale, budget).unwrap(),
             ] {
                 assert_eq!(blocked.dims(), reference.dims());
-                let diff = max_diff(&blocked, &reference);
+                let diff = super::super::max_abs_diff(&blocked, &reference);
                 assert!(diff <= 1e-5, "budget {budget}: max abs diff {diff}");
             }
         }

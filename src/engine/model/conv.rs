@@ -328,19 +328,6 @@ mod tests {
     use super::*;
     use candle_nn::VarMap;
 
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    }
-
     #[test]
     fn matches_candle_convolution() {
         let map = VarMap::new();
@@ -368,7 +355,7 @@ mod tests {
                 .broadcast_add(&extra.unsqueeze(2).unwrap().unsqueeze(3).unwrap())
                 .unwrap();
             assert_eq!(ours.dims(), reference.dims(), "case {i}");
-            let diff = max_diff(&ours, &reference);
+            let diff = super::super::max_abs_diff(&ours, &reference);
             assert!(diff < 1e-4, "case {i}: max abs diff {diff}");
             // Non-contiguous input.
             let t = xs
@@ -379,7 +366,7 @@ mod tests {
                 .transpose(2, 3)
                 .unwrap();
             assert!(
-                max_diff(
+                super::super::max_abs_diff(
                     &conv.forward(&t).unwrap(),
                     &conv.inner.forward(&xs).unwrap()
                 ) < 1e-4

@@ -34,6 +34,18 @@ pub(crate) fn engine_err(context: &str) -> impl FnOnce(candle_core::Error) -> Er
     move |e| Error::Engine(format!("{context}: {}", candle_msg(&e)))
 }
 
+/// Max abs difference of two tensors of the same shape, for the unit tests of the model's
+/// CPU kernels.
+#[cfg(test)]
+pub(crate) fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .and_then(|d| d.abs())
+        .and_then(|d| d.flatten_all())
+        .and_then(|d| d.max(0))
+        .and_then(|d| d.to_scalar::<f32>())
+        .expect("tensors of the same shape")
+}
+
 /// A loaded model.
 #[derive(Debug)]
 pub struct SdModel {

@@ -145,18 +145,7 @@ mod tests {
                 .contiguous()
                 .unwrap();
             let reference = norm.inner.forward(&xs).unwrap();
-            let diff = |a: &Tensor, b: &Tensor| {
-                (a - b)
-                    .unwrap()
-                    .abs()
-                    .unwrap()
-                    .flatten_all()
-                    .unwrap()
-                    .max(0)
-                    .unwrap()
-                    .to_scalar::<f32>()
-                    .unwrap()
-            };
+            let diff = super::super::max_abs_diff;
             assert!(diff(&norm.forward(&xs).unwrap(), &reference) < 1e-5);
             let silu = norm.forward_silu(&xs).unwrap();
             assert!(diff(&silu, &reference.silu().unwrap()) < 1e-5);

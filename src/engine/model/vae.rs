@@ -1110,18 +1110,7 @@ mod stats_tests {
                 .iter()
                 .zip(&exact)
                 .map(|((m, v), (em, ev))| {
-                    let d = |a: &Tensor, b: &Tensor| {
-                        (a - b)
-                            .unwrap()
-                            .abs()
-                            .unwrap()
-                            .flatten_all()
-                            .unwrap()
-                            .max(0)
-                            .unwrap()
-                            .to_scalar::<f32>()
-                            .unwrap()
-                    };
+                    let d = crate::engine::model::max_abs_diff;
                     format!("{:.1e}/{:.1e}", d(m, em), d(v, ev))
                 })
                 .collect();
