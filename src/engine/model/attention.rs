@@ -19,7 +19,7 @@ use candle_core::{D, DType, Device, Result, Tensor};
 use rayon::prelude::*;
 
 use super::conv::{f32_slice, gemm_f32};
-use super::fastmath::softmax_row;
+use super::fastmath::exp_row;
 
 /// Default bytes of scores held at once (per attention call).
 pub const DEFAULT_SCORE_BUDGET: usize = 32 << 20;
@@ -125,11 +125,12 @@ fn attention_cpu(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, budget: usize) 
                 .par_chunks_mut((chunk * dv).max(1))
                 .enumerate()
                 .for_each_init(
-                    || vec![0f32; chunk * n_k],
-                    |scores, (c, out_rows)| {
+                    || (vec![0f32; chunk * n_k], vec![0f32; chunk]),
+                    |(scores, norms), (c, out_rows)| {
                         let rows = out_rows.len() / dv.max(1);
                         let q_rows = &qh[c * chunk * d..];
                         let scores = &mut scores[..rows * n_k];
+                        let norms = &mut norms[..rows];
                         // scores = q · kᵀ (k read as a d × n_k matrix).
                         gemm_f32(
                             (rows, n_k, d),
@@ -140,8 +141,10 @@ fn attention_cpu(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, budget: usize) 
                             false,
                             false,
                         );
-                        for row in scores.chunks_mut(n_k) {
-                            softmax_row(row, scale);
+                        // The softmax's normalisation is applied to the output rows
+                        // (dv wide) rather than to the score rows (n_k wide).
+                        for (row, norm) in scores.chunks_mut(n_k).zip(norms.iter_mut()) {
+                            *norm = exp_row(row, scale);
                         }
                         gemm_f32(
                             (rows, dv, n_k),
@@ -152,6 +155,9 @@ fn attention_cpu(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, budget: usize) 
                             false,
                             false,
                         );
+                        for (out_row, norm) in out_rows.chunks_mut(dv.max(1)).zip(norms.iter()) {
+                            out_row.iter_mut().for_each(|o| *o *= norm);
+                        }
                     },
                 );
         });
