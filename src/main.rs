@@ -5,6 +5,7 @@ mod cli;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    loopback_scaler::engine::allocator::tune();
     match cli::run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -15,6 +15,7 @@
 //! - [`tokenizer`]: the CLIP byte-pair-encoding tokenizer of every Stable Diffusion text encoder,
 //!   shipped with the app, with A1111's splitting of long prompts into 75-token chunks.
 
+pub mod allocator;
 pub mod arch;
 pub mod device;
 pub mod hub;

@@ -11,8 +11,8 @@
 //!   with the bias (plus an optional per-image, per-channel term — the UNet's time
 //!   embedding), so bias and that addition cost nothing extra;
 //! - 1×1 convolutions with stride 1 are a single `gemm` on the input as it is;
-//! - 3×3 convolutions with stride 1 on large enough images use Winograd F(2×2, 3×3)
-//!   ([`super::winograd`]), 2.25× fewer multiplications.
+//! - 3×3 convolutions with stride 1 on large enough images use Winograd F(4×4, 3×3) or
+//!   F(2×2, 3×3) ([`super::winograd`]), 4× or 2.25× fewer multiplications.
 //!
 //! Other devices and dtypes use candle's `conv2d` and broadcast additions.
 
@@ -133,11 +133,10 @@ impl Conv2d {
             out_w,
         };
         let plane = out_h * out_w;
-        let winograd_kernel = (k == 3
-            && s == 1
-            && p == 1
-            && height.div_ceil(2) * width.div_ceil(2) >= winograd::MIN_TILES)
-            .then(|| winograd::transform_kernel(w, self.cout, cin));
+        let winograd_kernel = (k == 3 && s == 1 && p == 1)
+            .then(|| winograd::Variant::for_image(height, width))
+            .flatten()
+            .map(|variant| (variant, variant.transform_kernel(w, self.cout, cin)));
         let mut out = vec![0f32; batch * self.cout * plane];
         for (b, out_image) in out.chunks_mut(self.cout * plane).enumerate() {
             // Start from bias (+ extra) so the gemm only accumulates.
@@ -151,7 +150,9 @@ impl Conv2d {
                 });
             let image = &x[b * cin * height * width..(b + 1) * cin * height * width];
             match &winograd_kernel {
-                Some(u) => winograd::convolve(image, (cin, height, width), u, self.cout, out_image),
+                Some((variant, u)) => {
+                    variant.convolve(image, (cin, height, width), u, self.cout, out_image)
+                }
                 None => geometry.convolve(image, w, self.cout, out_image),
             }
         }

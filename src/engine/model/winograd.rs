@@ -1,12 +1,18 @@
-//! Winograd F(2×2, 3×3) for 3×3 convolutions with stride 1 and padding 1 (f32, CPU).
+//! Winograd convolution for 3×3 kernels with stride 1 and padding 1 (f32, CPU), in two
+//! tile sizes: F(2×2, 3×3) and F(4×4, 3×3).
 //!
-//! Each 2×2 block of output pixels comes from a 4×4 input tile `d` and the 3×3 kernel `g` as
-//! `Y = Aᵀ [(G g Gᵀ) ⊙ (Bᵀ d B)] A`. Summed over input channels, the element-wise products
-//! become 16 matrix products `M_ξ = U_ξ · V_ξ` (`U_ξ`: c_out × c_in transformed kernels,
-//! `V_ξ`: c_in × tiles transformed inputs): 16 multiplications per 4 outputs instead of 36,
-//! i.e. 2.25× fewer flops in the matrix products that dominate a UNet step. The transforms
-//! use only ±1 and ½, so the result differs from direct convolution by rounding only.
-//! Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks" (2015).
+//! Each m×m block of output pixels comes from a t×t input tile `d` (t = m + 2) and the 3×3
+//! kernel `g` as `Y = Aᵀ [(G g Gᵀ) ⊙ (Bᵀ d B)] A`. Summed over input channels, the
+//! element-wise products become t² matrix products `M_ξ = U_ξ · V_ξ` (`U_ξ`: c_out × c_in
+//! transformed kernels, `V_ξ`: c_in × tiles transformed inputs). Multiplications per output
+//! pixel and input channel: 9 for direct convolution, 4 for F(2×2) (2.25× fewer), 2.25 for
+//! F(4×4) (4× fewer) — and those matrix products dominate a UNet step.
+//!
+//! F(2×2)'s transforms use only ±1 and ½, so it differs from direct convolution by rounding
+//! only. F(4×4)'s use the points 0, ±1, ±2 and lose more precision: about 4e-6 of the
+//! output's scale against an f64 direct convolution, where F(2×2) stays below 2e-6 (see the
+//! tests) — far below f16 rounding (5e-4), and below the diffusers parity tolerances. Lavin & Gray, "Fast Algorithms for
+//! Convolutional Neural Networks" (2015).
 
 use rayon::prelude::*;
 
@@ -15,156 +21,353 @@ use super::conv::gemm_f32;
 /// Bytes of transformed input (and of products) handled at once.
 const CHUNK_BYTES: usize = 16 << 20;
 
-/// Worth it from this many 2×2 tiles per image on (below, transforming the kernel costs
-/// more than it saves).
+/// A tile size is worth it from this many tiles per image on (below, transforming the
+/// kernel costs more than it saves).
 pub const MIN_TILES: usize = 32;
 
-/// `U = G g Gᵀ` for every (c_out, c_in) pair of the OIHW kernel `w`, laid out
-/// `[c_out][ξ][c_in]` (so `U_ξ` is a c_out × c_in matrix with row stride 16·c_in).
-pub fn transform_kernel(w: &[f32], cout: usize, cin: usize) -> Vec<f32> {
-    let mut u = vec![0f32; 16 * cout * cin];
-    // Rows of G: [1 0 0], [½ ½ ½], [½ −½ ½], [0 0 1].
-    let g_apply = |a: f32, b: f32, c: f32| [a, 0.5 * (a + b + c), 0.5 * (a - b + c), c];
-    u.par_chunks_mut(16 * cin)
-        .enumerate()
-        .for_each(|(co, out)| {
-            for ci in 0..cin {
-                let g = &w[(co * cin + ci) * 9..(co * cin + ci) * 9 + 9];
-                // Gg: 4 × 3 (columns transformed), then (Gg) Gᵀ row by row.
-                let cols = [
-                    g_apply(g[0], g[3], g[6]),
-                    g_apply(g[1], g[4], g[7]),
-                    g_apply(g[2], g[5], g[8]),
-                ];
-                for i in 0..4 {
-                    let row = g_apply(cols[0][i], cols[1][i], cols[2][i]);
-                    for (k, value) in row.iter().enumerate() {
-                        out[(i * 4 + k) * cin + ci] = *value;
+/// The Winograd variant for a 3×3 stride-1 convolution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Variant {
+    /// F(2×2, 3×3): 4×4 input tiles.
+    F2,
+    /// F(4×4, 3×3): 6×6 input tiles.
+    F4,
+}
+
+impl Variant {
+    /// The largest variant with at least [`MIN_TILES`] tiles on an `h × w` image, if any.
+    pub fn for_image(h: usize, w: usize) -> Option<Variant> {
+        if h.div_ceil(4) * w.div_ceil(4) >= MIN_TILES {
+            Some(Variant::F4)
+        } else if h.div_ceil(2) * w.div_ceil(2) >= MIN_TILES {
+            Some(Variant::F2)
+        } else {
+            None
+        }
+    }
+
+    /// `U = G g Gᵀ` for every (c_out, c_in) pair of the OIHW kernel `w`, laid out
+    /// `[c_out][ξ][c_in]` (so `U_ξ` is a c_out × c_in matrix with row stride t²·c_in).
+    pub fn transform_kernel(self, w: &[f32], cout: usize, cin: usize) -> Vec<f32> {
+        match self {
+            Variant::F2 => f2::transform_kernel(w, cout, cin),
+            Variant::F4 => f4::transform_kernel(w, cout, cin),
+        }
+    }
+
+    /// Adds the convolution of one image (`cin × h × w`) with the kernel `u` transformed by
+    /// [`Variant::transform_kernel`] to `out` (`cout × h × w`, already holding the bias).
+    pub fn convolve(
+        self,
+        image: &[f32],
+        dims: (usize, usize, usize),
+        u: &[f32],
+        cout: usize,
+        out: &mut [f32],
+    ) {
+        match self {
+            Variant::F2 => f2::convolve(image, dims, u, cout, out),
+            Variant::F4 => f4::convolve(image, dims, u, cout, out),
+        }
+    }
+}
+
+/// Defines a module with `transform_kernel` and `convolve` for output tiles `$m`×`$m`
+/// (input tiles `$t`×`$t`) and the transform matrices `Bᵀ`, `G` and `Aᵀ`. The matrices are
+/// constants, so the compiler folds their zeros and ones out of the unrolled products.
+macro_rules! variant {
+    ($name:ident, $m:literal, $t:literal, $bt:expr, $g:expr, $at:expr) => {
+        mod $name {
+            use super::*;
+
+            const M: usize = $m;
+            const T: usize = $t;
+            const BT: [[f32; T]; T] = $bt;
+            const G: [[f32; 3]; T] = $g;
+            const AT: [[f32; T]; M] = $at;
+
+            pub(super) fn transform_kernel(w: &[f32], cout: usize, cin: usize) -> Vec<f32> {
+                let mut u = vec![0f32; T * T * cout * cin];
+                u.par_chunks_mut(T * T * cin)
+                    .enumerate()
+                    .for_each(|(co, out)| {
+                        for ci in 0..cin {
+                            let g = &w[(co * cin + ci) * 9..(co * cin + ci) * 9 + 9];
+                            // G g: T × 3.
+                            let mut gg = [[0f32; 3]; T];
+                            for (i, row) in gg.iter_mut().enumerate() {
+                                for (j, value) in row.iter_mut().enumerate() {
+                                    *value = (0..3).map(|k| G[i][k] * g[k * 3 + j]).sum();
+                                }
+                            }
+                            // (G g) Gᵀ: T × T.
+                            for i in 0..T {
+                                for j in 0..T {
+                                    let value: f32 = (0..3).map(|k| gg[i][k] * G[j][k]).sum();
+                                    out[(i * T + j) * cin + ci] = value;
+                                }
+                            }
+                        }
+                    });
+                u
+            }
+
+            /// `Bᵀ d B`, flattened row by row.
+            #[inline(always)]
+            fn input_transform(d: &[[f32; T]; T]) -> [f32; T * T] {
+                let mut left = [[0f32; T]; T];
+                for i in 0..T {
+                    for j in 0..T {
+                        let mut acc = 0f32;
+                        for k in 0..T {
+                            acc += BT[i][k] * d[k][j];
+                        }
+                        left[i][j] = acc;
                     }
+                }
+                let mut out = [0f32; T * T];
+                for i in 0..T {
+                    for j in 0..T {
+                        let mut acc = 0f32;
+                        for k in 0..T {
+                            acc += left[i][k] * BT[j][k];
+                        }
+                        out[i * T + j] = acc;
+                    }
+                }
+                out
+            }
+
+            /// `Aᵀ m A` for a T×T `m` (row by row): the M×M outputs.
+            #[inline(always)]
+            fn output_transform(m: &[f32; T * T]) -> [[f32; M]; M] {
+                let mut left = [[0f32; T]; M];
+                for i in 0..M {
+                    for j in 0..T {
+                        let mut acc = 0f32;
+                        for k in 0..T {
+                            acc += AT[i][k] * m[k * T + j];
+                        }
+                        left[i][j] = acc;
+                    }
+                }
+                let mut out = [[0f32; M]; M];
+                for i in 0..M {
+                    for j in 0..M {
+                        let mut acc = 0f32;
+                        for k in 0..T {
+                            acc += left[i][k] * AT[j][k];
+                        }
+                        out[i][j] = acc;
+                    }
+                }
+                out
+            }
+
+            pub(super) fn convolve(
+                image: &[f32],
+                (cin, h, w): (usize, usize, usize),
+                u: &[f32],
+                cout: usize,
+                out: &mut [f32],
+            ) {
+                let (tiles_h, tiles_w) = (h.div_ceil(M), w.div_ceil(M));
+                let tiles = tiles_h * tiles_w;
+                let per_tile = T * T * 4 * cin.max(cout);
+                let chunk = (CHUNK_BYTES / per_tile).clamp(1, tiles);
+                let mut v = vec![0f32; cin * T * T * chunk];
+                let mut m = vec![0f32; cout * T * T * chunk];
+                let mut t0 = 0;
+                while t0 < tiles {
+                    let n = chunk.min(tiles - t0);
+                    // V[ci][ξ][j] = (Bᵀ d B)_ξ for input channel ci and tile t0 + j.
+                    v[..cin * T * T * n]
+                        .par_chunks_mut(T * T * n)
+                        .enumerate()
+                        .for_each(|(ci, vc)| {
+                            let channel = &image[ci * h * w..(ci + 1) * h * w];
+                            for j in 0..n {
+                                let t = t0 + j;
+                                let (ty, tx) = (t / tiles_w, t % tiles_w);
+                                let mut d = [[0f32; T]; T];
+                                for (r, row) in d.iter_mut().enumerate() {
+                                    let y = (M * ty + r) as isize - 1;
+                                    if y < 0 || y >= h as isize {
+                                        continue;
+                                    }
+                                    let src = &channel[y as usize * w..(y as usize + 1) * w];
+                                    for (c, value) in row.iter_mut().enumerate() {
+                                        let x = (M * tx + c) as isize - 1;
+                                        if x >= 0 && x < w as isize {
+                                            *value = src[x as usize];
+                                        }
+                                    }
+                                }
+                                let transformed = input_transform(&d);
+                                for (xi, value) in transformed.iter().enumerate() {
+                                    vc[xi * n + j] = *value;
+                                }
+                            }
+                        });
+                    // M_ξ = U_ξ · V_ξ, written as M[co][ξ][j].
+                    for xi in 0..T * T {
+                        gemm_f32(
+                            (cout, n, cin),
+                            &mut m[xi * n..],
+                            T * T * n,
+                            (&u[xi * cin..], T * T * cin, 1),
+                            (&v[xi * n..], T * T * n, 1),
+                            false,
+                            true,
+                        );
+                    }
+                    // Y = Aᵀ M A, added into the output plane of each co.
+                    out.par_chunks_mut(h * w)
+                        .zip(m[..cout * T * T * n].par_chunks(T * T * n))
+                        .for_each(|(plane, mc)| {
+                            for j in 0..n {
+                                let t = t0 + j;
+                                let (ty, tx) = (t / tiles_w, t % tiles_w);
+                                let mut tile = [0f32; T * T];
+                                for (xi, value) in tile.iter_mut().enumerate() {
+                                    *value = mc[xi * n + j];
+                                }
+                                let y = output_transform(&tile);
+                                for (dy, row) in y.iter().enumerate() {
+                                    let oy = M * ty + dy;
+                                    if oy >= h {
+                                        continue;
+                                    }
+                                    for (dx, value) in row.iter().enumerate() {
+                                        let ox = M * tx + dx;
+                                        if ox < w {
+                                            plane[oy * w + ox] += value;
+                                        }
+                                    }
+                                }
+                            }
+                        });
+                    t0 += n;
                 }
             }
-        });
-    u
+        }
+    };
 }
 
-/// Adds the convolution of one image (`cin × h × w`) with the transformed kernel `u` to
-/// `out` (`cout × h × w`, already holding the bias).
-pub fn convolve(
-    image: &[f32],
-    (cin, h, w): (usize, usize, usize),
-    u: &[f32],
-    cout: usize,
-    out: &mut [f32],
-) {
-    let (tiles_h, tiles_w) = (h.div_ceil(2), w.div_ceil(2));
-    let tiles = tiles_h * tiles_w;
-    let per_tile = 16 * 4 * cin.max(cout);
-    let chunk = (CHUNK_BYTES / per_tile).clamp(1, tiles);
-    let mut v = vec![0f32; cin * 16 * chunk];
-    let mut m = vec![0f32; cout * 16 * chunk];
-    let mut t0 = 0;
-    while t0 < tiles {
-        let n = chunk.min(tiles - t0);
-        // V[ci][ξ][j] = (Bᵀ d B)_ξ for input channel ci and tile t0 + j.
-        v[..cin * 16 * n]
-            .par_chunks_mut(16 * n)
-            .enumerate()
-            .for_each(|(ci, vc)| {
-                let channel = &image[ci * h * w..(ci + 1) * h * w];
-                for j in 0..n {
-                    let t = t0 + j;
-                    let (ty, tx) = (t / tiles_w, t % tiles_w);
-                    let mut d = [[0f32; 4]; 4];
-                    for (r, row) in d.iter_mut().enumerate() {
-                        let y = (2 * ty + r) as isize - 1;
-                        if y < 0 || y >= h as isize {
-                            continue;
-                        }
-                        let src = &channel[y as usize * w..(y as usize + 1) * w];
-                        for (c, value) in row.iter_mut().enumerate() {
-                            let x = (2 * tx + c) as isize - 1;
-                            if x >= 0 && x < w as isize {
-                                *value = src[x as usize];
+variant!(
+    f2,
+    2,
+    4,
+    [
+        [1.0, 0.0, -1.0, 0.0],
+        [0.0, 1.0, 1.0, 0.0],
+        [0.0, -1.0, 1.0, 0.0],
+        [0.0, 1.0, 0.0, -1.0],
+    ],
+    [
+        [1.0, 0.0, 0.0],
+        [0.5, 0.5, 0.5],
+        [0.5, -0.5, 0.5],
+        [0.0, 0.0, 1.0],
+    ],
+    [[1.0, 1.0, 1.0, 0.0], [0.0, 1.0, -1.0, -1.0]]
+);
+
+variant!(
+    f4,
+    4,
+    6,
+    [
+        [4.0, 0.0, -5.0, 0.0, 1.0, 0.0],
+        [0.0, -4.0, -4.0, 1.0, 1.0, 0.0],
+        [0.0, 4.0, -4.0, -1.0, 1.0, 0.0],
+        [0.0, -2.0, -1.0, 2.0, 1.0, 0.0],
+        [0.0, 2.0, -1.0, -2.0, 1.0, 0.0],
+        [0.0, 4.0, 0.0, -5.0, 0.0, 1.0],
+    ],
+    [
+        [1.0 / 4.0, 0.0, 0.0],
+        [-1.0 / 6.0, -1.0 / 6.0, -1.0 / 6.0],
+        [-1.0 / 6.0, 1.0 / 6.0, -1.0 / 6.0],
+        [1.0 / 24.0, 1.0 / 12.0, 1.0 / 6.0],
+        [1.0 / 24.0, -1.0 / 12.0, 1.0 / 6.0],
+        [0.0, 0.0, 1.0],
+    ],
+    [
+        [1.0, 1.0, 1.0, 1.0, 1.0, 0.0],
+        [0.0, 1.0, -1.0, 2.0, -2.0, 0.0],
+        [0.0, 1.0, 1.0, 4.0, 4.0, 0.0],
+        [0.0, 1.0, -1.0, 8.0, -8.0, 1.0],
+    ]
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Direct 3×3 convolution with padding 1, in f64.
+    fn direct(
+        image: &[f32],
+        (cin, h, w): (usize, usize, usize),
+        k: &[f32],
+        cout: usize,
+    ) -> Vec<f64> {
+        let mut out = vec![0f64; cout * h * w];
+        for co in 0..cout {
+            for y in 0..h {
+                for x in 0..w {
+                    let mut acc = 0f64;
+                    for ci in 0..cin {
+                        for ky in 0..3 {
+                            for kx in 0..3 {
+                                let (iy, ix) = (y as isize + ky - 1, x as isize + kx - 1);
+                                if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize {
+                                    continue;
+                                }
+                                let pixel = image[(ci * h + iy as usize) * w + ix as usize];
+                                let weight =
+                                    k[((co * cin + ci) * 3 + ky as usize) * 3 + kx as usize];
+                                acc += f64::from(pixel) * f64::from(weight);
                             }
                         }
                     }
-                    let transformed = input_transform(&d);
-                    for (xi, value) in transformed.iter().enumerate() {
-                        vc[xi * n + j] = *value;
-                    }
+                    out[(co * h + y) * w + x] = acc;
                 }
-            });
-        // M_ξ = U_ξ · V_ξ, written as M[co][ξ][j].
-        for xi in 0..16 {
-            gemm_f32(
-                (cout, n, cin),
-                &mut m[xi * n..],
-                16 * n,
-                (&u[xi * cin..], 16 * cin, 1),
-                (&v[xi * n..], 16 * n, 1),
-                false,
-                true,
-            );
+            }
         }
-        // Y = Aᵀ M A, added into the output plane of each co.
-        out.par_chunks_mut(h * w)
-            .zip(m[..cout * 16 * n].par_chunks(16 * n))
-            .for_each(|(plane, mc)| {
-                for j in 0..n {
-                    let t = t0 + j;
-                    let (ty, tx) = (t / tiles_w, t % tiles_w);
-                    let mut tile = [0f32; 16];
-                    for (xi, value) in tile.iter_mut().enumerate() {
-                        *value = mc[xi * n + j];
-                    }
-                    let y = output_transform(&tile);
-                    for (dy, row) in y.iter().enumerate() {
-                        let oy = 2 * ty + dy;
-                        if oy >= h {
-                            continue;
-                        }
-                        for (dx, value) in row.iter().enumerate() {
-                            let ox = 2 * tx + dx;
-                            if ox < w {
-                                plane[oy * w + ox] += value;
-                            }
-                        }
-                    }
-                }
-            });
-        t0 += n;
+        out
     }
-}
 
-/// `Bᵀ d B`, flattened row by row. Rows of Bᵀ: [1 0 −1 0], [0 1 1 0], [0 −1 1 0],
-/// [0 1 0 −1].
-#[inline(always)]
-fn input_transform(d: &[[f32; 4]; 4]) -> [f32; 16] {
-    let bt = |a: [f32; 4]| [a[0] - a[2], a[1] + a[2], a[2] - a[1], a[1] - a[3]];
-    // Columns first (Bᵀ d), then rows ((Bᵀ d) B).
-    let mut cols = [[0f32; 4]; 4];
-    for c in 0..4 {
-        let t = bt([d[0][c], d[1][c], d[2][c], d[3][c]]);
-        for r in 0..4 {
-            cols[r][c] = t[r];
+    #[test]
+    fn both_variants_match_direct_convolution() {
+        let mut state = 12345u32;
+        let mut random = move || {
+            state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (state >> 8) as f32 / (1u32 << 24) as f32 * 2.0 - 1.0
+        };
+        // Odd sizes exercise partial tiles at the right and bottom edges.
+        for &(cin, cout, h, w) in &[(5, 7, 13, 11), (32, 16, 24, 29), (64, 8, 16, 16)] {
+            let image: Vec<f32> = (0..cin * h * w).map(|_| random()).collect();
+            let kernel: Vec<f32> = (0..cout * cin * 9).map(|_| random() / 3.0).collect();
+            let reference = direct(&image, (cin, h, w), &kernel, cout);
+            let scale = reference.iter().fold(0f64, |m, v| m.max(v.abs()));
+            for variant in [Variant::F2, Variant::F4] {
+                let u = variant.transform_kernel(&kernel, cout, cin);
+                let mut out = vec![0f32; cout * h * w];
+                variant.convolve(&image, (cin, h, w), &u, cout, &mut out);
+                let worst = out
+                    .iter()
+                    .zip(&reference)
+                    .fold(0f64, |m, (o, r)| m.max((f64::from(*o) - r).abs()));
+                let tolerance = match variant {
+                    Variant::F2 => 2e-6,
+                    Variant::F4 => 1e-5,
+                };
+                assert!(
+                    worst / scale < tolerance,
+                    "{variant:?} {cin}->{cout} {h}x{w}: max abs diff {worst} (scale {scale})"
+                );
+            }
         }
     }
-    let mut out = [0f32; 16];
-    for r in 0..4 {
-        out[r * 4..r * 4 + 4].copy_from_slice(&bt(cols[r]));
-    }
-    out
-}
-
-/// `Aᵀ m A` for a 4×4 `m` (row by row): the 2×2 outputs. Rows of Aᵀ: [1 1 1 0], [0 1 −1 −1].
-#[inline(always)]
-fn output_transform(m: &[f32; 16]) -> [[f32; 2]; 2] {
-    let at = |a: [f32; 4]| [a[0] + a[1] + a[2], a[1] - a[2] - a[3]];
-    let mut cols = [[0f32; 4]; 2];
-    for c in 0..4 {
-        let t = at([m[c], m[4 + c], m[8 + c], m[12 + c]]);
-        cols[0][c] = t[0];
-        cols[1][c] = t[1];
-    }
-    [at(cols[0]), at(cols[1])]
 }
