@@ -295,12 +295,14 @@ fn unet_shape(n: &Names) -> Result<UnetShape> {
         .filter(|k| n.has(&format!("{p}input_blocks.{k}.0.op.weight")))
         .count();
     let levels = downsamplers + 1;
-    if blocks < 2 || (blocks - 1) % levels != 0 || (blocks - 1) / levels < 2 {
+    // input_blocks: the input conv, then per level `layers_per_block` resnet blocks and a
+    // downsampler block (none on the last level): levels × (layers_per_block + 1) in all.
+    if blocks % levels != 0 || blocks / levels < 2 {
         return Err(n.error(format!(
             "unknown UNet layout: {blocks} input blocks with {downsamplers} downsamplers"
         )));
     }
-    let per_level = (blocks - 1) / levels;
+    let per_level = blocks / levels;
     let layers_per_block = per_level - 1;
     let mut shapes = Vec::with_capacity(levels);
     let mut context_dim = None;
