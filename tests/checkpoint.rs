@@ -440,3 +440,59 @@ fn replacement_vae_file_or_folder_replaces_the_models_vae() {
         }
     }
 }
+
+/// Peak resident memory of this process (Linux `VmHWM`), in MiB.
+fn peak_rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kb / 1024.0
+}
+
+/// Loads `/tmp/sd15-random` (a random SD 1.5 diffusers folder) as f32 and prints the peak
+/// RSS; `LOAD_MODE=mmap` loads it through candle's memory-mapped var builder instead (the
+/// way the engine loaded before), for comparison. Run one mode per process:
+/// `cargo test --test checkpoint load_peak -- --ignored --nocapture`.
+#[test]
+#[ignore = "needs /tmp/sd15-random; a measurement, not a check"]
+fn load_peak_rss_sd15_random() {
+    use loopback_scaler::engine::model::config::ModelFiles;
+    use loopback_scaler::engine::model::{Component, ModelWeights, SdModel, folder_parts};
+    let root = Path::new("/tmp/sd15-random");
+    let before = peak_rss_mib();
+    let started = std::time::Instant::now();
+    let mode = std::env::var("LOAD_MODE").unwrap_or_default();
+    let model = if mode == "mmap" {
+        let files = ModelFiles::read(root).unwrap();
+        let component = |p: &str| {
+            let path = root.join(p);
+            // SAFETY: the files are not modified while mapped.
+            let weights = unsafe {
+                candle_nn::VarBuilder::from_mmaped_safetensors(&[&path], DType::F32, &Device::Cpu)
+            }
+            .unwrap();
+            Component { weights, path }
+        };
+        let weights = ModelWeights {
+            clip: component("text_encoder/model.safetensors"),
+            vae: component("vae/diffusion_pytorch_model.safetensors"),
+            unet: component("unet/diffusion_pytorch_model.safetensors"),
+        };
+        SdModel::from_parts(files, weights, &root.join("unet/config.json"), &Device::Cpu, DType::F32)
+            .unwrap()
+    } else {
+        let (files, weights) = folder_parts(root, &Device::Cpu, DType::F32).unwrap();
+        SdModel::from_parts(files, weights, &root.join("unet/config.json"), &Device::Cpu, DType::F32)
+            .unwrap()
+    };
+    eprintln!(
+        "mode {}: peak RSS {:.0} MiB (before loading {before:.0} MiB), {:.1} s",
+        if mode == "mmap" { "mmap" } else { "positioned reads" },
+        peak_rss_mib(),
+        started.elapsed().as_secs_f64()
+    );
+    drop(model);
+}
