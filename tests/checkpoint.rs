@@ -6,8 +6,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 
 use candle_core::{DType, Device, Tensor};
 use image::DynamicImage;
@@ -81,7 +81,12 @@ fn compare(a: &LoadedModel, b: &LoadedModel) -> [f32; 4] {
     let db = b.model.vae.decode(&la).unwrap();
     let ua = a.model.unet.forward(&la, 500.0, &ta).unwrap();
     let ub = b.model.unet.forward(&la, 500.0, &ta).unwrap();
-    [max_diff(&ta, &tb), max_diff(&la, &lb), max_diff(&da, &db), max_diff(&ua, &ub)]
+    [
+        max_diff(&ta, &tb),
+        max_diff(&la, &lb),
+        max_diff(&da, &db),
+        max_diff(&ua, &ub),
+    ]
 }
 
 #[test]
@@ -118,7 +123,10 @@ fn every_tensor_of_the_folder_is_served_identically() {
     assert!(ckpt.unused.is_empty(), "{:?}", ckpt.unused);
     let parts = [
         ("unet/diffusion_pytorch_model.safetensors", &ckpt.unet),
-        ("vae/diffusion_pytorch_model.safetensors", ckpt.vae.as_ref().unwrap()),
+        (
+            "vae/diffusion_pytorch_model.safetensors",
+            ckpt.vae.as_ref().unwrap(),
+        ),
         ("text_encoder/model.safetensors", &ckpt.text),
     ];
     for (file, source) in parts {
@@ -151,7 +159,9 @@ fn img2img_run_from_checkpoint_equals_folder_run_and_records_the_hash() {
     };
     let photo = image::open(root().join("tests/data/coffee.png")).unwrap();
     let input = Arc::new(DynamicImage::ImageRgb8(
-        photo.resize_exact(64, 64, image::imageops::FilterType::Triangle).to_rgb8(),
+        photo
+            .resize_exact(64, 64, image::imageops::FilterType::Triangle)
+            .to_rgb8(),
     ));
     let run = |model: &LoadedModel| {
         let request = RunRequest {
@@ -183,7 +193,10 @@ fn tiny_heads_cannot_be_inferred_without_a_config() {
     let err = Checkpoint::open(&tiny_checkpoint(), &CheckpointOptions::default())
         .unwrap_err()
         .to_string();
-    assert!(err.starts_with(&tiny_checkpoint().display().to_string()), "{err}");
+    assert!(
+        err.starts_with(&tiny_checkpoint().display().to_string()),
+        "{err}"
+    );
     assert!(err.contains("give a diffusers config folder"), "{err}");
     assert_eq!(err.lines().count(), 1);
 }
@@ -197,7 +210,10 @@ fn pickles_are_refused_unopened() {
         let err = Checkpoint::open(&path, &CheckpointOptions::default())
             .unwrap_err()
             .to_string();
-        assert!(err.contains("pickle files can run code when loaded"), "{err}");
+        assert!(
+            err.contains("pickle files can run code when loaded"),
+            "{err}"
+        );
         assert!(err.contains("convert it to .safetensors"), "{err}");
         assert!(err.starts_with(&path.display().to_string()));
     }
@@ -208,7 +224,11 @@ fn truncated_and_foreign_files_give_one_line_naming_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let bytes = std::fs::read(tiny_checkpoint()).unwrap();
     let cases: [(&str, &[u8], &str); 3] = [
-        ("truncated.safetensors", &bytes[..bytes.len() / 2], "truncated"),
+        (
+            "truncated.safetensors",
+            &bytes[..bytes.len() / 2],
+            "truncated",
+        ),
         ("tiny.safetensors", b"abc", "too short"),
         ("garbage.safetensors", &[7u8; 4096], "header length"),
     ];
@@ -227,7 +247,10 @@ fn truncated_and_foreign_files_give_one_line_naming_the_file() {
     let err = Checkpoint::open(&vae, &CheckpointOptions::default())
         .unwrap_err()
         .to_string();
-    assert!(err.contains("no UNet tensors") && err.contains("--vae"), "{err}");
+    assert!(
+        err.contains("no UNet tensors") && err.contains("--vae"),
+        "{err}"
+    );
 }
 
 /// `{"original": {name: shape}, "diffusers": {component: {name: shape}}}`.
@@ -251,7 +274,8 @@ fn zeros_checkpoint(keys: &Keys, path: &Path) {
 }
 
 fn keys(name: &str) -> Keys {
-    let text = std::fs::read_to_string(root().join("tests/fixtures/checkpoint").join(name)).unwrap();
+    let text =
+        std::fs::read_to_string(root().join("tests/fixtures/checkpoint").join(name)).unwrap();
     serde_json::from_str(&text).unwrap()
 }
 
@@ -297,15 +321,23 @@ fn sd2_openclip_checkpoint_maps_and_loads() {
     let ckpt = Checkpoint::open(&path, &CheckpointOptions::default()).unwrap();
     assert_eq!(ckpt.detected.family, Family::Sd2);
     assert!(ckpt.pad_with_exclamation);
-    assert_eq!(ckpt.scheduler.prediction_type, Some(PredictionType::VPrediction));
+    assert_eq!(
+        ckpt.scheduler.prediction_type,
+        Some(PredictionType::VPrediction)
+    );
     // OpenCLIP stores one more block than diffusers keeps (SD 2.x uses the penultimate one).
     assert_eq!(ckpt.text_config.num_hidden_layers, 2);
     assert_eq!(ckpt.text_config.hidden_act, "gelu");
     assert!(ckpt.unet_config.use_linear_projection);
     let extra = check_mapping(&ckpt, &keys);
-    assert!(extra["unet"].is_empty() && extra["vae"].is_empty(), "{extra:?}");
     assert!(
-        extra["text_encoder"].iter().all(|n| n.starts_with("text_model.encoder.layers.2.")),
+        extra["unet"].is_empty() && extra["vae"].is_empty(),
+        "{extra:?}"
+    );
+    assert!(
+        extra["text_encoder"]
+            .iter()
+            .all(|n| n.starts_with("text_model.encoder.layers.2.")),
         "{extra:?}"
     );
     assert_eq!(ckpt.unused, ["cond_stage_model.model.logit_scale"]);
@@ -317,11 +349,21 @@ fn sd2_openclip_checkpoint_maps_and_loads() {
             prediction: Some(PredictionType::Epsilon),
         },
     };
-    let model =
-        LoadedModel::load_with(&ModelPath::Checkpoint(path), &options, &Device::Cpu, DType::F32)
-            .unwrap();
-    assert_eq!(model.text.pad_token, model.text.tokenizer.token_id("!").unwrap());
-    assert_eq!(model.text.scheduler.prediction_type, Some(PredictionType::Epsilon));
+    let model = LoadedModel::load_with(
+        &ModelPath::Checkpoint(path),
+        &options,
+        &Device::Cpu,
+        DType::F32,
+    )
+    .unwrap();
+    assert_eq!(
+        model.text.pad_token,
+        model.text.tokenizer.token_id("!").unwrap()
+    );
+    assert_eq!(
+        model.text.scheduler.prediction_type,
+        Some(PredictionType::Epsilon)
+    );
 }
 
 #[test]
@@ -378,7 +420,11 @@ fn folder_with_scaled_vae(dir: &Path) -> PathBuf {
             std::fs::copy(entry.path(), copy.join(sub).join(entry.file_name())).unwrap();
         }
     }
-    std::fs::copy(tiny().join("model_index.json"), copy.join("model_index.json")).unwrap();
+    std::fs::copy(
+        tiny().join("model_index.json"),
+        copy.join("model_index.json"),
+    )
+    .unwrap();
     let vae = copy.join("vae/diffusion_pytorch_model.safetensors");
     let tensors = candle_core::safetensors::load(&vae, &Device::Cpu).unwrap();
     candle_core::safetensors::save(&scaled(tensors), &vae).unwrap();
@@ -408,7 +454,10 @@ fn replacement_vae_file_or_folder_replaces_the_models_vae() {
     };
     let (want_latents, want_image) = decode(&reference);
     let (orig_latents, _) = decode(&original);
-    assert!(max_diff(&want_latents, &orig_latents) > 1e-3, "the scaled VAE must differ");
+    assert!(
+        max_diff(&want_latents, &orig_latents) > 1e-3,
+        "the scaled VAE must differ"
+    );
 
     let sources = [
         (ModelPath::Folder(tiny()), vae_file.clone()),
@@ -481,16 +530,32 @@ fn load_peak_rss_sd15_random() {
             vae: component("vae/diffusion_pytorch_model.safetensors"),
             unet: component("unet/diffusion_pytorch_model.safetensors"),
         };
-        SdModel::from_parts(files, weights, &root.join("unet/config.json"), &Device::Cpu, DType::F32)
-            .unwrap()
+        SdModel::from_parts(
+            files,
+            weights,
+            &root.join("unet/config.json"),
+            &Device::Cpu,
+            DType::F32,
+        )
+        .unwrap()
     } else {
         let (files, weights) = folder_parts(root, &Device::Cpu, DType::F32).unwrap();
-        SdModel::from_parts(files, weights, &root.join("unet/config.json"), &Device::Cpu, DType::F32)
-            .unwrap()
+        SdModel::from_parts(
+            files,
+            weights,
+            &root.join("unet/config.json"),
+            &Device::Cpu,
+            DType::F32,
+        )
+        .unwrap()
     };
     eprintln!(
         "mode {}: peak RSS {:.0} MiB (before loading {before:.0} MiB), {:.1} s",
-        if mode == "mmap" { "mmap" } else { "positioned reads" },
+        if mode == "mmap" {
+            "mmap"
+        } else {
+            "positioned reads"
+        },
         peak_rss_mib(),
         started.elapsed().as_secs_f64()
     );

@@ -1083,7 +1083,11 @@ fn single_file_checkpoints_resolve_and_pickles_are_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let models_dir = tmp.path().join("models");
     std::fs::create_dir_all(models_dir.join("Stable-diffusion")).unwrap();
-    for name in ["dream.safetensors", "old.ckpt", "Stable-diffusion/a1111.safetensors"] {
+    for name in [
+        "dream.safetensors",
+        "old.ckpt",
+        "Stable-diffusion/a1111.safetensors",
+    ] {
         std::fs::write(models_dir.join(name), b"x").unwrap();
     }
     let direct = models_dir.join("old.ckpt");

@@ -15,13 +15,13 @@ use std::time::Instant;
 
 use candle_core::DType;
 
-use super::device::{self, DeviceSpec};
 use super::checkpoint::CheckpointOptions;
+use super::device::{self, DeviceSpec};
 use super::hub::{self, DownloadEvent, FetchOptions};
-use super::open_model::{LoadOptions, ModelPath};
-use super::weights::hash::HashCache;
 use super::models::{self, ModelSource};
+use super::open_model::{LoadOptions, ModelPath};
 use super::runner::LoadedModel;
+use super::weights::hash::HashCache;
 use crate::{Error, Result};
 
 /// Which model to get ready, and where.

@@ -85,12 +85,23 @@ impl LoadedModel {
         let (mut files, mut weights, unet_config, text) = match model {
             ModelPath::Folder(root) => {
                 let (files, weights) = folder_parts(root, device, dtype)?;
-                (files, weights, root.join("unet/config.json"), TextAndSchedule::load(root)?)
+                (
+                    files,
+                    weights,
+                    root.join("unet/config.json"),
+                    TextAndSchedule::load(root)?,
+                )
             }
             ModelPath::Checkpoint(path) => checkpoint_parts(path, options, device, dtype)?,
         };
         let custom = match &options.vae {
-            Some(vae_path) => Some(replace_vae(&mut files, &mut weights, vae_path, device, dtype)?),
+            Some(vae_path) => Some(replace_vae(
+                &mut files,
+                &mut weights,
+                vae_path,
+                device,
+                dtype,
+            )?),
             None => None,
         };
         let sd = SdModel::from_parts(files, weights, &unet_config, device, dtype)?;
@@ -144,9 +155,10 @@ fn checkpoint_parts(
         (Some(config), _) => config.clone(),
         (None, Some(_)) => {
             // A placeholder with the family's latent scale; replaced by the given VAE.
-            let mut config: crate::engine::model::config::VaeFile =
-                serde_json::from_value(serde_json::json!({"block_out_channels": [128, 256, 512, 512]}))
-                    .map_err(|e| Error::Engine(format!("VAE config: {e}")))?;
+            let mut config: crate::engine::model::config::VaeFile = serde_json::from_value(
+                serde_json::json!({"block_out_channels": [128, 256, 512, 512]}),
+            )
+            .map_err(|e| Error::Engine(format!("VAE config: {e}")))?;
             config.scaling_factor = super::checkpoint::configs::latent_scale(ckpt.detected.family);
             config
         }
@@ -176,7 +188,9 @@ fn checkpoint_parts(
         None => {
             let tokenizer = ClipTokenizer::bundled()?;
             let pad_token = if ckpt.pad_with_exclamation {
-                tokenizer.token_id("!").unwrap_or_else(|| tokenizer.eos_id())
+                tokenizer
+                    .token_id("!")
+                    .unwrap_or_else(|| tokenizer.eos_id())
             } else {
                 tokenizer.eos_id()
             };

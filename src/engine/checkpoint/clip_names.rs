@@ -44,14 +44,23 @@ pub fn open_clip_names(name: &str, prefix: &str, width: usize) -> Vec<Mapped> {
     };
     match rest {
         "token_embedding.weight" => {
-            return one("text_model.embeddings.token_embedding.weight".into(), Derive::Plain);
+            return one(
+                "text_model.embeddings.token_embedding.weight".into(),
+                Derive::Plain,
+            );
         }
         "positional_embedding" => {
-            return one("text_model.embeddings.position_embedding.weight".into(), Derive::Plain);
+            return one(
+                "text_model.embeddings.position_embedding.weight".into(),
+                Derive::Plain,
+            );
         }
         "ln_final.weight" | "ln_final.bias" => {
             let param = &rest["ln_final.".len()..];
-            return one(format!("text_model.final_layer_norm.{param}"), Derive::Plain);
+            return one(
+                format!("text_model.final_layer_norm.{param}"),
+                Derive::Plain,
+            );
         }
         "text_projection" => return one("text_projection.weight".into(), Derive::Transpose),
         _ => {}
@@ -110,14 +119,30 @@ mod tests {
 
     #[test]
     fn fused_projection_splits_into_rows() {
-        let got = open_clip_names("cond_stage_model.model.transformer.resblocks.3.attn.in_proj_weight", P, 16);
-        let names: Vec<_> = got.iter().map(|m| (m.requested.as_str(), m.derive.clone())).collect();
+        let got = open_clip_names(
+            "cond_stage_model.model.transformer.resblocks.3.attn.in_proj_weight",
+            P,
+            16,
+        );
+        let names: Vec<_> = got
+            .iter()
+            .map(|m| (m.requested.as_str(), m.derive.clone()))
+            .collect();
         assert_eq!(
             names,
             [
-                ("text_model.encoder.layers.3.self_attn.q_proj.weight", Derive::Rows { start: 0, len: 16 }),
-                ("text_model.encoder.layers.3.self_attn.k_proj.weight", Derive::Rows { start: 16, len: 16 }),
-                ("text_model.encoder.layers.3.self_attn.v_proj.weight", Derive::Rows { start: 32, len: 16 }),
+                (
+                    "text_model.encoder.layers.3.self_attn.q_proj.weight",
+                    Derive::Rows { start: 0, len: 16 }
+                ),
+                (
+                    "text_model.encoder.layers.3.self_attn.k_proj.weight",
+                    Derive::Rows { start: 16, len: 16 }
+                ),
+                (
+                    "text_model.encoder.layers.3.self_attn.v_proj.weight",
+                    Derive::Rows { start: 32, len: 16 }
+                ),
             ]
         );
     }
@@ -125,19 +150,54 @@ mod tests {
     #[test]
     fn single_names() {
         let cases = [
-            ("transformer.resblocks.0.ln_1.weight", "text_model.encoder.layers.0.layer_norm1.weight", Derive::Plain),
-            ("transformer.resblocks.22.mlp.c_fc.bias", "text_model.encoder.layers.22.mlp.fc1.bias", Derive::Plain),
-            ("transformer.resblocks.1.mlp.c_proj.weight", "text_model.encoder.layers.1.mlp.fc2.weight", Derive::Plain),
-            ("transformer.resblocks.1.attn.out_proj.bias", "text_model.encoder.layers.1.self_attn.out_proj.bias", Derive::Plain),
-            ("ln_final.bias", "text_model.final_layer_norm.bias", Derive::Plain),
-            ("token_embedding.weight", "text_model.embeddings.token_embedding.weight", Derive::Plain),
-            ("positional_embedding", "text_model.embeddings.position_embedding.weight", Derive::Plain),
-            ("text_projection", "text_projection.weight", Derive::Transpose),
+            (
+                "transformer.resblocks.0.ln_1.weight",
+                "text_model.encoder.layers.0.layer_norm1.weight",
+                Derive::Plain,
+            ),
+            (
+                "transformer.resblocks.22.mlp.c_fc.bias",
+                "text_model.encoder.layers.22.mlp.fc1.bias",
+                Derive::Plain,
+            ),
+            (
+                "transformer.resblocks.1.mlp.c_proj.weight",
+                "text_model.encoder.layers.1.mlp.fc2.weight",
+                Derive::Plain,
+            ),
+            (
+                "transformer.resblocks.1.attn.out_proj.bias",
+                "text_model.encoder.layers.1.self_attn.out_proj.bias",
+                Derive::Plain,
+            ),
+            (
+                "ln_final.bias",
+                "text_model.final_layer_norm.bias",
+                Derive::Plain,
+            ),
+            (
+                "token_embedding.weight",
+                "text_model.embeddings.token_embedding.weight",
+                Derive::Plain,
+            ),
+            (
+                "positional_embedding",
+                "text_model.embeddings.position_embedding.weight",
+                Derive::Plain,
+            ),
+            (
+                "text_projection",
+                "text_projection.weight",
+                Derive::Transpose,
+            ),
         ];
         for (stored, requested, derive) in cases {
             let got = open_clip_names(&format!("{P}{stored}"), P, 8);
             assert_eq!(got.len(), 1, "{stored}");
-            assert_eq!((got[0].requested.as_str(), got[0].derive.clone()), (requested, derive));
+            assert_eq!(
+                (got[0].requested.as_str(), got[0].derive.clone()),
+                (requested, derive)
+            );
         }
         assert!(open_clip_names("cond_stage_model.model.logit_scale", P, 8).is_empty());
         assert!(open_clip_names("model.diffusion_model.out.0.weight", P, 8).is_empty());
@@ -147,9 +207,19 @@ mod tests {
     fn clip_l() {
         let p = "cond_stage_model.transformer.";
         assert_eq!(
-            clip_l_name("cond_stage_model.transformer.text_model.final_layer_norm.bias", p).as_deref(),
+            clip_l_name(
+                "cond_stage_model.transformer.text_model.final_layer_norm.bias",
+                p
+            )
+            .as_deref(),
             Some("text_model.final_layer_norm.bias")
         );
-        assert_eq!(clip_l_name("cond_stage_model.transformer.text_model.embeddings.position_ids", p), None);
+        assert_eq!(
+            clip_l_name(
+                "cond_stage_model.transformer.text_model.embeddings.position_ids",
+                p
+            ),
+            None
+        );
     }
 }

@@ -25,7 +25,7 @@ fn parse<T: serde::de::DeserializeOwned>(value: Value, path: &Path, what: &str) 
 
 /// Heads of a `width`-wide attention at 64 per head.
 fn heads_of(width: usize, path: &Path, what: &str) -> Result<usize> {
-    if width == 0 || width % HEAD_WIDTH != 0 {
+    if width == 0 || !width.is_multiple_of(HEAD_WIDTH) {
         return Err(Error::input(
             path,
             format!(
@@ -82,13 +82,25 @@ pub fn unet_config(detected: &Detected, path: &Path) -> Result<UNetFile> {
     let down: Vec<&str> = u
         .levels
         .iter()
-        .map(|l| if l.depth > 0 { "CrossAttnDownBlock2D" } else { "DownBlock2D" })
+        .map(|l| {
+            if l.depth > 0 {
+                "CrossAttnDownBlock2D"
+            } else {
+                "DownBlock2D"
+            }
+        })
         .collect();
     let up: Vec<&str> = u
         .levels
         .iter()
         .rev()
-        .map(|l| if l.depth > 0 { "CrossAttnUpBlock2D" } else { "UpBlock2D" })
+        .map(|l| {
+            if l.depth > 0 {
+                "CrossAttnUpBlock2D"
+            } else {
+                "UpBlock2D"
+            }
+        })
         .collect();
     let mut config = json!({
         "_class_name": "UNet2DConditionModel",
@@ -121,7 +133,11 @@ pub fn unet_config(detected: &Detected, path: &Path) -> Result<UNetFile> {
 
 /// The latent scale of a family's VAE.
 pub fn latent_scale(family: Family) -> f64 {
-    if family == Family::Sdxl { 0.13025 } else { 0.18215 }
+    if family == Family::Sdxl {
+        0.13025
+    } else {
+        0.18215
+    }
 }
 
 /// The VAE config of a VAE shaped `vae` whose latents are scaled by `scaling_factor`.
@@ -153,7 +169,10 @@ pub fn clip_config(text: &TextShape, drop_last: bool, path: &Path) -> Result<Cli
         text.layers
     };
     if layers == 0 {
-        return Err(Error::input(path, format!("no text encoder layers under {}", text.prefix)));
+        return Err(Error::input(
+            path,
+            format!("no text encoder layers under {}", text.prefix),
+        ));
     }
     let config = json!({
         "vocab_size": text.vocab,

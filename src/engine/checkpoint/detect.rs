@@ -140,7 +140,11 @@ impl Names<'_> {
     fn dim(&self, name: &str, i: usize) -> Result<usize> {
         self.shape(name)
             .and_then(|s| s.get(i).copied())
-            .ok_or_else(|| self.error(format!("missing tensor {name} (or it has too few dimensions)")))
+            .ok_or_else(|| {
+                self.error(format!(
+                    "missing tensor {name} (or it has too few dimensions)"
+                ))
+            })
     }
 
     fn has(&self, name: &str) -> bool {
@@ -225,9 +229,7 @@ pub fn detect(file: &SafetensorsFile) -> Result<Detected> {
             return Err(n.error("SDXL text encoders but no label_emb in the UNet".into()));
         }
         if text[1].projection.is_none() {
-            return Err(n.error(
-                "SDXL OpenCLIP text encoder without text_projection".into(),
-            ));
+            return Err(n.error("SDXL OpenCLIP text encoder without text_projection".into()));
         }
     }
     let vae = if n.any_prefix(VAE_PREFIX) {
@@ -247,7 +249,9 @@ pub fn detect(file: &SafetensorsFile) -> Result<Detected> {
 fn text_shape(n: &Names, kind: TextKind, prefix: &str) -> Result<TextShape> {
     match kind {
         TextKind::ClipL => {
-            let base = if n.has(&format!("{prefix}text_model.embeddings.token_embedding.weight")) {
+            let base = if n.has(&format!(
+                "{prefix}text_model.embeddings.token_embedding.weight"
+            )) {
                 format!("{prefix}text_model.")
             } else {
                 prefix.to_string()
@@ -261,7 +265,9 @@ fn text_shape(n: &Names, kind: TextKind, prefix: &str) -> Result<TextShape> {
                 intermediate: n.dim(&format!("{base}encoder.layers.0.mlp.fc1.weight"), 0)?,
                 layers: n.count(&format!("{base}encoder.layers.")),
                 positions: n.dim(&format!("{base}embeddings.position_embedding.weight"), 0)?,
-                projection: n.shape(&format!("{prefix}text_projection.weight")).map(|s| s[0]),
+                projection: n
+                    .shape(&format!("{prefix}text_projection.weight"))
+                    .map(|s| s[0]),
             })
         }
         TextKind::OpenClip => {
@@ -271,7 +277,10 @@ fn text_shape(n: &Names, kind: TextKind, prefix: &str) -> Result<TextShape> {
                 prefix: prefix.into(),
                 vocab: n.dim(&emb, 0)?,
                 width: n.dim(&emb, 1)?,
-                intermediate: n.dim(&format!("{prefix}transformer.resblocks.0.mlp.c_fc.weight"), 0)?,
+                intermediate: n.dim(
+                    &format!("{prefix}transformer.resblocks.0.mlp.c_fc.weight"),
+                    0,
+                )?,
                 layers: n.count(&format!("{prefix}transformer.resblocks.")),
                 positions: n.dim(&format!("{prefix}positional_embedding"), 0)?,
                 projection: n
@@ -297,7 +306,7 @@ fn unet_shape(n: &Names) -> Result<UnetShape> {
     let levels = downsamplers + 1;
     // input_blocks: the input conv, then per level `layers_per_block` resnet blocks and a
     // downsampler block (none on the last level): levels × (layers_per_block + 1) in all.
-    if blocks % levels != 0 || blocks / levels < 2 {
+    if !blocks.is_multiple_of(levels) || blocks / levels < 2 {
         return Err(n.error(format!(
             "unknown UNet layout: {blocks} input blocks with {downsamplers} downsamplers"
         )));
@@ -315,7 +324,9 @@ fn unet_shape(n: &Names) -> Result<UnetShape> {
         if depth > 0 {
             let to_k = format!("{attn}transformer_blocks.0.attn2.to_k.weight");
             context_dim.get_or_insert(n.dim(&to_k, 1)?);
-            linear_projection = n.shape(&format!("{attn}proj_in.weight")).is_some_and(|s| s.len() == 2);
+            linear_projection = n
+                .shape(&format!("{attn}proj_in.weight"))
+                .is_some_and(|s| s.len() == 2);
         }
         shapes.push(UnetLevel { channels, depth });
     }
@@ -350,7 +361,9 @@ pub fn vae_shape(file: &SafetensorsFile, prefix: &str) -> Result<VaeShape> {
     let conv_in = format!("{prefix}encoder.conv_in.weight");
     let levels = n.count(&format!("{prefix}encoder.down."));
     if levels == 0 {
-        return Err(n.error(format!("unknown VAE layout: no {prefix}encoder.down.* tensors")));
+        return Err(n.error(format!(
+            "unknown VAE layout: no {prefix}encoder.down.* tensors"
+        )));
     }
     let channels = (0..levels)
         .map(|i| n.dim(&format!("{prefix}encoder.down.{i}.block.0.conv2.weight"), 0))

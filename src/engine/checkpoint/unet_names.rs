@@ -50,7 +50,11 @@ pub(super) fn index_and_rest(name: &str) -> Option<(usize, &str)> {
 fn transformer_inner(rest: &str) -> Option<String> {
     let (module, _) = split_param(rest)?;
     let first = module.split('.').next()?;
-    matches!(first, "norm" | "proj_in" | "proj_out" | "transformer_blocks").then(|| rest.into())
+    matches!(
+        first,
+        "norm" | "proj_in" | "proj_out" | "transformer_blocks"
+    )
+    .then(|| rest.into())
 }
 
 /// The diffusers name of the original-layout UNet tensor `name` (with or without the
@@ -116,7 +120,10 @@ pub fn ldm_unet_name(name: &str, layout: LdmUnetLayout) -> Option<String> {
         }
         return match part {
             0 => Some(format!("{base}.resnets.{j}.{}", resnet_inner(rest)?)),
-            1 => Some(format!("{base}.attentions.{j}.{}", transformer_inner(rest)?)),
+            1 => Some(format!(
+                "{base}.attentions.{j}.{}",
+                transformer_inner(rest)?
+            )),
             _ => None,
         };
     }
@@ -124,7 +131,10 @@ pub fn ldm_unet_name(name: &str, layout: LdmUnetLayout) -> Option<String> {
         let (part, rest) = index_and_rest(rest)?;
         return match part {
             0 => Some(format!("mid_block.resnets.0.{}", resnet_inner(rest)?)),
-            1 => Some(format!("mid_block.attentions.0.{}", transformer_inner(rest)?)),
+            1 => Some(format!(
+                "mid_block.attentions.0.{}",
+                transformer_inner(rest)?
+            )),
             2 => Some(format!("mid_block.resnets.1.{}", resnet_inner(rest)?)),
             _ => None,
         };
@@ -152,7 +162,10 @@ pub fn ldm_unet_name(name: &str, layout: LdmUnetLayout) -> Option<String> {
         if part != 1 {
             return None;
         }
-        return Some(format!("{base}.attentions.{j}.{}", transformer_inner(rest)?));
+        return Some(format!(
+            "{base}.attentions.{j}.{}",
+            transformer_inner(rest)?
+        ));
     }
     None
 }
@@ -180,30 +193,73 @@ mod tests {
             ("time_embed.0.weight", "time_embedding.linear_1.weight"),
             ("time_embed.2.bias", "time_embedding.linear_2.bias"),
             ("input_blocks.0.0.weight", "conv_in.weight"),
-            ("input_blocks.1.0.in_layers.0.weight", "down_blocks.0.resnets.0.norm1.weight"),
-            ("input_blocks.2.0.emb_layers.1.bias", "down_blocks.0.resnets.1.time_emb_proj.bias"),
-            ("input_blocks.3.0.op.weight", "down_blocks.0.downsamplers.0.conv.weight"),
-            ("input_blocks.4.0.skip_connection.weight", "down_blocks.1.resnets.0.conv_shortcut.weight"),
+            (
+                "input_blocks.1.0.in_layers.0.weight",
+                "down_blocks.0.resnets.0.norm1.weight",
+            ),
+            (
+                "input_blocks.2.0.emb_layers.1.bias",
+                "down_blocks.0.resnets.1.time_emb_proj.bias",
+            ),
+            (
+                "input_blocks.3.0.op.weight",
+                "down_blocks.0.downsamplers.0.conv.weight",
+            ),
+            (
+                "input_blocks.4.0.skip_connection.weight",
+                "down_blocks.1.resnets.0.conv_shortcut.weight",
+            ),
             (
                 "input_blocks.5.1.transformer_blocks.0.attn2.to_k.weight",
                 "down_blocks.1.attentions.1.transformer_blocks.0.attn2.to_k.weight",
             ),
-            ("input_blocks.11.0.out_layers.3.weight", "down_blocks.3.resnets.1.conv2.weight"),
-            ("middle_block.0.in_layers.2.weight", "mid_block.resnets.0.conv1.weight"),
-            ("middle_block.1.proj_out.bias", "mid_block.attentions.0.proj_out.bias"),
-            ("middle_block.2.out_layers.0.bias", "mid_block.resnets.1.norm2.bias"),
-            ("output_blocks.0.0.in_layers.0.weight", "up_blocks.0.resnets.0.norm1.weight"),
-            ("output_blocks.2.1.conv.weight", "up_blocks.0.upsamplers.0.conv.weight"),
-            ("output_blocks.3.1.norm.weight", "up_blocks.1.attentions.0.norm.weight"),
-            ("output_blocks.5.2.conv.bias", "up_blocks.1.upsamplers.0.conv.bias"),
-            ("output_blocks.11.1.proj_in.weight", "up_blocks.3.attentions.2.proj_in.weight"),
+            (
+                "input_blocks.11.0.out_layers.3.weight",
+                "down_blocks.3.resnets.1.conv2.weight",
+            ),
+            (
+                "middle_block.0.in_layers.2.weight",
+                "mid_block.resnets.0.conv1.weight",
+            ),
+            (
+                "middle_block.1.proj_out.bias",
+                "mid_block.attentions.0.proj_out.bias",
+            ),
+            (
+                "middle_block.2.out_layers.0.bias",
+                "mid_block.resnets.1.norm2.bias",
+            ),
+            (
+                "output_blocks.0.0.in_layers.0.weight",
+                "up_blocks.0.resnets.0.norm1.weight",
+            ),
+            (
+                "output_blocks.2.1.conv.weight",
+                "up_blocks.0.upsamplers.0.conv.weight",
+            ),
+            (
+                "output_blocks.3.1.norm.weight",
+                "up_blocks.1.attentions.0.norm.weight",
+            ),
+            (
+                "output_blocks.5.2.conv.bias",
+                "up_blocks.1.upsamplers.0.conv.bias",
+            ),
+            (
+                "output_blocks.11.1.proj_in.weight",
+                "up_blocks.3.attentions.2.proj_in.weight",
+            ),
             ("out.0.weight", "conv_norm_out.weight"),
             ("out.2.bias", "conv_out.bias"),
         ];
         for (ldm, diffusers) in cases {
             assert_eq!(map(ldm, SD15).as_deref(), Some(diffusers), "{ldm}");
             let prefixed = format!("{UNET_PREFIX}{ldm}");
-            assert_eq!(map(&prefixed, SD15).as_deref(), Some(diffusers), "{prefixed}");
+            assert_eq!(
+                map(&prefixed, SD15).as_deref(),
+                Some(diffusers),
+                "{prefixed}"
+            );
         }
     }
 
@@ -212,13 +268,22 @@ mod tests {
         let cases = [
             ("label_emb.0.0.weight", "add_embedding.linear_1.weight"),
             ("label_emb.0.2.bias", "add_embedding.linear_2.bias"),
-            ("input_blocks.3.0.op.bias", "down_blocks.0.downsamplers.0.conv.bias"),
+            (
+                "input_blocks.3.0.op.bias",
+                "down_blocks.0.downsamplers.0.conv.bias",
+            ),
             (
                 "input_blocks.7.1.transformer_blocks.9.ff.net.0.proj.weight",
                 "down_blocks.2.attentions.0.transformer_blocks.9.ff.net.0.proj.weight",
             ),
-            ("output_blocks.2.2.conv.weight", "up_blocks.0.upsamplers.0.conv.weight"),
-            ("output_blocks.8.0.skip_connection.bias", "up_blocks.2.resnets.2.conv_shortcut.bias"),
+            (
+                "output_blocks.2.2.conv.weight",
+                "up_blocks.0.upsamplers.0.conv.weight",
+            ),
+            (
+                "output_blocks.8.0.skip_connection.bias",
+                "up_blocks.2.resnets.2.conv_shortcut.bias",
+            ),
         ];
         for (ldm, diffusers) in cases {
             assert_eq!(map(ldm, SDXL).as_deref(), Some(diffusers), "{ldm}");

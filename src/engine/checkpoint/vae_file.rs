@@ -39,10 +39,13 @@ pub struct CustomVae {
 
 /// The diffusers VAE weights in `dir`, full precision first.
 fn folder_weights(dir: &Path) -> Option<PathBuf> {
-    ["diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.fp16.safetensors"]
-        .iter()
-        .map(|f| dir.join(f))
-        .find(|p| p.is_file())
+    [
+        "diffusion_pytorch_model.safetensors",
+        "diffusion_pytorch_model.fp16.safetensors",
+    ]
+    .iter()
+    .map(|f| dir.join(f))
+    .find(|p| p.is_file())
 }
 
 /// The shape of a VAE stored with diffusers names.
@@ -63,7 +66,12 @@ fn diffusers_shape(file: &SafetensorsFile) -> Result<VaeShape> {
     };
     let levels = count("encoder.down_blocks.");
     let channels = (0..levels)
-        .map(|i| dim(&format!("encoder.down_blocks.{i}.resnets.0.conv2.weight"), 0))
+        .map(|i| {
+            dim(
+                &format!("encoder.down_blocks.{i}.resnets.0.conv2.weight"),
+                0,
+            )
+        })
         .collect::<Result<Vec<_>>>()?;
     Ok(VaeShape {
         in_channels: dim("encoder.conv_in.weight", 1)?,
@@ -107,7 +115,10 @@ impl CustomVae {
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default();
         let (shape, weights) = if has("encoder.down_blocks.0.resnets.0.conv1.weight") {
-            (diffusers_shape(&file)?, WeightSource::identity(Arc::clone(&file)))
+            (
+                diffusers_shape(&file)?,
+                WeightSource::identity(Arc::clone(&file)),
+            )
         } else {
             let prefix = if has(&format!("{VAE_PREFIX}encoder.conv_in.weight")) {
                 VAE_PREFIX
@@ -160,9 +171,8 @@ impl CustomVae {
         let config_path = dir.join("config.json");
         let config: VaeFile = read_json(&config_path)?;
         config.check(&config_path)?;
-        let weights_path = folder_weights(&dir).ok_or_else(|| {
-            Error::input(&dir, "no diffusion_pytorch_model.safetensors weights")
-        })?;
+        let weights_path = folder_weights(&dir)
+            .ok_or_else(|| Error::input(&dir, "no diffusion_pytorch_model.safetensors weights"))?;
         let file = Arc::new(SafetensorsFile::open(&weights_path)?);
         let name = path
             .file_name()

@@ -25,10 +25,16 @@ fn resnet_inner(rest: &str) -> Option<String> {
 /// The mid block (`mid.block_1`, `mid.attn_1`, `mid.block_2`) of the encoder or decoder.
 fn mid(rest: &str) -> Option<(String, Derive)> {
     if let Some(rest) = rest.strip_prefix("block_1.") {
-        return Some((format!("mid_block.resnets.0.{}", resnet_inner(rest)?), Derive::Plain));
+        return Some((
+            format!("mid_block.resnets.0.{}", resnet_inner(rest)?),
+            Derive::Plain,
+        ));
     }
     if let Some(rest) = rest.strip_prefix("block_2.") {
-        return Some((format!("mid_block.resnets.1.{}", resnet_inner(rest)?), Derive::Plain));
+        return Some((
+            format!("mid_block.resnets.1.{}", resnet_inner(rest)?),
+            Derive::Plain,
+        ));
     }
     let rest = rest.strip_prefix("attn_1.")?;
     let (module, param) = split_param(rest)?;
@@ -116,23 +122,48 @@ mod tests {
     #[test]
     fn names() {
         let cases = [
-            ("first_stage_model.encoder.conv_in.weight", "encoder.conv_in.weight"),
+            (
+                "first_stage_model.encoder.conv_in.weight",
+                "encoder.conv_in.weight",
+            ),
             ("encoder.norm_out.bias", "encoder.conv_norm_out.bias"),
-            ("encoder.down.0.block.1.conv2.weight", "encoder.down_blocks.0.resnets.1.conv2.weight"),
+            (
+                "encoder.down.0.block.1.conv2.weight",
+                "encoder.down_blocks.0.resnets.1.conv2.weight",
+            ),
             (
                 "encoder.down.1.block.0.nin_shortcut.weight",
                 "encoder.down_blocks.1.resnets.0.conv_shortcut.weight",
             ),
-            ("encoder.down.2.downsample.conv.bias", "encoder.down_blocks.2.downsamplers.0.conv.bias"),
-            ("encoder.mid.block_2.norm1.weight", "encoder.mid_block.resnets.1.norm1.weight"),
-            ("decoder.mid.attn_1.norm.bias", "decoder.mid_block.attentions.0.group_norm.bias"),
-            ("decoder.up.3.block.2.conv1.weight", "decoder.up_blocks.0.resnets.2.conv1.weight"),
-            ("decoder.up.1.upsample.conv.weight", "decoder.up_blocks.2.upsamplers.0.conv.weight"),
+            (
+                "encoder.down.2.downsample.conv.bias",
+                "encoder.down_blocks.2.downsamplers.0.conv.bias",
+            ),
+            (
+                "encoder.mid.block_2.norm1.weight",
+                "encoder.mid_block.resnets.1.norm1.weight",
+            ),
+            (
+                "decoder.mid.attn_1.norm.bias",
+                "decoder.mid_block.attentions.0.group_norm.bias",
+            ),
+            (
+                "decoder.up.3.block.2.conv1.weight",
+                "decoder.up_blocks.0.resnets.2.conv1.weight",
+            ),
+            (
+                "decoder.up.1.upsample.conv.weight",
+                "decoder.up_blocks.2.upsamplers.0.conv.weight",
+            ),
             ("decoder.norm_out.weight", "decoder.conv_norm_out.weight"),
             ("post_quant_conv.bias", "post_quant_conv.bias"),
         ];
         for (ldm, diffusers) in cases {
-            assert_eq!(ldm_vae_name(ldm, 4), Some((diffusers.to_string(), Derive::Plain)), "{ldm}");
+            assert_eq!(
+                ldm_vae_name(ldm, 4),
+                Some((diffusers.to_string(), Derive::Plain)),
+                "{ldm}"
+            );
         }
         assert_eq!(
             ldm_vae_name("first_stage_model.encoder.mid.attn_1.proj_out.weight", 4),
@@ -143,9 +174,16 @@ mod tests {
         );
         assert_eq!(
             ldm_vae_name("decoder.mid.attn_1.q.bias", 4),
-            Some(("decoder.mid_block.attentions.0.to_q.bias".into(), Derive::Plain))
+            Some((
+                "decoder.mid_block.attentions.0.to_q.bias".into(),
+                Derive::Plain
+            ))
         );
-        for bad in ["decoder.up.4.block.0.conv1.weight", "model_ema.x", "encoder.mid.attn_1.z.weight"] {
+        for bad in [
+            "decoder.up.4.block.0.conv1.weight",
+            "model_ema.x",
+            "encoder.mid.attn_1.z.weight",
+        ] {
             assert_eq!(ldm_vae_name(bad, 4), None, "{bad}");
         }
     }

@@ -101,7 +101,9 @@ pub struct Component {
 
 impl std::fmt::Debug for Component {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Component").field("path", &self.path).finish_non_exhaustive()
+        f.debug_struct("Component")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
     }
 }
 
@@ -117,7 +119,11 @@ pub struct ModelWeights {
 }
 
 /// The configs and weights of the diffusers folder `root`, not yet built into networks.
-pub fn folder_parts(root: &Path, device: &Device, dtype: DType) -> Result<(ModelFiles, ModelWeights)> {
+pub fn folder_parts(
+    root: &Path,
+    device: &Device,
+    dtype: DType,
+) -> Result<(ModelFiles, ModelWeights)> {
     let files = ModelFiles::read(root)?;
     let component = |dir: &str, stem: &str| -> Result<Component> {
         let path = weights_file(&root.join(dir), stem, dtype)?;

@@ -146,7 +146,9 @@ impl SafetensorsFile {
         let fail = |what: String| {
             candle_core::Error::Msg(format!("{}: tensor {name}: {what}", self.path.display()))
         };
-        let info = self.info(name).ok_or_else(|| fail("not in the file".into()))?;
+        let info = self
+            .info(name)
+            .ok_or_else(|| fail("not in the file".into()))?;
         let stored = candle_dtype(info.dtype).ok_or_else(|| {
             fail(format!(
                 "dtype {:?} is not a floating-point weight",
@@ -160,5 +162,85 @@ impl SafetensorsFile {
         let tensor = Tensor::from_raw_buffer(&bytes, stored, &info.shape, &Device::Cpu)?;
         drop(bytes);
         tensor.to_dtype(dtype)?.to_device(device)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::engine::weights::{Derive, WeightSource};
+
+    /// A file with `x` (2×3, 1..6) stored as F32, F16 and BF16.
+    fn file(dir: &Path) -> SafetensorsFile {
+        let x = Tensor::arange(1f32, 7.0, &Device::Cpu)
+            .and_then(|t| t.reshape((2, 3)))
+            .unwrap();
+        let tensors: HashMap<String, Tensor> = [
+            ("f32", x.clone()),
+            ("f16", x.to_dtype(DType::F16).unwrap()),
+            ("bf16", x.to_dtype(DType::BF16).unwrap()),
+            ("conv", x.reshape((6, 1, 1, 1)).unwrap()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        let path = dir.join("x.safetensors");
+        candle_core::safetensors::save(&tensors, &path).unwrap();
+        SafetensorsFile::open(&path).unwrap()
+    }
+
+    fn values(t: &Tensor) -> Vec<f32> {
+        t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+    }
+
+    #[test]
+    fn half_and_bfloat_convert_to_f32() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = file(dir.path());
+        for name in ["f32", "f16", "bf16"] {
+            let t = file.tensor(name, DType::F32, &Device::Cpu).unwrap();
+            assert_eq!(t.dtype(), DType::F32);
+            assert_eq!(t.dims(), [2, 3]);
+            assert_eq!(values(&t), [1.0, 2.0, 3.0, 4.0, 5.0, 6.0], "{name}");
+        }
+        let err = file.tensor("nope", DType::F32, &Device::Cpu).unwrap_err();
+        assert!(err.to_string().contains("tensor nope: not in the file"));
+    }
+
+    #[test]
+    fn derived_tensors_and_shape_checks() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = Arc::new(file(dir.path()));
+        let mut source = WeightSource::new();
+        source.insert(
+            "row1",
+            Arc::clone(&file),
+            "f16",
+            Derive::Rows { start: 1, len: 1 },
+        );
+        source.insert("t", Arc::clone(&file), "bf16", Derive::Transpose);
+        source.insert(
+            "lin",
+            Arc::clone(&file),
+            "conv",
+            Derive::Reshape(vec![2, 3]),
+        );
+        let vb = source.into_var_builder(DType::F32, &Device::Cpu);
+        assert_eq!(values(&vb.get((1, 3), "row1").unwrap()), [4.0, 5.0, 6.0]);
+        assert_eq!(
+            values(&vb.get((3, 2), "t").unwrap()),
+            [1.0, 4.0, 2.0, 5.0, 3.0, 6.0]
+        );
+        assert_eq!(
+            values(&vb.get((2, 3), "lin").unwrap()),
+            [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
+        );
+        let err = vb.get((2, 2), "t").unwrap_err().to_string();
+        assert!(err.contains("shape [3, 2], expected [2, 2]"), "{err}");
+        assert!(vb.get((1, 3), "missing").is_err());
+        assert!(vb.contains_tensor("lin") && !vb.contains_tensor("f16"));
     }
 }

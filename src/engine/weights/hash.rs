@@ -48,7 +48,11 @@ pub fn sha256_file(path: &Path) -> Result<String> {
 /// The app's cache folder: `$XDG_CACHE_HOME/loopback-scaler`, else
 /// `~/.cache/loopback-scaler` (`%LOCALAPPDATA%\loopback-scaler` on Windows).
 pub fn default_cache_dir() -> Option<PathBuf> {
-    let var = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    let var = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
     let base = if cfg!(windows) {
         var("LOCALAPPDATA")
     } else {
@@ -59,7 +63,8 @@ pub fn default_cache_dir() -> Option<PathBuf> {
 
 /// Size and modification time (ns since the epoch) of `path`.
 fn stamp(path: &Path) -> Result<(u64, u128)> {
-    let meta = std::fs::metadata(path).map_err(|e| Error::input(path, format!("cannot read: {e}")))?;
+    let meta =
+        std::fs::metadata(path).map_err(|e| Error::input(path, format!("cannot read: {e}")))?;
     let mtime = meta
         .modified()
         .ok()
