@@ -1157,7 +1157,7 @@ fn unknown_specs_list_presets_and_searched_folders() {
         err,
         format!(
             "invalid setting model = dreamshaper: not a preset (sd15, sd21, sd-turbo) nor an \
-             existing diffusers folder; searched {}",
+             existing diffusers folder or checkpoint; searched {}",
             dirs[0].join("dreamshaper").display()
         )
     );

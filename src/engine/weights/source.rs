@@ -161,10 +161,17 @@ impl SimpleBackend for WeightSource {
         let expected = shape.dims();
         match entry.shape() {
             Some(found) if found == expected => entry.load(dtype, dev),
-            found => Err(candle_core::Error::Msg(format!(
+            Some(found) => Err(candle_core::Error::Msg(format!(
                 "{}: tensor {name} (stored as {}): shape {found:?}, expected {expected:?}",
                 entry.file.path().display(),
                 entry.name,
+            ))),
+            None => Err(candle_core::Error::Msg(format!(
+                "{}: tensor {name} cannot be made from {} ({:?} of shape {:?})",
+                entry.file.path().display(),
+                entry.name,
+                entry.derive,
+                entry.file.shape(&entry.name),
             ))),
         }
     }
