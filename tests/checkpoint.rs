@@ -561,3 +561,36 @@ fn load_peak_rss_sd15_random() {
     );
     drop(model);
 }
+
+#[test]
+fn loader_resolves_a_checkpoint_by_name_and_hashes_it_once() {
+    use loopback_scaler::engine::device::DeviceSpec;
+    use loopback_scaler::engine::loader::{self, LoadEvent, ModelRequest};
+    let dir = tempfile::tempdir().unwrap();
+    let models = dir.path().join("models");
+    std::fs::create_dir_all(models.join("Stable-diffusion")).unwrap();
+    std::fs::copy(
+        tiny_checkpoint(),
+        models.join("Stable-diffusion/my-model.safetensors"),
+    )
+    .unwrap();
+    let cache = dir.path().join("cache");
+    let request = ModelRequest {
+        search_dirs: vec![models.clone()],
+        checkpoint: CheckpointOptions {
+            config: Some(tiny()),
+            prediction: None,
+        },
+        hash_cache: Some(cache.clone()),
+        ..ModelRequest::new("my-model", DeviceSpec::Cpu)
+    };
+    let cancel = Arc::new(AtomicBool::new(false));
+    let mut events = Vec::new();
+    let model = loader::load_blocking(&request, &cancel, &mut |e| events.push(e)).unwrap();
+    assert!(matches!(events.last(), Some(LoadEvent::Loaded { .. })));
+    assert_eq!(model.name, "my-model");
+    let sha = loopback_scaler::engine::weights::hash::sha256_file(&tiny_checkpoint()).unwrap();
+    assert_eq!(model.hash.as_deref(), Some(&sha[..10]));
+    let cached = std::fs::read_to_string(cache.join("model-hashes.json")).unwrap();
+    assert!(cached.contains(&sha), "{cached}");
+}
