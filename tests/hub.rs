@@ -1079,11 +1079,15 @@ fn bare_names_are_looked_up_in_the_search_folders() {
 }
 
 #[test]
-fn single_file_checkpoints_are_refused() {
+fn single_file_checkpoints_resolve_and_pickles_are_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let models_dir = tmp.path().join("models");
-    std::fs::create_dir_all(&models_dir).unwrap();
-    for name in ["dream.safetensors", "old.ckpt"] {
+    std::fs::create_dir_all(models_dir.join("Stable-diffusion")).unwrap();
+    for name in [
+        "dream.safetensors",
+        "old.ckpt",
+        "Stable-diffusion/a1111.safetensors",
+    ] {
         std::fs::write(models_dir.join(name), b"x").unwrap();
     }
     let direct = models_dir.join("old.ckpt");
@@ -1091,15 +1095,24 @@ fn single_file_checkpoints_are_refused() {
     assert_eq!(
         err,
         format!(
-            "{}: single-file checkpoints are not supported yet; use a diffusers folder (unet/, \
-             vae/, text_encoder/, scheduler/ with their config.json and safetensors weights)",
+            "{}: is a PyTorch pickle (.ckpt): pickle files can run code when loaded, so they \
+             are never opened; convert it to .safetensors",
             direct.display()
         )
     );
-    let err = message(models::resolve("dream", std::slice::from_ref(&models_dir)));
-    assert!(
-        err.contains("dream.safetensors: single-file checkpoints are not supported"),
-        "{err}"
+    let dirs = std::slice::from_ref(&models_dir);
+    assert_eq!(
+        models::resolve("dream", dirs).unwrap(),
+        ModelSource::Checkpoint(models_dir.join("dream.safetensors"))
+    );
+    assert_eq!(
+        models::resolve("a1111", dirs).unwrap(),
+        ModelSource::Checkpoint(models_dir.join("Stable-diffusion/a1111.safetensors"))
+    );
+    let file = models_dir.join("dream.safetensors");
+    assert_eq!(
+        models::resolve(file.to_str().unwrap(), &[]).unwrap(),
+        ModelSource::Checkpoint(file)
     );
 }
 
@@ -1119,7 +1132,7 @@ fn incomplete_folders_say_what_is_missing() {
             "{}: is not a diffusers folder: missing unet/config.json, \
              vae/diffusion_pytorch_model.safetensors (vae/diffusion_pytorch_model.bin found: \
              PyTorch .bin pickles are not loaded; convert them to safetensors); it holds \
-             merged.safetensors: single-file checkpoints are not supported yet",
+             merged.safetensors: give the file itself as the model",
             dir.display()
         )
     );
@@ -1144,7 +1157,7 @@ fn unknown_specs_list_presets_and_searched_folders() {
         err,
         format!(
             "invalid setting model = dreamshaper: not a preset (sd15, sd21, sd-turbo) nor an \
-             existing diffusers folder; searched {}",
+             existing diffusers folder or checkpoint; searched {}",
             dirs[0].join("dreamshaper").display()
         )
     );

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use anyhow::Context as _;
 use image::{DynamicImage, RgbImage};
 use indicatif::{ProgressBar, ProgressStyle};
+use loopback_scaler::engine::checkpoint::CheckpointOptions;
 use loopback_scaler::engine::device::DeviceSpec;
 use loopback_scaler::engine::hub::DownloadEvent;
 use loopback_scaler::engine::loader::{self, LoadEvent, ModelRequest};
@@ -14,6 +15,7 @@ use loopback_scaler::engine::memory::{self, ModelShape};
 use loopback_scaler::engine::model::vae::VaeOptions;
 use loopback_scaler::engine::models;
 use loopback_scaler::engine::runner::{self, Event, LoadedModel, RunRequest};
+use loopback_scaler::engine::scheduler::PredictionType;
 use loopback_scaler::io::{self, load_image};
 use loopback_scaler::metadata::{self, png_text};
 use loopback_scaler::plan;
@@ -27,9 +29,22 @@ pub struct RunArgs {
     #[arg(long, value_name = "IMAGE")]
     input: PathBuf,
     /// The model: a preset (sd15, sd21, sd-turbo; downloaded once into the Hugging Face
-    /// cache), a diffusers folder, or the name of one in ./models.
+    /// cache), a diffusers folder, a single-file .safetensors checkpoint (SD 1.x / 2.x), or
+    /// the name of either in ./models (or ./models/Stable-diffusion).
     #[arg(long, value_name = "PRESET|PATH")]
     model: String,
+    /// A replacement VAE: a .safetensors file (original or diffusers layout) or a diffusers
+    /// VAE folder.
+    #[arg(long, value_name = "FILE|FOLDER")]
+    vae: Option<PathBuf>,
+    /// For a single-file checkpoint: a diffusers folder whose configs, scheduler and
+    /// tokenizer describe it (for models with unusual attention heads or norm groups).
+    #[arg(long, value_name = "FOLDER")]
+    model_config: Option<PathBuf>,
+    /// For a single-file checkpoint: what the model predicts (the weights cannot tell;
+    /// default epsilon, v for SD 2.x).
+    #[arg(long, value_enum)]
+    prediction: Option<Prediction>,
     /// Use only models already in the Hugging Face cache; never download.
     #[arg(long)]
     offline: bool,
@@ -83,7 +98,12 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     let plan = runner::preview_plan(&settings, &input, seed)?;
 
     // Refuse a plan that cannot fit before loading (or downloading) anything.
-    let shape = ModelShape::resolve(&args.model, &models::default_search_dirs())?;
+    // A checkpoint given with --model-config is described by that folder's configs.
+    let shape_spec = match &args.model_config {
+        Some(folder) => folder.display().to_string(),
+        None => args.model.clone(),
+    };
+    let shape = ModelShape::resolve(&shape_spec, &models::default_search_dirs())?;
     let limit = memory::run_limit(args.device, args.memory_limit);
     let dtype = memory::device_dtype(args.device);
     let batch = if settings.cfg > 1.0 { 2 } else { 1 };
@@ -198,6 +218,11 @@ fn metadata_settings(path: &Path) -> anyhow::Result<loopback_scaler::Settings> {
 fn load_model(args: &RunArgs, cancel: &Arc<AtomicBool>) -> anyhow::Result<Arc<LoadedModel>> {
     let request = ModelRequest {
         offline: args.offline,
+        vae: args.vae.clone(),
+        checkpoint: CheckpointOptions {
+            config: args.model_config.clone(),
+            prediction: args.prediction.map(Prediction::to_engine),
+        },
         ..ModelRequest::new(args.model.clone(), args.device)
     };
     let bar = ProgressBar::new(0);
@@ -270,4 +295,22 @@ fn keep_loops(args: &RunArgs, loops: &[Arc<RgbImage>]) -> anyhow::Result<String>
         "; finished loops saved as {}/{stem}-loop-NN.png",
         dir.display()
     ))
+}
+
+/// `--prediction`: what a single-file checkpoint's model predicts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Prediction {
+    /// The noise (SD 1.x, SD 2.x 512-pixel base, SDXL).
+    Epsilon,
+    /// The velocity (SD 2.x 768-pixel models).
+    V,
+}
+
+impl Prediction {
+    fn to_engine(self) -> PredictionType {
+        match self {
+            Prediction::Epsilon => PredictionType::Epsilon,
+            Prediction::V => PredictionType::VPrediction,
+        }
+    }
 }

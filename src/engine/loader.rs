@@ -15,17 +15,20 @@ use std::time::Instant;
 
 use candle_core::DType;
 
+use super::checkpoint::CheckpointOptions;
 use super::device::{self, DeviceSpec};
 use super::hub::{self, DownloadEvent, FetchOptions};
 use super::models::{self, ModelSource};
+use super::open_model::{LoadOptions, ModelPath};
 use super::runner::LoadedModel;
+use super::weights::hash::HashCache;
 use crate::{Error, Result};
 
 /// Which model to get ready, and where.
 #[derive(Debug, Clone)]
 pub struct ModelRequest {
-    /// A preset name (`sd15`, `sd21`, `sd-turbo`), a diffusers folder, or the name of a
-    /// folder in one of `search_dirs`.
+    /// A preset name (`sd15`, `sd21`, `sd-turbo`), a diffusers folder, a `.safetensors`
+    /// checkpoint, or the name of either in one of `search_dirs`.
     pub spec: String,
     /// Where to run it.
     pub device: DeviceSpec,
@@ -35,6 +38,12 @@ pub struct ModelRequest {
     pub search_dirs: Vec<PathBuf>,
     /// The Hugging Face cache to use; `None`: the standard one.
     pub cache_dir: Option<PathBuf>,
+    /// A replacement VAE (`--vae`): a `.safetensors` file or a diffusers VAE folder.
+    pub vae: Option<PathBuf>,
+    /// How to read a single-file checkpoint (config folder, prediction type).
+    pub checkpoint: CheckpointOptions,
+    /// Where model hashes are cached; `None`: the app's cache folder.
+    pub hash_cache: Option<PathBuf>,
 }
 
 impl ModelRequest {
@@ -46,6 +55,9 @@ impl ModelRequest {
             offline: false,
             search_dirs: models::default_search_dirs(),
             cache_dir: None,
+            vae: None,
+            checkpoint: CheckpointOptions::default(),
+            hash_cache: None,
         }
     }
 }
@@ -152,8 +164,9 @@ pub fn load_blocking(
 ) -> Result<Arc<LoadedModel>> {
     let (device, dtype) = device::select(request.device)?;
     let f16 = dtype == DType::F16;
-    let path = match models::resolve(&request.spec, &request.search_dirs)? {
-        ModelSource::Folder(path) => path,
+    let model_path = match models::resolve(&request.spec, &request.search_dirs)? {
+        ModelSource::Folder(path) => ModelPath::Folder(path),
+        ModelSource::Checkpoint(path) => ModelPath::Checkpoint(path),
         ModelSource::Preset(preset) => {
             let options = FetchOptions {
                 offline: request.offline || hub::offline_from_env(),
@@ -161,11 +174,12 @@ pub fn load_blocking(
                 cancel: Some(Arc::clone(cancel)),
                 endpoint: None,
             };
-            hub::fetch(preset, f16, &options, &mut |event| {
+            ModelPath::Folder(hub::fetch(preset, f16, &options, &mut |event| {
                 sink(LoadEvent::Download(event));
-            })?
+            })?)
         }
     };
+    let path = model_path.path().to_path_buf();
     if cancel.load(Ordering::SeqCst) {
         return Err(Error::Engine("model loading cancelled".into()));
     }
@@ -174,7 +188,19 @@ pub fn load_blocking(
         device: device::describe(&device),
     });
     let started = Instant::now();
-    let model = Arc::new(LoadedModel::load(&path, &device, dtype)?);
+    let options = LoadOptions {
+        vae: request.vae.clone(),
+        checkpoint: request.checkpoint.clone(),
+    };
+    let mut model = LoadedModel::load_with(&model_path, &options, &device, dtype)?;
+    // Hashing a multi-GB checkpoint takes seconds: done here, after loading, and only for
+    // files not in the cache. A hash that cannot be computed is left out of the metadata.
+    let cache = match &request.hash_cache {
+        Some(dir) => Some(HashCache::new(dir)),
+        None => HashCache::default_location(),
+    };
+    let _ = model.compute_hashes(cache.as_ref());
+    let model = Arc::new(model);
     sink(LoadEvent::Loaded {
         model: Arc::clone(&model),
         seconds: started.elapsed().as_secs_f64(),

@@ -85,6 +85,14 @@ impl ModelShape {
     pub fn resolve(spec: &str, search_dirs: &[PathBuf]) -> Result<Self> {
         match models::resolve(spec, search_dirs)? {
             ModelSource::Folder(path) => Ok(Self::from_files(&ModelFiles::read(&path)?)),
+            ModelSource::Checkpoint(path) => {
+                let ckpt = super::checkpoint::Checkpoint::open(&path, &Default::default())?;
+                let vae = match &ckpt.vae_config {
+                    Some(vae) => vae.clone(),
+                    None => Arch::Sd15.vae()?,
+                };
+                Ok(Self::from_files(&ckpt.model_files(vae)))
+            }
             ModelSource::Preset(preset) => {
                 let arch = match preset {
                     Preset::Sd15 => Arch::Sd15,

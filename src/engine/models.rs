@@ -3,11 +3,13 @@
 //! [`resolve`] tries, in order:
 //! 1. a preset name (`sd15`, `sd-2.1`, `sd-turbo`, … see [`Preset::parse`]) unless the spec is
 //!    written as a path (`./sd15`);
-//! 2. an existing path: a diffusers folder (checked by [`check_diffusers_folder`]); a
-//!    single-file checkpoint is refused with a clear message;
+//! 2. an existing path: a diffusers folder (checked by [`check_diffusers_folder`]) or a
+//!    single-file `.safetensors` checkpoint (pickles — `.ckpt`, `.pt`, `.pth`, `.bin` — are
+//!    refused unopened);
 //! 3. a preset's repository id (`stabilityai/sd-turbo`);
-//! 4. a bare name, as `NAME/` (or `NAME.safetensors`, refused) in each search folder —
-//!    `models/` in the working directory by default ([`default_search_dirs`]).
+//! 4. a bare name, as `NAME/` or `NAME.safetensors` in each search folder and its
+//!    `Stable-diffusion/` sub-folder (A1111's arrangement) — `models/` in the working
+//!    directory by default ([`default_search_dirs`]).
 
 use std::path::{Path, PathBuf};
 
@@ -17,7 +19,10 @@ use crate::{Error, Result};
 /// The folder, relative to the working directory, searched for local models by default.
 pub const MODELS_DIR: &str = "models";
 
-/// File extensions of single-file checkpoints, which are not supported yet.
+/// The sub-folder of a search folder where A1111 keeps checkpoints.
+pub const A1111_CHECKPOINT_DIR: &str = "Stable-diffusion";
+
+/// File extensions of single-file checkpoints (only `.safetensors` is loaded).
 const CHECKPOINT_EXTENSIONS: [&str; 5] = ["safetensors", "ckpt", "pt", "pth", "bin"];
 
 /// Where a model comes from.
@@ -27,6 +32,8 @@ pub enum ModelSource {
     Preset(Preset),
     /// A local diffusers folder (already checked by [`check_diffusers_folder`]).
     Folder(PathBuf),
+    /// A single-file `.safetensors` checkpoint (opened when loaded).
+    Checkpoint(PathBuf),
 }
 
 /// A diffusers folder found in a search folder.
@@ -75,10 +82,12 @@ pub fn resolve(spec: &str, search_dirs: &[PathBuf]) -> Result<ModelSource> {
             if candidate.is_dir() {
                 return classify(&candidate);
             }
-            for ext in CHECKPOINT_EXTENSIONS {
-                let file = dir.join(format!("{spec}.{ext}"));
-                if file.is_file() {
-                    return classify(&file);
+            for folder in [dir.clone(), dir.join(A1111_CHECKPOINT_DIR)] {
+                for ext in CHECKPOINT_EXTENSIONS {
+                    let file = folder.join(format!("{spec}.{ext}"));
+                    if file.is_file() {
+                        return classify(&file);
+                    }
                 }
             }
             searched.push(candidate.display().to_string());
@@ -93,28 +102,26 @@ pub fn resolve(spec: &str, search_dirs: &[PathBuf]) -> Result<ModelSource> {
         "model",
         spec,
         format!(
-            "not a preset ({}) nor an existing diffusers folder{searched}",
+            "not a preset ({}) nor an existing diffusers folder or checkpoint{searched}",
             Preset::names()
         ),
     ))
 }
 
-/// What an existing path is: a diffusers folder, or an error.
+/// What an existing path is: a diffusers folder, a `.safetensors` checkpoint, or an error
+/// (pickles are refused without being opened).
 fn classify(path: &Path) -> Result<ModelSource> {
     if path.is_dir() {
         check_diffusers_folder(path)?;
         return Ok(ModelSource::Folder(path.to_path_buf()));
     }
     if is_checkpoint(path) {
-        return Err(Error::input(
-            path,
-            "single-file checkpoints are not supported yet; use a diffusers folder (unet/, vae/, \
-             text_encoder/, scheduler/ with their config.json and safetensors weights)",
-        ));
+        crate::engine::checkpoint::refuse_pickle(path)?;
+        return Ok(ModelSource::Checkpoint(path.to_path_buf()));
     }
     Err(Error::input(
         path,
-        "is a file, not a model: give a diffusers folder or a preset",
+        "is a file, not a model: give a diffusers folder, a .safetensors checkpoint or a preset",
     ))
 }
 
@@ -209,7 +216,7 @@ pub fn check_diffusers_folder(dir: &Path) -> Result<()> {
     let checkpoints = single_files(dir);
     if !checkpoints.is_empty() {
         reason.push_str(&format!(
-            "; it holds {}: single-file checkpoints are not supported yet",
+            "; it holds {}: give the file itself as the model",
             checkpoints.join(", ")
         ));
     }

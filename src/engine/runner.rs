@@ -114,6 +114,12 @@ pub struct LoadedModel {
     pub model: SdModel,
     /// Tokenizer and scheduler settings.
     pub text: TextAndSchedule,
+    /// A1111's short hash of the checkpoint file, once computed (none for folders).
+    pub hash: Option<String>,
+    /// The replacement VAE, if one was given.
+    pub vae: Option<crate::metadata::VaeInfo>,
+    /// The replacement VAE's weights file (hashed for the metadata).
+    pub vae_path: Option<PathBuf>,
 }
 
 impl LoadedModel {
@@ -130,6 +136,9 @@ impl LoadedModel {
             name,
             model,
             text,
+            hash: None,
+            vae: None,
+            vae_path: None,
         })
     }
 }
@@ -357,7 +366,8 @@ impl Job<'_, '_> {
     fn model_info(&self) -> ModelInfo {
         ModelInfo {
             name: self.model.name.clone(),
-            hash: None,
+            hash: self.model.hash.clone(),
+            vae: self.model.vae.clone(),
         }
     }
 }

@@ -17,6 +17,18 @@ pub struct ModelInfo {
     pub name: String,
     /// A1111's short hash: the first 10 hex digits of the checkpoint's SHA-256, if known.
     pub hash: Option<String>,
+    /// The replacement VAE, if one was used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vae: Option<VaeInfo>,
+}
+
+/// A replacement VAE a run used (A1111's `VAE hash` and `VAE`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VaeInfo {
+    /// The VAE's name (file stem or folder name).
+    pub name: String,
+    /// A1111's short hash of its weights file, if known.
+    pub hash: Option<String>,
 }
 
 /// Everything needed to reproduce a run: settings, the resolved seed, the model and the plan.
@@ -79,6 +91,12 @@ impl Recipe {
                 push("Model hash", hash.clone());
             }
             push("Model", model.name.clone());
+            if let Some(vae) = &model.vae {
+                if let Some(hash) = &vae.hash {
+                    push("VAE hash", hash.clone());
+                }
+                push("VAE", vae.name.clone());
+            }
         }
         push("Denoising strength", py_float(s.denoise));
         push(

@@ -85,40 +85,91 @@ fn weights_file(dir: &Path, stem: &str, dtype: DType) -> Result<PathBuf> {
     Err(Error::input(dir, format!("no {stem}.safetensors weights")))
 }
 
-/// Memory-maps a safetensors file as a var builder.
+/// A var builder over a safetensors file, read tensor by tensor on demand
+/// ([`crate::engine::weights`]) rather than memory-mapped whole.
 fn var_builder(path: &Path, dtype: DType, device: &Device) -> Result<VarBuilder<'static>> {
-    // SAFETY: the file is memory-mapped read-only; as with every mmap, it must not be
-    // truncated while the model is loaded. Model files are not modified in place.
-    unsafe { VarBuilder::from_mmaped_safetensors(&[path], dtype, device) }
-        .map_err(|e| Error::input(path, format!("cannot read weights: {}", candle_msg(&e))))
+    crate::engine::weights::var_builder(path, dtype, device)
+}
+
+/// The weights of one network and the file they come from (named in errors).
+pub struct Component {
+    /// The network's tensors.
+    pub weights: VarBuilder<'static>,
+    /// The file, for error messages.
+    pub path: PathBuf,
+}
+
+impl std::fmt::Debug for Component {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Component")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The weights of a model's three networks.
+#[derive(Debug)]
+pub struct ModelWeights {
+    /// The text encoder.
+    pub clip: Component,
+    /// The VAE.
+    pub vae: Component,
+    /// The UNet.
+    pub unet: Component,
+}
+
+/// The configs and weights of the diffusers folder `root`, not yet built into networks.
+pub fn folder_parts(
+    root: &Path,
+    device: &Device,
+    dtype: DType,
+) -> Result<(ModelFiles, ModelWeights)> {
+    let files = ModelFiles::read(root)?;
+    let component = |dir: &str, stem: &str| -> Result<Component> {
+        let path = weights_file(&root.join(dir), stem, dtype)?;
+        Ok(Component {
+            weights: var_builder(&path, dtype, device)?,
+            path,
+        })
+    };
+    let weights = ModelWeights {
+        clip: component("text_encoder", "model")?,
+        vae: component("vae", "diffusion_pytorch_model")?,
+        unet: component("unet", "diffusion_pytorch_model")?,
+    };
+    Ok((files, weights))
 }
 
 impl SdModel {
     /// Loads the diffusers folder `root` onto `device` with weights in `dtype`.
     pub fn load(root: &Path, device: &Device, dtype: DType) -> Result<Self> {
-        let files = ModelFiles::read(root)?;
+        let (files, weights) = folder_parts(root, device, dtype)?;
+        let unet_config = root.join("unet/config.json");
+        Self::from_parts(files, weights, &unet_config, device, dtype)
+    }
 
-        let clip_path = weights_file(&root.join("text_encoder"), "model", dtype)?;
-        let clip =
-            ClipText::new(var_builder(&clip_path, dtype, device)?, &files.clip).map_err(|e| {
-                Error::input(
-                    &clip_path,
-                    format!("not a matching CLIP text encoder: {}", candle_msg(&e)),
-                )
-            })?;
-
-        let vae_path = weights_file(&root.join("vae"), "diffusion_pytorch_model", dtype)?;
-        let vae = Vae::new(var_builder(&vae_path, dtype, device)?, &files.vae).map_err(|e| {
-            Error::input(&vae_path, format!("not a matching VAE: {}", candle_msg(&e)))
+    /// Builds the networks from `files` and `weights` (a diffusers folder's, a single-file
+    /// checkpoint's, or either with a replacement VAE). `unet_config` is the file named when
+    /// the UNet config is not supported.
+    pub fn from_parts(
+        files: ModelFiles,
+        weights: ModelWeights,
+        unet_config: &Path,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Self> {
+        let ModelWeights { clip, vae, unet } = weights;
+        let clip = ClipText::new(clip.weights, &files.clip).map_err(|e| {
+            Error::input(
+                &clip.path,
+                format!("not a matching CLIP text encoder: {}", candle_msg(&e)),
+            )
         })?;
-
-        let unet_path = weights_file(&root.join("unet"), "diffusion_pytorch_model", dtype)?;
-        let unet = UNet::new(
-            var_builder(&unet_path, dtype, device)?,
-            &files.unet,
-            &root.join("unet/config.json"),
-        )
-        .map_err(|e| match e {
+        let vae = Vae::new(vae.weights, &files.vae).map_err(|e| {
+            Error::input(&vae.path, format!("not a matching VAE: {}", candle_msg(&e)))
+        })?;
+        let unet_path = unet.path;
+        let unet = UNet::new(unet.weights, &files.unet, unet_config).map_err(|e| match e {
             Error::Input { reason, .. } => Error::input(&unet_path, reason),
             other => other,
         })?;

@@ -22,6 +22,7 @@ fn sample_recipe() -> Recipe {
         Some(ModelInfo {
             name: "sd15".into(),
             hash: Some("cc6cb27103".into()),
+            vae: None,
         }),
     )
 }

@@ -1,0 +1,205 @@
+//! Building a [`LoadedModel`] from what the user named: a diffusers folder or a single-file
+//! checkpoint, optionally with a replacement VAE; and the model and VAE hashes for the
+//! metadata, computed after loading.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device};
+
+use super::checkpoint::{Checkpoint, CheckpointOptions, CustomVae, Family};
+use super::model::config::ModelFiles;
+use super::model::{Component, ModelWeights, SdModel, folder_parts};
+use super::pipeline::TextAndSchedule;
+use super::runner::LoadedModel;
+use super::tokenizer::ClipTokenizer;
+use super::weights::hash::{HashCache, short_hash};
+use crate::metadata::VaeInfo;
+use crate::{Error, Result};
+
+/// A model on disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelPath {
+    /// A diffusers folder.
+    Folder(PathBuf),
+    /// A single-file checkpoint (`.safetensors`, original layout).
+    Checkpoint(PathBuf),
+}
+
+impl ModelPath {
+    /// The path.
+    pub fn path(&self) -> &Path {
+        match self {
+            ModelPath::Folder(p) | ModelPath::Checkpoint(p) => p,
+        }
+    }
+}
+
+/// How to load a model.
+#[derive(Debug, Clone, Default)]
+pub struct LoadOptions {
+    /// A replacement VAE: a `.safetensors` file (original or diffusers layout) or a
+    /// diffusers VAE folder.
+    pub vae: Option<PathBuf>,
+    /// How to read a single-file checkpoint.
+    pub checkpoint: CheckpointOptions,
+}
+
+/// The name a model is recorded under: a folder's name, a file's stem (as A1111 writes
+/// `Model: v1-5-pruned-emaonly`).
+fn display_name(model: &ModelPath) -> String {
+    let path = model.path();
+    let name = match model {
+        ModelPath::Folder(_) => path.file_name(),
+        ModelPath::Checkpoint(_) => path.file_stem(),
+    };
+    name.map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| path.display().to_string())
+}
+
+/// Replaces the VAE of `files`/`weights` with the one at `vae_path`.
+fn replace_vae(
+    files: &mut ModelFiles,
+    weights: &mut ModelWeights,
+    vae_path: &Path,
+    device: &Device,
+    dtype: DType,
+) -> Result<CustomVae> {
+    let vae = CustomVae::open(vae_path, &files.vae)?;
+    files.vae = vae.config.clone();
+    weights.vae = Component {
+        weights: vae.weights.clone().into_var_builder(dtype, device),
+        path: vae.weights_path.clone(),
+    };
+    Ok(vae)
+}
+
+impl LoadedModel {
+    /// Loads `model` (with `options`' replacement VAE) onto `device` in `dtype`. Hashes are
+    /// not computed here (see [`LoadedModel::compute_hashes`]).
+    pub fn load_with(
+        model: &ModelPath,
+        options: &LoadOptions,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Self> {
+        let (mut files, mut weights, unet_config, text) = match model {
+            ModelPath::Folder(root) => {
+                let (files, weights) = folder_parts(root, device, dtype)?;
+                (
+                    files,
+                    weights,
+                    root.join("unet/config.json"),
+                    TextAndSchedule::load(root)?,
+                )
+            }
+            ModelPath::Checkpoint(path) => checkpoint_parts(path, options, device, dtype)?,
+        };
+        let custom = match &options.vae {
+            Some(vae_path) => Some(replace_vae(
+                &mut files,
+                &mut weights,
+                vae_path,
+                device,
+                dtype,
+            )?),
+            None => None,
+        };
+        let sd = SdModel::from_parts(files, weights, &unet_config, device, dtype)?;
+        Ok(LoadedModel {
+            path: model.path().to_path_buf(),
+            name: display_name(model),
+            model: sd,
+            text,
+            hash: None,
+            vae: custom.as_ref().map(|v| VaeInfo {
+                name: v.name.clone(),
+                hash: None,
+            }),
+            vae_path: custom.map(|v| v.weights_path),
+        })
+    }
+
+    /// Fills in A1111's short hashes: the checkpoint file's (diffusers folders have no
+    /// A1111 hash and get none) and the replacement VAE's, through `cache` so each file is
+    /// hashed once. Runs on the loading thread, after loading.
+    pub fn compute_hashes(&mut self, cache: Option<&HashCache>) -> Result<()> {
+        if self.path.is_file() && self.hash.is_none() {
+            self.hash = Some(short_hash(&self.path, cache)?);
+        }
+        if let (Some(vae), Some(path)) = (&mut self.vae, &self.vae_path)
+            && vae.hash.is_none()
+        {
+            vae.hash = Some(short_hash(path, cache)?);
+        }
+        Ok(())
+    }
+}
+
+/// Configs, weights, UNet config path and text settings of a single-file checkpoint.
+fn checkpoint_parts(
+    path: &Path,
+    options: &LoadOptions,
+    device: &Device,
+    dtype: DType,
+) -> Result<(ModelFiles, ModelWeights, PathBuf, TextAndSchedule)> {
+    let ckpt = Checkpoint::open(path, &options.checkpoint)?;
+    if ckpt.detected.family == Family::Sdxl {
+        // The SDXL networks (second text encoder, added conditioning) are built by the SDXL
+        // model code from `ckpt.text2`, `ckpt.text2_config` and `ckpt.unet_config`.
+        return Err(Error::input(
+            path,
+            "an SDXL checkpoint: SDXL models are not supported by this build yet",
+        ));
+    }
+    let vae_config = match (&ckpt.vae_config, &options.vae) {
+        (Some(config), _) => config.clone(),
+        (None, Some(_)) => {
+            // A placeholder with the family's latent scale; replaced by the given VAE.
+            let mut config: crate::engine::model::config::VaeFile = serde_json::from_value(
+                serde_json::json!({"block_out_channels": [128, 256, 512, 512]}),
+            )
+            .map_err(|e| Error::Engine(format!("VAE config: {e}")))?;
+            config.scaling_factor = super::checkpoint::configs::latent_scale(ckpt.detected.family);
+            config
+        }
+        (None, None) => {
+            return Err(Error::input(
+                path,
+                "has no VAE (first_stage_model.*); give one with --vae",
+            ));
+        }
+    };
+    let files = ckpt.model_files(vae_config);
+    let component = |source: &crate::engine::weights::WeightSource| Component {
+        weights: source.clone().into_var_builder(dtype, device),
+        path: path.to_path_buf(),
+    };
+    let weights = ModelWeights {
+        clip: component(&ckpt.text),
+        vae: component(ckpt.vae.as_ref().unwrap_or(&ckpt.text)),
+        unet: component(&ckpt.unet),
+    };
+    let text = match &options.checkpoint.config {
+        Some(folder) => {
+            let mut text = TextAndSchedule::load(folder)?;
+            text.scheduler = ckpt.scheduler.clone();
+            text
+        }
+        None => {
+            let tokenizer = ClipTokenizer::bundled()?;
+            let pad_token = if ckpt.pad_with_exclamation {
+                tokenizer
+                    .token_id("!")
+                    .unwrap_or_else(|| tokenizer.eos_id())
+            } else {
+                tokenizer.eos_id()
+            };
+            TextAndSchedule {
+                tokenizer,
+                pad_token,
+                scheduler: ckpt.scheduler.clone(),
+            }
+        }
+    };
+    Ok((files, weights, path.to_path_buf(), text))
+}
