@@ -17,6 +17,7 @@ use candle_core::DType;
 
 use super::device::{self, DeviceSpec};
 use super::hub::{self, DownloadEvent, FetchOptions};
+use super::lora::LoraSpec;
 use super::models::{self, ModelSource};
 use super::runner::LoadedModel;
 use crate::{Error, Result};
@@ -35,6 +36,9 @@ pub struct ModelRequest {
     pub search_dirs: Vec<PathBuf>,
     /// The Hugging Face cache to use; `None`: the standard one.
     pub cache_dir: Option<PathBuf>,
+    /// LoRAs merged into the weights at load (a different set means another load); see
+    /// [`super::lora::specs_for_prompt`] for the prompt's `<lora:…>` tags.
+    pub loras: Vec<LoraSpec>,
 }
 
 impl ModelRequest {
@@ -46,6 +50,7 @@ impl ModelRequest {
             offline: false,
             search_dirs: models::default_search_dirs(),
             cache_dir: None,
+            loras: Vec::new(),
         }
     }
 }
@@ -174,7 +179,12 @@ pub fn load_blocking(
         device: device::describe(&device),
     });
     let started = Instant::now();
-    let model = Arc::new(LoadedModel::load(&path, &device, dtype)?);
+    let model = Arc::new(LoadedModel::load_with_loras(
+        &path,
+        &device,
+        dtype,
+        &request.loras,
+    )?);
     sink(LoadEvent::Loaded {
         model: Arc::clone(&model),
         seconds: started.elapsed().as_secs_f64(),

@@ -17,13 +17,16 @@ use std::time::{Duration, Instant};
 use candle_core::{DType, Device};
 use image::{DynamicImage, RgbImage};
 
+use super::lora::{self, LoraSet, LoraSpec};
 use super::model::SdModel;
 use super::pipeline::{Img2ImgParams, TextAndSchedule, img2img};
-use super::preview::latents_to_rgb;
+use super::preview::{latents_to_rgb, taesd_to_rgb};
+use super::taesd::TaesdDecoder;
+use super::taesd::find::{self as taesd_find, TaesdFamily};
 use crate::imageops::color::ColorReference;
 use crate::imageops::{finish, resize};
 use crate::io::to_diffusion_rgb;
-use crate::metadata::{ModelInfo, Recipe};
+use crate::metadata::{LoraRecord, ModelInfo, Recipe};
 use crate::plan::{self, LoopSpec, Plan};
 use crate::settings::{Settings, Size};
 use crate::{Error, Result};
@@ -114,13 +117,51 @@ pub struct LoadedModel {
     pub model: SdModel,
     /// Tokenizer and scheduler settings.
     pub text: TextAndSchedule,
+    /// The LoRAs merged into the weights, in order, with their A1111 hashes.
+    pub loras: Vec<LoraRecord>,
+    /// The TAESD decoder for previews, when its weights were found ([`taesd_find::find`]);
+    /// `None`: previews use the latent→RGB projection.
+    pub taesd: Option<TaesdDecoder>,
 }
 
 impl LoadedModel {
     /// Loads the diffusers folder `path`.
     pub fn load(path: &std::path::Path, device: &Device, dtype: DType) -> Result<Self> {
-        let model = SdModel::load(path, device, dtype)?;
+        Self::load_with_loras(path, device, dtype, &[])
+    }
+
+    /// Loads the diffusers folder `path` with `loras` merged into its weights.
+    pub fn load_with_loras(
+        path: &std::path::Path,
+        device: &Device,
+        dtype: DType,
+        loras: &[LoraSpec],
+    ) -> Result<Self> {
+        let set = LoraSet::read(loras)?;
+        let model = SdModel::load_with_loras(path, device, dtype, &set)?;
+        let loras = loras
+            .iter()
+            .map(|spec| {
+                Ok(LoraRecord {
+                    name: spec.name(),
+                    weight: spec.weight,
+                    hash: Some(lora::hash::short_hash(&spec.path)?),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
         let text = TextAndSchedule::load(path)?;
+        let family = if model.files.unet.cross_attention_dim == 2048 {
+            TaesdFamily::Sdxl
+        } else {
+            TaesdFamily::Sd
+        };
+        // A TAESD that is missing or cannot be read only costs the nicer previews.
+        let taesd = taesd_find::find(
+            family,
+            &super::models::default_search_dirs(),
+            super::hub::default_cache_dir().as_deref(),
+        )
+        .and_then(|p| TaesdDecoder::load(&p, device, dtype).ok());
         let name = path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -130,6 +171,8 @@ impl LoadedModel {
             name,
             model,
             text,
+            loras,
+            taesd,
         })
     }
 }
@@ -258,6 +301,7 @@ impl Job<'_, '_> {
     fn run(&mut self, request: &RunRequest) -> Result<Option<RunOutput>> {
         let settings = &request.settings;
         settings.validate()?;
+        let prompt = self.prompt_text(&settings.prompt)?;
         let original = to_diffusion_rgb(&request.input);
         let start = plan::start_size(
             settings,
@@ -284,7 +328,7 @@ impl Job<'_, '_> {
             let resized =
                 resize::resize_image(settings.resize_mode, &current, spec.width, spec.height)?;
             let params = Img2ImgParams {
-                prompt: settings.prompt.clone(),
+                prompt: prompt.clone(),
                 negative_prompt: settings.negative_prompt.clone(),
                 sampler: settings.sampler,
                 steps: settings.steps as usize,
@@ -308,7 +352,11 @@ impl Job<'_, '_> {
                     elapsed,
                     eta,
                 });
-                if let Ok(image) = latents_to_rgb(p.latents) {
+                let preview = match &model.taesd {
+                    Some(taesd) => taesd_to_rgb(taesd, p.latents),
+                    None => latents_to_rgb(p.latents),
+                };
+                if let Ok(image) = preview {
                     sink(Event::Preview {
                         loop_index: k,
                         image: Arc::new(image),
@@ -345,13 +393,36 @@ impl Job<'_, '_> {
             &DynamicImage::ImageRgb8((*current).clone()),
             &settings.finishing(),
         );
-        let recipe = Recipe::new(settings, &plan, Some(self.model_info()));
+        let mut recipe = Recipe::new(settings, &plan, Some(self.model_info()));
+        recipe.loras = self.model.loras.clone();
         Ok(Some(RunOutput {
             unfinished: current,
             finished: Arc::new(finished),
             loops: self.loops.clone(),
             recipe,
         }))
+    }
+
+    /// The prompt without its `<lora:…>` tags (what the tokenizer gets); fails when a tag asks
+    /// for a LoRA the model was not loaded with (the set is merged at load).
+    fn prompt_text(&self, prompt: &str) -> Result<String> {
+        let (text, tags) = lora::split_prompt(prompt)?;
+        for tag in tags {
+            let loaded = self
+                .model
+                .loras
+                .iter()
+                .any(|l| l.name == tag.name && (l.weight - tag.weight).abs() < 1e-9);
+            if !loaded {
+                return Err(Error::setting(
+                    "prompt",
+                    format!("<lora:{}:{}>", tag.name, tag.weight),
+                    "the model was loaded without this LoRA at this weight; reload it with the \
+                     prompt's LoRAs",
+                ));
+            }
+        }
+        Ok(text)
     }
 
     fn model_info(&self) -> ModelInfo {

@@ -10,7 +10,7 @@ mod recipe;
 
 use std::path::Path;
 
-pub use recipe::{ModelInfo, Recipe, settings_from_infotext, settings_from_texts};
+pub use recipe::{LoraRecord, ModelInfo, Recipe, settings_from_infotext, settings_from_texts};
 
 use crate::imageops::finish::Finishing;
 

@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
+use super::lora::{Component, LoraSet};
 use crate::{Error, Result};
 use clip::ClipText;
 use config::ModelFiles;
@@ -96,16 +97,32 @@ fn var_builder(path: &Path, dtype: DType, device: &Device) -> Result<VarBuilder<
 impl SdModel {
     /// Loads the diffusers folder `root` onto `device` with weights in `dtype`.
     pub fn load(root: &Path, device: &Device, dtype: DType) -> Result<Self> {
+        Self::load_with_loras(root, device, dtype, &LoraSet::default())
+    }
+
+    /// Like [`SdModel::load`], with `loras` merged into the text encoder's and the UNet's
+    /// weights as they load.
+    pub fn load_with_loras(
+        root: &Path,
+        device: &Device,
+        dtype: DType,
+        loras: &LoraSet,
+    ) -> Result<Self> {
         let files = ModelFiles::read(root)?;
+        loras.check_components(&[Component::Unet, Component::TextEncoder])?;
 
         let clip_path = weights_file(&root.join("text_encoder"), "model", dtype)?;
-        let clip =
-            ClipText::new(var_builder(&clip_path, dtype, device)?, &files.clip).map_err(|e| {
-                Error::input(
-                    &clip_path,
-                    format!("not a matching CLIP text encoder: {}", candle_msg(&e)),
-                )
-            })?;
+        let clip_vb = loras.wrap_file(
+            Component::TextEncoder,
+            var_builder(&clip_path, dtype, device)?,
+            &clip_path,
+        )?;
+        let clip = ClipText::new(clip_vb, &files.clip).map_err(|e| {
+            Error::input(
+                &clip_path,
+                format!("not a matching CLIP text encoder: {}", candle_msg(&e)),
+            )
+        })?;
 
         let vae_path = weights_file(&root.join("vae"), "diffusion_pytorch_model", dtype)?;
         let vae = Vae::new(var_builder(&vae_path, dtype, device)?, &files.vae).map_err(|e| {
@@ -114,7 +131,11 @@ impl SdModel {
 
         let unet_path = weights_file(&root.join("unet"), "diffusion_pytorch_model", dtype)?;
         let unet = UNet::new(
-            var_builder(&unet_path, dtype, device)?,
+            loras.wrap_file(
+                Component::Unet,
+                var_builder(&unet_path, dtype, device)?,
+                &unet_path,
+            )?,
             &files.unet,
             &root.join("unet/config.json"),
         )
