@@ -35,6 +35,7 @@ fn with_config() -> LoadOptions {
             config: Some(tiny()),
             prediction: None,
         },
+        loras: Vec::new(),
     }
 }
 
@@ -348,6 +349,7 @@ fn sd2_openclip_checkpoint_maps_and_loads() {
             config: None,
             prediction: Some(PredictionType::Epsilon),
         },
+        loras: Vec::new(),
     };
     let model = LoadedModel::load_with(
         &ModelPath::Checkpoint(path),
@@ -509,6 +511,7 @@ fn peak_rss_mib() -> f64 {
 #[ignore = "needs /tmp/sd15-random; a measurement, not a check"]
 fn load_peak_rss_sd15_random() {
     use loopback_scaler::engine::model::config::ModelFiles;
+    use loopback_scaler::engine::lora::LoraSet;
     use loopback_scaler::engine::model::{Component, ModelWeights, SdModel, folder_parts};
     let root = Path::new("/tmp/sd15-random");
     let before = peak_rss_mib();
@@ -523,7 +526,11 @@ fn load_peak_rss_sd15_random() {
                 candle_nn::VarBuilder::from_mmaped_safetensors(&[&path], DType::F32, &Device::Cpu)
             }
             .unwrap();
-            Component { weights, path }
+            Component {
+                weights,
+                names: Vec::new(),
+                path,
+            }
         };
         let weights = ModelWeights {
             clip: component("text_encoder/model.safetensors"),
@@ -536,6 +543,7 @@ fn load_peak_rss_sd15_random() {
             &root.join("unet/config.json"),
             &Device::Cpu,
             DType::F32,
+            &LoraSet::default(),
         )
         .unwrap()
     } else {
@@ -546,6 +554,7 @@ fn load_peak_rss_sd15_random() {
             &root.join("unet/config.json"),
             &Device::Cpu,
             DType::F32,
+            &LoraSet::default(),
         )
         .unwrap()
     };

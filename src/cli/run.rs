@@ -11,6 +11,7 @@ use loopback_scaler::engine::checkpoint::CheckpointOptions;
 use loopback_scaler::engine::device::DeviceSpec;
 use loopback_scaler::engine::hub::DownloadEvent;
 use loopback_scaler::engine::loader::{self, LoadEvent, ModelRequest};
+use loopback_scaler::engine::lora::{self, LoraSpec};
 use loopback_scaler::engine::memory::{self, ModelShape};
 use loopback_scaler::engine::model::vae::VaeOptions;
 use loopback_scaler::engine::models;
@@ -64,6 +65,10 @@ pub struct RunArgs {
     /// Replace existing output files.
     #[arg(long)]
     overwrite: bool,
+    /// A LoRA to merge into the model, with its weight (default 1); repeatable. The prompt's
+    /// `<lora:NAME:WEIGHT>` tags are found by name in ./models/Lora and ./models and added.
+    #[arg(long = "lora", value_name = "FILE[:WEIGHT]", value_parser = LoraSpec::parse_cli)]
+    loras: Vec<LoraSpec>,
     /// Memory the run may use (e.g. 8G). Default on the CPU: what is available now; on a GPU
     /// the check is skipped unless this is given.
     #[arg(long, value_name = "SIZE", value_parser = memory::parse_bytes)]
@@ -114,7 +119,12 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     let cancel = Arc::new(AtomicBool::new(false));
     let flag = Arc::clone(&cancel);
     let _ = ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst));
-    let model = load_model(args, &cancel)?;
+    let loras = lora::specs_for_prompt(
+        &settings.prompt,
+        &args.loras,
+        &models::default_search_dirs(),
+    )?;
+    let model = load_model(args, loras, &cancel)?;
     if args.memory_limit.is_some() {
         // The VAE's automatic tiling plans for the same limit (minus the loaded weights).
         let weights = shape.parameters() * dtype.size_in_bytes() as u64;
@@ -215,7 +225,11 @@ fn metadata_settings(path: &Path) -> anyhow::Result<loopback_scaler::Settings> {
 
 /// Gets the model ready through the engine's loader, with a download progress bar for
 /// presets not yet cached.
-fn load_model(args: &RunArgs, cancel: &Arc<AtomicBool>) -> anyhow::Result<Arc<LoadedModel>> {
+fn load_model(
+    args: &RunArgs,
+    loras: Vec<LoraSpec>,
+    cancel: &Arc<AtomicBool>,
+) -> anyhow::Result<Arc<LoadedModel>> {
     let request = ModelRequest {
         offline: args.offline,
         vae: args.vae.clone(),
@@ -223,6 +237,7 @@ fn load_model(args: &RunArgs, cancel: &Arc<AtomicBool>) -> anyhow::Result<Arc<Lo
             config: args.model_config.clone(),
             prediction: args.prediction.map(Prediction::to_engine),
         },
+        loras,
         ..ModelRequest::new(args.model.clone(), args.device)
     };
     let bar = ProgressBar::new(0);

@@ -18,6 +18,7 @@ use candle_core::DType;
 use super::checkpoint::CheckpointOptions;
 use super::device::{self, DeviceSpec};
 use super::hub::{self, DownloadEvent, FetchOptions};
+use super::lora::LoraSpec;
 use super::models::{self, ModelSource};
 use super::open_model::{LoadOptions, ModelPath};
 use super::runner::LoadedModel;
@@ -44,6 +45,9 @@ pub struct ModelRequest {
     pub checkpoint: CheckpointOptions,
     /// Where model hashes are cached; `None`: the app's cache folder.
     pub hash_cache: Option<PathBuf>,
+    /// LoRAs merged into the weights at load (a different set means another load); see
+    /// [`super::lora::specs_for_prompt`] for the prompt's `<lora:…>` tags.
+    pub loras: Vec<LoraSpec>,
 }
 
 impl ModelRequest {
@@ -58,6 +62,7 @@ impl ModelRequest {
             vae: None,
             checkpoint: CheckpointOptions::default(),
             hash_cache: None,
+            loras: Vec::new(),
         }
     }
 }
@@ -191,6 +196,7 @@ pub fn load_blocking(
     let options = LoadOptions {
         vae: request.vae.clone(),
         checkpoint: request.checkpoint.clone(),
+        loras: request.loras.clone(),
     };
     let mut model = LoadedModel::load_with(&model_path, &options, &device, dtype)?;
     // Hashing a multi-GB checkpoint takes seconds: done here, after loading, and only for

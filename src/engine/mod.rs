@@ -3,6 +3,7 @@
 //! - [`checkpoint`]: single-file checkpoints (original layout) and replacement VAEs;
 //! - [`device`]: picking CPU, CUDA or Metal and the weights' dtype;
 //! - [`hub`]: built-in model presets fetched into the Hugging Face cache;
+//! - [`lora`]: LoRA files merged into the weights at load, and `<lora:…>` prompt tags;
 //! - [`loader`]: getting a model ready (download a preset, load it) on a worker thread;
 //! - [`memory`]: the memory planner (peak memory per loop, VAE tiling, attention budget);
 //! - [`model`]: a Stable Diffusion model loaded from a diffusers folder (CLIP, VAE, UNet);
@@ -14,6 +15,7 @@
 //! - [`preview`]: cheap latent previews;
 //! - [`runner`]: the loop runner on a worker thread, with events and cancel;
 //! - [`scheduler`]: the samplers (DDIM, Euler a, DPM++ 2M Karras), equivalent to diffusers';
+//! - [`taesd`]: the tiny TAESD decoder for previews at image resolution;
 //! - [`tokenizer`]: the CLIP byte-pair-encoding tokenizer of every Stable Diffusion text encoder,
 //!   shipped with the app, with A1111's splitting of long prompts into 75-token chunks;
 //! - [`weights`]: safetensors weights read per tensor on demand, renamed and derived.
@@ -24,6 +26,7 @@ pub mod checkpoint;
 pub mod device;
 pub mod hub;
 pub mod loader;
+pub mod lora;
 pub mod memory;
 pub mod model;
 pub mod models;
@@ -33,5 +36,6 @@ pub mod pipeline;
 pub mod preview;
 pub mod runner;
 pub mod scheduler;
+pub mod taesd;
 pub mod tokenizer;
 pub mod weights;

@@ -13,7 +13,10 @@ use super::pipeline::TextAndSchedule;
 use super::runner::LoadedModel;
 use super::tokenizer::ClipTokenizer;
 use super::weights::hash::{HashCache, short_hash};
-use crate::metadata::VaeInfo;
+use super::lora::{self, LoraSet, LoraSpec};
+use super::taesd::TaesdDecoder;
+use super::taesd::find::{self as taesd_find, TaesdFamily};
+use crate::metadata::{LoraRecord, VaeInfo};
 use crate::{Error, Result};
 
 /// A model on disk.
@@ -42,6 +45,8 @@ pub struct LoadOptions {
     pub vae: Option<PathBuf>,
     /// How to read a single-file checkpoint.
     pub checkpoint: CheckpointOptions,
+    /// LoRAs merged into the weights as they load.
+    pub loras: Vec<LoraSpec>,
 }
 
 /// The name a model is recorded under: a folder's name, a file's stem (as A1111 writes
@@ -68,6 +73,7 @@ fn replace_vae(
     files.vae = vae.config.clone();
     weights.vae = Component {
         weights: vae.weights.clone().into_var_builder(dtype, device),
+        names: vae.weights.names().into_iter().map(String::from).collect(),
         path: vae.weights_path.clone(),
     };
     Ok(vae)
@@ -104,7 +110,31 @@ impl LoadedModel {
             )?),
             None => None,
         };
-        let sd = SdModel::from_parts(files, weights, &unet_config, device, dtype)?;
+        let set = LoraSet::read(&options.loras)?;
+        let sd = SdModel::from_parts(files, weights, &unet_config, device, dtype, &set)?;
+        let loras = options
+            .loras
+            .iter()
+            .map(|spec| {
+                Ok(LoraRecord {
+                    name: spec.name(),
+                    weight: spec.weight,
+                    hash: Some(lora::hash::short_hash(&spec.path)?),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let family = if sd.files.unet.cross_attention_dim == 2048 {
+            TaesdFamily::Sdxl
+        } else {
+            TaesdFamily::Sd
+        };
+        // A TAESD that is missing or cannot be read only costs the nicer previews.
+        let taesd = taesd_find::find(
+            family,
+            &super::models::default_search_dirs(),
+            super::hub::default_cache_dir().as_deref(),
+        )
+        .and_then(|p| TaesdDecoder::load(&p, device, dtype).ok());
         Ok(LoadedModel {
             path: model.path().to_path_buf(),
             name: display_name(model),
@@ -116,6 +146,8 @@ impl LoadedModel {
                 hash: None,
             }),
             vae_path: custom.map(|v| v.weights_path),
+            loras,
+            taesd,
         })
     }
 
@@ -172,6 +204,7 @@ fn checkpoint_parts(
     let files = ckpt.model_files(vae_config);
     let component = |source: &crate::engine::weights::WeightSource| Component {
         weights: source.clone().into_var_builder(dtype, device),
+        names: source.names().into_iter().map(String::from).collect(),
         path: path.to_path_buf(),
     };
     let weights = ModelWeights {

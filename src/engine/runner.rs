@@ -17,13 +17,16 @@ use std::time::{Duration, Instant};
 use candle_core::{DType, Device};
 use image::{DynamicImage, RgbImage};
 
+use super::lora::{self, LoraSpec};
+use super::open_model::{LoadOptions, ModelPath};
 use super::model::SdModel;
 use super::pipeline::{Img2ImgParams, TextAndSchedule, img2img};
-use super::preview::latents_to_rgb;
+use super::preview::{latents_to_rgb, taesd_to_rgb};
+use super::taesd::TaesdDecoder;
 use crate::imageops::color::ColorReference;
 use crate::imageops::{finish, resize};
 use crate::io::to_diffusion_rgb;
-use crate::metadata::{ModelInfo, Recipe};
+use crate::metadata::{LoraRecord, ModelInfo, Recipe};
 use crate::plan::{self, LoopSpec, Plan};
 use crate::settings::{Settings, Size};
 use crate::{Error, Result};
@@ -120,26 +123,36 @@ pub struct LoadedModel {
     pub vae: Option<crate::metadata::VaeInfo>,
     /// The replacement VAE's weights file (hashed for the metadata).
     pub vae_path: Option<PathBuf>,
+    /// The LoRAs merged into the weights, in order, with their A1111 hashes.
+    pub loras: Vec<LoraRecord>,
+    /// The TAESD decoder for previews, when its weights were found ([`taesd_find::find`]);
+    /// `None`: previews use the latent→RGB projection.
+    pub taesd: Option<TaesdDecoder>,
 }
 
 impl LoadedModel {
     /// Loads the diffusers folder `path`.
     pub fn load(path: &std::path::Path, device: &Device, dtype: DType) -> Result<Self> {
-        let model = SdModel::load(path, device, dtype)?;
-        let text = TextAndSchedule::load(path)?;
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| path.display().to_string());
-        Ok(LoadedModel {
-            path: path.to_path_buf(),
-            name,
-            model,
-            text,
-            hash: None,
-            vae: None,
-            vae_path: None,
-        })
+        Self::load_with_loras(path, device, dtype, &[])
+    }
+
+    /// Loads the diffusers folder `path` with `loras` merged into its weights.
+    pub fn load_with_loras(
+        path: &std::path::Path,
+        device: &Device,
+        dtype: DType,
+        loras: &[LoraSpec],
+    ) -> Result<Self> {
+        let options = LoadOptions {
+            loras: loras.to_vec(),
+            ..LoadOptions::default()
+        };
+        Self::load_with(
+            &ModelPath::Folder(path.to_path_buf()),
+            &options,
+            device,
+            dtype,
+        )
     }
 }
 
@@ -267,6 +280,7 @@ impl Job<'_, '_> {
     fn run(&mut self, request: &RunRequest) -> Result<Option<RunOutput>> {
         let settings = &request.settings;
         settings.validate()?;
+        let prompt = self.prompt_text(&settings.prompt)?;
         let original = to_diffusion_rgb(&request.input);
         let start = plan::start_size(
             settings,
@@ -293,7 +307,7 @@ impl Job<'_, '_> {
             let resized =
                 resize::resize_image(settings.resize_mode, &current, spec.width, spec.height)?;
             let params = Img2ImgParams {
-                prompt: settings.prompt.clone(),
+                prompt: prompt.clone(),
                 negative_prompt: settings.negative_prompt.clone(),
                 sampler: settings.sampler,
                 steps: settings.steps as usize,
@@ -317,7 +331,11 @@ impl Job<'_, '_> {
                     elapsed,
                     eta,
                 });
-                if let Ok(image) = latents_to_rgb(p.latents) {
+                let preview = match &model.taesd {
+                    Some(taesd) => taesd_to_rgb(taesd, p.latents),
+                    None => latents_to_rgb(p.latents),
+                };
+                if let Ok(image) = preview {
                     sink(Event::Preview {
                         loop_index: k,
                         image: Arc::new(image),
@@ -354,13 +372,36 @@ impl Job<'_, '_> {
             &DynamicImage::ImageRgb8((*current).clone()),
             &settings.finishing(),
         );
-        let recipe = Recipe::new(settings, &plan, Some(self.model_info()));
+        let mut recipe = Recipe::new(settings, &plan, Some(self.model_info()));
+        recipe.loras = self.model.loras.clone();
         Ok(Some(RunOutput {
             unfinished: current,
             finished: Arc::new(finished),
             loops: self.loops.clone(),
             recipe,
         }))
+    }
+
+    /// The prompt without its `<lora:…>` tags (what the tokenizer gets); fails when a tag asks
+    /// for a LoRA the model was not loaded with (the set is merged at load).
+    fn prompt_text(&self, prompt: &str) -> Result<String> {
+        let (text, tags) = lora::split_prompt(prompt)?;
+        for tag in tags {
+            let loaded = self
+                .model
+                .loras
+                .iter()
+                .any(|l| l.name == tag.name && (l.weight - tag.weight).abs() < 1e-9);
+            if !loaded {
+                return Err(Error::setting(
+                    "prompt",
+                    format!("<lora:{}:{}>", tag.name, tag.weight),
+                    "the model was loaded without this LoRA at this weight; reload it with the \
+                     prompt's LoRAs",
+                ));
+            }
+        }
+        Ok(text)
     }
 
     fn model_info(&self) -> ModelInfo {

@@ -10,7 +10,9 @@ mod recipe;
 
 use std::path::Path;
 
-pub use recipe::{ModelInfo, Recipe, VaeInfo, settings_from_infotext, settings_from_texts};
+pub use recipe::{
+    LoraRecord, ModelInfo, Recipe, VaeInfo, settings_from_infotext, settings_from_texts,
+};
 
 use crate::imageops::finish::Finishing;
 

@@ -31,6 +31,17 @@ pub struct VaeInfo {
     pub hash: Option<String>,
 }
 
+/// A LoRA merged into the model for a run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LoraRecord {
+    /// Its name (the file name without `.safetensors`, as in a `<lora:NAME:…>` tag).
+    pub name: String,
+    /// Its multiplier.
+    pub weight: f64,
+    /// A1111's short LoRA hash (12 hex digits of the SHA-256 of the tensor data), if known.
+    pub hash: Option<String>,
+}
+
 /// Everything needed to reproduce a run: settings, the resolved seed, the model and the plan.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Recipe {
@@ -49,6 +60,9 @@ pub struct Recipe {
     pub final_size: Size,
     /// Every loop's size, denoise, seed and steps.
     pub loops: Vec<LoopSpec>,
+    /// The LoRAs merged into the model, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub loras: Vec<LoraRecord>,
 }
 
 /// A Python `bool`'s `str`.
@@ -67,6 +81,7 @@ impl Recipe {
             start: plan.start,
             final_size: plan.final_size,
             loops: plan.loops.clone(),
+            loras: Vec::new(),
         }
     }
 
@@ -99,6 +114,9 @@ impl Recipe {
             }
         }
         push("Denoising strength", py_float(s.denoise));
+        if let Some(hashes) = self.lora_hashes() {
+            push("Lora hashes", hashes);
+        }
         push(
             "Denoising strength change factor",
             py_float(s.denoise_change),
@@ -133,6 +151,20 @@ impl Recipe {
             negative_prompt: s.negative_prompt.clone(),
             params,
         }
+    }
+
+    /// A1111's `Lora hashes` value, `name: hash, name2: hash2` (names without `:` and `,`,
+    /// as A1111 writes them); `None` when no LoRA has a hash.
+    pub fn lora_hashes(&self) -> Option<String> {
+        let parts: Vec<String> = self
+            .loras
+            .iter()
+            .filter_map(|l| {
+                let name: String = l.name.chars().filter(|c| !matches!(c, ':' | ',')).collect();
+                l.hash.as_ref().map(|h| format!("{name}: {h}"))
+            })
+            .collect();
+        (!parts.is_empty()).then(|| parts.join(", "))
     }
 
     /// The recipe as PNG texts: `parameters` (A1111 infotext) and `loopback-scaler` (JSON).

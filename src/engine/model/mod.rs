@@ -18,6 +18,8 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
+use super::lora::names::same_layout;
+use super::lora::{Component as LoraPart, LoraSet};
 use crate::{Error, Result};
 use clip::ClipText;
 use config::ModelFiles;
@@ -95,6 +97,8 @@ fn var_builder(path: &Path, dtype: DType, device: &Device) -> Result<VarBuilder<
 pub struct Component {
     /// The network's tensors.
     pub weights: VarBuilder<'static>,
+    /// The (diffusers-layout) names `weights` serves, which LoRA modules are matched to.
+    pub names: Vec<String>,
     /// The file, for error messages.
     pub path: PathBuf,
 }
@@ -127,8 +131,10 @@ pub fn folder_parts(
     let files = ModelFiles::read(root)?;
     let component = |dir: &str, stem: &str| -> Result<Component> {
         let path = weights_file(&root.join(dir), stem, dtype)?;
+        let file = crate::engine::weights::SafetensorsFile::open(&path)?;
         Ok(Component {
             weights: var_builder(&path, dtype, device)?,
+            names: file.names(),
             path,
         })
     };
@@ -143,23 +149,43 @@ pub fn folder_parts(
 impl SdModel {
     /// Loads the diffusers folder `root` onto `device` with weights in `dtype`.
     pub fn load(root: &Path, device: &Device, dtype: DType) -> Result<Self> {
+        Self::load_with_loras(root, device, dtype, &LoraSet::default())
+    }
+
+    /// Like [`SdModel::load`], with `loras` merged into the text encoder's and the UNet's
+    /// weights as they load.
+    pub fn load_with_loras(
+        root: &Path,
+        device: &Device,
+        dtype: DType,
+        loras: &LoraSet,
+    ) -> Result<Self> {
         let (files, weights) = folder_parts(root, device, dtype)?;
         let unet_config = root.join("unet/config.json");
-        Self::from_parts(files, weights, &unet_config, device, dtype)
+        Self::from_parts(files, weights, &unet_config, device, dtype, loras)
     }
 
     /// Builds the networks from `files` and `weights` (a diffusers folder's, a single-file
-    /// checkpoint's, or either with a replacement VAE). `unet_config` is the file named when
-    /// the UNet config is not supported.
+    /// checkpoint's, or either with a replacement VAE), with `loras` merged into the text
+    /// encoder's and the UNet's weights. `unet_config` is the file named when the UNet
+    /// config is not supported.
     pub fn from_parts(
         files: ModelFiles,
         weights: ModelWeights,
         unet_config: &Path,
         device: &Device,
         dtype: DType,
+        loras: &LoraSet,
     ) -> Result<Self> {
+        loras.check_components(&[LoraPart::Unet, LoraPart::TextEncoder])?;
         let ModelWeights { clip, vae, unet } = weights;
-        let clip = ClipText::new(clip.weights, &files.clip).map_err(|e| {
+        let clip_weights = loras.wrap(
+            LoraPart::TextEncoder,
+            clip.weights,
+            clip.names.iter().map(String::as_str),
+            &same_layout,
+        )?;
+        let clip = ClipText::new(clip_weights, &files.clip).map_err(|e| {
             Error::input(
                 &clip.path,
                 format!("not a matching CLIP text encoder: {}", candle_msg(&e)),
@@ -169,7 +195,13 @@ impl SdModel {
             Error::input(&vae.path, format!("not a matching VAE: {}", candle_msg(&e)))
         })?;
         let unet_path = unet.path;
-        let unet = UNet::new(unet.weights, &files.unet, unet_config).map_err(|e| match e {
+        let unet_weights = loras.wrap(
+            LoraPart::Unet,
+            unet.weights,
+            unet.names.iter().map(String::as_str),
+            &same_layout,
+        )?;
+        let unet = UNet::new(unet_weights, &files.unet, unet_config).map_err(|e| match e {
             Error::Input { reason, .. } => Error::input(&unet_path, reason),
             other => other,
         })?;

@@ -109,3 +109,30 @@ fn a1111_infotext_gives_settings_and_warnings() {
 fn no_metadata_gives_none() {
     assert!(settings_from_texts(&[("Software".into(), "GIMP".into())]).is_none());
 }
+
+#[test]
+fn lora_hashes_as_a1111_writes_them() {
+    let mut recipe = sample_recipe();
+    assert_eq!(recipe.lora_hashes(), None);
+    recipe.loras = vec![
+        LoraRecord {
+            name: "style:a,b".into(),
+            weight: 0.6,
+            hash: Some("0123456789ab".into()),
+        },
+        LoraRecord {
+            name: "detail".into(),
+            weight: 1.0,
+            hash: Some("ba9876543210".into()),
+        },
+    ];
+    let text = recipe.to_infotext().to_text();
+    assert!(
+        text.contains(
+            "Denoising strength: 0.35, Lora hashes: \"styleab: 0123456789ab, detail: ba9876543210\", "
+        ),
+        "{text}"
+    );
+    let back = Recipe::from_json(&recipe.to_json()).unwrap();
+    assert_eq!(back.loras, recipe.loras);
+}
