@@ -26,7 +26,7 @@ pub struct RunArgs {
     /// The input image (PNG, JPEG or WebP).
     #[arg(long, value_name = "IMAGE")]
     input: PathBuf,
-    /// The model: a preset (sd15, sd21, sd-turbo; downloaded once into the Hugging Face
+    /// The model: a preset (sd15, sd21, sd-turbo, sdxl, sdxl-turbo; downloaded once into the Hugging Face
     /// cache), a diffusers folder, or the name of one in ./models.
     #[arg(long, value_name = "PRESET|PATH")]
     model: String,
