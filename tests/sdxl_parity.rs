@@ -240,3 +240,66 @@ fn sdxl_img2img_matches_diffusers() {
     eprintln!("{compared} cases; worst final latents {worst_latents:.2e}, worst image {worst_u8}");
     assert_eq!(compared, 10);
 }
+
+/// A copy of the tiny SDXL folder with `edit` applied to its UNet config.
+fn edited_copy(dir: &Path, edit: impl Fn(&mut Value)) -> PathBuf {
+    let root = dir.join("model");
+    for entry in walk(&fixtures().join("tiny-sdxl")) {
+        let rel = entry.strip_prefix(fixtures().join("tiny-sdxl")).unwrap();
+        let to = root.join(rel);
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(&entry, &to).unwrap();
+    }
+    let config = root.join("unet/config.json");
+    let mut json: Value = serde_json::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
+    edit(&mut json);
+    std::fs::write(&config, json.to_string()).unwrap();
+    root
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
+/// Unsupported or inconsistent SDXL folders fail with one line naming the file and the key.
+#[test]
+fn bad_sdxl_folders_are_named() {
+    let load_err = |root: &Path| {
+        SdModel::load(root, &Device::Cpu, DType::F32)
+            .unwrap_err()
+            .to_string()
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let root = edited_copy(tmp.path(), |j| j["addition_embed_type"] = "image".into());
+    let err = load_err(&root);
+    assert!(
+        err.contains("unet/config.json") && err.contains("addition_embed_type"),
+        "{err}"
+    );
+
+    let tmp = tempfile::tempdir().unwrap();
+    let root = edited_copy(tmp.path(), |j| {
+        j["projection_class_embeddings_input_dim"] = 61.into()
+    });
+    let err = load_err(&root);
+    assert!(
+        err.contains("projection_class_embeddings_input_dim 61"),
+        "{err}"
+    );
+
+    let tmp = tempfile::tempdir().unwrap();
+    let root = edited_copy(tmp.path(), |_| {});
+    std::fs::remove_dir_all(root.join("text_encoder_2")).unwrap();
+    let err = load_err(&root);
+    assert!(err.contains("cross_attention_dim"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+}
