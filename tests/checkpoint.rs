@@ -510,8 +510,8 @@ fn peak_rss_mib() -> f64 {
 #[test]
 #[ignore = "needs /tmp/sd15-random; a measurement, not a check"]
 fn load_peak_rss_sd15_random() {
-    use loopback_scaler::engine::model::config::ModelFiles;
     use loopback_scaler::engine::lora::LoraSet;
+    use loopback_scaler::engine::model::config::ModelFiles;
     use loopback_scaler::engine::model::{Component, ModelWeights, SdModel, folder_parts};
     let root = Path::new("/tmp/sd15-random");
     let before = peak_rss_mib();
@@ -534,6 +534,7 @@ fn load_peak_rss_sd15_random() {
         };
         let weights = ModelWeights {
             clip: component("text_encoder/model.safetensors"),
+            clip2: None,
             vae: component("vae/diffusion_pytorch_model.safetensors"),
             unet: component("unet/diffusion_pytorch_model.safetensors"),
         };

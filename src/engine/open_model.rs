@@ -7,15 +7,15 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device};
 
 use super::checkpoint::{Checkpoint, CheckpointOptions, CustomVae, Family};
+use super::lora::{self, LoraSet, LoraSpec};
 use super::model::config::ModelFiles;
 use super::model::{Component, ModelWeights, SdModel, folder_parts};
-use super::pipeline::TextAndSchedule;
+use super::pipeline::{SdxlText, TextAndSchedule};
 use super::runner::LoadedModel;
-use super::tokenizer::ClipTokenizer;
-use super::weights::hash::{HashCache, short_hash};
-use super::lora::{self, LoraSet, LoraSpec};
 use super::taesd::TaesdDecoder;
 use super::taesd::find::{self as taesd_find, TaesdFamily};
+use super::tokenizer::ClipTokenizer;
+use super::weights::hash::{HashCache, short_hash};
 use crate::metadata::{LoraRecord, VaeInfo};
 use crate::{Error, Result};
 
@@ -175,14 +175,6 @@ fn checkpoint_parts(
     dtype: DType,
 ) -> Result<(ModelFiles, ModelWeights, PathBuf, TextAndSchedule)> {
     let ckpt = Checkpoint::open(path, &options.checkpoint)?;
-    if ckpt.detected.family == Family::Sdxl {
-        // The SDXL networks (second text encoder, added conditioning) are built by the SDXL
-        // model code from `ckpt.text2`, `ckpt.text2_config` and `ckpt.unet_config`.
-        return Err(Error::input(
-            path,
-            "an SDXL checkpoint: SDXL models are not supported by this build yet",
-        ));
-    }
     let vae_config = match (&ckpt.vae_config, &options.vae) {
         (Some(config), _) => config.clone(),
         (None, Some(_)) => {
@@ -202,15 +194,23 @@ fn checkpoint_parts(
         }
     };
     let files = ckpt.model_files(vae_config);
-    let component = |source: &crate::engine::weights::WeightSource| Component {
+    let component = |source: &crate::engine::weights::WeightSource, dtype: DType| Component {
         weights: source.clone().into_var_builder(dtype, device),
         names: source.names().into_iter().map(String::from).collect(),
         path: path.to_path_buf(),
     };
+    let sdxl = ckpt.detected.family == Family::Sdxl;
+    // SDXL's VAE overflows in f16: it runs in f32 under f16 weights (as for folders).
+    let vae_dtype = if sdxl && dtype == DType::F16 {
+        DType::F32
+    } else {
+        dtype
+    };
     let weights = ModelWeights {
-        clip: component(&ckpt.text),
-        vae: component(ckpt.vae.as_ref().unwrap_or(&ckpt.text)),
-        unet: component(&ckpt.unet),
+        clip: component(&ckpt.text, dtype),
+        clip2: ckpt.text2.as_ref().map(|source| component(source, dtype)),
+        vae: component(ckpt.vae.as_ref().unwrap_or(&ckpt.text), vae_dtype),
+        unet: component(&ckpt.unet, dtype),
     };
     let text = match &options.checkpoint.config {
         Some(folder) => {
@@ -227,10 +227,19 @@ fn checkpoint_parts(
             } else {
                 tokenizer.eos_id()
             };
+            // SDXL's second tokenizer pads with `!` and shares the first one's vocabulary;
+            // an empty negative prompt gives zeros, as diffusers' and A1111's SDXL do.
+            let sdxl = sdxl.then(|| SdxlText {
+                pad_token_2: tokenizer
+                    .token_id("!")
+                    .unwrap_or_else(|| tokenizer.eos_id()),
+                zero_empty_negative: true,
+            });
             TextAndSchedule {
                 tokenizer,
                 pad_token,
                 scheduler: ckpt.scheduler.clone(),
+                sdxl,
             }
         }
     };

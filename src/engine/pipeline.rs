@@ -3,6 +3,11 @@
 //! (deterministic, as A1111 does), and prompts longer than 77 tokens are split into A1111's
 //! 75-token chunks whose embeddings are concatenated instead of being cut.
 //!
+//! SDXL follows diffusers' `StableDiffusionXLImg2ImgPipeline`: both text encoders'
+//! penultimate hidden states side by side, the pooled embedding of the second, and the size
+//! ids `(h, w, 0, 0, h, w)` of the image for both guidance rows (the base model's
+//! conditioning; the refiner's aesthetic score is not supported).
+//!
 //! Noise comes from [`TorchGenerator`], bit-identical to `torch.randn` with a CPU generator,
 //! and is drawn in the same order as diffusers: the img2img noise first, then (Euler a) one
 //! draw per step.
@@ -13,6 +18,7 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor};
 use image::RgbImage;
 
+use super::model::unet::AddedCond;
 use super::model::{SdModel, engine_err};
 use super::noise::TorchGenerator;
 use super::scheduler::{self, Scheduler, SchedulerConfig, SchedulerTensor};
@@ -77,6 +83,21 @@ pub struct TextAndSchedule {
     pub pad_token: u32,
     /// The model's scheduler settings.
     pub scheduler: SchedulerConfig,
+    /// SDXL's text settings (a `tokenizer_2/` folder); `None` for SD 1.x/2.x.
+    pub sdxl: Option<SdxlText>,
+}
+
+/// The text settings of an SDXL folder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SdxlText {
+    /// The token that pads prompts for the second text encoder (`!` in SDXL's
+    /// `tokenizer_2/special_tokens_map.json`). Its vocabulary is the first tokenizer's.
+    pub pad_token_2: u32,
+    /// `force_zeros_for_empty_prompt` of `model_index.json` (default true, as diffusers):
+    /// an empty negative prompt gives zero embeddings (and pooled embedding) instead of the
+    /// encoded empty string. A1111 does the same for SDXL (`sd_models_xl.py` zeroes the
+    /// text conditioning of an all-empty negative prompt), so this matches both.
+    pub zero_empty_negative: bool,
 }
 
 impl TextAndSchedule {
@@ -89,30 +110,45 @@ impl TextAndSchedule {
         } else {
             ClipTokenizer::bundled()?
         };
-        let pad_token = pad_token(root, &tokenizer);
+        let sdxl = root.join("text_encoder_2").is_dir().then(|| SdxlText {
+            pad_token_2: pad_token(&root.join("tokenizer_2"), &tokenizer),
+            zero_empty_negative: force_zeros_for_empty_prompt(root),
+        });
+        let pad_token = pad_token(&root.join("tokenizer"), &tokenizer);
         let scheduler = SchedulerConfig::load(&root.join("scheduler/scheduler_config.json"))?;
         Ok(TextAndSchedule {
             tokenizer,
             pad_token,
             scheduler,
+            sdxl,
         })
     }
 }
 
-/// The pad token named in the folder's tokenizer files (`!` for SD 2.x), else end-of-text.
-fn pad_token(root: &Path, tokenizer: &ClipTokenizer) -> u32 {
-    let named = [
-        "tokenizer/special_tokens_map.json",
-        "tokenizer/tokenizer_config.json",
-    ]
-    .iter()
-    .filter_map(|f| std::fs::read_to_string(root.join(f)).ok())
-    .filter_map(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
-    .find_map(|json| match &json["pad_token"] {
-        serde_json::Value::String(s) => Some(s.clone()),
-        serde_json::Value::Object(o) => o.get("content").and_then(|c| c.as_str()).map(String::from),
-        _ => None,
-    });
+/// `force_zeros_for_empty_prompt` of the folder's `model_index.json`; true when absent (the
+/// default of diffusers' SDXL pipelines).
+fn force_zeros_for_empty_prompt(root: &Path) -> bool {
+    std::fs::read_to_string(root.join("model_index.json"))
+        .ok()
+        .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+        .and_then(|json| json["force_zeros_for_empty_prompt"].as_bool())
+        .unwrap_or(true)
+}
+
+/// The pad token named in the tokenizer folder's files (`!` for SD 2.x and SDXL's second
+/// tokenizer), else end-of-text.
+fn pad_token(dir: &Path, tokenizer: &ClipTokenizer) -> u32 {
+    let named = ["special_tokens_map.json", "tokenizer_config.json"]
+        .iter()
+        .filter_map(|f| std::fs::read_to_string(dir.join(f)).ok())
+        .filter_map(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+        .find_map(|json| match &json["pad_token"] {
+            serde_json::Value::String(s) => Some(s.clone()),
+            serde_json::Value::Object(o) => {
+                o.get("content").and_then(|c| c.as_str()).map(String::from)
+            }
+            _ => None,
+        });
     named
         .and_then(|name| tokenizer.token_id(&name))
         .unwrap_or_else(|| tokenizer.eos_id())
@@ -120,10 +156,14 @@ fn pad_token(root: &Path, tokenizer: &ClipTokenizer) -> u32 {
 
 /// Token chunks for the prompt and the negative prompt, padded to the same number of chunks
 /// (with empty-prompt chunks), as A1111 does.
-fn token_chunks(text: &TextAndSchedule, p: &Img2ImgParams) -> (Vec<Vec<u32>>, Vec<Vec<u32>>) {
+fn token_chunks(
+    text: &TextAndSchedule,
+    p: &Img2ImgParams,
+    pad_token: u32,
+) -> (Vec<Vec<u32>>, Vec<Vec<u32>>) {
     let encode = |s: &str| -> Vec<Vec<u32>> {
         text.tokenizer
-            .encode_chunks(s, text.pad_token)
+            .encode_chunks(s, pad_token)
             .iter()
             .map(|c| c.to_vec())
             .collect()
@@ -138,6 +178,62 @@ fn token_chunks(text: &TextAndSchedule, p: &Img2ImgParams) -> (Vec<Vec<u32>>, Ve
         uncond.extend(empty.iter().cloned());
     }
     (cond, uncond)
+}
+
+/// The UNet's text context for `p`'s prompts (unconditional row first when `p.cfg` > 1) and,
+/// for SDXL, its added conditioning (pooled embeddings in the same row order, and the size
+/// ids of an image of `width × height` pixels).
+pub fn conditioning(
+    model: &SdModel,
+    text: &TextAndSchedule,
+    p: &Img2ImgParams,
+    (width, height): (u32, u32),
+) -> Result<(Tensor, Option<AddedCond>)> {
+    let guided = p.cfg > 1.0;
+    let (cond, uncond) = token_chunks(text, p, text.pad_token);
+    let Some(xl) = text.sdxl.filter(|_| model.is_sdxl()) else {
+        if model.is_sdxl() {
+            return Err(Error::Engine(
+                "an SDXL model needs the folder's SDXL text settings (tokenizer_2)".into(),
+            ));
+        }
+        let cond = model.text_embeddings(&cond)?;
+        if !guided {
+            return Ok((cond, None));
+        }
+        let uncond = model.text_embeddings(&uncond)?;
+        let context = Tensor::cat(&[uncond, cond], 0).map_err(engine_err("text embeddings"))?;
+        return Ok((context, None));
+    };
+    let (cond_2, uncond_2) = token_chunks(text, p, xl.pad_token_2);
+    let (context, pooled) = model.sdxl_conditioning(&cond, &cond_2)?;
+    let (context, pooled) = if guided {
+        let (uncond, uncond_pooled) = if xl.zero_empty_negative && p.negative_prompt.is_empty() {
+            let zeros = |t: &Tensor| t.zeros_like().map_err(engine_err("text embeddings"));
+            (zeros(&context)?, zeros(&pooled)?)
+        } else {
+            model.sdxl_conditioning(&uncond, &uncond_2)?
+        };
+        let cat =
+            |a: Tensor, b: Tensor| Tensor::cat(&[a, b], 0).map_err(engine_err("text embeddings"));
+        (cat(uncond, context)?, cat(uncond_pooled, pooled)?)
+    } else {
+        (context, pooled)
+    };
+    let batch = context.dim(0).map_err(engine_err("text embeddings"))?;
+    let (w, h) = (width as f32, height as f32);
+    // Original size, crop top-left, target size: the image itself, uncropped (diffusers'
+    // defaults for the base model; A1111 passes the same with its default crop 0, 0).
+    let ids: Vec<f32> = (0..batch).flat_map(|_| [h, w, 0.0, 0.0, h, w]).collect();
+    let time_ids =
+        Tensor::from_vec(ids, (batch, 6), &model.device).map_err(engine_err("size ids"))?;
+    Ok((
+        context,
+        Some(AddedCond {
+            text_embeds: pooled,
+            time_ids,
+        }),
+    ))
 }
 
 /// An 8-bit RGB image as a `(1, 3, H, W)` f32 tensor in [−1, 1] (`u8/255·2 − 1`).
@@ -198,17 +294,13 @@ pub fn img2img(
     let device = &model.device;
     let guided = p.cfg > 1.0;
 
-    let (cond, uncond) = token_chunks(text, p);
-    let cond = model.text_embeddings(&cond)?;
-    let context = if guided {
-        let uncond = model.text_embeddings(&uncond)?;
-        Tensor::cat(&[uncond, cond], 0).map_err(engine_err("text embeddings"))?
-    } else {
-        cond
-    };
+    let (context, added) = conditioning(model, text, p, image.dimensions())?;
+    let context = context
+        .to_dtype(model.dtype)
+        .map_err(engine_err("text embeddings"))?;
 
     let pixels = image_to_tensor(image, device)?
-        .to_dtype(model.dtype)
+        .to_dtype(model.vae_dtype)
         .map_err(engine_err("image"))?;
     let latents = model
         .vae
@@ -245,12 +337,13 @@ pub fn img2img(
         let input = sched.scale_model_input(&input, i)?;
         let out = model
             .unet
-            .forward(
+            .forward_with(
                 &input
                     .to_dtype(model.dtype)
                     .map_err(engine_err("UNet input"))?,
                 t,
                 &context,
+                added.as_ref(),
             )
             .and_then(|o| o.to_dtype(DType::F32))
             .map_err(engine_err("UNet"))?;
@@ -286,7 +379,7 @@ pub fn img2img(
         .vae
         .decode(
             &latents
-                .to_dtype(model.dtype)
+                .to_dtype(model.vae_dtype)
                 .map_err(engine_err("VAE decode"))?,
         )
         .map_err(engine_err("VAE decode"))?;

@@ -18,8 +18,8 @@ use candle_core::{DType, Device};
 use image::{DynamicImage, RgbImage};
 
 use super::lora::{self, LoraSpec};
-use super::open_model::{LoadOptions, ModelPath};
 use super::model::SdModel;
+use super::open_model::{LoadOptions, ModelPath};
 use super::pipeline::{Img2ImgParams, TextAndSchedule, img2img};
 use super::preview::{latents_to_rgb, taesd_to_rgb};
 use super::taesd::TaesdDecoder;

@@ -237,6 +237,7 @@ impl Checkpoint {
             unet: self.unet_config.clone(),
             vae,
             clip: self.text_config.clone(),
+            clip2: self.text2_config.clone(),
         }
     }
 

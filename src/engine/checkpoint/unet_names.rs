@@ -65,7 +65,7 @@ fn transformer_inner(rest: &str) -> Option<String> {
 /// use loopback_scaler::engine::checkpoint::{LdmUnetLayout, ldm_unet_name};
 /// let sd15 = LdmUnetLayout { levels: 4, layers_per_block: 2 };
 /// assert_eq!(
-///     ldm_unet_name("model.diffusion_model.input_blocks.4.1.proj_in.weight", sd15).as_deref(),
+///     ldm_unet_name("model.diffusion_model.input_blocks.5.1.proj_in.weight", sd15).as_deref(),
 ///     Some("down_blocks.1.attentions.1.proj_in.weight")
 /// );
 /// ```

@@ -32,7 +32,10 @@ use std::sync::atomic::AtomicBool;
 use crate::{Error, Result};
 
 pub use cache::{cache_dir_from, default_cache_dir};
-pub use preset::{Preset, SD2_F16_BYTES, SD2_F32_BYTES, SD15_F16_BYTES, SD15_F32_BYTES};
+pub use preset::{
+    Preset, SD2_F16_BYTES, SD2_F32_BYTES, SD15_F16_BYTES, SD15_F32_BYTES, SDXL_F16_BYTES,
+    SDXL_F32_BYTES, SDXL_FP16_FIX_VAE,
+};
 pub use rate::RateMeter;
 
 /// The public Hub, used unless [`FetchOptions::endpoint`] or `HF_ENDPOINT` says otherwise.

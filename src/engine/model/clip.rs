@@ -1,4 +1,5 @@
-//! The CLIP text encoder.
+//! The CLIP text encoder, with or without a text projection (SDXL's second encoder is
+//! `CLIPTextModelWithProjection`).
 //!
 //! Our own, small implementation: candle 0.11's `ClipTextTransformer` only builds from its
 //! presets (its `Config` fields are private), so it cannot load a fine-tune with another shape
@@ -49,11 +50,24 @@ pub struct ClipText {
     final_norm: LayerNorm,
     heads: usize,
     activation: Activation,
+    projection: Option<Linear>,
 }
 
 impl ClipText {
     /// Builds the encoder from `vb` (keys with or without the `text_model.` prefix).
+    /// A `text_projection.weight` (no bias) at the root is loaded as the text projection
+    /// (SDXL's `text_encoder_2`).
     pub fn new(vb: VarBuilder, cfg: &ClipFile) -> candle_core::Result<Self> {
+        let projection = if vb.contains_tensor("text_projection.weight") {
+            let width = cfg.projection_dim.unwrap_or(cfg.hidden_size);
+            Some(candle_nn::linear_no_bias(
+                cfg.hidden_size,
+                width,
+                vb.pp("text_projection"),
+            )?)
+        } else {
+            None
+        };
         let vb = if vb.contains_tensor("text_model.embeddings.token_embedding.weight") {
             vb.pp("text_model")
         } else {
@@ -95,13 +109,17 @@ impl ClipText {
             final_norm,
             heads: cfg.num_attention_heads,
             activation,
+            projection,
         })
     }
 
-    /// The hidden states for token ids `(batch, seq)`: the last layer's output after the final
-    /// layer norm when `skip` is 0 (diffusers' `last_hidden_state`); with `skip = n`, the
-    /// output `n` layers earlier, also normalised (A1111's "Clip skip" n + 1).
-    pub fn forward(&self, ids: &Tensor, skip: usize) -> candle_core::Result<Tensor> {
+    /// Whether the encoder has a text projection (and so a pooled output).
+    pub fn has_projection(&self) -> bool {
+        self.projection.is_some()
+    }
+
+    /// The embeddings plus the first `layers` transformer layers, without the final norm.
+    fn run_layers(&self, ids: &Tensor, layers: usize) -> candle_core::Result<Tensor> {
         let (batch, seq) = ids.dims2()?;
         let positions = self.position_embedding.narrow(0, 0, seq)?;
         let mut xs = self
@@ -109,11 +127,67 @@ impl ClipText {
             .forward(ids)?
             .broadcast_add(&positions)?;
         let mask = causal_mask(seq, xs.device(), xs.dtype())?;
-        let run = self.layers.len().saturating_sub(skip).max(1);
-        for layer in &self.layers[..run] {
+        for layer in &self.layers[..layers.min(self.layers.len())] {
             xs = self.layer_forward(layer, &xs, &mask, batch, seq)?;
         }
-        self.final_norm.forward(&xs)
+        Ok(xs)
+    }
+
+    /// SDXL's conditioning from this encoder: the **penultimate** layer's hidden states
+    /// (diffusers' `hidden_states[-2]`: the input of the last layer, not normalised),
+    /// `(batch, seq, hidden)`.
+    pub fn penultimate(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
+        self.run_layers(ids, self.layers.len().saturating_sub(1))
+    }
+
+    /// The penultimate hidden states (as [`ClipText::penultimate`]) and the pooled,
+    /// projected text embedding `(batch, projection)`: the final-normalised hidden state at
+    /// the end-of-text token through the text projection. The end-of-text token is found as
+    /// transformers does for SDXL's encoders (their configs keep the old `eos_token_id` 2):
+    /// the position of the largest id, which is end-of-text (49407) in CLIP's vocabulary
+    /// whether the prompt is padded with end-of-text or with `!`.
+    pub fn penultimate_and_pooled(&self, ids: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
+        let projection = self.projection.as_ref().ok_or_else(|| {
+            candle_core::Error::Msg("this text encoder has no text projection".into())
+        })?;
+        let n = self.layers.len();
+        let (batch, seq) = ids.dims2()?;
+        let penultimate = self.run_layers(ids, n.saturating_sub(1))?;
+        let last = match self.layers.last() {
+            Some(layer) => {
+                let mask = causal_mask(seq, penultimate.device(), penultimate.dtype())?;
+                self.layer_forward(layer, &penultimate, &mask, batch, seq)?
+            }
+            None => penultimate.clone(),
+        };
+        let normed = self.final_norm.forward(&last)?;
+        let rows: Vec<Vec<u32>> = ids.to_dtype(DType::U32)?.to_vec2()?;
+        let pooled = rows
+            .iter()
+            .enumerate()
+            .map(|(b, row)| {
+                // The first position of the largest id (torch's argmax).
+                let pos = row
+                    .iter()
+                    .enumerate()
+                    .fold(
+                        (0, 0u32),
+                        |best, (i, &id)| if id > best.1 { (i, id) } else { best },
+                    )
+                    .0;
+                normed.get(b)?.get(pos)?.unsqueeze(0)
+            })
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let pooled = projection.forward(&Tensor::cat(&pooled, 0)?)?;
+        Ok((penultimate, pooled))
+    }
+
+    /// The hidden states for token ids `(batch, seq)`: the last layer's output after the final
+    /// layer norm when `skip` is 0 (diffusers' `last_hidden_state`); with `skip = n`, the
+    /// output `n` layers earlier, also normalised (A1111's "Clip skip" n + 1).
+    pub fn forward(&self, ids: &Tensor, skip: usize) -> candle_core::Result<Tensor> {
+        let run = self.layers.len().saturating_sub(skip).max(1);
+        self.final_norm.forward(&self.run_layers(ids, run)?)
     }
 
     fn layer_forward(

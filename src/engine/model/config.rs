@@ -2,8 +2,10 @@
 //!
 //! Architecture, latent scale and text-encoder shape all come from the files, never from
 //! presets, so SD 1.x, SD 2.x, fine-tunes and tiny test models load through one path.
-//! Features the engine does not implement yet (SDXL's added conditioning, class embeddings,
-//! …) are refused with a message naming the file and the key.
+//! SDXL folders (a second text encoder in `text_encoder_2/`, the UNet's `"text_time"` added
+//! conditioning) load through the same path. Features the engine does not implement (class
+//! embeddings, other added conditionings, …) are refused with a message naming the file and
+//! the key.
 
 use std::path::{Path, PathBuf};
 
@@ -98,9 +100,17 @@ pub struct UNetFile {
     /// Mid-block output scale.
     #[serde(default = "one_f")]
     pub mid_block_scale_factor: f64,
-    /// SDXL-style added conditioning (not supported yet).
+    /// Added conditioning: `"text_time"` (SDXL: pooled text embedding + size/crop ids) or
+    /// none; other kinds are refused.
     #[serde(default)]
     pub addition_embed_type: Option<String>,
+    /// Width of the sinusoidal embedding of each SDXL time id (256 in SDXL).
+    #[serde(default)]
+    pub addition_time_embed_dim: Option<usize>,
+    /// Input width of the added embedding: pooled text width + 6 × `addition_time_embed_dim`
+    /// (2816 in SDXL base).
+    #[serde(default)]
+    pub projection_class_embeddings_input_dim: Option<usize>,
     /// Class-conditional models (not supported).
     #[serde(default)]
     pub class_embed_type: Option<String>,
@@ -137,6 +147,17 @@ fn yes() -> bool {
     true
 }
 
+/// SDXL's `"text_time"` added conditioning: the sinusoidal embeddings of the time ids
+/// (original size, crop corner, target size), concatenated after the pooled text embedding,
+/// through a two-layer MLP added to the time embedding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TextTime {
+    /// Sinusoidal width per time id (`addition_time_embed_dim`).
+    pub time_embed_dim: usize,
+    /// Input width of the MLP (`projection_class_embeddings_input_dim`).
+    pub input_dim: usize,
+}
+
 /// One resolution level of the UNet, as the config describes it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Level {
@@ -161,12 +182,7 @@ impl UNetFile {
                 format!("{key}: {what} is not supported yet"),
             ))
         };
-        if let Some(kind) = &self.addition_embed_type {
-            return unsupported(
-                "addition_embed_type",
-                &format!("{kind:?} (SDXL-style conditioning)"),
-            );
-        }
+        self.text_time(path)?;
         if let Some(kind) = &self.class_embed_type {
             return unsupported("class_embed_type", kind);
         }
@@ -252,6 +268,46 @@ impl UNetFile {
         }
         Ok(blocks)
     }
+
+    /// The added conditioning: `Some` for SDXL's `"text_time"`, `None` without one; other
+    /// kinds and missing widths are errors naming `path`.
+    pub fn text_time(&self, path: &Path) -> Result<Option<TextTime>> {
+        match self.addition_embed_type.as_deref() {
+            None => Ok(None),
+            Some("text_time") => {
+                let need = |key: &str, v: Option<usize>| {
+                    v.filter(|&v| v > 0).ok_or_else(|| {
+                        Error::input(
+                            path,
+                            format!("addition_embed_type \"text_time\" needs {key}"),
+                        )
+                    })
+                };
+                let time_embed_dim = need("addition_time_embed_dim", self.addition_time_embed_dim)?;
+                let input_dim = need(
+                    "projection_class_embeddings_input_dim",
+                    self.projection_class_embeddings_input_dim,
+                )?;
+                if input_dim <= 6 * time_embed_dim {
+                    return Err(Error::input(
+                        path,
+                        format!(
+                            "projection_class_embeddings_input_dim {input_dim} leaves no room for \
+                             the pooled text embedding after 6 time ids of {time_embed_dim}"
+                        ),
+                    ));
+                }
+                Ok(Some(TextTime {
+                    time_embed_dim,
+                    input_dim,
+                }))
+            }
+            Some(other) => Err(Error::input(
+                path,
+                format!("addition_embed_type: {other:?} is not supported"),
+            )),
+        }
+    }
 }
 
 /// `vae/config.json` (the keys the engine uses).
@@ -289,6 +345,10 @@ pub struct VaeFile {
     /// Attention in the mid block.
     #[serde(default = "yes")]
     pub mid_block_add_attention: bool,
+    /// The VAE overflows in f16 and must run in f32 (diffusers' default true; SDXL's
+    /// fp16-fix VAE says false).
+    #[serde(default = "yes")]
+    pub force_upcast: bool,
 }
 
 fn three() -> usize {
@@ -350,6 +410,9 @@ pub struct ClipFile {
     /// End-of-text token id.
     #[serde(default = "eos")]
     pub eos_token_id: u32,
+    /// Width of the text projection (`CLIPTextModelWithProjection`, SDXL's second encoder).
+    #[serde(default)]
+    pub projection_dim: Option<usize>,
 }
 
 fn seventy_seven() -> usize {
@@ -373,6 +436,9 @@ pub struct ModelFiles {
     pub vae: VaeFile,
     /// Text encoder config.
     pub clip: ClipFile,
+    /// Second text encoder config (`text_encoder_2/`, SDXL's OpenCLIP ViT-bigG with its text
+    /// projection); `None` for SD 1.x/2.x.
+    pub clip2: Option<ClipFile>,
 }
 
 impl ModelFiles {
@@ -388,20 +454,64 @@ impl ModelFiles {
         let vae: VaeFile = read_json(&root.join("vae/config.json"))?;
         vae.check(&root.join("vae/config.json"))?;
         let clip: ClipFile = read_json(&root.join("text_encoder/config.json"))?;
-        if clip.hidden_size != unet.cross_attention_dim {
-            return Err(Error::input(
-                root,
-                format!(
-                    "text encoder width {} does not match the UNet's cross_attention_dim {}",
-                    clip.hidden_size, unet.cross_attention_dim
-                ),
-            ));
-        }
-        Ok(ModelFiles {
+        let clip2_path = root.join("text_encoder_2/config.json");
+        let clip2: Option<ClipFile> = if clip2_path.is_file() {
+            Some(read_json(&clip2_path)?)
+        } else {
+            None
+        };
+        let files = ModelFiles {
             root: root.to_path_buf(),
             unet,
             vae,
             clip,
-        })
+            clip2,
+        };
+        files.check_text_widths(root)?;
+        Ok(files)
+    }
+
+    /// Checks that the text encoders fit the UNet: the width of the (concatenated) hidden
+    /// states equals `cross_attention_dim`, and with SDXL's added conditioning the second
+    /// encoder's projection fills what the 6 time ids leave of the added embedding's input.
+    pub fn check_text_widths(&self, root: &Path) -> Result<()> {
+        let unet_config = root.join("unet/config.json");
+        let width = self.clip.hidden_size + self.clip2.as_ref().map_or(0, |c| c.hidden_size);
+        if width != self.unet.cross_attention_dim {
+            let what = if self.clip2.is_some() {
+                "the two text encoders' widths together"
+            } else {
+                "text encoder width"
+            };
+            return Err(Error::input(
+                root,
+                format!(
+                    "{what} {width} does not match the UNet's cross_attention_dim {}",
+                    self.unet.cross_attention_dim
+                ),
+            ));
+        }
+        match (self.unet.text_time(&unet_config)?, &self.clip2) {
+            (None, _) => Ok(()),
+            (Some(_), None) => Err(Error::input(
+                root,
+                "the UNet expects SDXL's pooled text embedding, but there is no text_encoder_2",
+            )),
+            (Some(tt), Some(clip2)) => {
+                let pooled = clip2.projection_dim.unwrap_or(clip2.hidden_size);
+                if pooled + 6 * tt.time_embed_dim != tt.input_dim {
+                    return Err(Error::input(
+                        &unet_config,
+                        format!(
+                            "projection_class_embeddings_input_dim {} is not the pooled text \
+                             width {pooled} + 6 × addition_time_embed_dim {} (a refiner with \
+                             an aesthetic score is not supported)",
+                            tt.input_dim, tt.time_embed_dim
+                        ),
+                    ));
+                }
+                Ok(())
+            }
+        }
     }
 }

@@ -1,4 +1,5 @@
-//! A Stable Diffusion model loaded from a diffusers folder: text encoder, VAE and UNet.
+//! A Stable Diffusion model loaded from a diffusers folder: text encoder(s), VAE and UNet
+//! (SD 1.x, 2.x and SDXL, whose second text encoder is in `text_encoder_2/`).
 //!
 //! Weights are memory-mapped safetensors, cast to the requested dtype as they load. The
 //! architecture comes from each component's `config.json` ([`config`]).
@@ -55,6 +56,9 @@ pub struct SdModel {
     pub files: ModelFiles,
     /// The text encoder.
     pub clip: ClipText,
+    /// SDXL's second text encoder (OpenCLIP ViT-bigG with its text projection); `None` for
+    /// SD 1.x/2.x.
+    pub clip2: Option<ClipText>,
     /// The VAE.
     pub vae: Vae,
     /// The denoising UNet.
@@ -63,6 +67,10 @@ pub struct SdModel {
     pub device: Device,
     /// The weights' dtype.
     pub dtype: DType,
+    /// The VAE's dtype: `dtype`, except f32 for an SDXL VAE whose config asks for
+    /// `force_upcast` when `dtype` is f16 (the stock SDXL VAE overflows in f16; the
+    /// `madebyollin/sdxl-vae-fp16-fix` VAE does not and stays in f16).
+    pub vae_dtype: DType,
 }
 
 /// The weights file of a component: the fp16 variant first when loading f16, the full one
@@ -111,11 +119,13 @@ impl std::fmt::Debug for Component {
     }
 }
 
-/// The weights of a model's three networks.
+/// The weights of a model's networks.
 #[derive(Debug)]
 pub struct ModelWeights {
     /// The text encoder.
     pub clip: Component,
+    /// SDXL's second text encoder (OpenCLIP-G with its projection).
+    pub clip2: Option<Component>,
     /// The VAE.
     pub vae: Component,
     /// The UNet.
@@ -129,7 +139,7 @@ pub fn folder_parts(
     dtype: DType,
 ) -> Result<(ModelFiles, ModelWeights)> {
     let files = ModelFiles::read(root)?;
-    let component = |dir: &str, stem: &str| -> Result<Component> {
+    let component = |dir: &str, stem: &str, dtype: DType| -> Result<Component> {
         let path = weights_file(&root.join(dir), stem, dtype)?;
         let file = crate::engine::weights::SafetensorsFile::open(&path)?;
         Ok(Component {
@@ -138,10 +148,20 @@ pub fn folder_parts(
             path,
         })
     };
+    // SDXL's VAE overflows in f16 (`force_upcast`): it runs in f32 under f16 weights.
+    let vae_dtype = if dtype == DType::F16 && files.clip2.is_some() && files.vae.force_upcast {
+        DType::F32
+    } else {
+        dtype
+    };
     let weights = ModelWeights {
-        clip: component("text_encoder", "model")?,
-        vae: component("vae", "diffusion_pytorch_model")?,
-        unet: component("unet", "diffusion_pytorch_model")?,
+        clip: component("text_encoder", "model", dtype)?,
+        clip2: match &files.clip2 {
+            Some(_) => Some(component("text_encoder_2", "model", dtype)?),
+            None => None,
+        },
+        vae: component("vae", "diffusion_pytorch_model", vae_dtype)?,
+        unet: component("unet", "diffusion_pytorch_model", dtype)?,
     };
     Ok((files, weights))
 }
@@ -178,7 +198,12 @@ impl SdModel {
         loras: &LoraSet,
     ) -> Result<Self> {
         loras.check_components(&[LoraPart::Unet, LoraPart::TextEncoder])?;
-        let ModelWeights { clip, vae, unet } = weights;
+        let ModelWeights {
+            clip,
+            clip2,
+            vae,
+            unet,
+        } = weights;
         let clip_weights = loras.wrap(
             LoraPart::TextEncoder,
             clip.weights,
@@ -191,6 +216,11 @@ impl SdModel {
                 format!("not a matching CLIP text encoder: {}", candle_msg(&e)),
             )
         })?;
+        let clip2 = match (clip2, &files.clip2) {
+            (Some(part), Some(cfg)) => Some(build_clip2(part, cfg)?),
+            _ => None,
+        };
+        let vae_dtype = vae.weights.dtype();
         let vae = Vae::new(vae.weights, &files.vae).map_err(|e| {
             Error::input(&vae.path, format!("not a matching VAE: {}", candle_msg(&e)))
         })?;
@@ -209,10 +239,12 @@ impl SdModel {
         Ok(SdModel {
             files,
             clip,
+            clip2,
             vae,
             unet,
             device: device.clone(),
             dtype,
+            vae_dtype,
         })
     }
 
@@ -233,4 +265,68 @@ impl SdModel {
         }
         Tensor::cat(&parts, 1).map_err(engine_err("text embeddings"))
     }
+
+    /// Whether this is an SDXL model (two text encoders, added conditioning).
+    pub fn is_sdxl(&self) -> bool {
+        self.clip2.is_some()
+    }
+
+    /// SDXL's text conditioning for prompt chunks of 77 token ids, `chunks` padded as the
+    /// first tokenizer pads (end-of-text) and `chunks_2` as the second (`!`), chunk for
+    /// chunk: the context `(1, 77 × chunks, hidden + hidden_2)`, each chunk the two encoders'
+    /// penultimate hidden states side by side (diffusers' `prompt_embeds`), and the pooled
+    /// embedding `(1, projection)` of the **first** chunk (as A1111 pools long prompts).
+    pub fn sdxl_conditioning(
+        &self,
+        chunks: &[Vec<u32>],
+        chunks_2: &[Vec<u32>],
+    ) -> Result<(Tensor, Tensor)> {
+        let clip2 = self
+            .clip2
+            .as_ref()
+            .ok_or_else(|| Error::Engine("not an SDXL model: no second text encoder".into()))?;
+        if chunks.len() != chunks_2.len() || chunks.is_empty() {
+            return Err(Error::Engine(
+                "SDXL prompt: the two tokenizers gave different chunk counts".into(),
+            ));
+        }
+        let ids = |chunk: &Vec<u32>| {
+            Tensor::new(chunk.as_slice(), &self.device)
+                .and_then(|t| t.unsqueeze(0))
+                .map_err(engine_err("token ids"))
+        };
+        let mut parts = Vec::with_capacity(chunks.len());
+        let mut first_pooled = None;
+        for (c1, c2) in chunks.iter().zip(chunks_2) {
+            let h1 = self
+                .clip
+                .penultimate(&ids(c1)?)
+                .map_err(engine_err("text encoder"))?;
+            let (h2, pooled) = clip2
+                .penultimate_and_pooled(&ids(c2)?)
+                .map_err(engine_err("text encoder 2"))?;
+            parts.push(Tensor::cat(&[h1, h2], 2).map_err(engine_err("text embeddings"))?);
+            first_pooled.get_or_insert(pooled);
+        }
+        let context = Tensor::cat(&parts, 1).map_err(engine_err("text embeddings"))?;
+        let pooled = first_pooled.ok_or_else(|| Error::Engine("SDXL prompt: no chunks".into()))?;
+        Ok((context, pooled))
+    }
+}
+
+/// SDXL's second text encoder from its weights, which must include the projection.
+fn build_clip2(part: Component, cfg: &config::ClipFile) -> Result<ClipText> {
+    let clip = ClipText::new(part.weights, cfg).map_err(|e| {
+        Error::input(
+            &part.path,
+            format!("not a matching CLIP text encoder: {}", candle_msg(&e)),
+        )
+    })?;
+    if !clip.has_projection() {
+        return Err(Error::input(
+            &part.path,
+            "no text_projection.weight (SDXL's second text encoder needs its projection)",
+        ));
+    }
+    Ok(clip)
 }

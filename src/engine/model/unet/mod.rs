@@ -1,5 +1,10 @@
-//! The denoising UNet (diffusers' `UNet2DConditionModel` for SD 1.x and 2.x), flat and
+//! The denoising UNet (diffusers' `UNet2DConditionModel` for SD 1.x, 2.x and SDXL), flat and
 //! readable in the style of candle's examples.
+//!
+//! SDXL's differences are all configuration (levels without attention, transformer depth and
+//! heads per level, linear projections, 2048-wide context) except one: the `"text_time"`
+//! added conditioning ([`AddedCond`]), an MLP over the pooled text embedding and the
+//! sinusoidal embeddings of the six size/crop ids, added to the time embedding.
 //!
 //! Our own rather than candle's `UNet2DConditionModel` (see the sub-modules for details):
 //! exact GELU in the feed-forward (diffusers parity), attention with a memory budget
@@ -15,7 +20,7 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::{Linear, VarBuilder};
 
 use super::attention::DEFAULT_SCORE_BUDGET;
-use super::config::{Level, UNetFile};
+use super::config::{Level, TextTime, UNetFile};
 use super::conv::Conv2d;
 use super::norm::GroupNorm;
 use blocks::{Downsample, ResnetBlock, Upsample, conv3, timestep_embedding};
@@ -29,12 +34,32 @@ struct Stage<S> {
     sampler: Option<S>,
 }
 
+/// SDXL's added conditioning for one UNet call (diffusers' `added_cond_kwargs`).
+#[derive(Debug, Clone)]
+pub struct AddedCond {
+    /// The pooled, projected text embedding of the second text encoder,
+    /// `(batch, projection)` (diffusers' `text_embeds`).
+    pub text_embeds: Tensor,
+    /// The six size ids per row, `(batch, 6)`: original height and width, crop top and
+    /// left, target height and width (diffusers' `time_ids`).
+    pub time_ids: Tensor,
+}
+
+/// The `add_embedding` MLP of the `"text_time"` conditioning.
+#[derive(Debug)]
+struct AddEmbedding {
+    linear_1: Linear,
+    linear_2: Linear,
+    time_embed_dim: usize,
+}
+
 /// The UNet.
 #[derive(Debug)]
 pub struct UNet {
     conv_in: Conv2d,
     time_linear_1: Linear,
     time_linear_2: Linear,
+    add_embedding: Option<AddEmbedding>,
     down: Vec<Stage<Downsample>>,
     mid_resnets: [ResnetBlock; 2],
     mid_attention: SpatialTransformer,
@@ -79,7 +104,8 @@ impl UNet {
     /// `vb`.
     pub fn new(vb: VarBuilder, cfg: &UNetFile, config_path: &Path) -> crate::Result<Self> {
         let levels = cfg.levels(config_path)?;
-        Self::build(vb, cfg, &levels).map_err(|e| {
+        let text_time = cfg.text_time(config_path)?;
+        Self::build(vb, cfg, &levels, text_time).map_err(|e| {
             crate::Error::input(
                 config_path,
                 format!(
@@ -90,7 +116,12 @@ impl UNet {
         })
     }
 
-    fn build(vb: VarBuilder, cfg: &UNetFile, levels: &[Level]) -> Result<Self> {
+    fn build(
+        vb: VarBuilder,
+        cfg: &UNetFile,
+        levels: &[Level],
+        text_time: Option<TextTime>,
+    ) -> Result<Self> {
         let (groups, eps) = (cfg.norm_num_groups, cfg.norm_eps);
         let c0 = levels[0].channels;
         let temb = 4 * c0;
@@ -175,7 +206,17 @@ impl UNet {
             prev = level.channels;
         }
 
+        let add_embedding = match text_time {
+            Some(tt) => Some(AddEmbedding {
+                linear_1: candle_nn::linear(tt.input_dim, temb, vb.pp("add_embedding.linear_1"))?,
+                linear_2: candle_nn::linear(temb, temb, vb.pp("add_embedding.linear_2"))?,
+                time_embed_dim: tt.time_embed_dim,
+            }),
+            None => None,
+        };
+
         Ok(UNet {
+            add_embedding,
             conv_in: conv3(vb.pp("conv_in"), cfg.in_channels, c0, 1)?,
             time_linear_1: candle_nn::linear(c0, temb, vb.pp("time_embedding.linear_1"))?,
             time_linear_2: candle_nn::linear(temb, temb, vb.pp("time_embedding.linear_2"))?,
@@ -205,25 +246,106 @@ impl UNet {
         self.score_budget
     }
 
-    /// The predicted noise (or v) for `sample: (batch, in_channels, h, w)` at `timestep`,
-    /// conditioned on `context: (batch, tokens, cross_attention_dim)`.
-    pub fn forward(&self, sample: &Tensor, timestep: f64, context: &Tensor) -> Result<Tensor> {
-        let (batch, _, height, width) = sample.dims4()?;
-        let dtype = sample.dtype();
-        let budget = self.score_budget;
+    /// Whether the UNet needs SDXL's [`AddedCond`] (its config has `"text_time"`).
+    pub fn needs_added_cond(&self) -> bool {
+        self.add_embedding.is_some()
+    }
 
+    /// The predicted noise (or v) for `sample: (batch, in_channels, h, w)` at `timestep`,
+    /// conditioned on `context: (batch, tokens, cross_attention_dim)`. For UNets without
+    /// added conditioning (SD 1.x/2.x); an SDXL UNet needs [`UNet::forward_with`].
+    pub fn forward(&self, sample: &Tensor, timestep: f64, context: &Tensor) -> Result<Tensor> {
+        self.forward_with(sample, timestep, context, None)
+    }
+
+    /// The time embedding plus, for SDXL, the added embedding of `added`.
+    fn time_embedding(
+        &self,
+        timestep: f64,
+        batch: usize,
+        dtype: candle_core::DType,
+        device: &candle_core::Device,
+        added: Option<&AddedCond>,
+    ) -> Result<Tensor> {
         let t = timestep_embedding(
             timestep,
             batch,
             self.time_dim,
             self.flip_sin_to_cos,
             self.freq_shift,
-            sample.device(),
+            device,
         )?
         .to_dtype(dtype)?;
         let emb = self
             .time_linear_2
             .forward(&self.time_linear_1.forward(&t)?.silu()?)?;
+        let (add, added) = match (&self.add_embedding, added) {
+            (None, None) => return Ok(emb),
+            (Some(add), Some(added)) => (add, added),
+            (Some(_), None) => {
+                return Err(candle_core::Error::Msg(
+                    "this UNet needs SDXL's pooled text embedding and size ids".into(),
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(candle_core::Error::Msg(
+                    "this UNet has no added conditioning (not an SDXL UNet)".into(),
+                ));
+            }
+        };
+        // diffusers: add_time_proj(time_ids.flatten()) reshaped to (batch, 6 × dim), after
+        // the pooled text embedding; each id embedded as a timestep, in f32.
+        let ids: Vec<Vec<f32>> = added
+            .time_ids
+            .to_dtype(candle_core::DType::F32)?
+            .to_vec2()?;
+        if ids.len() != batch {
+            return Err(candle_core::Error::Msg(format!(
+                "{} rows of size ids for a batch of {batch}",
+                ids.len()
+            )));
+        }
+        let rows = ids
+            .iter()
+            .map(|row| {
+                let parts = row
+                    .iter()
+                    .map(|&id| {
+                        timestep_embedding(
+                            f64::from(id),
+                            1,
+                            add.time_embed_dim,
+                            self.flip_sin_to_cos,
+                            self.freq_shift,
+                            device,
+                        )
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                Tensor::cat(&parts, 1)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let time_embeds = Tensor::cat(&rows, 0)?.to_dtype(dtype)?;
+        let add_in = Tensor::cat(&[&added.text_embeds.to_dtype(dtype)?, &time_embeds], 1)?;
+        let aug = add
+            .linear_2
+            .forward(&add.linear_1.forward(&add_in)?.silu()?)?;
+        emb + aug
+    }
+
+    /// [`UNet::forward`] with SDXL's added conditioning (required by SDXL UNets, refused by
+    /// the others).
+    pub fn forward_with(
+        &self,
+        sample: &Tensor,
+        timestep: f64,
+        context: &Tensor,
+        added: Option<&AddedCond>,
+    ) -> Result<Tensor> {
+        let (batch, _, height, width) = sample.dims4()?;
+        let dtype = sample.dtype();
+        let budget = self.score_budget;
+
+        let emb = self.time_embedding(timestep, batch, dtype, sample.device(), added)?;
         let silu_emb = emb.silu()?;
 
         let sample = if self.center_input {
