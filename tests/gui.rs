@@ -583,3 +583,52 @@ fn settings_model_recent_files_and_theme_are_persisted() {
     assert_eq!(restored.recent_files, vec![photo]);
     assert_eq!(restored.theme, egui::ThemePreference::Light);
 }
+
+#[test]
+fn picked_lora_and_vae_are_loaded_and_recorded_and_a_new_weight_reloads() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = harness();
+    open_photo(&mut h, dir.path());
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    {
+        let app = h.state_mut();
+        app.persisted.settings.loops = 1;
+        app.persisted
+            .loras
+            .push(loopback_scaler::gui::state::LoraChoice {
+                path: fixtures.join("lora/tiny_a.safetensors"),
+                weight: 0.7,
+            });
+        app.persisted.vae = fixtures.join("tiny-sd/vae").display().to_string();
+    }
+    h.step();
+    // The picked LoRA shows in the Model section with its weight.
+    h.get_by_label("tiny_a");
+    run_to_end(&mut h);
+    let recipe = h.state().session.outcome.as_ref().unwrap().recipe.clone();
+    assert_eq!(recipe.loras.len(), 1, "{recipe:?}");
+    assert_eq!(recipe.loras[0].name, "tiny_a");
+    assert!((recipe.loras[0].weight - 0.7).abs() < 1e-12);
+    let model = recipe.model.expect("model info");
+    assert_eq!(model.vae.expect("the picked VAE").name, "vae");
+
+    // Another weight is another model: Run loads again before running.
+    h.state_mut().persisted.loras[0].weight = 0.2;
+    h.step();
+    h.get_by_label("Load now");
+    h.get_by_role_and_label(Role::Button, "Run").click();
+    h.step();
+    step_until(&mut h, "a run with the new weight", |app| {
+        app.session.outcome.as_ref().is_some_and(|o| {
+            o.recipe
+                .loras
+                .first()
+                .is_some_and(|l| (l.weight - 0.2).abs() < 1e-12)
+        })
+    });
+
+    // Removing it goes back to the plain model.
+    h.get_by_label("×").click();
+    h.step();
+    assert!(h.state().persisted.loras.is_empty());
+}

@@ -2,6 +2,7 @@
 
 mod bench;
 mod gui;
+mod models;
 mod plan;
 mod post;
 mod run;
@@ -34,6 +35,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Print the resolved settings as JSON (defaults, then --settings FILE, then flags).
     Settings(settings::SettingsCmdArgs),
+    /// List the models, VAEs, LoRAs and TAESD decoders in ./models and the Hugging Face cache.
+    Models(models::ModelsArgs),
     /// Open the desktop app (also what running without a command does).
     Gui(gui::GuiArgs),
 }
@@ -98,6 +101,7 @@ pub fn run() -> anyhow::Result<()> {
             post::run(&args)
         }
         Command::Settings(args) => settings::run(&args),
+        Command::Models(args) => models::run(&args),
     }
 }
 

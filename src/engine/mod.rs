@@ -9,6 +9,7 @@
 //! - [`model`]: a Stable Diffusion model loaded from a diffusers folder (CLIP, VAE, UNet);
 //! - [`noise`]: seeded Gaussian noise bit-identical to PyTorch's CPU `torch.randn`, so a seed
 //!   gives the same initial latents as A1111 (RNG source "CPU") and diffusers;
+//! - [`library`]: the models, VAEs, LoRAs and TAESD decoders on disk, with family and size;
 //! - [`models`]: resolving `--model` (preset, folder, or a name in `models/`);
 //! - [`open_model`]: a loaded model from a folder or checkpoint, with a replacement VAE and hashes;
 //! - [`pipeline`]: one img2img pass, as diffusers computes it;
@@ -25,6 +26,7 @@ pub mod arch;
 pub mod checkpoint;
 pub mod device;
 pub mod hub;
+pub mod library;
 pub mod loader;
 pub mod lora;
 pub mod memory;

@@ -11,7 +11,6 @@ use super::jobs::Jobs;
 use super::state::{Persisted, Session, ViewState};
 use super::toasts::Toasts;
 use super::{GuiOptions, dialogs, filmstrip, finishing, side_panel, toolbar, viewer};
-use crate::engine::models::{default_search_dirs, list_local};
 
 /// The Loopback Scaler window.
 pub struct App {
@@ -34,6 +33,8 @@ pub struct App {
     /// The run and model load whose events are current.
     pub(super) run_id: Option<u64>,
     pub(super) load_id: Option<u64>,
+    /// What the current model load was asked for ([`super::execute::load_key`]).
+    pub(super) load_key: Option<String>,
     /// Frames left before the screenshot (`--screenshot`).
     pub(super) screenshot_countdown: Option<u32>,
     applied_theme: Option<egui::ThemePreference>,
@@ -61,7 +62,7 @@ impl App {
         let mut app = App {
             persisted,
             session: Session {
-                local_models: list_local(&default_search_dirs()),
+                library: super::execute::scan_library(),
                 ..Session::default()
             },
             view: ViewState::default(),
@@ -74,6 +75,7 @@ impl App {
             finish_requested: None,
             run_id: None,
             load_id: None,
+            load_key: None,
             screenshot_countdown: None,
             applied_theme: None,
         };

@@ -24,6 +24,10 @@ pub enum Command {
     DismissMetadata,
     /// Show the folder dialog for a local model.
     BrowseModel,
+    /// Show the file dialog for a model file (checkpoint, VAE or LoRA).
+    BrowseFile(FileTarget),
+    /// Remove the LoRA at this index from the picked ones.
+    RemoveLora(usize),
     /// Get the model ready now (Run also does it when needed).
     LoadModel,
     /// Stop a download or load in progress.
@@ -72,5 +76,27 @@ impl Commands {
     /// Takes every command asked for so far.
     pub fn take(&mut self) -> Vec<Command> {
         std::mem::take(&mut self.0)
+    }
+}
+
+/// What a picked `.safetensors` file is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileTarget {
+    /// A single-file checkpoint: the model.
+    Checkpoint,
+    /// A replacement VAE.
+    Vae,
+    /// A LoRA to add.
+    Lora,
+}
+
+impl FileTarget {
+    /// The file dialog's title.
+    pub fn title(self) -> &'static str {
+        match self {
+            FileTarget::Checkpoint => "Choose a checkpoint (.safetensors)",
+            FileTarget::Vae => "Choose a VAE (.safetensors)",
+            FileTarget::Lora => "Choose a LoRA (.safetensors)",
+        }
     }
 }

@@ -150,7 +150,8 @@ impl App {
             } => {
                 model.status = None;
                 model.download_fraction = None;
-                let spec = self.persisted.model.trim().to_string();
+                // The key of what was asked for (the settings may change while loading).
+                let spec = self.load_key.take().unwrap_or_default();
                 self.toasts
                     .info(format!("Model {} loaded in {seconds:.1} s", loaded.name));
                 model.loaded = Some((loaded, spec, self.persisted.device.clone()));

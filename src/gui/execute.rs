@@ -4,12 +4,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::app::App;
-use super::command::Command;
+use super::command::{Command, FileTarget};
 use super::jobs::Picked;
-use super::state::{Pending, Persisted, Picture, Shown};
+use super::state::{LoraChoice, Pending, Persisted, Picture, Shown};
 use crate::engine::loader::ModelRequest;
 use crate::engine::memory::{self, ModelShape};
-use crate::engine::models::{default_search_dirs, list_local};
+use crate::engine::models::default_search_dirs;
 use crate::engine::runner::RunRequest;
 use crate::imageops::finish::Finishing;
 use crate::plan;
@@ -45,6 +45,20 @@ impl App {
                 self.session.dialog_open = true;
                 self.jobs.dialog(dialog, Picked::Model);
             }
+            Command::BrowseFile(target) => {
+                let dialog = rfd::AsyncFileDialog::new()
+                    .set_title(target.title())
+                    .add_filter("safetensors", &["safetensors"])
+                    .pick_file();
+                self.session.dialog_open = true;
+                self.jobs
+                    .dialog(dialog, move |path| Picked::File(target, path));
+            }
+            Command::RemoveLora(index) => {
+                if index < self.persisted.loras.len() {
+                    self.persisted.loras.remove(index);
+                }
+            }
             Command::LoadModel => self.load_model(None),
             Command::CancelModelLoad => {
                 self.jobs.cancel_load();
@@ -55,7 +69,7 @@ impl App {
                 self.toasts.info("Model loading cancelled");
             }
             Command::RefreshModels => {
-                self.session.local_models = list_local(&default_search_dirs());
+                self.session.library = scan_library();
             }
             Command::Run => self.start_run(Shown::Original),
             Command::RunFrom(shown) => self.start_run(shown),
@@ -152,10 +166,18 @@ impl App {
             );
             return;
         }
-        let request = ModelRequest::new(spec.clone(), self.persisted.device_spec());
+        let request = match self.persisted.model_request() {
+            Ok(request) => request,
+            Err(e) => {
+                self.toasts
+                    .error("The model could not be loaded", Some(e.to_string()));
+                return;
+            }
+        };
         self.session.model.status = Some(format!("Getting {spec} ready…"));
         self.session.model.download_fraction = None;
         self.session.model.run_when_loaded = then_run;
+        self.load_key = Some(load_key(&request));
         self.load_id = Some(self.jobs.load_model(request));
     }
 
@@ -177,12 +199,8 @@ impl App {
                 .error("A setting is out of range", Some(e.to_string()));
             return;
         }
-        let wanted = (
-            self.persisted.model.trim().to_string(),
-            self.persisted.device.clone(),
-        );
         let model = match &self.session.model.loaded {
-            Some((model, spec, device)) if (spec, device) == (&wanted.0, &wanted.1) => {
+            Some((model, key, device)) if same_model(&self.persisted, key, device) => {
                 Arc::clone(model)
             }
             _ => {
@@ -401,10 +419,16 @@ impl App {
             Picked::Model(Some(dir)) => {
                 self.persisted.model = dir.display().to_string();
             }
+            Picked::File(target, Some(path)) => match target {
+                FileTarget::Checkpoint => self.persisted.model = path.display().to_string(),
+                FileTarget::Vae => self.persisted.vae = path.display().to_string(),
+                FileTarget::Lora => self.persisted.loras.push(LoraChoice { path, weight: 1.0 }),
+            },
             Picked::Open(None)
             | Picked::Save(_, None)
             | Picked::SaveAll(None)
-            | Picked::Model(None) => {}
+            | Picked::Model(None)
+            | Picked::File(_, None) => {}
         }
     }
 }
@@ -431,6 +455,39 @@ pub fn set_finishing(settings: &mut Settings, f: &Finishing) {
 }
 
 /// Whether `persisted` names the model `loaded` was loaded for.
-pub fn same_model(persisted: &Persisted, spec: &str, device: &str) -> bool {
-    persisted.model.trim() == spec && persisted.device == device
+pub fn same_model(persisted: &Persisted, key: &str, device: &str) -> bool {
+    persisted.device == device
+        && persisted
+            .model_request()
+            .is_ok_and(|request| load_key(&request) == key)
+}
+
+/// What a model was loaded for: the model, the replacement VAE and the LoRAs with their
+/// weights (another of any of these means another load).
+pub fn load_key(request: &ModelRequest) -> String {
+    let loras: Vec<String> = request
+        .loras
+        .iter()
+        .map(|l| format!("{}:{}", l.path.display(), l.weight))
+        .collect();
+    format!(
+        "{}|vae={}|loras={}",
+        request.spec,
+        request
+            .vae
+            .as_ref()
+            .map(|v| v.display().to_string())
+            .unwrap_or_default(),
+        loras.join(",")
+    )
+}
+
+/// The model library the Model section offers: `models/` and the Hugging Face cache, with
+/// hashes already cached.
+pub fn scan_library() -> Vec<crate::engine::library::Entry> {
+    crate::engine::library::scan(
+        &default_search_dirs(),
+        crate::engine::hub::default_cache_dir().as_deref(),
+        crate::engine::weights::hash::HashCache::default_location().as_ref(),
+    )
 }

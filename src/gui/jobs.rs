@@ -57,6 +57,8 @@ pub enum Picked {
     SaveAll(Option<PathBuf>),
     /// A model folder.
     Model(Option<PathBuf>),
+    /// A model file (checkpoint, VAE or LoRA).
+    File(super::command::FileTarget, Option<PathBuf>),
 }
 
 /// The runner's events, with images made ready for the UI.
@@ -235,9 +237,10 @@ impl Jobs {
     }
 
     /// Shows a file dialog on a worker thread; `make` builds the dialog's future.
-    pub fn dialog<F>(&self, dialog: F, wrap: fn(Option<PathBuf>) -> Picked)
+    pub fn dialog<F, W>(&self, dialog: F, wrap: W)
     where
         F: std::future::Future<Output = Option<rfd::FileHandle>> + Send + 'static,
+        W: FnOnce(Option<PathBuf>) -> Picked + Send + 'static,
     {
         self.spawn("file-dialog", move || {
             let picked = pollster::block_on(dialog).map(|h| h.path().to_path_buf());

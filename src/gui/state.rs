@@ -10,6 +10,8 @@ use image::{DynamicImage, RgbImage};
 use serde::{Deserialize, Serialize};
 
 use crate::engine::device::DeviceSpec;
+use crate::engine::loader::ModelRequest;
+use crate::engine::lora::{self, LoraSpec};
 use crate::engine::runner::LoadedModel;
 use crate::imageops::finish::Finishing;
 use crate::metadata::Recipe;
@@ -35,6 +37,19 @@ pub struct Persisted {
     pub theme: egui::ThemePreference,
     /// The first-loop seed of the last run, for "reuse last".
     pub last_seed: Option<u32>,
+    /// A replacement VAE (a `.safetensors` file or a VAE folder); empty: the model's own.
+    pub vae: String,
+    /// LoRAs merged into the model at load, besides the prompt's `<lora:…>` tags.
+    pub loras: Vec<LoraChoice>,
+}
+
+/// A LoRA picked in the Model section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LoraChoice {
+    /// The LoRA file.
+    pub path: PathBuf,
+    /// How strongly it applies (1 = as trained).
+    pub weight: f64,
 }
 
 impl Default for Persisted {
@@ -46,6 +61,8 @@ impl Default for Persisted {
             recent_files: Vec::new(),
             theme: egui::ThemePreference::System,
             last_seed: None,
+            vae: String::new(),
+            loras: Vec::new(),
         }
     }
 }
@@ -54,6 +71,29 @@ impl Persisted {
     /// The device as the engine understands it (`auto` when the text is not a device).
     pub fn device_spec(&self) -> DeviceSpec {
         self.device.parse().unwrap_or(DeviceSpec::Auto)
+    }
+
+    /// The load request for the chosen model, VAE and LoRAs (the picked ones and the
+    /// prompt's `<lora:NAME:WEIGHT>` tags, looked up in `models/`). Errors: a tag naming a
+    /// LoRA that cannot be found.
+    pub fn model_request(&self) -> crate::Result<ModelRequest> {
+        let picked: Vec<LoraSpec> = self
+            .loras
+            .iter()
+            .map(|l| LoraSpec {
+                path: l.path.clone(),
+                weight: l.weight,
+            })
+            .collect();
+        let mut request = ModelRequest::new(self.model.trim(), self.device_spec());
+        request.loras = lora::specs_for_prompt(
+            &self.settings.prompt,
+            &picked,
+            &crate::engine::models::default_search_dirs(),
+        )?;
+        let vae = self.vae.trim();
+        request.vae = (!vae.is_empty()).then(|| PathBuf::from(vae));
+        Ok(request)
     }
 
     /// Puts `path` first in the recent files.
@@ -258,8 +298,8 @@ pub struct Session {
     pub saving: bool,
     /// Seconds per megapixel-step measured on the last finished run (for time estimates).
     pub seconds_per_mpstep: Option<f64>,
-    /// Local models found in the search folders.
-    pub local_models: Vec<crate::engine::models::LocalModel>,
+    /// Models, VAEs and LoRAs found in the search folders and the Hugging Face cache.
+    pub library: Vec<crate::engine::library::Entry>,
 }
 
 impl Session {
