@@ -18,6 +18,9 @@ use loopback_scaler::engine::scheduler::PredictionType;
 use loopback_scaler::engine::weights::SafetensorsFile;
 use loopback_scaler::settings::{Settings, TargetMode};
 
+mod common;
+use common::max_abs_diff;
+
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).to_path_buf()
 }
@@ -37,19 +40,6 @@ fn with_config() -> LoadOptions {
         },
         loras: Vec::new(),
     }
-}
-
-fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
 }
 
 fn load_folder() -> LoadedModel {
@@ -83,10 +73,10 @@ fn compare(a: &LoadedModel, b: &LoadedModel) -> [f32; 4] {
     let ua = a.model.unet.forward(&la, 500.0, &ta).unwrap();
     let ub = b.model.unet.forward(&la, 500.0, &ta).unwrap();
     [
-        max_diff(&ta, &tb),
-        max_diff(&la, &lb),
-        max_diff(&da, &db),
-        max_diff(&ua, &ub),
+        max_abs_diff(&ta, &tb),
+        max_abs_diff(&la, &lb),
+        max_abs_diff(&da, &db),
+        max_abs_diff(&ua, &ub),
     ]
 }
 
@@ -141,7 +131,7 @@ fn every_tensor_of_the_folder_is_served_identically() {
                 .unwrap();
             let want = want.to_dtype(DType::F32).unwrap();
             assert_eq!(got.dims(), want.dims(), "{name}");
-            assert_eq!(max_diff(&got, &want), 0.0, "{name}");
+            assert_eq!(max_abs_diff(&got, &want), 0.0, "{name}");
         }
     }
 }
@@ -457,7 +447,7 @@ fn replacement_vae_file_or_folder_replaces_the_models_vae() {
     let (want_latents, want_image) = decode(&reference);
     let (orig_latents, _) = decode(&original);
     assert!(
-        max_diff(&want_latents, &orig_latents) > 1e-3,
+        max_abs_diff(&want_latents, &orig_latents) > 1e-3,
         "the scaled VAE must differ"
     );
 
@@ -477,8 +467,8 @@ fn replacement_vae_file_or_folder_replaces_the_models_vae() {
         let mut model =
             LoadedModel::load_with(&model_path, &options, &Device::Cpu, DType::F32).unwrap();
         let (latents, image) = decode(&model);
-        assert_eq!(max_diff(&latents, &want_latents), 0.0, "{vae_path:?}");
-        assert_eq!(max_diff(&image, &want_image), 0.0, "{vae_path:?}");
+        assert_eq!(max_abs_diff(&latents, &want_latents), 0.0, "{vae_path:?}");
+        assert_eq!(max_abs_diff(&image, &want_image), 0.0, "{vae_path:?}");
         // The rest of the model is untouched.
         assert_eq!(compare(&model, &original)[0], 0.0);
         model.compute_hashes(None).unwrap();

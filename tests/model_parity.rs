@@ -8,6 +8,9 @@ use candle_core::{DType, Device, Tensor};
 use loopback_scaler::engine::model::SdModel;
 use serde_json::Value;
 
+mod common;
+use common::max_abs_diff;
+
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
@@ -52,20 +55,6 @@ fn tensor(case: &Value, key: &str) -> Tensor {
         other => panic!("dtype {other}"),
     };
     Tensor::from_vec(values, shape, &Device::Cpu).unwrap()
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims());
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
 }
 
 fn max_abs(a: &Tensor) -> f32 {

@@ -15,6 +15,9 @@ use loopback_scaler::engine::pipeline::{Img2ImgParams, TextAndSchedule, conditio
 use loopback_scaler::settings::Sampler;
 use serde_json::Value;
 
+mod common;
+use common::max_abs_diff;
+
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
@@ -46,20 +49,6 @@ fn tensor(case: &Value, key: &str) -> Tensor {
         .map(|d| d.as_u64().unwrap() as usize)
         .collect();
     Tensor::from_vec(values, shape, &Device::Cpu).unwrap()
-}
-
-fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims());
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
 }
 
 fn sampler(name: &str) -> Sampler {
@@ -112,16 +101,16 @@ fn sdxl_components_match_diffusers() {
         );
         let (context, added) = conditioning(&model, &text, &p, size).unwrap();
         let added = added.expect("SDXL added conditioning");
-        let d_context = max_abs(&context, &tensor(case, "encoder_hidden_states"));
-        let d_pooled = max_abs(&added.text_embeds, &tensor(case, "text_embeds"));
-        let d_ids = max_abs(&added.time_ids, &tensor(case, "time_ids"));
+        let d_context = max_abs_diff(&context, &tensor(case, "encoder_hidden_states"));
+        let d_pooled = max_abs_diff(&added.text_embeds, &tensor(case, "text_embeds"));
+        let d_ids = max_abs_diff(&added.time_ids, &tensor(case, "time_ids"));
         assert!(d_context <= 1e-4, "{name}: context differs by {d_context}");
         assert!(d_pooled <= 1e-4, "{name}: pooled differs by {d_pooled}");
         assert_eq!(d_ids, 0.0, "{name}: size ids");
         if case["negative_prompt"].is_null() && p.cfg > 1.0 {
             // force_zeros_for_empty_prompt: the unconditional row is all zeros.
             let uncond = context.get(0).unwrap();
-            assert_eq!(max_abs(&uncond, &uncond.zeros_like().unwrap()), 0.0);
+            assert_eq!(max_abs_diff(&uncond, &uncond.zeros_like().unwrap()), 0.0);
         }
 
         // One UNet call on diffusers' own inputs.
@@ -138,7 +127,7 @@ fn sdxl_components_match_diffusers() {
                 Some(&reference_added),
             )
             .unwrap();
-        let d_unet = max_abs(&out, &tensor(case, "unet_output"));
+        let d_unet = max_abs_diff(&out, &tensor(case, "unet_output"));
         assert!(d_unet <= 1e-4, "{name}: UNet output differs by {d_unet}");
         eprintln!("{name}: context {d_context:.2e}, pooled {d_pooled:.2e}, UNet {d_unet:.2e}");
         worst_context = worst_context.max(d_context);
@@ -196,7 +185,7 @@ fn sdxl_img2img_matches_diffusers() {
         );
         let trajectory = tensor(case, "latents_trajectory");
         let reference_latents = trajectory.get(steps).unwrap();
-        let d_latents = max_abs(&last.unwrap(), &reference_latents);
+        let d_latents = max_abs_diff(&last.unwrap(), &reference_latents);
         assert!(
             d_latents <= 1e-3,
             "{name}: final latents differ by {d_latents}"

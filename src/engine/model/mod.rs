@@ -21,6 +21,7 @@ use candle_nn::VarBuilder;
 
 use super::lora::names::same_layout;
 use super::lora::{Component as LoraPart, LoraSet};
+use crate::engine::weights::{SafetensorsFile, WeightSource};
 use crate::{Error, Result};
 use clip::ClipText;
 use config::ModelFiles;
@@ -95,12 +96,6 @@ fn weights_file(dir: &Path, stem: &str, dtype: DType) -> Result<PathBuf> {
     Err(Error::input(dir, format!("no {stem}.safetensors weights")))
 }
 
-/// A var builder over a safetensors file, read tensor by tensor on demand
-/// ([`crate::engine::weights`]) rather than memory-mapped whole.
-fn var_builder(path: &Path, dtype: DType, device: &Device) -> Result<VarBuilder<'static>> {
-    crate::engine::weights::var_builder(path, dtype, device)
-}
-
 /// The weights of one network and the file they come from (named in errors).
 pub struct Component {
     /// The network's tensors.
@@ -141,10 +136,12 @@ pub fn folder_parts(
     let files = ModelFiles::read(root)?;
     let component = |dir: &str, stem: &str, dtype: DType| -> Result<Component> {
         let path = weights_file(&root.join(dir), stem, dtype)?;
-        let file = crate::engine::weights::SafetensorsFile::open(&path)?;
+        // One header read serves both the names (for LoRA matching) and the weights.
+        let file = std::sync::Arc::new(SafetensorsFile::open(&path)?);
+        let names = file.names();
         Ok(Component {
-            weights: var_builder(&path, dtype, device)?,
-            names: file.names(),
+            weights: WeightSource::identity(file).into_var_builder(dtype, device),
+            names,
             path,
         })
     };
