@@ -12,6 +12,7 @@ use std::sync::atomic::AtomicBool;
 use candle_core::{DType, Device, Tensor};
 use image::DynamicImage;
 use loopback_scaler::engine::checkpoint::{Checkpoint, CheckpointOptions, Family};
+use loopback_scaler::engine::model::unet::AddedCond;
 use loopback_scaler::engine::open_model::{LoadOptions, ModelPath};
 use loopback_scaler::engine::runner::{self, LoadedModel, RunRequest};
 use loopback_scaler::engine::scheduler::PredictionType;
@@ -24,95 +25,181 @@ use common::max_abs_diff;
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).to_path_buf()
 }
-fn tiny() -> PathBuf {
-    root().join("tests/fixtures/tiny-sd")
-}
-fn tiny_checkpoint() -> PathBuf {
-    root().join("tests/fixtures/checkpoint/tiny-sd.safetensors")
+
+/// A tiny diffusers model and the same weights as one original-layout checkpoint.
+#[derive(Clone, Copy)]
+struct Tiny {
+    /// Folder name under `tests/fixtures/` (also the checkpoint's stem under `checkpoint/`).
+    name: &'static str,
+    family: Family,
 }
 
-fn with_config() -> LoadOptions {
-    LoadOptions {
-        vae: None,
-        checkpoint: CheckpointOptions {
-            config: Some(tiny()),
+const SD1: Tiny = Tiny {
+    name: "tiny-sd",
+    family: Family::Sd1,
+};
+const SDXL: Tiny = Tiny {
+    name: "tiny-sdxl",
+    family: Family::Sdxl,
+};
+
+impl Tiny {
+    fn folder(self) -> PathBuf {
+        root().join("tests/fixtures").join(self.name)
+    }
+
+    fn checkpoint(self) -> PathBuf {
+        root()
+            .join("tests/fixtures/checkpoint")
+            .join(format!("{}.safetensors", self.name))
+    }
+
+    fn options(self) -> CheckpointOptions {
+        CheckpointOptions {
+            config: Some(self.folder()),
             prediction: None,
-        },
-        loras: Vec::new(),
+        }
+    }
+
+    fn load_folder(self) -> LoadedModel {
+        LoadedModel::load(&self.folder(), &Device::Cpu, DType::F32).unwrap()
+    }
+
+    fn load_checkpoint(self) -> LoadedModel {
+        let options = LoadOptions {
+            checkpoint: self.options(),
+            ..LoadOptions::default()
+        };
+        LoadedModel::load_with(
+            &ModelPath::Checkpoint(self.checkpoint()),
+            &options,
+            &Device::Cpu,
+            DType::F32,
+        )
+        .unwrap()
     }
 }
 
+fn tiny() -> PathBuf {
+    SD1.folder()
+}
+fn tiny_checkpoint() -> PathBuf {
+    SD1.checkpoint()
+}
+fn with_config() -> LoadOptions {
+    LoadOptions {
+        checkpoint: SD1.options(),
+        ..LoadOptions::default()
+    }
+}
 fn load_folder() -> LoadedModel {
-    LoadedModel::load(&tiny(), &Device::Cpu, DType::F32).unwrap()
+    SD1.load_folder()
 }
 
-fn load_checkpoint(options: &LoadOptions) -> LoadedModel {
-    LoadedModel::load_with(
-        &ModelPath::Checkpoint(tiny_checkpoint()),
-        options,
-        &Device::Cpu,
-        DType::F32,
-    )
-    .unwrap()
-}
-
-/// Text encoder, VAE encode/decode and one UNet call of two models, max abs differences.
-fn compare(a: &LoadedModel, b: &LoadedModel) -> [f32; 4] {
+/// Text conditioning, VAE encode/decode and one UNet call of two models, max abs
+/// differences. SDXL models are compared on both encoders' context, the pooled embedding
+/// and a UNet call with the added size conditioning.
+fn compare(a: &LoadedModel, b: &LoadedModel) -> Vec<f32> {
     let ids: Vec<u32> = a
         .text
         .tokenizer
         .encode_padded("a cup of coffee", a.text.pad_token)
         .to_vec();
-    let ta = a.model.text_embeddings(std::slice::from_ref(&ids)).unwrap();
-    let tb = b.model.text_embeddings(&[ids]).unwrap();
     let image = Tensor::randn(0f32, 0.5, (1, 3, 32, 32), &Device::Cpu).unwrap();
     let la = a.model.vae.encode_mean(&image).unwrap();
     let lb = b.model.vae.encode_mean(&image).unwrap();
     let da = a.model.vae.decode(&la).unwrap();
     let db = b.model.vae.decode(&la).unwrap();
-    let ua = a.model.unet.forward(&la, 500.0, &ta).unwrap();
-    let ub = b.model.unet.forward(&la, 500.0, &ta).unwrap();
-    [
-        max_abs_diff(&ta, &tb),
-        max_abs_diff(&la, &lb),
-        max_abs_diff(&da, &db),
-        max_abs_diff(&ua, &ub),
-    ]
+    let mut diffs = vec![max_abs_diff(&la, &lb), max_abs_diff(&da, &db)];
+    if let Some(xl) = a.text.sdxl {
+        assert!(a.model.is_sdxl() && b.model.is_sdxl());
+        let ids2: Vec<u32> = a
+            .text
+            .tokenizer
+            .encode_padded("a cup of coffee", xl.pad_token_2)
+            .to_vec();
+        let conditioning = |m: &LoadedModel| {
+            m.model
+                .sdxl_conditioning(std::slice::from_ref(&ids), std::slice::from_ref(&ids2))
+                .unwrap()
+        };
+        let (ca, pa) = conditioning(a);
+        let (cb, pb) = conditioning(b);
+        let added = AddedCond {
+            text_embeds: pa.clone(),
+            time_ids: Tensor::new(&[[32f32, 32., 0., 0., 32., 32.]], &Device::Cpu).unwrap(),
+        };
+        let ua = a
+            .model
+            .unet
+            .forward_with(&la, 500.0, &ca, Some(&added))
+            .unwrap();
+        let ub = b
+            .model
+            .unet
+            .forward_with(&la, 500.0, &ca, Some(&added))
+            .unwrap();
+        diffs.extend([
+            max_abs_diff(&ca, &cb),
+            max_abs_diff(&pa, &pb),
+            max_abs_diff(&ua, &ub),
+        ]);
+    } else {
+        let ta = a.model.text_embeddings(std::slice::from_ref(&ids)).unwrap();
+        let tb = b.model.text_embeddings(&[ids]).unwrap();
+        let ua = a.model.unet.forward(&la, 500.0, &ta).unwrap();
+        let ub = b.model.unet.forward(&la, 500.0, &ta).unwrap();
+        diffs.extend([max_abs_diff(&ta, &tb), max_abs_diff(&ua, &ub)]);
+    }
+    diffs
 }
 
-#[test]
-fn original_layout_checkpoint_equals_its_diffusers_folder() {
-    let folder = load_folder();
+fn checkpoint_equals_its_folder(tiny: Tiny) {
+    let folder = tiny.load_folder();
     // The fixture is fp16, as the folder; on CPU both load as f32.
     assert_eq!(
-        SafetensorsFile::open(&tiny_checkpoint())
+        SafetensorsFile::open(&tiny.checkpoint())
             .unwrap()
             .info("model.diffusion_model.out.2.weight")
             .unwrap()
             .dtype,
         safetensors::Dtype::F16
     );
-    let ckpt = load_checkpoint(&with_config());
+    let ckpt = tiny.load_checkpoint();
     assert_eq!(ckpt.model.dtype, DType::F32);
-    assert_eq!(ckpt.name, "tiny-sd");
+    assert_eq!(ckpt.name, tiny.name);
     let diffs = compare(&folder, &ckpt);
-    eprintln!("text, vae encode, vae decode, unet max abs diff: {diffs:?}");
-    assert_eq!(diffs, [0.0; 4], "bit-identical expected");
+    eprintln!(
+        "{}: vae encode, vae decode, text…, unet max abs diff: {diffs:?}",
+        tiny.name
+    );
+    assert!(
+        diffs.iter().all(|d| *d == 0.0),
+        "bit-identical expected: {diffs:?}"
+    );
 }
 
 #[test]
-fn every_tensor_of_the_folder_is_served_identically() {
-    let ckpt = Checkpoint::open(
-        &tiny_checkpoint(),
-        &CheckpointOptions {
-            config: Some(tiny()),
-            prediction: None,
-        },
-    )
-    .unwrap();
-    assert_eq!(ckpt.detected.family, Family::Sd1);
-    assert!(ckpt.unused.is_empty(), "{:?}", ckpt.unused);
-    let parts = [
+fn original_layout_checkpoint_equals_its_diffusers_folder() {
+    checkpoint_equals_its_folder(SD1);
+}
+
+#[test]
+fn original_layout_sdxl_checkpoint_equals_its_diffusers_folder() {
+    checkpoint_equals_its_folder(SDXL);
+}
+
+fn every_tensor_is_served_identically(tiny: Tiny) {
+    let ckpt = Checkpoint::open(&tiny.checkpoint(), &tiny.options()).unwrap();
+    assert_eq!(ckpt.detected.family, tiny.family);
+    let unused: Vec<&str> = ckpt
+        .unused
+        .iter()
+        .map(String::as_str)
+        .filter(|n| !n.ends_with("logit_scale"))
+        .collect();
+    assert!(unused.is_empty(), "{unused:?}");
+    let mut parts = vec![
         ("unet/diffusion_pytorch_model.safetensors", &ckpt.unet),
         (
             "vae/diffusion_pytorch_model.safetensors",
@@ -120,8 +207,13 @@ fn every_tensor_of_the_folder_is_served_identically() {
         ),
         ("text_encoder/model.safetensors", &ckpt.text),
     ];
+    if let Some(text2) = &ckpt.text2 {
+        parts.push(("text_encoder_2/model.safetensors", text2));
+    }
+    assert_eq!(parts.len(), if tiny.family == Family::Sdxl { 4 } else { 3 });
     for (file, source) in parts {
-        let folder = candle_core::safetensors::load(tiny().join(file), &Device::Cpu).unwrap();
+        let folder =
+            candle_core::safetensors::load(tiny.folder().join(file), &Device::Cpu).unwrap();
         assert_eq!(folder.len(), source.len(), "{file}");
         for (name, want) in folder {
             let got = source
@@ -137,11 +229,20 @@ fn every_tensor_of_the_folder_is_served_identically() {
 }
 
 #[test]
-fn img2img_run_from_checkpoint_equals_folder_run_and_records_the_hash() {
+fn every_tensor_of_the_folder_is_served_identically() {
+    every_tensor_is_served_identically(SD1);
+}
+
+#[test]
+fn every_tensor_of_the_sdxl_folder_is_served_identically() {
+    every_tensor_is_served_identically(SDXL);
+}
+
+fn run_equals_folder_run_and_records_the_hash(tiny: Tiny) {
     let settings = Settings {
-        loops: 1,
+        loops: 2,
         target_mode: TargetMode::Scale,
-        scale: 1.0,
+        scale: 1.5,
         steps: 4,
         denoise: 0.5,
         seed: 7,
@@ -163,20 +264,34 @@ fn img2img_run_from_checkpoint_equals_folder_run_and_records_the_hash() {
             .unwrap()
             .unwrap()
     };
-    let folder = run(&load_folder());
-    let mut model = load_checkpoint(&with_config());
+    let folder = run(&tiny.load_folder());
+    let mut model = tiny.load_checkpoint();
     let cache = tempfile::tempdir().unwrap();
     let cache = loopback_scaler::engine::weights::hash::HashCache::new(cache.path());
     model.compute_hashes(Some(&cache)).unwrap();
-    let expected = loopback_scaler::engine::weights::hash::sha256_file(&tiny_checkpoint()).unwrap();
+    let expected = loopback_scaler::engine::weights::hash::sha256_file(&tiny.checkpoint()).unwrap();
     assert_eq!(model.hash.as_deref(), Some(&expected[..10]));
     let out = run(&model);
     assert_eq!(out.unfinished.as_raw(), folder.unfinished.as_raw());
     let text = out.recipe.to_infotext().to_text();
     assert!(
-        text.contains(&format!("Model hash: {}, Model: tiny-sd", &expected[..10])),
+        text.contains(&format!(
+            "Model hash: {}, Model: {}",
+            &expected[..10],
+            tiny.name
+        )),
         "{text}"
     );
+}
+
+#[test]
+fn img2img_run_from_checkpoint_equals_folder_run_and_records_the_hash() {
+    run_equals_folder_run_and_records_the_hash(SD1);
+}
+
+#[test]
+fn sdxl_img2img_run_from_checkpoint_equals_folder_run() {
+    run_equals_folder_run_and_records_the_hash(SDXL);
 }
 
 #[test]
@@ -470,7 +585,7 @@ fn replacement_vae_file_or_folder_replaces_the_models_vae() {
         assert_eq!(max_abs_diff(&latents, &want_latents), 0.0, "{vae_path:?}");
         assert_eq!(max_abs_diff(&image, &want_image), 0.0, "{vae_path:?}");
         // The rest of the model is untouched.
-        assert_eq!(compare(&model, &original)[0], 0.0);
+        assert_eq!(compare(&model, &original)[2..], [0.0, 0.0]);
         model.compute_hashes(None).unwrap();
         let info = model.vae.as_ref().unwrap();
         let weights = model.vae_path.as_ref().unwrap();

@@ -12,6 +12,12 @@ It writes, deterministically:
       tests/fixtures/tiny-sd (SD 1.x, fp16) in the original layout: UNet under
       model.diffusion_model., VAE under first_stage_model. (mid attention as 1x1 convs),
       CLIP-L under cond_stage_model.transformer.
+* tests/fixtures/checkpoint/tiny-sdxl.safetensors
+      tests/fixtures/tiny-sdxl (SDXL, fp16) in the original (Stability SGM) layout: UNet under
+      model.diffusion_model. (label_emb for the text_time conditioning), VAE under
+      first_stage_model., CLIP-L under conditioner.embedders.0.transformer. and the second
+      encoder as OpenCLIP under conditioner.embedders.1.model. (fused in_proj, text_projection
+      stored transposed).
 * tests/fixtures/checkpoint/tiny-sd2-keys.json
 * tests/fixtures/checkpoint/tiny-sdxl-keys.json
       names and shapes only: an SD 2.x-style (OpenCLIP-H text encoder, fused in_proj, linear
@@ -40,6 +46,7 @@ from safetensors.torch import load_file, save_file
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "tests/fixtures/tiny-sd"
+TINY_SDXL = ROOT / "tests/fixtures/tiny-sdxl"
 OUT = ROOT / "tests/fixtures/checkpoint"
 
 RESNET = {"norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb_layers.1",
@@ -212,6 +219,52 @@ def sd1():
     print(f"wrote {path.relative_to(ROOT)} ({path.stat().st_size} bytes)")
 
 
+def sdxl_weights():
+    """tests/fixtures/tiny-sdxl as one original-layout SDXL checkpoint, checked with diffusers."""
+    from diffusers import StableDiffusionXLPipeline
+    from diffusers.loaders.single_file_utils import convert_open_clip_checkpoint
+    from transformers import CLIPTextModelWithProjection, CLIPTokenizer
+    sys.path.insert(0, str(ROOT / "tools/parity"))
+    import make_tiny_sd  # the CLIP tokenizer files, built from the shipped BPE list
+
+    config = json.loads((TINY_SDXL / "unet/config.json").read_text())
+    attention = [t.startswith("CrossAttn") for t in config["down_block_types"]]
+    unet = load_file(TINY_SDXL / "unet/diffusion_pytorch_model.safetensors")
+    vae = load_file(TINY_SDXL / "vae/diffusion_pytorch_model.safetensors")
+    text = load_file(TINY_SDXL / "text_encoder/model.safetensors")
+    text2 = load_file(TINY_SDXL / "text_encoder_2/model.safetensors")
+    vae_levels = len(json.loads((TINY_SDXL / "vae/config.json").read_text())["block_out_channels"])
+    original = {}
+    original.update(unet_to_original(unet, config["layers_per_block"], attention))
+    original.update(vae_to_original(vae, vae_levels))
+    original.update({"conditioner.embedders.0.transformer." + with_text_model(k): v
+                     for k, v in text.items() if not k.endswith("position_ids")})
+    original.update(clip_to_open_clip(text2, "conditioner.embedders.1.model."))
+    original = {k: v.to(torch.float16).contiguous() for k, v in original.items()}
+    path = OUT / "tiny-sdxl.safetensors"
+    save_file(original, path)
+    with tempfile.TemporaryDirectory() as tmp:
+        make_tiny_sd.write_tokenizer(Path(tmp) / "tokenizer")
+        tok = CLIPTokenizer.from_pretrained(Path(tmp) / "tokenizer", local_files_only=True)
+        tok2 = CLIPTokenizer.from_pretrained(Path(tmp) / "tokenizer", local_files_only=True, pad_token="!")
+    # diffusers tells the two text encoders apart by their width; both are 8 wide here, so its
+    # pipeline loader would convert CLIP-L's tensors for the second encoder. The second encoder
+    # is therefore passed in, and checked below with diffusers' own OpenCLIP conversion.
+    encoder_2 = CLIPTextModelWithProjection.from_pretrained(
+        TINY_SDXL / "text_encoder_2", local_files_only=True, torch_dtype=torch.float16)
+    pipe = StableDiffusionXLPipeline.from_single_file(
+        str(path), config=str(TINY_SDXL), local_files_only=True, torch_dtype=torch.float16,
+        tokenizer=tok, tokenizer_2=tok2, text_encoder_2=encoder_2)
+    print("sdxl (weights):")
+    assert_same("unet", unet, pipe.unet.state_dict())
+    assert_same("vae", vae, pipe.vae.state_dict())
+    plain = lambda sd: {with_text_model(k): v for k, v in sd.items() if not k.endswith("position_ids")}
+    assert_same("text_encoder", plain(text), plain(pipe.text_encoder.state_dict()))
+    converted = convert_open_clip_checkpoint(encoder_2, load_file(path), prefix="conditioner.embedders.1.model.")
+    assert_same("text_encoder_2 (its OpenCLIP conversion)", plain(text2), plain(converted))
+    print(f"wrote {path.relative_to(ROOT)} ({path.stat().st_size} bytes)")
+
+
 def with_text_model(name):
     """transformers' CLIP names with the `text_model.` prefix checkpoints use."""
     if name.startswith("text_model.") or name.startswith("text_projection"):
@@ -318,9 +371,11 @@ def keys_fixture(family):
 
 
 if __name__ == "__main__":
-    only = sys.argv[1:] or ["sd1", "sd2", "sdxl"]
+    only = sys.argv[1:] or ["sd1", "sdxl-weights", "sd2", "sdxl"]
     if "sd1" in only:
         sd1()
+    if "sdxl-weights" in only:
+        sdxl_weights()
     for family in ("sd2", "sdxl"):
         if family in only:
             keys_fixture(family)

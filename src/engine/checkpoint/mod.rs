@@ -135,28 +135,44 @@ impl Checkpoint {
         let detected = detect::detect(&file)?;
         let family = detected.family;
 
-        let (unet_config, vae_config, text_config, scheduler_override) = match &options.config {
-            Some(folder) => {
-                let files = ModelFiles::read(folder)?;
-                let scheduler =
-                    SchedulerConfig::load(&folder.join("scheduler/scheduler_config.json"))?;
-                (files.unet, Some(files.vae), files.clip, Some(scheduler))
-            }
-            None => (
-                configs::unet_config(&detected, path)?,
-                detected
-                    .vae
-                    .as_ref()
-                    .map(|v| configs::vae_config(v, configs::latent_scale(family), path))
-                    .transpose()?,
-                configs::clip_config(&detected.text[0], family == Family::Sd2, path)?,
-                None,
-            ),
-        };
-        let text2_config = match family {
-            Family::Sdxl => Some(configs::clip_config(&detected.text[1], false, path)?),
-            _ => None,
-        };
+        // A config folder gives every config (the second text encoder's too); otherwise they
+        // are inferred from the tensor shapes.
+        let (unet_config, vae_config, text_config, text2_config, scheduler_override) =
+            match &options.config {
+                Some(folder) => {
+                    let files = ModelFiles::read(folder)?;
+                    let scheduler =
+                        SchedulerConfig::load(&folder.join("scheduler/scheduler_config.json"))?;
+                    if family == Family::Sdxl && files.clip2.is_none() {
+                        return Err(Error::input(
+                            folder,
+                            "not an SDXL config folder (no text_encoder_2/) for an SDXL checkpoint",
+                        ));
+                    }
+                    let text2 = files.clip2.filter(|_| family == Family::Sdxl);
+                    (
+                        files.unet,
+                        Some(files.vae),
+                        files.clip,
+                        text2,
+                        Some(scheduler),
+                    )
+                }
+                None => (
+                    configs::unet_config(&detected, path)?,
+                    detected
+                        .vae
+                        .as_ref()
+                        .map(|v| configs::vae_config(v, configs::latent_scale(family), path))
+                        .transpose()?,
+                    configs::clip_config(&detected.text[0], family == Family::Sd2, path)?,
+                    match family {
+                        Family::Sdxl => Some(configs::clip_config(&detected.text[1], false, path)?),
+                        _ => None,
+                    },
+                    None,
+                ),
+            };
         let mut scheduler =
             scheduler_override.unwrap_or_else(|| configs::scheduler_config(family, None));
         if let Some(p) = options.prediction {
