@@ -449,12 +449,11 @@ fn sd2_openclip_checkpoint_maps_and_loads() {
     assert_eq!(ckpt.unused, ["cond_stage_model.model.logit_scale"]);
     // The configs inferred from the weights build the engine's networks.
     let options = LoadOptions {
-        vae: None,
         checkpoint: CheckpointOptions {
             config: None,
             prediction: Some(PredictionType::Epsilon),
         },
-        loras: Vec::new(),
+        ..LoadOptions::default()
     };
     let model = LoadedModel::load_with(
         &ModelPath::Checkpoint(path),
@@ -708,4 +707,44 @@ fn loader_resolves_a_checkpoint_by_name_and_hashes_it_once() {
     assert_eq!(model.hash.as_deref(), Some(&sha[..10]));
     let cached = std::fs::read_to_string(cache.join("model-hashes.json")).unwrap();
     assert!(cached.contains(&sha), "{cached}");
+}
+
+/// A copy of the tiny SDXL VAE folder at `dir`, with `force_upcast` set as given.
+fn sdxl_vae_copy(dir: &Path, force_upcast: bool) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let vae = SDXL.folder().join("vae");
+    std::fs::copy(
+        vae.join("diffusion_pytorch_model.safetensors"),
+        dir.join("diffusion_pytorch_model.safetensors"),
+    )
+    .unwrap();
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(vae.join("config.json")).unwrap()).unwrap();
+    config["force_upcast"] = serde_json::Value::Bool(force_upcast);
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    dir.to_path_buf()
+}
+
+#[test]
+fn an_fp16_fix_vae_from_the_hf_cache_stays_f16_and_is_recorded_by_its_repository() {
+    let tmp = tempfile::tempdir().unwrap();
+    let load = |vae: Option<PathBuf>| {
+        let options = LoadOptions {
+            vae,
+            ..LoadOptions::default()
+        };
+        let path = ModelPath::Folder(SDXL.folder());
+        LoadedModel::load_with(&path, &options, &Device::Cpu, DType::F16).unwrap()
+    };
+    // The stock SDXL VAE (force_upcast) runs in f32 under f16 weights, given or not.
+    assert_eq!(load(None).model.vae_dtype, DType::F32);
+    let stock = sdxl_vae_copy(&tmp.path().join("stock"), true);
+    assert_eq!(load(Some(stock)).model.vae_dtype, DType::F32);
+    // The fp16-fix VAE, as the loader fetches it into the Hugging Face cache, stays f16.
+    let snapshot = tmp
+        .path()
+        .join("hub/models--madebyollin--sdxl-vae-fp16-fix/snapshots/0123abc");
+    let fixed = load(Some(sdxl_vae_copy(&snapshot, false)));
+    assert_eq!(fixed.model.vae_dtype, DType::F16);
+    assert_eq!(fixed.vae.as_ref().unwrap().name, "sdxl-vae-fp16-fix");
 }

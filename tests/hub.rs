@@ -253,7 +253,38 @@ fn sdxl_file_lists_add_the_second_tokenizer_and_text_encoder() {
         assert_eq!(preset.arch(), loopback_scaler::engine::arch::Arch::Sdxl);
     }
     assert_eq!(Preset::SdxlTurbo.recommended_steps_cfg(), (4, 1.0));
-    assert_eq!(hub::SDXL_FP16_FIX_VAE.0, "madebyollin/sdxl-vae-fp16-fix");
+    assert_eq!(
+        hub::SDXL_FP16_FIX_VAE.repo_id,
+        "madebyollin/sdxl-vae-fp16-fix"
+    );
+}
+
+#[test]
+fn presets_bring_their_taesd_and_sdxl_in_f16_the_fp16_fix_vae() {
+    for preset in Preset::ALL {
+        for f16 in [false, true] {
+            let companions = preset.companions(f16);
+            let taesd = if preset.is_sdxl() {
+                hub::TAESDXL
+            } else {
+                hub::TAESD
+            };
+            assert_eq!(companions[0], taesd, "{preset} f16={f16}");
+            assert_eq!(
+                companions.contains(&hub::SDXL_FP16_FIX_VAE),
+                preset.is_sdxl() && f16,
+                "{preset} f16={f16}"
+            );
+        }
+    }
+    assert_eq!(hub::TAESD.repo_id, "madebyollin/taesd");
+    assert_eq!(hub::TAESDXL.repo_id, "madebyollin/taesdxl");
+    for c in [hub::TAESD, hub::TAESDXL, hub::SDXL_FP16_FIX_VAE] {
+        assert_eq!(
+            c.files,
+            ["config.json", "diffusion_pytorch_model.safetensors"]
+        );
+    }
 }
 
 #[test]
@@ -570,12 +601,17 @@ struct FakeHub {
 
 impl FakeHub {
     fn start(preset: Preset, f16: bool) -> FakeHub {
+        FakeHub::serve(preset.repo_id(), &preset.files(f16))
+    }
+
+    /// A fake Hub serving `files` of the repository `repo`.
+    fn serve(repo: &str, files: &[&str]) -> FakeHub {
         let mut state = HubState {
-            repo: preset.repo_id().to_string(),
+            repo: repo.to_string(),
             commit: COMMIT.to_string(),
             ..HubState::default()
         };
-        for file in preset.files(f16) {
+        for &file in files {
             let content = content(file);
             state.files.insert(
                 file.to_string(),
@@ -877,6 +913,53 @@ fn downloads_into_the_standard_cache_layout() {
     assert!(leftovers.is_empty());
     let offline = hub::fetch(Preset::Sd15, true, &options(tmp.path(), true), &mut |_| {});
     assert_eq!(offline.unwrap(), snapshot);
+}
+
+#[test]
+fn companions_download_into_the_cache_and_are_then_found_offline() {
+    let companion = hub::TAESDXL;
+    let hub = FakeHub::serve(companion.repo_id, companion.files);
+    let tmp = tempfile::tempdir().unwrap();
+    let mut events = Vec::new();
+    let snapshot =
+        hub::fetch_companion(companion, &hub.options(tmp.path()), &mut |e| events.push(e)).unwrap();
+    assert_eq!(
+        snapshot,
+        repo_dir(tmp.path(), companion.repo_id)
+            .join("snapshots")
+            .join(COMMIT)
+    );
+    check_events(&events, companion.files);
+    for file in companion.files {
+        assert_eq!(std::fs::read(snapshot.join(file)).unwrap(), content(file));
+    }
+    assert_eq!(
+        hub::snapshot_repo_name(&snapshot).as_deref(),
+        Some("taesdxl")
+    );
+    // What the TAESD lookup of a loaded model finds there.
+    assert_eq!(
+        loopback_scaler::engine::taesd::find::find(
+            loopback_scaler::engine::taesd::find::TaesdFamily::Sdxl,
+            &[],
+            Some(tmp.path())
+        ),
+        Some(snapshot.clone())
+    );
+    let offline = hub::fetch_companion(companion, &options(tmp.path(), true), &mut |_| {});
+    assert_eq!(offline.unwrap(), snapshot);
+    // Not cached and offline: one line naming the repository.
+    let other = tempfile::tempdir().unwrap();
+    let err = message(hub::fetch_companion(
+        hub::SDXL_FP16_FIX_VAE,
+        &options(other.path(), true),
+        &mut |_| {},
+    ));
+    assert!(
+        err.starts_with("madebyollin/sdxl-vae-fp16-fix: config.json"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1);
 }
 
 #[test]

@@ -261,6 +261,9 @@ fn load_model(
             eprintln!("loading {} on {device}", path.display());
         }
         LoadEvent::Loaded { seconds, .. } => eprintln!("model loaded in {seconds:.1} s"),
+        LoadEvent::Note(message) => {
+            bar.suspend(|| eprintln!("note: {message}"));
+        }
         _ => {}
     });
     bar.finish_and_clear();

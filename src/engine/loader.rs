@@ -87,6 +87,9 @@ pub enum LoadEvent {
         /// Seconds spent loading the weights (downloads not included).
         seconds: f64,
     },
+    /// Something optional could not be had and the load goes on without it (a TAESD decoder
+    /// or the fp16-fix VAE that could not be downloaded); one line saying what and why.
+    Note(String),
     /// The model could not be got ready; one line saying why.
     Failed(String),
     /// Cancelled (a partial download is kept and resumed next time).
@@ -169,6 +172,8 @@ pub fn load_blocking(
 ) -> Result<Arc<LoadedModel>> {
     let (device, dtype) = device::select(request.device)?;
     let f16 = dtype == DType::F16;
+    // An SDXL preset in f16 gets the fp16-fix VAE unless the user chose a VAE.
+    let mut vae = request.vae.clone();
     let model_path = match models::resolve(&request.spec, &request.search_dirs)? {
         ModelSource::Folder(path) => ModelPath::Folder(path),
         ModelSource::Checkpoint(path) => ModelPath::Checkpoint(path),
@@ -179,9 +184,27 @@ pub fn load_blocking(
                 cancel: Some(Arc::clone(cancel)),
                 endpoint: None,
             };
-            ModelPath::Folder(hub::fetch(preset, f16, &options, &mut |event| {
+            let folder = hub::fetch(preset, f16, &options, &mut |event| {
                 sink(LoadEvent::Download(event));
-            })?)
+            })?;
+            for companion in preset.companions(f16) {
+                match hub::fetch_companion(companion, &options, &mut |event| {
+                    sink(LoadEvent::Download(event));
+                }) {
+                    Ok(dir) if companion == hub::SDXL_FP16_FIX_VAE && vae.is_none() => {
+                        vae = Some(dir);
+                    }
+                    Ok(_) => {}
+                    Err(_) if cancel.load(Ordering::SeqCst) => {
+                        return Err(Error::Engine("model loading cancelled".into()));
+                    }
+                    Err(e) => sink(LoadEvent::Note(format!(
+                        "going on without {} ({}): {e}",
+                        companion.purpose, companion.repo_id
+                    ))),
+                }
+            }
+            ModelPath::Folder(folder)
         }
     };
     let path = model_path.path().to_path_buf();
@@ -194,9 +217,11 @@ pub fn load_blocking(
     });
     let started = Instant::now();
     let options = LoadOptions {
-        vae: request.vae.clone(),
+        vae,
         checkpoint: request.checkpoint.clone(),
         loras: request.loras.clone(),
+        search_dirs: request.search_dirs.clone(),
+        hf_cache: request.cache_dir.clone(),
     };
     let mut model = LoadedModel::load_with(&model_path, &options, &device, dtype)?;
     // Hashing a multi-GB checkpoint takes seconds: done here, after loading, and only for

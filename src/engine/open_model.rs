@@ -47,12 +47,20 @@ pub struct LoadOptions {
     pub checkpoint: CheckpointOptions,
     /// LoRAs merged into the weights as they load.
     pub loras: Vec<LoraSpec>,
+    /// Models folders searched for a TAESD decoder (previews); empty: the default ones
+    /// ([`super::models::default_search_dirs`]).
+    pub search_dirs: Vec<PathBuf>,
+    /// The Hugging Face cache searched for a TAESD decoder; `None`: the standard one.
+    pub hf_cache: Option<PathBuf>,
 }
 
-/// The name a model is recorded under: a folder's name, a file's stem (as A1111 writes
-/// `Model: v1-5-pruned-emaonly`).
+/// The name a model is recorded under: a folder's name (a Hugging Face cache snapshot's
+/// repository name), a file's stem (as A1111 writes `Model: v1-5-pruned-emaonly`).
 fn display_name(model: &ModelPath) -> String {
     let path = model.path();
+    if let Some(repo) = super::hub::snapshot_repo_name(path) {
+        return repo;
+    }
     let name = match model {
         ModelPath::Folder(_) => path.file_name(),
         ModelPath::Checkpoint(_) => path.file_stem(),
@@ -71,6 +79,7 @@ fn replace_vae(
 ) -> Result<CustomVae> {
     let vae = CustomVae::open(vae_path, &files.vae)?;
     files.vae = vae.config.clone();
+    let dtype = super::model::vae_dtype(files, dtype);
     weights.vae = Component {
         weights: vae.weights.clone().into_var_builder(dtype, device),
         names: vae.weights.names().into_iter().map(String::from).collect(),
@@ -129,12 +138,16 @@ impl LoadedModel {
             TaesdFamily::Sd
         };
         // A TAESD that is missing or cannot be read only costs the nicer previews.
-        let taesd = taesd_find::find(
-            family,
-            &super::models::default_search_dirs(),
-            super::hub::default_cache_dir().as_deref(),
-        )
-        .and_then(|p| TaesdDecoder::load(&p, device, dtype).ok());
+        let search_dirs = match options.search_dirs.is_empty() {
+            true => super::models::default_search_dirs(),
+            false => options.search_dirs.clone(),
+        };
+        let hf_cache = options
+            .hf_cache
+            .clone()
+            .or_else(super::hub::default_cache_dir);
+        let taesd = taesd_find::find(family, &search_dirs, hf_cache.as_deref())
+            .and_then(|p| TaesdDecoder::load(&p, device, dtype).ok());
         Ok(LoadedModel {
             path: model.path().to_path_buf(),
             name: display_name(model),

@@ -161,6 +161,7 @@ impl App {
                     self.push(super::command::Command::RunFrom(from));
                 }
             }
+            LoadEvent::Note(message) => self.toasts.warning(message),
             LoadEvent::Failed(message) => {
                 model.status = None;
                 model.download_fraction = None;

@@ -174,9 +174,8 @@ impl CustomVae {
         let weights_path = folder_weights(&dir)
             .ok_or_else(|| Error::input(&dir, "no diffusion_pytorch_model.safetensors weights"))?;
         let file = Arc::new(SafetensorsFile::open(&weights_path)?);
-        let name = path
-            .file_name()
-            .map(|s| s.to_string_lossy().into_owned())
+        let name = crate::engine::hub::snapshot_repo_name(path)
+            .or_else(|| path.file_name().map(|s| s.to_string_lossy().into_owned()))
             .unwrap_or_default();
         Ok(CustomVae {
             source: VaeSource::Folder(path.to_path_buf()),

@@ -56,6 +56,20 @@ pub fn default_cache_dir() -> Option<PathBuf> {
     )
 }
 
+/// The repository name (`NAME` of `ORG/NAME`) when `dir` is a snapshot folder of the
+/// Hugging Face cache (`…/models--ORG--NAME/snapshots/REV`), for recording a model by a name
+/// people know rather than by its commit.
+pub fn snapshot_repo_name(dir: &Path) -> Option<String> {
+    let snapshots = dir.parent()?;
+    if snapshots.file_name()? != "snapshots" {
+        return None;
+    }
+    let repo = snapshots.parent()?.file_name()?.to_str()?;
+    let id = repo.strip_prefix("models--")?;
+    let name = id.rsplit("--").next()?;
+    (!name.is_empty()).then(|| name.to_string())
+}
+
 /// `~/x` → `<home>/x`; anything else unchanged.
 pub(crate) fn expand_tilde(path: &Path, home: Option<&Path>) -> PathBuf {
     match (path.strip_prefix("~"), home) {
@@ -239,5 +253,21 @@ pub(crate) fn lock_blob(
             }
             Err(std::fs::TryLockError::Error(e)) => return Err(out_err(e)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshot_folders_are_named_by_their_repository() {
+        let snap = Path::new("/c/hub/models--madebyollin--sdxl-vae-fp16-fix/snapshots/abc123");
+        assert_eq!(
+            snapshot_repo_name(snap).as_deref(),
+            Some("sdxl-vae-fp16-fix")
+        );
+        assert_eq!(snapshot_repo_name(Path::new("/m/models/my-model")), None);
+        assert_eq!(snapshot_repo_name(Path::new("/x/snapshots/abc")), None);
     }
 }

@@ -11,7 +11,7 @@ use hf_hub::Cache;
 use super::cache::{self, blob_path, link_pointer, lock_blob, snapshot_dir};
 use super::http::{Client, HttpError};
 use super::rate::RateMeter;
-use super::{DEFAULT_ENDPOINT, DownloadEvent, FetchOptions, Preset, not_cached};
+use super::{DEFAULT_ENDPOINT, DownloadEvent, FetchOptions, RepoFiles, not_cached};
 use crate::{Error, Result};
 
 /// Attempts after the first when a download fails in a way worth retrying.
@@ -21,17 +21,16 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 /// Least time between two `Progress` events of one file.
 const PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
 
-/// Downloads the missing `files` of `preset` (see [`fetch`](super::fetch)).
+/// Downloads the `missing` files of `wanted` (see [`fetch`](super::fetch)).
 pub(super) fn fetch_online(
-    preset: Preset,
-    files: &[&str],
+    wanted: &RepoFiles,
     missing: &[String],
     cache_dir: &Path,
     options: &FetchOptions,
-    f16: bool,
     progress: &mut dyn FnMut(DownloadEvent),
 ) -> Result<PathBuf> {
-    let repo = preset.repo_id();
+    let repo = wanted.repo_id;
+    let files = &wanted.files;
     let cancel = options.cancel.as_deref();
     check_cancel(cancel, repo)?;
     let endpoint = options
@@ -43,8 +42,7 @@ pub(super) fn fetch_online(
 
     let info = client.repo_info(repo, "main").map_err(|e| match e {
         HttpError::Network(reason) => not_cached(
-            preset,
-            f16,
+            wanted,
             missing,
             cache_dir,
             &format!(

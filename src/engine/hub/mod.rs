@@ -31,10 +31,10 @@ use std::sync::atomic::AtomicBool;
 
 use crate::{Error, Result};
 
-pub use cache::{cache_dir_from, default_cache_dir};
+pub use cache::{cache_dir_from, default_cache_dir, snapshot_repo_name};
 pub use preset::{
-    Preset, SD2_F16_BYTES, SD2_F32_BYTES, SD15_F16_BYTES, SD15_F32_BYTES, SDXL_F16_BYTES,
-    SDXL_F32_BYTES, SDXL_FP16_FIX_VAE,
+    Companion, Preset, SD2_F16_BYTES, SD2_F32_BYTES, SD15_F16_BYTES, SD15_F32_BYTES,
+    SDXL_F16_BYTES, SDXL_F32_BYTES, SDXL_FP16_FIX_VAE, TAESD, TAESDXL,
 };
 pub use rate::RateMeter;
 
@@ -115,6 +115,35 @@ pub fn offline_from_env() -> bool {
     })
 }
 
+/// A repository and the files wanted from it: a preset's or a [`Companion`]'s.
+#[derive(Debug, Clone)]
+pub(crate) struct RepoFiles {
+    /// `owner/name`.
+    repo_id: &'static str,
+    /// Paths inside the repository.
+    files: Vec<&'static str>,
+    /// About how many bytes all of them are, for messages.
+    approx_bytes: u64,
+}
+
+impl RepoFiles {
+    fn preset(preset: Preset, f16: bool) -> Self {
+        RepoFiles {
+            repo_id: preset.repo_id(),
+            files: preset.files(f16),
+            approx_bytes: preset.approx_bytes(f16),
+        }
+    }
+
+    fn companion(companion: Companion) -> Self {
+        RepoFiles {
+            repo_id: companion.repo_id,
+            files: companion.files.to_vec(),
+            approx_bytes: companion.approx_bytes,
+        }
+    }
+}
+
 /// The cached snapshot folder holding every file of `preset` at the given precision, if
 /// there is one. Never touches the network.
 pub fn find_cached(preset: Preset, dtype_is_f16: bool, cache_dir: &Path) -> Option<PathBuf> {
@@ -137,9 +166,26 @@ pub fn fetch(
     options: &FetchOptions,
     progress: &mut dyn FnMut(DownloadEvent),
 ) -> Result<PathBuf> {
+    fetch_repo(&RepoFiles::preset(preset, dtype_is_f16), options, progress)
+}
+
+/// [`fetch`] for a [`Companion`] repository (a TAESD decoder, the fp16-fix VAE): the
+/// snapshot folder, a diffusers model folder of that component.
+pub fn fetch_companion(
+    companion: Companion,
+    options: &FetchOptions,
+    progress: &mut dyn FnMut(DownloadEvent),
+) -> Result<PathBuf> {
+    fetch_repo(&RepoFiles::companion(companion), options, progress)
+}
+
+fn fetch_repo(
+    repo: &RepoFiles,
+    options: &FetchOptions,
+    progress: &mut dyn FnMut(DownloadEvent),
+) -> Result<PathBuf> {
     let cache_dir = resolve_cache_dir(options)?;
-    let files = preset.files(dtype_is_f16);
-    let missing = match cache::lookup(&cache_dir, preset.repo_id(), &files) {
+    let missing = match cache::lookup(&cache_dir, repo.repo_id, &repo.files) {
         cache::Lookup::Complete(dir) => {
             progress(DownloadEvent::AllDone);
             return Ok(dir);
@@ -148,27 +194,18 @@ pub fn fetch(
     };
     if options.offline {
         return Err(not_cached(
-            preset,
-            dtype_is_f16,
+            repo,
             &missing,
             &cache_dir,
             "--offline is set; run once online",
         ));
     }
-    download::fetch_online(
-        preset,
-        &files,
-        &missing,
-        &cache_dir,
-        options,
-        dtype_is_f16,
-        progress,
-    )
+    download::fetch_online(repo, &missing, &cache_dir, options, progress)
 }
 
 /// "`repo`: `file` (and N more files, about X GB in all) is not in the Hugging Face cache
 /// (`dir`) and `why`, or pass --model PATH to a local diffusers folder".
-fn not_cached(preset: Preset, f16: bool, missing: &[String], cache_dir: &Path, why: &str) -> Error {
+fn not_cached(repo: &RepoFiles, missing: &[String], cache_dir: &Path, why: &str) -> Error {
     let first = missing.first().map_or("a file", String::as_str);
     let more = match missing.len() {
         0 | 1 => String::new(),
@@ -176,11 +213,11 @@ fn not_cached(preset: Preset, f16: bool, missing: &[String], cache_dir: &Path, w
             " (and {} more file{}; the whole model is about {:.1} GB)",
             n - 1,
             if n == 2 { "" } else { "s" },
-            preset.approx_bytes(f16) as f64 / 1e9
+            repo.approx_bytes as f64 / 1e9
         ),
     };
     Error::Input {
-        path: PathBuf::from(preset.repo_id()),
+        path: PathBuf::from(repo.repo_id),
         reason: format!(
             "{first}{more} is not in the Hugging Face cache ({}) and {why}, or pass --model PATH \
              to a local diffusers folder",

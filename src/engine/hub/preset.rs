@@ -60,14 +60,50 @@ const SDXL_WEIGHTS_F16: [&str; 4] = [
     "unet/diffusion_pytorch_model.fp16.safetensors",
 ];
 
-/// The repository of the SDXL VAE fine-tuned to run in f16 without overflowing
-/// (`madebyollin/sdxl-vae-fp16-fix`), and its files. The stock SDXL VAE produces NaNs in
-/// f16, so on a GPU the SDXL presets' own VAE runs upcast to f32 (its config's
-/// `force_upcast`); this VAE, used in its place through the custom-VAE option, stays in f16.
-pub const SDXL_FP16_FIX_VAE: (&str, [&str; 2]) = (
-    "madebyollin/sdxl-vae-fp16-fix",
-    ["config.json", "diffusion_pytorch_model.safetensors"],
-);
+/// A small repository fetched next to a preset: its id, the files needed, and about how
+/// big they are (for messages).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Companion {
+    /// The Hugging Face repository (`owner/name`).
+    pub repo_id: &'static str,
+    /// The files needed, as paths inside the repository.
+    pub files: &'static [&'static str],
+    /// Approximate download size in bytes. For messages only.
+    pub approx_bytes: u64,
+    /// What it is for, in a few words (for messages).
+    pub purpose: &'static str,
+}
+
+/// The files of a diffusers `AutoencoderKL`/`AutoencoderTiny` repository.
+const DIFFUSERS_VAE_FILES: [&str; 2] = ["config.json", "diffusion_pytorch_model.safetensors"];
+
+/// The SDXL VAE fine-tuned to run in f16 without overflowing (`madebyollin/sdxl-vae-fp16-fix`,
+/// 335 MB). The stock SDXL VAE produces NaNs in f16, so without it the SDXL presets' own VAE
+/// runs upcast to f32 on a GPU (its config's `force_upcast`); this one stays in f16. Fetched
+/// and used in place of the preset's VAE when an SDXL preset runs in f16.
+pub const SDXL_FP16_FIX_VAE: Companion = Companion {
+    repo_id: "madebyollin/sdxl-vae-fp16-fix",
+    files: &DIFFUSERS_VAE_FILES,
+    approx_bytes: 335 * MB,
+    purpose: "the SDXL VAE that runs in f16",
+};
+
+/// TAESD (`madebyollin/taesd`, 10 MB): the tiny autoencoder that decodes SD 1.x/2.x latents
+/// for the per-step previews.
+pub const TAESD: Companion = Companion {
+    repo_id: "madebyollin/taesd",
+    files: &DIFFUSERS_VAE_FILES,
+    approx_bytes: 10 * MB,
+    purpose: "TAESD previews",
+};
+
+/// TAESDXL (`madebyollin/taesdxl`, 10 MB): [`TAESD`] for SDXL latents.
+pub const TAESDXL: Companion = Companion {
+    repo_id: "madebyollin/taesdxl",
+    files: &DIFFUSERS_VAE_FILES,
+    approx_bytes: 10 * MB,
+    purpose: "TAESD previews",
+};
 
 /// Megabyte, for the size constants.
 const MB: u64 = 1_000_000;
@@ -201,6 +237,17 @@ impl Preset {
         }
         let weights = if f16 { &WEIGHTS_F16 } else { &WEIGHTS_F32 };
         CONFIG_FILES.iter().chain(weights.iter()).copied().collect()
+    }
+
+    /// The small repositories fetched with the preset, after it: the TAESD decoder for its
+    /// family (previews), and for SDXL in f16 the fp16-fix VAE. Both are optional: when one
+    /// cannot be had the run goes on without it ([`TAESD`], [`SDXL_FP16_FIX_VAE`]).
+    pub fn companions(self, f16: bool) -> Vec<Companion> {
+        match (self.is_sdxl(), f16) {
+            (true, true) => vec![TAESDXL, SDXL_FP16_FIX_VAE],
+            (true, false) => vec![TAESDXL],
+            (false, _) => vec![TAESD],
+        }
     }
 
     /// The approximate total download size in bytes for the given precision (one of the

@@ -145,12 +145,7 @@ pub fn folder_parts(
             path,
         })
     };
-    // SDXL's VAE overflows in f16 (`force_upcast`): it runs in f32 under f16 weights.
-    let vae_dtype = if dtype == DType::F16 && files.clip2.is_some() && files.vae.force_upcast {
-        DType::F32
-    } else {
-        dtype
-    };
+    let vae_dtype = vae_dtype(&files, dtype);
     let weights = ModelWeights {
         clip: component("text_encoder", "model", dtype)?,
         clip2: match &files.clip2 {
@@ -161,6 +156,17 @@ pub fn folder_parts(
         unet: component("unet", "diffusion_pytorch_model", dtype)?,
     };
     Ok((files, weights))
+}
+
+/// The dtype the VAE of `files` runs in under weights in `dtype`: SDXL's stock VAE overflows
+/// in f16 (its config's `force_upcast`), so it runs in f32 under f16 weights; the fp16-fix
+/// VAE (`force_upcast: false`) and every SD 1.x/2.x VAE run in `dtype`.
+pub fn vae_dtype(files: &ModelFiles, dtype: DType) -> DType {
+    if dtype == DType::F16 && files.clip2.is_some() && files.vae.force_upcast {
+        DType::F32
+    } else {
+        dtype
+    }
 }
 
 impl SdModel {
