@@ -133,27 +133,25 @@ impl Conv2d {
             out_w,
         };
         let plane = out_h * out_w;
-        let winograd_kernel = (k == 3 && s == 1 && p == 1)
+        let winograd = (k == 3 && s == 1 && p == 1)
             .then(|| winograd::Variant::for_image(height, width))
-            .flatten()
-            .map(|variant| (variant, variant.transform_kernel(w, self.cout, cin)));
+            .flatten();
         let mut out = vec![0f32; batch * self.cout * plane];
-        for (b, out_image) in out.chunks_mut(self.cout * plane).enumerate() {
-            // Start from bias (+ extra) so the gemm only accumulates.
-            out_image
-                .par_chunks_mut(plane)
-                .enumerate()
-                .for_each(|(c, dst)| {
-                    let value =
-                        bias.map_or(0.0, |b| b[c]) + extra.map_or(0.0, |e| e[b * self.cout + c]);
-                    dst.fill(value);
-                });
-            let image = &x[b * cin * height * width..(b + 1) * cin * height * width];
-            match &winograd_kernel {
-                Some((variant, u)) => {
-                    variant.convolve(image, (cin, height, width), u, self.cout, out_image)
+        // Start from bias (+ extra) so the products only accumulate.
+        out.par_chunks_mut(plane).enumerate().for_each(|(i, dst)| {
+            let (b, c) = (i / self.cout, i % self.cout);
+            let value = bias.map_or(0.0, |b| b[c]) + extra.map_or(0.0, |e| e[b * self.cout + c]);
+            dst.fill(value);
+        });
+        match winograd {
+            Some(variant) => variant.with_transformed_kernel(w, self.cout, cin, |u| {
+                variant.convolve_batch(x, (batch, cin, height, width), u, self.cout, &mut out)
+            }),
+            None => {
+                for (b, out_image) in out.chunks_mut(self.cout * plane).enumerate() {
+                    let image = &x[b * cin * height * width..(b + 1) * cin * height * width];
+                    geometry.convolve(image, w, self.cout, out_image);
                 }
-                None => geometry.convolve(image, w, self.cout, out_image),
             }
         }
         drop((x_store, w_store, bias_guard, extra_guard));

@@ -111,7 +111,7 @@ fn geglu_generic(dst: &mut [f32], hidden: &[f32], gate: &[f32]) {
 
 /// The instruction sets the kernels are compiled for, best first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Isa {
+pub(crate) enum Isa {
     #[cfg(target_arch = "x86_64")]
     Avx512,
     #[cfg(target_arch = "x86_64")]
@@ -120,7 +120,7 @@ enum Isa {
 }
 
 /// The best instruction set this CPU has (detected once).
-fn isa() -> Isa {
+pub(crate) fn isa() -> Isa {
     #[cfg(target_arch = "x86_64")]
     {
         use std::sync::OnceLock;
@@ -167,6 +167,7 @@ macro_rules! dispatch {
         }
     };
 }
+pub(crate) use dispatch;
 
 dispatch! {
     /// In place: `row ← exp(row · scale − max(row) · scale)`, the softmax before its

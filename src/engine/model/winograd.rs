@@ -16,10 +16,14 @@
 
 use rayon::prelude::*;
 
-use super::conv::gemm_f32;
+use std::sync::Mutex;
 
-/// Bytes of transformed input (and of products) handled at once.
-const CHUNK_BYTES: usize = 16 << 20;
+use super::conv::gemm_f32;
+use super::fastmath::{Isa, dispatch, isa};
+
+/// Bytes of transformed input (and of products) handled at once: below the allocator's
+/// mmap threshold (`engine/allocator.rs`), so the buffers are reused, not mapped afresh.
+const CHUNK_BYTES: usize = 30 << 20;
 
 /// A tile size is worth it from this many tiles per image on (below, transforming the
 /// kernel costs more than it saves).
@@ -54,25 +58,86 @@ impl Variant {
             Variant::F4 => f4::transform_kernel(w, cout, cin),
         }
     }
+}
 
-    /// Adds the convolution of one image (`cin × h × w`) with the kernel `u` transformed by
-    /// [`Variant::transform_kernel`] to `out` (`cout × h × w`, already holding the bias).
-    pub fn convolve(
+/// The transformed kernels of the convolution running now. Reused from one convolution to
+/// the next (a fresh allocation of up to 210 MB per convolution at 512² cost its page faults
+/// every time) and released by [`release_scratch`] when a network pass ends.
+static KERNELS: Mutex<Vec<f32>> = Mutex::new(Vec::new());
+
+/// Largest set of transformed kernels kept in [`KERNELS`], in bytes (all of SD 1.5's at 512²;
+/// larger ones, F(4×4) at 1280 channels, are allocated and freed per convolution).
+const MAX_KEPT: usize = 256 << 20;
+
+impl Variant {
+    /// Side of the input tile (t).
+    fn tile(self) -> usize {
+        match self {
+            Variant::F2 => 4,
+            Variant::F4 => 6,
+        }
+    }
+
+    /// Runs `f` on the OIHW kernel `w` transformed by [`Variant::transform_kernel`], held in
+    /// a buffer shared between convolutions (a fresh one when another thread holds it).
+    pub fn with_transformed_kernel<R>(
         self,
-        image: &[f32],
-        dims: (usize, usize, usize),
+        w: &[f32],
+        cout: usize,
+        cin: usize,
+        f: impl FnOnce(&[f32]) -> R,
+    ) -> R {
+        let need = self.tile() * self.tile() * cout * cin;
+        let transform = |u: &mut [f32]| match self {
+            Variant::F2 => f2::transform_kernel_into(w, cout, cin, u),
+            Variant::F4 => f4::transform_kernel_into(w, cout, cin, u),
+        };
+        match KERNELS.try_lock() {
+            Ok(mut buffer) if need <= MAX_KEPT / 4 => {
+                if buffer.len() < need {
+                    // Dropped first: growing would copy the old contents.
+                    *buffer = Vec::new();
+                    *buffer = vec![0f32; need];
+                }
+                transform(&mut buffer[..need]);
+                f(&buffer[..need])
+            }
+            _ => {
+                let mut u = vec![0f32; need];
+                transform(&mut u);
+                f(&u)
+            }
+        }
+    }
+
+    /// Adds the convolution of `batch` images (`batch × cin × h × w`) with the kernel `u`
+    /// transformed by [`Variant::transform_kernel`] to `out` (`batch × cout × h × w`, already
+    /// holding the bias). The tiles of all images share each matrix product, and the t²
+    /// products run side by side, each on one thread.
+    pub fn convolve_batch(
+        self,
+        images: &[f32],
+        dims: (usize, usize, usize, usize),
         u: &[f32],
         cout: usize,
         out: &mut [f32],
     ) {
         match self {
-            Variant::F2 => f2::convolve(image, dims, u, cout, out),
-            Variant::F4 => f4::convolve(image, dims, u, cout, out),
+            Variant::F2 => f2::convolve_batch(images, dims, u, cout, out),
+            Variant::F4 => f4::convolve_batch(images, dims, u, cout, out),
         }
     }
 }
 
-/// Defines a module with `transform_kernel` and `convolve` for output tiles `$m`×`$m`
+/// Frees the buffer of transformed kernels (see [`Variant::with_transformed_kernel`]); for
+/// the end of a network pass.
+pub fn release_scratch() {
+    if let Ok(mut buffer) = KERNELS.lock() {
+        *buffer = Vec::new();
+    }
+}
+
+/// Defines a module with `transform_kernel` and `convolve_batch` for output tiles `$m`×`$m`
 /// (input tiles `$t`×`$t`) and the transform matrices `Bᵀ`, `G` and `Aᵀ`. The matrices are
 /// constants, so the compiler folds their zeros and ones out of the unrolled products.
 macro_rules! variant {
@@ -88,28 +153,61 @@ macro_rules! variant {
 
             pub(super) fn transform_kernel(w: &[f32], cout: usize, cin: usize) -> Vec<f32> {
                 let mut u = vec![0f32; T * T * cout * cin];
-                u.par_chunks_mut(T * T * cin)
-                    .enumerate()
-                    .for_each(|(co, out)| {
-                        for ci in 0..cin {
-                            let g = &w[(co * cin + ci) * 9..(co * cin + ci) * 9 + 9];
-                            // G g: T × 3.
-                            let mut gg = [[0f32; 3]; T];
-                            for (i, row) in gg.iter_mut().enumerate() {
-                                for (j, value) in row.iter_mut().enumerate() {
-                                    *value = (0..3).map(|k| G[i][k] * g[k * 3 + j]).sum();
-                                }
-                            }
-                            // (G g) Gᵀ: T × T.
-                            for i in 0..T {
-                                for j in 0..T {
-                                    let value: f32 = (0..3).map(|k| gg[i][k] * G[j][k]).sum();
-                                    out[(i * T + j) * cin + ci] = value;
-                                }
+                transform_kernel_into(w, cout, cin, &mut u);
+                u
+            }
+
+            pub(super) fn transform_kernel_into(w: &[f32], cout: usize, cin: usize, u: &mut [f32]) {
+                u[..T * T * cout * cin]
+                    .par_chunks_mut(T * T * cin)
+                    .zip(w.par_chunks(9 * cin))
+                    .for_each(|(out, g)| transform_row(out, g, cin));
+            }
+
+            dispatch! {
+                /// `U = G g Gᵀ` for one output channel: `g` its `cin` 3×3 kernels, `out`
+                /// laid out `[ξ][c_in]`.
+                pub fn transform_row(out: &mut [f32], g: &[f32], cin: usize) -> () = transform_row_generic
+            }
+
+            /// [`transform_row`], 16 input channels at a time so the lanes vectorise.
+            #[inline(always)]
+            fn transform_row_generic(out: &mut [f32], w: &[f32], cin: usize) {
+                const L: usize = 16;
+                let mut ci = 0;
+                while ci < cin {
+                    let lanes = L.min(cin - ci);
+                    let mut g = [[0f32; L]; 9];
+                    for lane in 0..lanes {
+                        for (k, gk) in g.iter_mut().enumerate() {
+                            gk[lane] = w[(ci + lane) * 9 + k];
+                        }
+                    }
+                    // G g: T × 3.
+                    let mut gg = [[[0f32; L]; 3]; T];
+                    for i in 0..T {
+                        for j in 0..3 {
+                            for lane in 0..L {
+                                gg[i][j][lane] = G[i][0] * g[j][lane]
+                                    + G[i][1] * g[3 + j][lane]
+                                    + G[i][2] * g[6 + j][lane];
                             }
                         }
-                    });
-                u
+                    }
+                    // (G g) Gᵀ: T × T.
+                    for i in 0..T {
+                        for j in 0..T {
+                            let mut r = [0f32; L];
+                            for lane in 0..L {
+                                r[lane] = gg[i][0][lane] * G[j][0]
+                                    + gg[i][1][lane] * G[j][1]
+                                    + gg[i][2][lane] * G[j][2];
+                            }
+                            out[(i * T + j) * cin + ci..][..lanes].copy_from_slice(&r[..lanes]);
+                        }
+                    }
+                    ci += L;
+                }
             }
 
             /// `Bᵀ d B`, flattened row by row.
@@ -164,15 +262,16 @@ macro_rules! variant {
                 out
             }
 
-            pub(super) fn convolve(
-                image: &[f32],
-                (cin, h, w): (usize, usize, usize),
+            pub(super) fn convolve_batch(
+                images: &[f32],
+                (batch, cin, h, w): (usize, usize, usize, usize),
                 u: &[f32],
                 cout: usize,
                 out: &mut [f32],
             ) {
                 let (tiles_h, tiles_w) = (h.div_ceil(M), w.div_ceil(M));
-                let tiles = tiles_h * tiles_w;
+                let per_image = tiles_h * tiles_w;
+                let tiles = batch * per_image;
                 let per_tile = T * T * 4 * cin.max(cout);
                 let chunk = (CHUNK_BYTES / per_tile).clamp(1, tiles);
                 let mut v = vec![0f32; cin * T * T * chunk];
@@ -185,9 +284,10 @@ macro_rules! variant {
                         .par_chunks_mut(T * T * n)
                         .enumerate()
                         .for_each(|(ci, vc)| {
-                            let channel = &image[ci * h * w..(ci + 1) * h * w];
                             for j in 0..n {
-                                let t = t0 + j;
+                                let g = t0 + j;
+                                let (b, t) = (g / per_image, g % per_image);
+                                let channel = &images[(b * cin + ci) * h * w..][..h * w];
                                 let (ty, tx) = (t / tiles_w, t % tiles_w);
                                 let mut d = [[0f32; T]; T];
                                 for (r, row) in d.iter_mut().enumerate() {
@@ -209,28 +309,36 @@ macro_rules! variant {
                                 }
                             }
                         });
-                    // M_ξ = U_ξ · V_ξ, written as M[co][ξ][j].
-                    for xi in 0..T * T {
-                        gemm_f32(
-                            (cout, n, cin),
-                            &mut m[xi * n..],
-                            T * T * n,
-                            (&u[xi * cin..], T * T * cin, 1),
-                            (&v[xi * n..], T * T * n, 1),
-                            false,
-                            true,
-                        );
-                    }
-                    // Y = Aᵀ M A, added into the output plane of each co.
+                    // M_ξ = U_ξ · V_ξ for every ξ at once, one single-threaded gemm each,
+                    // written as M[ξ][co][j].
+                    m[..T * T * cout * n]
+                        .par_chunks_mut(cout * n)
+                        .enumerate()
+                        .for_each(|(xi, mx)| {
+                            gemm_f32(
+                                (cout, n, cin),
+                                mx,
+                                n,
+                                (&u[xi * cin..], T * T * cin, 1),
+                                (&v[xi * n..], T * T * n, 1),
+                                false,
+                                false,
+                            );
+                        });
+                    // Y = Aᵀ M A, added into the output plane of each (image, co).
+                    let m = &m;
                     out.par_chunks_mut(h * w)
-                        .zip(m[..cout * T * T * n].par_chunks(T * T * n))
-                        .for_each(|(plane, mc)| {
-                            for j in 0..n {
-                                let t = t0 + j;
+                        .enumerate()
+                        .for_each(|(plane_index, plane)| {
+                            let (b, co) = (plane_index / cout, plane_index % cout);
+                            let first = (b * per_image).max(t0);
+                            let last = ((b + 1) * per_image).min(t0 + n);
+                            for g in first..last {
+                                let (j, t) = (g - t0, g - b * per_image);
                                 let (ty, tx) = (t / tiles_w, t % tiles_w);
                                 let mut tile = [0f32; T * T];
                                 for (xi, value) in tile.iter_mut().enumerate() {
-                                    *value = mc[xi * n + j];
+                                    *value = m[(xi * cout + co) * n + j];
                                 }
                                 let y = output_transform(&tile);
                                 for (dy, row) in y.iter().enumerate() {
@@ -347,14 +455,23 @@ mod tests {
         };
         // Odd sizes exercise partial tiles at the right and bottom edges.
         for &(cin, cout, h, w) in &[(5, 7, 13, 11), (32, 16, 24, 29), (64, 8, 16, 16)] {
-            let image: Vec<f32> = (0..cin * h * w).map(|_| random()).collect();
+            // Two images: the batch shares the matrix products.
+            let image: Vec<f32> = (0..2 * cin * h * w).map(|_| random()).collect();
             let kernel: Vec<f32> = (0..cout * cin * 9).map(|_| random() / 3.0).collect();
-            let reference = direct(&image, (cin, h, w), &kernel, cout);
+            let (first, second) = image.split_at(cin * h * w);
+            let mut reference = direct(first, (cin, h, w), &kernel, cout);
+            reference.extend(direct(second, (cin, h, w), &kernel, cout));
             let scale = reference.iter().fold(0f64, |m, v| m.max(v.abs()));
             for variant in [Variant::F2, Variant::F4] {
                 let u = variant.transform_kernel(&kernel, cout, cin);
-                let mut out = vec![0f32; cout * h * w];
-                variant.convolve(&image, (cin, h, w), &u, cout, &mut out);
+                let mut out = vec![0f32; 2 * cout * h * w];
+                variant.convolve_batch(&image, (2, cin, h, w), &u, cout, &mut out);
+                let mut shared = vec![0f32; 2 * cout * h * w];
+                variant.with_transformed_kernel(&kernel, cout, cin, |u2| {
+                    assert_eq!(u, u2);
+                    variant.convolve_batch(&image, (2, cin, h, w), u2, cout, &mut shared);
+                });
+                assert_eq!(out, shared);
                 let worst = out
                     .iter()
                     .zip(&reference)

@@ -401,6 +401,10 @@ impl UNet {
         }
         debug_assert_eq!(xs.dims4()?.2, height);
         debug_assert_eq!(xs.dims4()?.3, width);
-        self.conv_out.forward(&self.norm_out.forward_silu(&xs)?)
+        let out = self.conv_out.forward(&self.norm_out.forward_silu(&xs)?);
+        // The transformed kernels are kept from one convolution to the next within a pass,
+        // not between passes (the VAE and the rest of a run get the memory back).
+        super::winograd::release_scratch();
+        out
     }
 }
