@@ -64,12 +64,14 @@ ROOT = xl.ROOT
 OUT = ROOT / "tests/fixtures/lora-sdxl"
 INPUT = ROOT / "tests/fixtures/parity-sdxl/in_coffee_64x64.png"
 
-PROMPT = xl.PROMPT
-NEGATIVE = xl.NEGATIVE
-SEED = xl.SEED
-STEPS = 10
-CFG = 7.5
-STRENGTH = 0.5
+# The img2img run is make_tiny_lora.py's (final_latents): the same prompt, negative prompt,
+# seed, 10 DDIM steps, CFG 7.5, strength 0.5.
+PROMPT = sd_lora.PROMPT
+NEGATIVE = sd_lora.NEGATIVE
+SEED = sd_lora.SEED
+STEPS = sd_lora.STEPS
+CFG = sd_lora.CFG
+STRENGTH = sd_lora.STRENGTH
 SIZE = 64
 
 # tiny-sdxl: 3 levels, layers_per_block 1, so SGM blocks are numbered per level in twos:
@@ -230,21 +232,6 @@ def unet_call(pipe, context, pooled):
     return latents, out
 
 
-def final_latents(pipe, image):
-    captured = {}
-
-    def on_end(p, i, t, kw):
-        captured["latents"] = kw["latents"].detach().clone()
-        return kw
-
-    with torch.no_grad():
-        pipe(prompt=PROMPT, negative_prompt=NEGATIVE, image=image, strength=STRENGTH,
-             num_inference_steps=STEPS, guidance_scale=CFG, eta=0.0,
-             generator=torch.Generator("cpu").manual_seed(SEED), output_type="np",
-             callback_on_step_end=on_end)
-    return captured["latents"]
-
-
 def record(pipe, w, name, image):
     context, pooled = conditioning(pipe)
     latents_in, unet_out = unet_call(pipe, context, pooled)
@@ -253,7 +240,7 @@ def record(pipe, w, name, image):
         "pooled": w.put(f"{name}.pooled", pooled.numpy()),
         "unet_input": w.put(f"{name}.unet_input", latents_in.numpy()),
         "unet_output": w.put(f"{name}.unet_output", unet_out.numpy()),
-        "final_latents": w.put(f"{name}.final_latents", final_latents(pipe, image).numpy()),
+        "final_latents": w.put(f"{name}.final_latents", sd_lora.final_latents(pipe, image).numpy()),
     }
     return entry, context, pooled, unet_out
 
