@@ -237,7 +237,7 @@ impl SdModel {
         })?;
         let unet_path = unet.path;
         // SDXL LoRAs name the UNet in the original SGM layout (kohya) or in diffusers' one.
-        let sgm = files.clip2.is_some().then(|| LdmUnetLayout {
+        let sgm = files.clip2.is_some().then_some(LdmUnetLayout {
             levels: files.unet.block_out_channels.len(),
             layers_per_block: files.unet.layers_per_block,
         });
