@@ -1,4 +1,5 @@
-//! UNet tensor names: the original (CompVis / Stability "LDM" and "SGM") layout → diffusers.
+//! UNet tensor names: the original (CompVis / Stability "LDM" and "SGM") layout → diffusers
+//! ([`ldm_unet_name`]), and back ([`sgm_unet_name`], for SDXL LoRAs named in the SGM layout).
 //!
 //! The original UNet numbers its blocks flat: `input_blocks.0` is the input convolution, then
 //! each resolution level has `layers_per_block` blocks of (resnet, optional transformer)
@@ -19,19 +20,46 @@ pub struct LdmUnetLayout {
 /// The prefix of UNet tensors in a full checkpoint.
 pub const UNET_PREFIX: &str = "model.diffusion_model.";
 
+/// A resnet's modules: (original, diffusers).
+const RESNET_MODULES: [(&str, &str); 6] = [
+    ("in_layers.0", "norm1"),
+    ("in_layers.2", "conv1"),
+    ("emb_layers.1", "time_emb_proj"),
+    ("out_layers.0", "norm2"),
+    ("out_layers.3", "conv2"),
+    ("skip_connection", "conv_shortcut"),
+];
+
+/// The modules outside the numbered blocks: (original, diffusers).
+const TOP_MODULES: [(&str, &str); 7] = [
+    ("time_embed.0", "time_embedding.linear_1"),
+    ("time_embed.2", "time_embedding.linear_2"),
+    ("label_emb.0.0", "add_embedding.linear_1"),
+    ("label_emb.0.2", "add_embedding.linear_2"),
+    ("input_blocks.0.0", "conv_in"),
+    ("out.0", "conv_norm_out"),
+    ("out.2", "conv_out"),
+];
+
+/// `module.param` with `module` looked up in `table` (column `from` → the other column).
+fn map_module(rest: &str, table: &[(&str, &str)], to_diffusers: bool) -> Option<String> {
+    let (module, param) = split_param(rest)?;
+    let (_, mapped) = table
+        .iter()
+        .map(|&(ldm, diffusers)| {
+            if to_diffusers {
+                (ldm, diffusers)
+            } else {
+                (diffusers, ldm)
+            }
+        })
+        .find(|(from, _)| *from == module)?;
+    Some(format!("{mapped}.{param}"))
+}
+
 /// Maps a resnet's inner name (`in_layers.0.weight`, …) to diffusers'.
 fn resnet_inner(rest: &str) -> Option<String> {
-    let (module, param) = split_param(rest)?;
-    let mapped = match module {
-        "in_layers.0" => "norm1",
-        "in_layers.2" => "conv1",
-        "emb_layers.1" => "time_emb_proj",
-        "out_layers.0" => "norm2",
-        "out_layers.3" => "conv2",
-        "skip_connection" => "conv_shortcut",
-        _ => return None,
-    };
-    Some(format!("{mapped}.{param}"))
+    map_module(rest, &RESNET_MODULES, true)
 }
 
 /// `a.b.weight` → (`a.b`, `weight`), for `weight` and `bias` only.
@@ -72,38 +100,13 @@ fn transformer_inner(rest: &str) -> Option<String> {
 pub fn ldm_unet_name(name: &str, layout: LdmUnetLayout) -> Option<String> {
     let name = name.strip_prefix(UNET_PREFIX).unwrap_or(name);
     let per_level = layout.layers_per_block + 1;
-    if let Some(rest) = name.strip_prefix("time_embed.") {
-        let (module, param) = split_param(rest)?;
-        let linear = match module {
-            "0" => "linear_1",
-            "2" => "linear_2",
-            _ => return None,
-        };
-        return Some(format!("time_embedding.{linear}.{param}"));
-    }
-    if let Some(rest) = name.strip_prefix("label_emb.0.") {
-        let (module, param) = split_param(rest)?;
-        let linear = match module {
-            "0" => "linear_1",
-            "2" => "linear_2",
-            _ => return None,
-        };
-        return Some(format!("add_embedding.{linear}.{param}"));
-    }
-    if let Some(rest) = name.strip_prefix("out.") {
-        let (module, param) = split_param(rest)?;
-        let out = match module {
-            "0" => "conv_norm_out",
-            "2" => "conv_out",
-            _ => return None,
-        };
-        return Some(format!("{out}.{param}"));
+    if let Some(mapped) = map_module(name, &TOP_MODULES, true) {
+        return Some(mapped);
     }
     if let Some(rest) = name.strip_prefix("input_blocks.") {
         let (block, rest) = index_and_rest(rest)?;
         if block == 0 {
-            let param = rest.strip_prefix("0.")?;
-            return matches!(param, "weight" | "bias").then(|| format!("conv_in.{param}"));
+            return None; // only `input_blocks.0.0` (conv_in), above
         }
         let level = (block - 1) / per_level;
         let j = (block - 1) % per_level;
@@ -168,6 +171,88 @@ pub fn ldm_unet_name(name: &str, layout: LdmUnetLayout) -> Option<String> {
         ));
     }
     None
+}
+
+/// The original-layout (SGM / LDM) name, without the `model.diffusion_model.` prefix, of the
+/// diffusers UNet tensor `name` of a model laid out as `layout`: the inverse of
+/// [`ldm_unet_name`]. `up_has_attention(level)` says whether up level `level` has
+/// transformers, which makes its upsampler module 2 of the level's last block instead of 1.
+/// `None` when `name` is not a UNet parameter of such a model.
+///
+/// ```
+/// use loopback_scaler::engine::checkpoint::LdmUnetLayout;
+/// use loopback_scaler::engine::checkpoint::unet_names::sgm_unet_name;
+/// let sdxl = LdmUnetLayout { levels: 3, layers_per_block: 2 };
+/// let name = "down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q.weight";
+/// assert_eq!(
+///     sgm_unet_name(name, sdxl, |level| level < 2).as_deref(),
+///     Some("input_blocks.4.1.transformer_blocks.0.attn1.to_q.weight")
+/// );
+/// ```
+pub fn sgm_unet_name(
+    name: &str,
+    layout: LdmUnetLayout,
+    up_has_attention: impl Fn(usize) -> bool,
+) -> Option<String> {
+    if let Some(mapped) = map_module(name, &TOP_MODULES, false) {
+        return Some(mapped);
+    }
+    let resnet = |rest: &str| map_module(rest, &RESNET_MODULES, false);
+    let per_level = layout.layers_per_block + 1;
+    if let Some(rest) = name.strip_prefix("mid_block.") {
+        let (kind, rest) = rest.split_once('.')?;
+        let (j, rest) = index_and_rest(rest)?;
+        return match (kind, j) {
+            ("resnets", 0 | 1) => Some(format!("middle_block.{}.{}", 2 * j, resnet(rest)?)),
+            ("attentions", 0) => Some(format!("middle_block.1.{}", transformer_inner(rest)?)),
+            _ => None,
+        };
+    }
+    let (down, rest) = match (
+        name.strip_prefix("down_blocks."),
+        name.strip_prefix("up_blocks."),
+    ) {
+        (Some(rest), _) => (true, rest),
+        (None, Some(rest)) => (false, rest),
+        (None, None) => return None,
+    };
+    let (level, rest) = index_and_rest(rest)?;
+    let (kind, rest) = rest.split_once('.')?;
+    let (j, rest) = index_and_rest(rest)?;
+    // Blocks of a level: `layers_per_block` resnets (+ transformers) down, one more up.
+    let blocks = if down {
+        layout.layers_per_block
+    } else {
+        per_level
+    };
+    if level >= layout.levels || (kind != "downsamplers" && kind != "upsamplers" && j >= blocks) {
+        return None;
+    }
+    let (stem, first) = if down {
+        ("input_blocks", 1 + level * per_level)
+    } else {
+        ("output_blocks", level * per_level)
+    };
+    let sampler = |part: usize, module: &str| -> Option<String> {
+        let param = rest.strip_prefix("conv.")?;
+        (j == 0 && level + 1 < layout.levels && matches!(param, "weight" | "bias")).then(|| {
+            format!(
+                "{stem}.{}.{part}.{module}.{param}",
+                first + layout.layers_per_block
+            )
+        })
+    };
+    match (kind, down) {
+        ("resnets", _) => Some(format!("{stem}.{}.0.{}", first + j, resnet(rest)?)),
+        ("attentions", _) => Some(format!(
+            "{stem}.{}.1.{}",
+            first + j,
+            transformer_inner(rest)?
+        )),
+        ("downsamplers", true) => sampler(0, "op"),
+        ("upsamplers", false) => sampler(if up_has_attention(level) { 2 } else { 1 }, "conv"),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -307,5 +392,193 @@ mod tests {
             assert_eq!(map(name, SD15), None, "{name}");
         }
         assert_eq!(map("input_blocks.9.0.op.weight", SDXL), None);
+    }
+}
+
+#[cfg(test)]
+mod inverse_tests {
+    use std::collections::HashSet;
+
+    use super::*;
+
+    /// Every parameter name of a diffusers UNet with `layout`, transformers on the down and
+    /// up levels marked in `down_attn` / `up_attn` (`depth` layers each).
+    fn diffusers_names(
+        layout: LdmUnetLayout,
+        down_attn: &[bool],
+        up_attn: &[bool],
+        depth: usize,
+    ) -> Vec<String> {
+        let params = |module: &str| [format!("{module}.weight"), format!("{module}.bias")];
+        let resnet = |base: &str| {
+            [
+                "norm1",
+                "conv1",
+                "time_emb_proj",
+                "norm2",
+                "conv2",
+                "conv_shortcut",
+            ]
+            .iter()
+            .flat_map(|m| params(&format!("{base}.{m}")))
+            .collect::<Vec<_>>()
+        };
+        let transformer = |base: &str| {
+            let mut out: Vec<String> = ["norm", "proj_in", "proj_out"]
+                .iter()
+                .flat_map(|m| params(&format!("{base}.{m}")))
+                .collect();
+            for t in 0..depth {
+                for m in [
+                    "norm1",
+                    "attn1.to_q",
+                    "attn1.to_out.0",
+                    "attn2.to_k",
+                    "attn2.to_v",
+                    "ff.net.0.proj",
+                    "ff.net.2",
+                ] {
+                    out.extend(params(&format!("{base}.transformer_blocks.{t}.{m}")));
+                }
+            }
+            out
+        };
+        let mut names: Vec<String> = TOP_MODULES
+            .iter()
+            .flat_map(|(_, diffusers)| params(diffusers))
+            .collect();
+        for level in 0..layout.levels {
+            let last = level + 1 == layout.levels;
+            for j in 0..layout.layers_per_block {
+                names.extend(resnet(&format!("down_blocks.{level}.resnets.{j}")));
+                if down_attn[level] {
+                    names.extend(transformer(&format!("down_blocks.{level}.attentions.{j}")));
+                }
+            }
+            if !last {
+                names.extend(params(&format!("down_blocks.{level}.downsamplers.0.conv")));
+            }
+            for j in 0..=layout.layers_per_block {
+                names.extend(resnet(&format!("up_blocks.{level}.resnets.{j}")));
+                if up_attn[level] {
+                    names.extend(transformer(&format!("up_blocks.{level}.attentions.{j}")));
+                }
+            }
+            if !last {
+                names.extend(params(&format!("up_blocks.{level}.upsamplers.0.conv")));
+            }
+        }
+        names.extend(resnet("mid_block.resnets.0"));
+        names.extend(resnet("mid_block.resnets.1"));
+        names.extend(transformer("mid_block.attentions.0"));
+        names
+    }
+
+    /// Every name maps to a distinct original name that [`ldm_unet_name`] maps back.
+    fn assert_round_trip(names: &[String], layout: LdmUnetLayout, up_attn: &[bool]) {
+        let mut seen = HashSet::new();
+        for name in names {
+            let sgm = sgm_unet_name(name, layout, |l| up_attn[l])
+                .unwrap_or_else(|| panic!("{name} has no original-layout name"));
+            assert_eq!(
+                ldm_unet_name(&sgm, layout).as_deref(),
+                Some(name.as_str()),
+                "{name} -> {sgm}"
+            );
+            assert!(seen.insert(sgm.clone()), "{sgm} twice");
+        }
+    }
+
+    #[test]
+    fn round_trips_sd15_and_sdxl_shapes() {
+        let sd15 = LdmUnetLayout {
+            levels: 4,
+            layers_per_block: 2,
+        };
+        let (down, up) = ([true, true, true, false], [false, true, true, true]);
+        assert_round_trip(&diffusers_names(sd15, &down, &up, 1), sd15, &up);
+        let sdxl = LdmUnetLayout {
+            levels: 3,
+            layers_per_block: 2,
+        };
+        let (down, up) = ([false, true, true], [true, true, false]);
+        let names = diffusers_names(sdxl, &down, &up, 10);
+        assert_round_trip(&names, sdxl, &up);
+        // One transformer-less level more: the upsampler moves to module 1.
+        let tiny = LdmUnetLayout {
+            levels: 3,
+            layers_per_block: 1,
+        };
+        let tiny_attn = [false, true, false];
+        assert_round_trip(
+            &diffusers_names(tiny, &tiny_attn, &tiny_attn, 2),
+            tiny,
+            &tiny_attn,
+        );
+        let known = [
+            (
+                "down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q.weight",
+                "input_blocks.4.1.transformer_blocks.0.attn1.to_q.weight",
+            ),
+            (
+                "up_blocks.0.upsamplers.0.conv.weight",
+                "output_blocks.2.2.conv.weight",
+            ),
+            (
+                "up_blocks.2.resnets.2.conv_shortcut.bias",
+                "output_blocks.8.0.skip_connection.bias",
+            ),
+            (
+                "down_blocks.0.downsamplers.0.conv.bias",
+                "input_blocks.3.0.op.bias",
+            ),
+            (
+                "mid_block.resnets.1.time_emb_proj.weight",
+                "middle_block.2.emb_layers.1.weight",
+            ),
+            ("add_embedding.linear_1.weight", "label_emb.0.0.weight"),
+            ("conv_in.bias", "input_blocks.0.0.bias"),
+        ];
+        for (diffusers, sgm) in known {
+            assert_eq!(
+                sgm_unet_name(diffusers, sdxl, |l| up[l]).as_deref(),
+                Some(sgm)
+            );
+        }
+        for name in [
+            "down_blocks.2.downsamplers.0.conv.weight", // no downsampler on the last level
+            "up_blocks.2.upsamplers.0.conv.weight",
+            "down_blocks.0.resnets.2.conv1.weight", // past layers_per_block
+            "up_blocks.0.resnets.3.conv1.weight",
+            "down_blocks.3.resnets.0.conv1.weight", // past the last level
+            "mid_block.resnets.2.conv1.weight",
+            "mid_block.attentions.1.proj_in.weight",
+            "down_blocks.0.resnets.0.nonlinearity.weight",
+            "time_embedding.linear_3.weight",
+            "text_model.encoder.layers.0.mlp.fc1.weight",
+        ] {
+            assert_eq!(sgm_unet_name(name, sdxl, |l| up[l]), None, "{name}");
+        }
+    }
+
+    /// The tiny test models' real UNet names round-trip too.
+    #[test]
+    fn round_trips_the_tiny_models() {
+        let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+        for (model, levels, up_attn) in [
+            ("tiny-sd", 2, &[false, true][..]),
+            ("tiny-sdxl", 3, &[true, true, false][..]),
+        ] {
+            let path = fixtures
+                .join(model)
+                .join("unet/diffusion_pytorch_model.safetensors");
+            let names = crate::engine::lora::names::safetensors_names(&path).unwrap();
+            let layout = LdmUnetLayout {
+                levels,
+                layers_per_block: 1,
+            };
+            assert!(names.len() > 100, "{model}");
+            assert_round_trip(&names, layout, up_attn);
+        }
     }
 }

@@ -15,6 +15,7 @@ use candle_nn::var_builder::SimpleBackend;
 use super::LoraSpec;
 use super::file::{Component, LoraFile, LoraModule};
 use super::names::{Lookup, NameIndex, Translate};
+use crate::engine::checkpoint::LdmUnetLayout;
 use crate::{Error, Result};
 
 /// The LoRAs to merge into one model, read and checked.
@@ -213,6 +214,36 @@ impl LoraSet {
             vb,
             names.iter().map(String::as_str),
             &super::names::same_layout,
+        )
+    }
+
+    /// [`LoraSet::wrap`] for the UNet, whose weights the model fetches by the diffusers
+    /// `names`. `sgm`: an SDXL UNet's block numbering, with which LoRA modules match in the
+    /// original SGM layout (kohya's SDXL LoRAs) as well as in the diffusers one
+    /// ([`super::names::sgm_aliases`]); `None` (SD 1.x/2.x): diffusers names only.
+    pub fn wrap_unet(
+        &self,
+        vb: VarBuilder<'static>,
+        names: &[String],
+        sgm: Option<LdmUnetLayout>,
+    ) -> Result<VarBuilder<'static>> {
+        if !self.changes(Component::Unet) {
+            return Ok(vb);
+        }
+        let Some(layout) = sgm else {
+            return self.wrap(
+                Component::Unet,
+                vb,
+                names.iter().map(String::as_str),
+                &super::names::same_layout,
+            );
+        };
+        let aliases = super::names::sgm_aliases(names, layout);
+        self.wrap(
+            Component::Unet,
+            vb,
+            aliases.keys().map(String::as_str),
+            &|name| aliases.get(name).cloned(),
         )
     }
 

@@ -11,6 +11,8 @@ use std::collections::HashMap;
 use std::io::Read;
 use std::path::Path;
 
+use crate::engine::checkpoint::LdmUnetLayout;
+use crate::engine::checkpoint::unet_names::sgm_unet_name;
 use crate::{Error, Result};
 
 /// A name translation: a weight name in the LoRA's layout to the name the model fetches;
@@ -30,6 +32,26 @@ pub fn flat(module: &str) -> String {
         .strip_prefix("text_model.")
         .unwrap_or(module)
         .replace('.', "_")
+}
+
+/// The names an SDXL UNet's weights are matched by: each diffusers weight name of `names`
+/// under its own name (diffusers/PEFT-trained LoRAs) and under its original SGM name
+/// (kohya's SDXL LoRAs: `input_blocks.4.1.…`), mapped to the diffusers name the model
+/// fetches. `layout` is the UNet's block numbering. The two layouts cannot collide: their
+/// top-level names differ (`down_blocks`/`input_blocks`, `mid_block`/`middle_block`, …).
+pub fn sgm_aliases(names: &[String], layout: LdmUnetLayout) -> HashMap<String, String> {
+    let up_has_attention = |level: usize| {
+        let prefix = format!("up_blocks.{level}.attentions.");
+        names.iter().any(|n| n.starts_with(&prefix))
+    };
+    let mut aliases = HashMap::with_capacity(2 * names.len());
+    for name in names {
+        if let Some(sgm) = sgm_unet_name(name, layout, up_has_attention) {
+            aliases.insert(sgm, name.clone());
+        }
+        aliases.insert(name.clone(), name.clone());
+    }
+    aliases
 }
 
 /// What a flat module name resolves to.
@@ -147,6 +169,52 @@ mod tests {
             index.lookup("text_model_encoder_layers_1_mlp_fc1"),
             Lookup::Found("encoder.layers.1.mlp.fc1.weight".into())
         );
+    }
+
+    #[test]
+    fn sdxl_unet_matches_in_both_layouts_without_ambiguity() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/tiny-sdxl/unet/diffusion_pytorch_model.safetensors");
+        let names = safetensors_names(&path).unwrap();
+        let layout = LdmUnetLayout {
+            levels: 3,
+            layers_per_block: 1,
+        };
+        let aliases = sgm_aliases(&names, layout);
+        let index = NameIndex::new(aliases.keys().map(String::as_str), &|n| {
+            aliases.get(n).cloned()
+        });
+        for alias in aliases.keys() {
+            let Some(module) = alias.strip_suffix(".weight") else {
+                continue;
+            };
+            assert_eq!(
+                index.lookup(&flat(module)),
+                Lookup::Found(aliases[alias].clone()),
+                "{alias}"
+            );
+        }
+        for (kohya, diffusers) in [
+            (
+                "output_blocks_1_2_conv",
+                "up_blocks.0.upsamplers.0.conv.weight",
+            ),
+            (
+                "input_blocks_3_1_transformer_blocks_0_attn1_to_out_0",
+                "down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_out.0.weight",
+            ),
+            (
+                "down_blocks_1_attentions_0_transformer_blocks_0_attn1_to_out_0",
+                "down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_out.0.weight",
+            ),
+            (
+                "middle_block_0_emb_layers_1",
+                "mid_block.resnets.0.time_emb_proj.weight",
+            ),
+            ("label_emb_0_0", "add_embedding.linear_1.weight"),
+        ] {
+            assert_eq!(index.lookup(kohya), Lookup::Found(diffusers.into()));
+        }
     }
 
     #[test]

@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
+use super::checkpoint::LdmUnetLayout;
 use super::lora::names::same_layout;
 use super::lora::{Component as LoraPart, LoraSet};
 use crate::engine::weights::{SafetensorsFile, WeightSource};
@@ -175,7 +176,7 @@ impl SdModel {
         Self::load_with_loras(root, device, dtype, &LoraSet::default())
     }
 
-    /// Like [`SdModel::load`], with `loras` merged into the text encoder's and the UNet's
+    /// Like [`SdModel::load`], with `loras` merged into the text encoders' and the UNet's
     /// weights as they load.
     pub fn load_with_loras(
         root: &Path,
@@ -190,7 +191,8 @@ impl SdModel {
 
     /// Builds the networks from `files` and `weights` (a diffusers folder's, a single-file
     /// checkpoint's, or either with a replacement VAE), with `loras` merged into the text
-    /// encoder's and the UNet's weights. `unet_config` is the file named when the UNet
+    /// encoders' and the UNet's weights (an SDXL UNet matches LoRA modules by its original SGM
+    /// names as well as its diffusers ones). `unet_config` is the file named when the UNet
     /// config is not supported.
     pub fn from_parts(
         files: ModelFiles,
@@ -200,7 +202,11 @@ impl SdModel {
         dtype: DType,
         loras: &LoraSet,
     ) -> Result<Self> {
-        loras.check_components(&[LoraPart::Unet, LoraPart::TextEncoder])?;
+        let mut parts = vec![LoraPart::Unet, LoraPart::TextEncoder];
+        if weights.clip2.is_some() && files.clip2.is_some() {
+            parts.push(LoraPart::TextEncoder2);
+        }
+        loras.check_components(&parts)?;
         let ModelWeights {
             clip,
             clip2,
@@ -220,7 +226,15 @@ impl SdModel {
             )
         })?;
         let clip2 = match (clip2, &files.clip2) {
-            (Some(part), Some(cfg)) => Some(build_clip2(part, cfg)?),
+            (Some(mut part), Some(cfg)) => {
+                part.weights = loras.wrap(
+                    LoraPart::TextEncoder2,
+                    part.weights,
+                    part.names.iter().map(String::as_str),
+                    &same_layout,
+                )?;
+                Some(build_clip2(part, cfg)?)
+            }
             _ => None,
         };
         let vae_dtype = vae.weights.dtype();
@@ -228,12 +242,12 @@ impl SdModel {
             Error::input(&vae.path, format!("not a matching VAE: {}", candle_msg(&e)))
         })?;
         let unet_path = unet.path;
-        let unet_weights = loras.wrap(
-            LoraPart::Unet,
-            unet.weights,
-            unet.names.iter().map(String::as_str),
-            &same_layout,
-        )?;
+        // SDXL LoRAs name the UNet in the original SGM layout (kohya) or in diffusers' one.
+        let sgm = files.clip2.is_some().then_some(LdmUnetLayout {
+            levels: files.unet.block_out_channels.len(),
+            layers_per_block: files.unet.layers_per_block,
+        });
+        let unet_weights = loras.wrap_unet(unet.weights, &unet.names, sgm)?;
         let unet = UNet::new(unet_weights, &files.unet, unet_config).map_err(|e| match e {
             Error::Input { reason, .. } => Error::input(&unet_path, reason),
             other => other,
