@@ -748,3 +748,48 @@ fn an_fp16_fix_vae_from_the_hf_cache_stays_f16_and_is_recorded_by_its_repository
     assert_eq!(fixed.model.vae_dtype, DType::F16);
     assert_eq!(fixed.vae.as_ref().unwrap().name, "sdxl-vae-fp16-fix");
 }
+
+#[test]
+fn loras_merge_into_checkpoints_as_into_their_folders() {
+    let cases = [
+        (SD1, "tests/fixtures/lora/tiny_a.safetensors"),
+        (SDXL, "tests/fixtures/lora-sdxl/tiny_xl_a.safetensors"),
+    ];
+    for (tiny, lora) in cases {
+        let loras = vec![loopback_scaler::engine::lora::LoraSpec {
+            path: root().join(lora),
+            weight: 0.7,
+        }];
+        let folder = LoadedModel::load_with(
+            &ModelPath::Folder(tiny.folder()),
+            &LoadOptions {
+                loras: loras.clone(),
+                ..LoadOptions::default()
+            },
+            &Device::Cpu,
+            DType::F32,
+        )
+        .unwrap();
+        let ckpt = LoadedModel::load_with(
+            &ModelPath::Checkpoint(tiny.checkpoint()),
+            &LoadOptions {
+                checkpoint: tiny.options(),
+                loras,
+                ..LoadOptions::default()
+            },
+            &Device::Cpu,
+            DType::F32,
+        )
+        .unwrap();
+        let diffs = compare(&folder, &ckpt);
+        assert!(diffs.iter().all(|d| *d == 0.0), "{}: {diffs:?}", tiny.name);
+        // And the LoRA changed something.
+        let plain = tiny.load_folder();
+        let changed = compare(&plain, &ckpt);
+        assert!(
+            changed[2..].iter().any(|d| *d > 1e-4),
+            "{}: {changed:?}",
+            tiny.name
+        );
+    }
+}
