@@ -21,6 +21,20 @@ use std::sync::Mutex;
 use super::conv::gemm_f32;
 use super::fastmath::{Isa, dispatch, isa};
 
+/// Tiles transformed together, one per vector lane.
+const LANES: usize = 16;
+
+/// Where the tiles of a batch lie: the input's channels and size, tiles per row and per
+/// image.
+#[derive(Debug, Clone, Copy)]
+struct Geometry {
+    cin: usize,
+    h: usize,
+    w: usize,
+    tiles_w: usize,
+    per_image: usize,
+}
+
 /// Bytes of transformed input (and of products) handled at once: below the allocator's
 /// mmap threshold (`engine/allocator.rs`), so the buffers are reused, not mapped afresh.
 const CHUNK_BYTES: usize = 30 << 20;
@@ -210,56 +224,157 @@ macro_rules! variant {
                 }
             }
 
-            /// `Bᵀ d B`, flattened row by row.
-            #[inline(always)]
-            fn input_transform(d: &[[f32; T]; T]) -> [f32; T * T] {
-                let mut left = [[0f32; T]; T];
-                for i in 0..T {
-                    for j in 0..T {
-                        let mut acc = 0f32;
-                        for k in 0..T {
-                            acc += BT[i][k] * d[k][j];
-                        }
-                        left[i][j] = acc;
-                    }
-                }
-                let mut out = [0f32; T * T];
-                for i in 0..T {
-                    for j in 0..T {
-                        let mut acc = 0f32;
-                        for k in 0..T {
-                            acc += left[i][k] * BT[j][k];
-                        }
-                        out[i * T + j] = acc;
-                    }
-                }
-                out
+            dispatch! {
+                /// `V[ξ][j] = (Bᵀ d B)_ξ` of input channel `ci` for the `n` tiles from `t0`
+                /// on (`vc`: that channel's `t² × n` block).
+                pub fn input_channel(vc: &mut [f32], images: &[f32], geo: Geometry, ci: usize, t0: usize, n: usize) -> () = input_channel_generic
             }
 
-            /// `Aᵀ m A` for a T×T `m` (row by row): the M×M outputs.
+            /// [`input_channel`], 16 tiles at a time so the transform's lanes vectorise.
             #[inline(always)]
-            fn output_transform(m: &[f32; T * T]) -> [[f32; M]; M] {
-                let mut left = [[0f32; T]; M];
-                for i in 0..M {
-                    for j in 0..T {
-                        let mut acc = 0f32;
-                        for k in 0..T {
-                            acc += AT[i][k] * m[k * T + j];
+            fn input_channel_generic(
+                vc: &mut [f32],
+                images: &[f32],
+                geo: Geometry,
+                ci: usize,
+                t0: usize,
+                n: usize,
+            ) {
+                let (h, w) = (geo.h, geo.w);
+                let mut j0 = 0;
+                while j0 < n {
+                    let lanes = LANES.min(n - j0);
+                    let mut d = [[[0f32; LANES]; T]; T];
+                    for l in 0..lanes {
+                        let g = t0 + j0 + l;
+                        let (b, t) = (g / geo.per_image, g % geo.per_image);
+                        let channel = &images[(b * geo.cin + ci) * h * w..][..h * w];
+                        let (ty, tx) = (t / geo.tiles_w, t % geo.tiles_w);
+                        for (r, d_row) in d.iter_mut().enumerate() {
+                            let y = (M * ty + r) as isize - 1;
+                            if y < 0 || y >= h as isize {
+                                continue;
+                            }
+                            let src = &channel[y as usize * w..][..w];
+                            for (c, value) in d_row.iter_mut().enumerate() {
+                                let x = (M * tx + c) as isize - 1;
+                                if x >= 0 && x < w as isize {
+                                    value[l] = src[x as usize];
+                                }
+                            }
                         }
-                        left[i][j] = acc;
                     }
-                }
-                let mut out = [[0f32; M]; M];
-                for i in 0..M {
-                    for j in 0..M {
-                        let mut acc = 0f32;
+                    // Bᵀ d, then (Bᵀ d) B, lane by lane (zeros of Bᵀ skipped).
+                    let mut left = [[[0f32; LANES]; T]; T];
+                    for i in 0..T {
                         for k in 0..T {
-                            acc += left[i][k] * AT[j][k];
+                            let coefficient = BT[i][k];
+                            if coefficient == 0.0 {
+                                continue;
+                            }
+                            for j in 0..T {
+                                for l in 0..LANES {
+                                    left[i][j][l] += coefficient * d[k][j][l];
+                                }
+                            }
                         }
-                        out[i][j] = acc;
                     }
+                    for i in 0..T {
+                        for j in 0..T {
+                            let mut acc = [0f32; LANES];
+                            for k in 0..T {
+                                let coefficient = BT[j][k];
+                                if coefficient == 0.0 {
+                                    continue;
+                                }
+                                for l in 0..LANES {
+                                    acc[l] += left[i][k][l] * coefficient;
+                                }
+                            }
+                            vc[(i * T + j) * n + j0..][..lanes].copy_from_slice(&acc[..lanes]);
+                        }
+                    }
+                    j0 += lanes;
                 }
-                out
+            }
+
+            dispatch! {
+                /// Adds `Y = Aᵀ M A` of output channel `co` of image `b`, for the tiles of
+                /// that image among the `n` from `t0` on, into its output plane.
+                pub fn output_plane(plane: &mut [f32], m: &[f32], geo: Geometry, cout: usize, b: usize, co: usize, t0: usize, n: usize) -> () = output_plane_generic
+            }
+
+            /// [`output_plane`], 16 tiles at a time so the transform's lanes vectorise.
+            #[inline(always)]
+            #[allow(clippy::too_many_arguments)]
+            fn output_plane_generic(
+                plane: &mut [f32],
+                m: &[f32],
+                geo: Geometry,
+                cout: usize,
+                b: usize,
+                co: usize,
+                t0: usize,
+                n: usize,
+            ) {
+                let (h, w) = (geo.h, geo.w);
+                let first = (b * geo.per_image).max(t0);
+                let last = ((b + 1) * geo.per_image).min(t0 + n);
+                let mut g0 = first;
+                while g0 < last {
+                    let lanes = LANES.min(last - g0);
+                    let j0 = g0 - t0;
+                    let mut tile = [[0f32; LANES]; T * T];
+                    for (xi, lane) in tile.iter_mut().enumerate() {
+                        lane[..lanes].copy_from_slice(&m[(xi * cout + co) * n + j0..][..lanes]);
+                    }
+                    // Aᵀ M, then (Aᵀ M) A, lane by lane (zeros of Aᵀ skipped).
+                    let mut left = [[[0f32; LANES]; T]; M];
+                    for i in 0..M {
+                        for k in 0..T {
+                            let coefficient = AT[i][k];
+                            if coefficient == 0.0 {
+                                continue;
+                            }
+                            for j in 0..T {
+                                for l in 0..LANES {
+                                    left[i][j][l] += coefficient * tile[k * T + j][l];
+                                }
+                            }
+                        }
+                    }
+                    let mut y = [[[0f32; LANES]; M]; M];
+                    for i in 0..M {
+                        for j in 0..M {
+                            for k in 0..T {
+                                let coefficient = AT[j][k];
+                                if coefficient == 0.0 {
+                                    continue;
+                                }
+                                for l in 0..LANES {
+                                    y[i][j][l] += left[i][k][l] * coefficient;
+                                }
+                            }
+                        }
+                    }
+                    for l in 0..lanes {
+                        let t = g0 + l - b * geo.per_image;
+                        let (ty, tx) = (t / geo.tiles_w, t % geo.tiles_w);
+                        for (dy, y_row) in y.iter().enumerate() {
+                            let oy = M * ty + dy;
+                            if oy >= h {
+                                continue;
+                            }
+                            for (dx, value) in y_row.iter().enumerate() {
+                                let ox = M * tx + dx;
+                                if ox < w {
+                                    plane[oy * w + ox] += value[l];
+                                }
+                            }
+                        }
+                    }
+                    g0 += lanes;
+                }
             }
 
             pub(super) fn convolve_batch(
@@ -269,9 +384,15 @@ macro_rules! variant {
                 cout: usize,
                 out: &mut [f32],
             ) {
-                let (tiles_h, tiles_w) = (h.div_ceil(M), w.div_ceil(M));
-                let per_image = tiles_h * tiles_w;
-                let tiles = batch * per_image;
+                let tiles_w = w.div_ceil(M);
+                let geo = Geometry {
+                    cin,
+                    h,
+                    w,
+                    tiles_w,
+                    per_image: h.div_ceil(M) * tiles_w,
+                };
+                let tiles = batch * geo.per_image;
                 let per_tile = T * T * 4 * cin.max(cout);
                 let chunk = (CHUNK_BYTES / per_tile).clamp(1, tiles);
                 let mut v = vec![0f32; cin * T * T * chunk];
@@ -279,36 +400,11 @@ macro_rules! variant {
                 let mut t0 = 0;
                 while t0 < tiles {
                     let n = chunk.min(tiles - t0);
-                    // V[ci][ξ][j] = (Bᵀ d B)_ξ for input channel ci and tile t0 + j.
+                    // V[ci][ξ][j] for input channel ci and tile t0 + j.
                     v[..cin * T * T * n]
                         .par_chunks_mut(T * T * n)
                         .enumerate()
-                        .for_each(|(ci, vc)| {
-                            for j in 0..n {
-                                let g = t0 + j;
-                                let (b, t) = (g / per_image, g % per_image);
-                                let channel = &images[(b * cin + ci) * h * w..][..h * w];
-                                let (ty, tx) = (t / tiles_w, t % tiles_w);
-                                let mut d = [[0f32; T]; T];
-                                for (r, row) in d.iter_mut().enumerate() {
-                                    let y = (M * ty + r) as isize - 1;
-                                    if y < 0 || y >= h as isize {
-                                        continue;
-                                    }
-                                    let src = &channel[y as usize * w..(y as usize + 1) * w];
-                                    for (c, value) in row.iter_mut().enumerate() {
-                                        let x = (M * tx + c) as isize - 1;
-                                        if x >= 0 && x < w as isize {
-                                            *value = src[x as usize];
-                                        }
-                                    }
-                                }
-                                let transformed = input_transform(&d);
-                                for (xi, value) in transformed.iter().enumerate() {
-                                    vc[xi * n + j] = *value;
-                                }
-                            }
-                        });
+                        .for_each(|(ci, vc)| input_channel(vc, images, geo, ci, t0, n));
                     // M_ξ = U_ξ · V_ξ for every ξ at once, one single-threaded gemm each,
                     // written as M[ξ][co][j].
                     m[..T * T * cout * n]
@@ -326,34 +422,11 @@ macro_rules! variant {
                             );
                         });
                     // Y = Aᵀ M A, added into the output plane of each (image, co).
-                    let m = &m;
+                    let m = &m[..T * T * cout * n];
                     out.par_chunks_mut(h * w)
                         .enumerate()
-                        .for_each(|(plane_index, plane)| {
-                            let (b, co) = (plane_index / cout, plane_index % cout);
-                            let first = (b * per_image).max(t0);
-                            let last = ((b + 1) * per_image).min(t0 + n);
-                            for g in first..last {
-                                let (j, t) = (g - t0, g - b * per_image);
-                                let (ty, tx) = (t / tiles_w, t % tiles_w);
-                                let mut tile = [0f32; T * T];
-                                for (xi, value) in tile.iter_mut().enumerate() {
-                                    *value = m[(xi * cout + co) * n + j];
-                                }
-                                let y = output_transform(&tile);
-                                for (dy, row) in y.iter().enumerate() {
-                                    let oy = M * ty + dy;
-                                    if oy >= h {
-                                        continue;
-                                    }
-                                    for (dx, value) in row.iter().enumerate() {
-                                        let ox = M * tx + dx;
-                                        if ox < w {
-                                            plane[oy * w + ox] += value;
-                                        }
-                                    }
-                                }
-                            }
+                        .for_each(|(i, plane)| {
+                            output_plane(plane, m, geo, cout, i / cout, i % cout, t0, n)
                         });
                     t0 += n;
                 }
