@@ -299,24 +299,23 @@ macro_rules! variant {
             }
 
             dispatch! {
-                /// Adds `Y = Aᵀ M A` of output channel `co` of image `b`, for the tiles of
-                /// that image among the `n` from `t0` on, into its output plane.
-                pub fn output_plane(plane: &mut [f32], m: &[f32], geo: Geometry, cout: usize, b: usize, co: usize, t0: usize, n: usize) -> () = output_plane_generic
+                /// Adds `Y = Aᵀ M A` of output plane `index` (image `index / cout`, channel
+                /// `index % cout`), for the tiles of that image among the `n` from `t0` on.
+                pub fn output_plane(plane: &mut [f32], m: &[f32], geo: Geometry, cout: usize, index: usize, t0: usize, n: usize) -> () = output_plane_generic
             }
 
             /// [`output_plane`], 16 tiles at a time so the transform's lanes vectorise.
             #[inline(always)]
-            #[allow(clippy::too_many_arguments)]
             fn output_plane_generic(
                 plane: &mut [f32],
                 m: &[f32],
                 geo: Geometry,
                 cout: usize,
-                b: usize,
-                co: usize,
+                index: usize,
                 t0: usize,
                 n: usize,
             ) {
+                let (b, co) = (index / cout, index % cout);
                 let (h, w) = (geo.h, geo.w);
                 let first = (b * geo.per_image).max(t0);
                 let last = ((b + 1) * geo.per_image).min(t0 + n);
@@ -426,7 +425,7 @@ macro_rules! variant {
                     out.par_chunks_mut(h * w)
                         .enumerate()
                         .for_each(|(i, plane)| {
-                            output_plane(plane, m, geo, cout, i / cout, i % cout, t0, n)
+                            output_plane(plane, m, geo, cout, i, t0, n)
                         });
                     t0 += n;
                 }
