@@ -18,6 +18,8 @@ use loopback_scaler::engine::runner::{self, LoadedModel, RunRequest};
 use loopback_scaler::settings::{Sampler, Settings, TargetMode};
 use serde_json::Value;
 
+mod common;
+
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
@@ -36,20 +38,11 @@ fn manifest() -> Value {
 }
 
 fn read_f32(entry: &Value) -> Vec<f32> {
-    let bytes = std::fs::read(lora_dir().join(entry["file"].as_str().unwrap())).unwrap();
-    bytes
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect()
+    common::reference_f32(&lora_dir(), entry).0
 }
 
 fn shape(entry: &Value) -> Vec<usize> {
-    entry["shape"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_u64().unwrap() as usize)
-        .collect()
+    common::reference_shape(entry)
 }
 
 fn max_diff(a: &[f32], b: &[f32]) -> f32 {

@@ -41,18 +41,7 @@ fn manifest() -> Value {
 
 /// A reference tensor (`{"file", "shape"}`).
 fn tensor(entry: &Value) -> Tensor {
-    let bytes = std::fs::read(lora_dir().join(entry["file"].as_str().unwrap())).unwrap();
-    let values: Vec<f32> = bytes
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect();
-    let shape: Vec<usize> = entry["shape"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_u64().unwrap() as usize)
-        .collect();
-    Tensor::from_vec(values, shape, &Device::Cpu).unwrap()
+    common::reference_tensor(&lora_dir(), entry)
 }
 
 fn specs(case: &Value) -> Vec<LoraSpec> {

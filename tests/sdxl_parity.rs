@@ -31,24 +31,7 @@ fn manifest() -> Value {
 
 /// A reference tensor of a case.
 fn tensor(case: &Value, key: &str) -> Tensor {
-    let file = &case["files"][key];
-    let bytes = std::fs::read(
-        fixtures()
-            .join("parity-sdxl")
-            .join(file["file"].as_str().unwrap()),
-    )
-    .unwrap();
-    let values: Vec<f32> = bytes
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect();
-    let shape: Vec<usize> = file["shape"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| d.as_u64().unwrap() as usize)
-        .collect();
-    Tensor::from_vec(values, shape, &Device::Cpu).unwrap()
+    common::reference_tensor(&fixtures().join("parity-sdxl"), &case["files"][key])
 }
 
 fn sampler(name: &str) -> Sampler {

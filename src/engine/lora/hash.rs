@@ -9,8 +9,6 @@
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
-use sha2::{Digest, Sha256};
-
 use crate::{Error, Result};
 
 /// Hex digits of the short hash A1111 writes.
@@ -26,20 +24,7 @@ pub fn addnet_sha256(path: &Path) -> Result<String> {
         .checked_add(8)
         .ok_or_else(|| Error::input(path, "not a safetensors file (header length)"))?;
     file.seek(SeekFrom::Start(offset)).map_err(fail)?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = file.read(&mut buf).map_err(fail)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect())
+    crate::engine::weights::hash::sha256_hex(file, path)
 }
 
 /// The short hash A1111 writes in `Lora hashes`: the first 12 hex digits of

@@ -35,6 +35,44 @@ struct Geometry {
     per_image: usize,
 }
 
+/// `mat · x · matᵀ` for [`LANES`] independent T×T matrices `x` at once, lane by lane (the
+/// transforms `Bᵀ d B` and `Aᵀ M A`; zeros of the constant `mat` are skipped).
+#[inline(always)]
+fn sandwich<const R: usize, const T: usize>(
+    mat: &[[f32; T]; R],
+    x: &[[[f32; LANES]; T]; T],
+) -> [[[f32; LANES]; R]; R] {
+    let mut left = [[[0f32; LANES]; T]; R];
+    for i in 0..R {
+        for k in 0..T {
+            let coefficient = mat[i][k];
+            if coefficient == 0.0 {
+                continue;
+            }
+            for j in 0..T {
+                for l in 0..LANES {
+                    left[i][j][l] += coefficient * x[k][j][l];
+                }
+            }
+        }
+    }
+    let mut out = [[[0f32; LANES]; R]; R];
+    for i in 0..R {
+        for j in 0..R {
+            for k in 0..T {
+                let coefficient = mat[j][k];
+                if coefficient == 0.0 {
+                    continue;
+                }
+                for l in 0..LANES {
+                    out[i][j][l] += left[i][k][l] * coefficient;
+                }
+            }
+        }
+    }
+    out
+}
+
 /// Bytes of transformed input (and of products) handled at once: below the allocator's
 /// mmap threshold (`engine/allocator.rs`), so the buffers are reused, not mapped afresh.
 const CHUNK_BYTES: usize = 30 << 20;
@@ -264,34 +302,10 @@ macro_rules! variant {
                             }
                         }
                     }
-                    // Bᵀ d, then (Bᵀ d) B, lane by lane (zeros of Bᵀ skipped).
-                    let mut left = [[[0f32; LANES]; T]; T];
-                    for i in 0..T {
-                        for k in 0..T {
-                            let coefficient = BT[i][k];
-                            if coefficient == 0.0 {
-                                continue;
-                            }
-                            for j in 0..T {
-                                for l in 0..LANES {
-                                    left[i][j][l] += coefficient * d[k][j][l];
-                                }
-                            }
-                        }
-                    }
-                    for i in 0..T {
-                        for j in 0..T {
-                            let mut acc = [0f32; LANES];
-                            for k in 0..T {
-                                let coefficient = BT[j][k];
-                                if coefficient == 0.0 {
-                                    continue;
-                                }
-                                for l in 0..LANES {
-                                    acc[l] += left[i][k][l] * coefficient;
-                                }
-                            }
-                            vc[(i * T + j) * n + j0..][..lanes].copy_from_slice(&acc[..lanes]);
+                    let transformed = sandwich(&BT, &d);
+                    for (i, row) in transformed.iter().enumerate() {
+                        for (j, lane) in row.iter().enumerate() {
+                            vc[(i * T + j) * n + j0..][..lanes].copy_from_slice(&lane[..lanes]);
                         }
                     }
                     j0 += lanes;
@@ -323,39 +337,15 @@ macro_rules! variant {
                 while g0 < last {
                     let lanes = LANES.min(last - g0);
                     let j0 = g0 - t0;
-                    let mut tile = [[0f32; LANES]; T * T];
-                    for (xi, lane) in tile.iter_mut().enumerate() {
-                        lane[..lanes].copy_from_slice(&m[(xi * cout + co) * n + j0..][..lanes]);
-                    }
-                    // Aᵀ M, then (Aᵀ M) A, lane by lane (zeros of Aᵀ skipped).
-                    let mut left = [[[0f32; LANES]; T]; M];
-                    for i in 0..M {
-                        for k in 0..T {
-                            let coefficient = AT[i][k];
-                            if coefficient == 0.0 {
-                                continue;
-                            }
-                            for j in 0..T {
-                                for l in 0..LANES {
-                                    left[i][j][l] += coefficient * tile[k * T + j][l];
-                                }
-                            }
+                    let mut tile = [[[0f32; LANES]; T]; T];
+                    for (i, row) in tile.iter_mut().enumerate() {
+                        for (j, lane) in row.iter_mut().enumerate() {
+                            let xi = i * T + j;
+                            lane[..lanes]
+                                .copy_from_slice(&m[(xi * cout + co) * n + j0..][..lanes]);
                         }
                     }
-                    let mut y = [[[0f32; LANES]; M]; M];
-                    for i in 0..M {
-                        for j in 0..M {
-                            for k in 0..T {
-                                let coefficient = AT[j][k];
-                                if coefficient == 0.0 {
-                                    continue;
-                                }
-                                for l in 0..LANES {
-                                    y[i][j][l] += left[i][k][l] * coefficient;
-                                }
-                            }
-                        }
-                    }
+                    let y = sandwich(&AT, &tile);
                     for l in 0..lanes {
                         let t = g0 + l - b * geo.per_image;
                         let (ty, tx) = (t / geo.tiles_w, t % geo.tiles_w);

@@ -25,12 +25,18 @@ struct Entry {
 
 /// The SHA-256 of the file `path`, as 64 lowercase hex digits.
 pub fn sha256_file(path: &Path) -> Result<String> {
-    let mut file =
+    let file =
         std::fs::File::open(path).map_err(|e| Error::input(path, format!("cannot open: {e}")))?;
+    sha256_hex(file, path)
+}
+
+/// The SHA-256 of what is left to read from `reader` (the file `path`, named in errors),
+/// as 64 lowercase hex digits.
+pub fn sha256_hex(mut reader: impl Read, path: &Path) -> Result<String> {
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
-        let n = file
+        let n = reader
             .read(&mut buf)
             .map_err(|e| Error::input(path, format!("cannot read: {e}")))?;
         if n == 0 {

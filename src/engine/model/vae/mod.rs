@@ -551,18 +551,7 @@ mod stats_tests {
             eprintln!("passes {passes}: {}", errs.join(" "));
             // The first `passes` GroupNorms see exact whole-image statistics.
             for ((m, v), (em, ev)) in acc.iter().zip(&exact).take(passes) {
-                let d = |a: &Tensor, b: &Tensor| {
-                    (a - b)
-                        .unwrap()
-                        .abs()
-                        .unwrap()
-                        .flatten_all()
-                        .unwrap()
-                        .max(0)
-                        .unwrap()
-                        .to_scalar::<f32>()
-                        .unwrap()
-                };
+                let d = crate::engine::model::max_abs_diff;
                 assert!(
                     d(m, em) < 1e-5 && d(v, ev) < 1e-5,
                     "passes {passes}: {}",
