@@ -81,6 +81,14 @@ fn silu_generic(dst: &mut [f32], src: &[f32], scale: f32, shift: f32) {
     }
 }
 
+#[inline(always)]
+fn silu_in_place_generic(buf: &mut [f32], scale: f32, shift: f32) {
+    for v in buf.iter_mut() {
+        let y = *v * scale + shift;
+        *v = y / (1.0 + exp(-y));
+    }
+}
+
 /// `erf(x)`, vectorisable: Abramowitz & Stegun 7.1.26 (absolute error 1.5e-7 in exact
 /// arithmetic, below 5e-7 in f32), with the odd symmetry applied through the sign bit.
 #[inline(always)]
@@ -182,6 +190,11 @@ dispatch! {
 }
 
 dispatch! {
+    /// In place: `buf ← silu(buf · scale + shift)`.
+    pub fn affine_silu_in_place(buf: &mut [f32], scale: f32, shift: f32) -> () = silu_in_place_generic
+}
+
+dispatch! {
     /// `dst ← hidden · gelu(gate)`, element by element, with the exact (erf) GELU as
     /// PyTorch's default (the GEGLU of the UNet's feed-forward); all three of equal length.
     pub fn geglu(dst: &mut [f32], hidden: &[f32], gate: &[f32]) -> () = geglu_generic
@@ -254,6 +267,9 @@ mod tests {
             }
             let mut silu = vec![0f32; len];
             affine_silu(&mut silu, &src, 1.5, -0.25);
+            let mut in_place = src.clone();
+            affine_silu_in_place(&mut in_place, 1.5, -0.25);
+            assert_eq!(in_place, silu);
             for (o, &s) in silu.iter().zip(&src) {
                 let y = f64::from(s) * 1.5 - 0.25;
                 assert!((f64::from(*o) - y / (1.0 + (-y).exp())).abs() < 1e-5);

@@ -63,49 +63,98 @@ impl GroupNorm {
             );
         }
         let spatial: usize = dims[2..].iter().product();
-        let per_group = channels / self.groups;
-        let block = per_group * spatial;
+        let block = channels / self.groups * spatial;
         let xs = xs.contiguous()?;
         let weight = self.weight.to_dtype(DType::F32)?.to_vec1::<f32>()?;
         let bias = self.bias.to_dtype(DType::F32)?.to_vec1::<f32>()?;
         let (store, layout) = xs.storage_and_layout();
         let data = f32_slice(&store, layout)?;
+        let moments = block_moments(data, block);
+        let affine = channel_affine(&moments, self.groups, &weight, &bias, self.eps);
         let mut out = vec![0f32; data.len()];
-        let eps = self.eps;
-        out.par_chunks_mut(block)
-            .zip(data.par_chunks(block))
-            .enumerate()
-            .for_each(|(index, (dst, src))| {
-                let group = index % self.groups;
-                let n = src.len() as f64;
-                let mean = src.iter().map(|&v| f64::from(v)).sum::<f64>() / n;
-                let var = src
-                    .iter()
-                    .map(|&v| {
-                        let d = f64::from(v) - mean;
-                        d * d
-                    })
-                    .sum::<f64>()
-                    / n;
-                let inv = (1.0 / (var + eps).sqrt()) as f32;
-                let mean = mean as f32;
-                for (c, (dst, src)) in dst.chunks_mut(spatial).zip(src.chunks(spatial)).enumerate()
-                {
-                    let channel = group * per_group + c;
-                    let scale = inv * weight[channel];
-                    let shift = bias[channel] - mean * scale;
-                    if silu {
-                        fastmath::affine_silu(dst, src, scale, shift);
-                    } else {
-                        for (d, &s) in dst.iter_mut().zip(src) {
-                            *d = s * scale + shift;
-                        }
-                    }
-                }
-            });
+        apply_affine(&mut out, Some((data, spatial)), &affine, spatial, silu);
         drop(store);
         Tensor::from_vec(out, dims, &Device::Cpu)
     }
+}
+
+/// Mean and variance (both accumulated in f64) of every block of `block` consecutive values
+/// of `data` — one block per (image, group) of a contiguous NCHW buffer — on candle's CPU
+/// threads: two reading passes per block.
+pub(crate) fn block_moments(data: &[f32], block: usize) -> Vec<(f64, f64)> {
+    data.par_chunks(block.max(1))
+        .map(|src| {
+            let n = src.len() as f64;
+            let mean = src.iter().map(|&v| f64::from(v)).sum::<f64>() / n;
+            let var = src
+                .iter()
+                .map(|&v| {
+                    let d = f64::from(v) - mean;
+                    d * d
+                })
+                .sum::<f64>()
+                / n;
+            (mean, var)
+        })
+        .collect()
+}
+
+/// Per (image, channel) `(scale, shift)` such that `x · scale + shift` is GroupNorm with the
+/// affine `weight` and `bias`, given the `(mean, variance)` of each (image, group) block.
+pub(crate) fn channel_affine(
+    moments: &[(f64, f64)],
+    groups: usize,
+    weight: &[f32],
+    bias: &[f32],
+    eps: f64,
+) -> Vec<(f32, f32)> {
+    let channels = weight.len();
+    let per_group = channels / groups.max(1);
+    let mut affine = Vec::with_capacity(moments.len() * per_group);
+    for (index, &(mean, var)) in moments.iter().enumerate() {
+        let group = index % groups;
+        let inv = (1.0 / (var + eps).sqrt()) as f32;
+        let mean = mean as f32;
+        for channel in group * per_group..(group + 1) * per_group {
+            let scale = inv * weight[channel];
+            affine.push((scale, bias[channel] - mean * scale));
+        }
+    }
+    affine
+}
+
+/// `dst ← src · scale + shift` per channel plane of `spatial` values of `dst` (then SiLU when
+/// `silu`), with `affine[i]` for plane `i`, whose source values start at `i · stride` in
+/// `src = Some((src, stride))`; in place on `dst` when `src` is `None`. Planes are spread over
+/// candle's CPU threads.
+pub(crate) fn apply_affine(
+    dst: &mut [f32],
+    src: Option<(&[f32], usize)>,
+    affine: &[(f32, f32)],
+    spatial: usize,
+    silu: bool,
+) {
+    let spatial = spatial.max(1);
+    let apply = |(index, dst): (usize, &mut [f32])| {
+        let (scale, shift) = affine[index];
+        match (src, silu) {
+            (Some((src, stride)), true) => {
+                fastmath::affine_silu(dst, &src[index * stride..][..dst.len()], scale, shift)
+            }
+            (Some((src, stride)), false) => {
+                for (d, &s) in dst.iter_mut().zip(&src[index * stride..]) {
+                    *d = s * scale + shift;
+                }
+            }
+            (None, true) => fastmath::affine_silu_in_place(dst, scale, shift),
+            (None, false) => {
+                for d in dst.iter_mut() {
+                    *d = *d * scale + shift;
+                }
+            }
+        }
+    };
+    dst.par_chunks_mut(spatial).enumerate().for_each(apply);
 }
 
 impl Module for GroupNorm {

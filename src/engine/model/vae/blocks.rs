@@ -4,9 +4,9 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Linear, VarBuilder};
 
-use super::norm::{Ctx, Norm};
+use super::norm::{Ctx, Norm, Prepared};
 use crate::engine::model::attention;
-use crate::engine::model::conv::Conv2d;
+use crate::engine::model::conv::{BAND_INPUT_BYTES, Conv2d, Residual};
 
 pub(super) fn conv3(vb: VarBuilder, cin: usize, cout: usize) -> Result<Conv2d> {
     Conv2d::new(vb, cin, cout, 3, 1, 1)
@@ -41,15 +41,31 @@ impl Resnet {
         })
     }
 
+    /// The first normalised activation is made and convolved a band of rows at a time, the
+    /// second SiLU runs in place, and the skip connection is summed into the last
+    /// convolution's output, so beyond bands at most the input, one hidden activation and the
+    /// output are alive at once.
     pub(super) fn forward(&self, x: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
-        let h = candle_nn::ops::silu(&self.norm1.forward(x, ctx)?)?;
-        let h = self.conv1.forward(&h)?;
-        let h = candle_nn::ops::silu(&self.norm2.forward(&h, ctx)?)?;
-        let h = self.conv2.forward(&h)?;
-        match &self.shortcut {
-            Some(conv) => conv.forward(x)? + h,
-            None => x + h,
-        }
+        // The first normalised activation exists only a band of rows at a time.
+        let h = match self.norm1.prepare(x, ctx)? {
+            Prepared::Affine(affine) => {
+                let (b, _, height, width) = x.dims4()?;
+                self.conv1
+                    .forward_banded((b, height, width), BAND_INPUT_BYTES, |lo, hi| {
+                        Norm::silu_rows(x, &affine, lo, hi)
+                    })?
+            }
+            prepared => {
+                let h = self.norm1.apply_prepared(x, prepared, true, false)?;
+                self.conv1.forward(&h)?
+            }
+        };
+        let h = self.norm2.silu_in_place(h, ctx)?;
+        let residual = match &self.shortcut {
+            Some(conv) => Residual::Conv(conv, x),
+            None => Residual::Tensor(x),
+        };
+        self.conv2.forward_residual(&h, residual)
     }
 }
 
@@ -149,13 +165,14 @@ pub(super) struct DownBlock {
 }
 
 impl DownBlock {
-    pub(super) fn forward(&self, x: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
-        let mut x = x.clone();
+    /// Takes `x` so that it is freed as soon as the first residual block has used it.
+    pub(super) fn forward(&self, x: Tensor, ctx: &mut Ctx) -> Result<Tensor> {
+        let mut x = x;
         for r in &self.resnets {
             x = r.forward(&x, ctx)?;
         }
         match &self.down {
-            Some(conv) => conv.forward(&x.pad_with_zeros(3, 0, 1)?.pad_with_zeros(2, 0, 1)?),
+            Some(conv) => conv.forward_pad_end(&x),
             None => Ok(x),
         }
     }
@@ -169,18 +186,14 @@ pub(super) struct UpBlock {
 }
 
 impl UpBlock {
-    pub(super) fn forward(&self, x: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
-        let mut x = x.clone();
+    /// Takes `x` so that it is freed as soon as the first residual block has used it.
+    pub(super) fn forward(&self, x: Tensor, ctx: &mut Ctx) -> Result<Tensor> {
+        let mut x = x;
         for r in &self.resnets {
             x = r.forward(&x, ctx)?;
         }
         match &self.up {
-            Some(conv) => {
-                let (_, _, h, w) = x.dims4()?;
-                let up = x.upsample_nearest2d(2 * h, 2 * w)?;
-                drop(x);
-                conv.forward(&up)
-            }
+            Some(conv) => conv.forward_upsampled(&x),
             None => Ok(x),
         }
     }

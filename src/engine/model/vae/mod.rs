@@ -269,7 +269,7 @@ impl Vae {
         let mut ctx = Ctx::plain(budget);
         let xs = self.enc_mid.forward(&features, &mut ctx)?;
         drop(features);
-        let xs = candle_nn::ops::silu(&self.enc_norm.forward(&xs, &mut ctx)?)?;
+        let xs = self.enc_norm.forward_silu(&xs, &mut ctx)?;
         let mut moments = self.enc_conv_out.forward(&xs)?;
         if let Some(conv) = &self.quant_conv {
             moments = conv.forward(&moments)?;
@@ -309,18 +309,20 @@ impl Vae {
     fn encoder_body(&self, image: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
         let mut xs = self.enc_conv_in.forward(image)?;
         for block in &self.enc_down {
-            xs = block.forward(&xs, ctx)?;
+            xs = block.forward(xs, ctx)?;
         }
         Ok(xs)
     }
 
     /// The up blocks and the output layers: latent-resolution features → pixels.
     fn decoder_tail(&self, features: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
-        let mut xs = features.clone();
-        for block in &self.dec_up {
-            xs = block.forward(&xs, ctx)?;
-        }
-        let xs = candle_nn::ops::silu(&self.dec_norm.forward(&xs, ctx)?)?;
+        let xs = {
+            let mut xs = features.clone();
+            for block in &self.dec_up {
+                xs = block.forward(xs, ctx)?;
+            }
+            self.dec_norm.forward_silu(&xs, ctx)?
+        };
         self.dec_conv_out.forward(&xs)
     }
 

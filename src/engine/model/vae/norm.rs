@@ -1,8 +1,11 @@
 //! The VAE's GroupNorm, whose statistics a tiled pass can record, replay or accumulate over
 //! tiles ([`NormStats`]), and the per-pass context that carries them.
 
-use candle_core::{DType, Result, Tensor};
+use candle_core::{CpuStorage, DType, InplaceOp1, Layout, Result, Tensor};
 use candle_nn::VarBuilder;
+
+use crate::engine::model::conv::f32_slice;
+use crate::engine::model::norm::{apply_affine, block_moments, channel_affine};
 
 pub(super) const EPS: f64 = 1e-6;
 
@@ -130,10 +133,124 @@ impl Norm {
         })
     }
 
+    /// `group_norm(x)`.
     pub(super) fn forward(&self, x: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
+        self.apply(x, ctx, false, false)
+    }
+
+    /// `silu(group_norm(x))`, a new tensor.
+    pub(super) fn forward_silu(&self, x: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
+        self.apply(x, ctx, true, false)
+    }
+
+    /// `silu(group_norm(x))`, written over `x` where it can be (contiguous f32 on the CPU;
+    /// elsewhere a new tensor). `x` must not share its storage with a tensor still in use:
+    /// pass only a fresh result, such as a convolution's output.
+    pub(super) fn silu_in_place(&self, x: Tensor, ctx: &mut Ctx) -> Result<Tensor> {
+        self.apply(&x, ctx, true, true)?;
+        Ok(x)
+    }
+
+    /// Normalises `x` (then SiLU when `silu`), in place when `in_place` and the fast path
+    /// applies (returning `x` itself), else into a new tensor.
+    fn apply(&self, x: &Tensor, ctx: &mut Ctx, silu: bool, in_place: bool) -> Result<Tensor> {
+        let prepared = self.prepare(x, ctx)?;
+        self.apply_prepared(x, prepared, silu, in_place)
+    }
+
+    /// [`Norm::apply`] with statistics already [prepared](Norm::prepare) from `x`.
+    pub(super) fn apply_prepared(
+        &self,
+        x: &Tensor,
+        prepared: Prepared,
+        silu: bool,
+        in_place: bool,
+    ) -> Result<Tensor> {
         let (b, c, h, w) = x.dims4()?;
-        let dtype = x.dtype();
-        let internal = if dtype == DType::F64 {
+        match prepared {
+            Prepared::Moments(mean, var) => {
+                let y = self.apply_generic(x, &mean, &var)?;
+                if silu {
+                    candle_nn::ops::silu(&y)
+                } else {
+                    Ok(y)
+                }
+            }
+            Prepared::Affine(affine) if in_place => {
+                x.inplace_op1(&AffineOp {
+                    affine,
+                    spatial: h * w,
+                    silu,
+                })?;
+                Ok(x.clone())
+            }
+            Prepared::Affine(affine) => {
+                let (store, layout) = x.storage_and_layout();
+                let data = f32_slice(&store, layout)?;
+                let mut out = vec![0f32; data.len()];
+                apply_affine(&mut out, Some((data, h * w)), &affine, h * w, silu);
+                drop(store);
+                Tensor::from_vec(out, (b, c, h, w), x.device())
+            }
+        }
+    }
+
+    /// The statistics of `x` (taken, recorded or accumulated as `ctx` says) in the form the
+    /// normalisation needs: per-channel `(scale, shift)` for contiguous f32 on the CPU,
+    /// `(mean, var)` tensors elsewhere.
+    pub(super) fn prepare(&self, x: &Tensor, ctx: &mut Ctx) -> Result<Prepared> {
+        let fast = x.device().is_cpu() && x.dtype() == DType::F32 && x.is_contiguous();
+        let (mean, var) = self.statistics(x, ctx, fast)?;
+        if !fast {
+            return Ok(Prepared::Moments(mean, var));
+        }
+        let flat = |t: &Tensor| -> Result<Vec<f32>> {
+            t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()
+        };
+        let moments: Vec<(f64, f64)> = flat(&mean)?
+            .into_iter()
+            .zip(flat(&var)?)
+            .map(|(m, v)| (f64::from(m), f64::from(v)))
+            .collect();
+        Ok(Prepared::Affine(channel_affine(
+            &moments,
+            self.groups,
+            &flat(&self.weight)?,
+            &flat(&self.bias)?,
+            self.eps,
+        )))
+    }
+
+    /// `silu(group_norm(x))` for rows `lo..hi` of `x` only, a new `(b, c, hi − lo, w)` tensor,
+    /// with `affine` from [`Norm::prepare`] on the whole of `x` (contiguous f32 on the CPU).
+    pub(super) fn silu_rows(
+        x: &Tensor,
+        affine: &[(f32, f32)],
+        lo: usize,
+        hi: usize,
+    ) -> Result<Tensor> {
+        let (b, c, h, w) = x.dims4()?;
+        let (store, layout) = x.storage_and_layout();
+        let data = f32_slice(&store, layout)?;
+        let rows = hi.min(h).saturating_sub(lo);
+        let mut out = vec![0f32; b * c * rows * w];
+        apply_affine(
+            &mut out,
+            Some((&data[lo * w..], h * w)),
+            affine,
+            rows * w,
+            true,
+        );
+        drop(store);
+        Tensor::from_vec(out, (b, c, rows, w), x.device())
+    }
+
+    /// The `(mean, var)` of every (image, group), shape `(b, groups, 1)`: replayed, or
+    /// computed from `x` (in one fast f64 pass when `fast`); recorded and accumulated as the
+    /// context asks.
+    fn statistics(&self, x: &Tensor, ctx: &mut Ctx, fast: bool) -> Result<(Tensor, Tensor)> {
+        let (b, c, h, w) = x.dims4()?;
+        let internal = if x.dtype() == DType::F64 {
             DType::F64
         } else {
             DType::F32
@@ -147,6 +264,16 @@ impl Norm {
                     .ok_or_else(|| candle_core::Error::Msg("GroupNorm replay ran out".into()))?;
                 *next += 1;
                 s
+            }
+            None if fast => {
+                let (store, layout) = x.storage_and_layout();
+                let moments = block_moments(f32_slice(&store, layout)?, per_group);
+                drop(store);
+                let column = |pick: fn(&(f64, f64)) -> f64| {
+                    let values: Vec<f32> = moments.iter().map(|m| pick(m) as f32).collect();
+                    Tensor::from_vec(values, (b, self.groups, 1), x.device())
+                };
+                (column(|m| m.0)?, column(|m| m.1)?)
             }
             None => {
                 let xg = x.reshape((b, self.groups, per_group))?.to_dtype(internal)?;
@@ -180,18 +307,67 @@ impl Norm {
                 acc.next += 1;
             }
         }
-        // y = x·s + t per channel, with s = weight / √(var + eps), t = bias − mean·s.
+        Ok((mean, var))
+    }
+
+    /// `x · s + t` per channel with s = weight / √(var + eps), t = bias − mean·s, in candle
+    /// ops (other devices and dtypes).
+    fn apply_generic(&self, x: &Tensor, mean: &Tensor, var: &Tensor) -> Result<Tensor> {
+        let (b, c, _, _) = x.dims4()?;
+        let dtype = x.dtype();
+        let internal = if dtype == DType::F64 {
+            DType::F64
+        } else {
+            DType::F32
+        };
         let per_channel = |t: &Tensor| -> Result<Tensor> {
             t.broadcast_as((b, self.groups, c / self.groups))?
                 .reshape((b, c, 1, 1))
         };
-        let inv = per_channel(&(var + self.eps)?.sqrt()?.recip()?)?;
-        let mean = per_channel(&mean)?;
+        let inv = per_channel(&(var.to_dtype(internal)? + self.eps)?.sqrt()?.recip()?)?;
+        let mean = per_channel(&mean.to_dtype(internal)?)?;
         let weight = self.weight.to_dtype(internal)?.reshape((1, c, 1, 1))?;
         let bias = self.bias.to_dtype(internal)?.reshape((1, c, 1, 1))?;
         let scale = inv.broadcast_mul(&weight)?;
         let shift = bias.broadcast_sub(&mean.mul(&scale)?)?;
         x.broadcast_mul(&scale.to_dtype(dtype)?)?
             .broadcast_add(&shift.to_dtype(dtype)?)
+    }
+}
+
+/// A GroupNorm's statistics, ready to apply (see [`Norm::prepare`]).
+pub(super) enum Prepared {
+    /// Per (image, channel) `(scale, shift)`: the fast CPU path.
+    Affine(Vec<(f32, f32)>),
+    /// `(mean, var)` per (image, group), shape `(b, groups, 1)`: candle ops.
+    Moments(Tensor, Tensor),
+}
+
+/// [`apply_affine`] in place on a tensor's storage.
+struct AffineOp {
+    affine: Vec<(f32, f32)>,
+    spatial: usize,
+    silu: bool,
+}
+
+impl InplaceOp1 for AffineOp {
+    fn name(&self) -> &'static str {
+        "group-norm-affine"
+    }
+
+    fn cpu_fwd(&self, storage: &mut CpuStorage, layout: &Layout) -> Result<()> {
+        match (storage, layout.contiguous_offsets()) {
+            (CpuStorage::F32(data), Some((start, end))) => {
+                apply_affine(
+                    &mut data[start..end],
+                    None,
+                    &self.affine,
+                    self.spatial,
+                    self.silu,
+                );
+                Ok(())
+            }
+            _ => candle_core::bail!("group norm in place: expected a contiguous f32 tensor"),
+        }
     }
 }
