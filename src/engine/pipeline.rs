@@ -299,6 +299,8 @@ pub fn img2img(
         .to_dtype(model.dtype)
         .map_err(engine_err("text embeddings"))?;
 
+    // The previous loop's decode and the text encoder left freed buffers in the heap.
+    super::allocator::release_free_memory();
     let pixels = image_to_tensor(image, device)?
         .to_dtype(model.vae_dtype)
         .map_err(engine_err("image"))?;
@@ -375,6 +377,8 @@ pub fn img2img(
         }
     }
 
+    // The UNet's activations are free now; return them before the decode's own buffers.
+    super::allocator::release_free_memory();
     let decoded = model
         .vae
         .decode(
