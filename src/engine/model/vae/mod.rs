@@ -506,6 +506,10 @@ mod stats_tests {
     use candle_core::Device;
 
     fn vae() -> Vae {
+        vae_in(DType::F32)
+    }
+
+    fn vae_in(dtype: DType) -> Vae {
         let dir =
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-sd/vae");
         let cfg: VaeFile =
@@ -513,8 +517,8 @@ mod stats_tests {
                 .unwrap();
         let path = dir.join("diffusion_pytorch_model.safetensors");
         // SAFETY: a read-only test fixture.
-        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[path], DType::F32, &Device::Cpu) }
-            .unwrap();
+        let vb =
+            unsafe { VarBuilder::from_mmaped_safetensors(&[path], dtype, &Device::Cpu) }.unwrap();
         Vae::new(vb, &cfg).unwrap()
     }
 
@@ -561,5 +565,36 @@ mod stats_tests {
                 );
             }
         }
+    }
+
+    /// The f32 CPU path (banded, in-place and fused kernels) against candle's generic ops,
+    /// which other devices and dtypes take: here f64 on the CPU.
+    #[test]
+    fn fast_blocks_match_the_generic_path() {
+        let (fast, generic) = (vae(), vae_in(DType::F64));
+        let image = Tensor::randn(0f32, 1.0, (1, 3, 64, 48), &Device::Cpu).unwrap();
+        let latents = fast.encode(&image).unwrap();
+        let reference = generic
+            .encode(&image.to_dtype(DType::F64).unwrap())
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap();
+        let d = crate::engine::model::max_abs_diff;
+        assert!(
+            d(&latents, &reference) < 1e-4,
+            "encode: {}",
+            d(&latents, &reference)
+        );
+        let decoded = fast.decode(&latents).unwrap();
+        let reference = generic
+            .decode(&latents.to_dtype(DType::F64).unwrap())
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap();
+        assert!(
+            d(&decoded, &reference) < 1e-4,
+            "decode: {}",
+            d(&decoded, &reference)
+        );
     }
 }

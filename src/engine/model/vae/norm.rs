@@ -147,8 +147,7 @@ impl Norm {
     /// elsewhere a new tensor). `x` must not share its storage with a tensor still in use:
     /// pass only a fresh result, such as a convolution's output.
     pub(super) fn silu_in_place(&self, x: Tensor, ctx: &mut Ctx) -> Result<Tensor> {
-        self.apply(&x, ctx, true, true)?;
-        Ok(x)
+        self.apply(&x, ctx, true, true)
     }
 
     /// Normalises `x` (then SiLU when `silu`), in place when `in_place` and the fast path
