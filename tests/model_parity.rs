@@ -79,7 +79,11 @@ fn components_match_diffusers() {
 
     // Text encoder: last hidden state for cond and uncond ids.
     let ids = tensor(&case, "token_ids").to_dtype(DType::U32).unwrap();
-    let hidden = model.clip.forward(&ids, 0).unwrap();
+    let hidden = model
+        .text_encoders
+        .with(|clip, _| clip.forward(&ids, 0))
+        .unwrap()
+        .unwrap();
     let reference = tensor(&case, "text_hidden");
     let err = max_abs_diff(&hidden, &reference);
     eprintln!(

@@ -186,3 +186,34 @@ fn spawned_run_reports_on_a_channel() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn text_encoders_freed_after_the_prompts_give_the_same_run() {
+    let kept = model();
+    let reference = run_all(&kept, settings(7), None);
+    assert!(kept.model.text_encoders.is_loaded());
+
+    // As the CLI's one-shot `run` does: the encoders go once the first loop has encoded
+    // the prompts; later loops use the cached outputs.
+    let freed = model();
+    freed.model.text_encoders.set_release_after_use(true);
+    let events = run_all(&freed, settings(7), None);
+    assert!(!freed.model.text_encoders.is_loaded());
+    assert_eq!(final_png_bytes(&events), final_png_bytes(&reference));
+
+    // The same prompts still run from the cache; a new prompt is refused in one line.
+    let again = run_all(&freed, settings(7), None);
+    assert_eq!(final_png_bytes(&again), final_png_bytes(&reference));
+    let request = RunRequest {
+        input: input(),
+        settings: Settings {
+            prompt: "a cup of tea".into(),
+            ..settings(7)
+        },
+    };
+    let err = runner::run_blocking(&freed, &request, &mut |_| {}, &AtomicBool::new(false))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("text encoders were freed"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+}

@@ -125,6 +125,8 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         &models::default_search_dirs(),
     )?;
     let model = load_model(args, loras, &cancel)?;
+    // One run with fixed prompts: the text encoders are freed once the prompts are encoded.
+    model.model.text_encoders.set_release_after_use(true);
     if args.memory_limit.is_some() {
         // The VAE's automatic tiling plans for the same limit (minus the loaded weights).
         let weights = shape.parameters() * dtype.size_in_bytes() as u64;

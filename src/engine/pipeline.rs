@@ -183,7 +183,21 @@ fn token_chunks(
 /// The UNet's text context for `p`'s prompts (unconditional row first when `p.cfg` > 1) and,
 /// for SDXL, its added conditioning (pooled embeddings in the same row order, and the size
 /// ids of an image of `width × height` pixels).
+///
+/// Each prompt is encoded once (the model caches the encoders' outputs); a model asked to
+/// release its text encoders after use does so here.
 pub fn conditioning(
+    model: &SdModel,
+    text: &TextAndSchedule,
+    p: &Img2ImgParams,
+    size: (u32, u32),
+) -> Result<(Tensor, Option<AddedCond>)> {
+    let conditioning = encode_conditioning(model, text, p, size)?;
+    model.text_encoders.prompts_encoded();
+    Ok(conditioning)
+}
+
+fn encode_conditioning(
     model: &SdModel,
     text: &TextAndSchedule,
     p: &Img2ImgParams,

@@ -10,6 +10,7 @@ pub mod config;
 pub mod conv;
 pub mod fastmath;
 pub mod norm;
+pub mod text;
 pub mod unet;
 pub mod vae;
 pub mod winograd;
@@ -26,6 +27,7 @@ use crate::engine::weights::{SafetensorsFile, WeightSource};
 use crate::{Error, Result};
 use clip::ClipText;
 use config::ModelFiles;
+use text::TextEncoders;
 use unet::UNet;
 use vae::Vae;
 
@@ -56,11 +58,9 @@ pub(crate) fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
 pub struct SdModel {
     /// The configs it was built from.
     pub files: ModelFiles,
-    /// The text encoder.
-    pub clip: ClipText,
-    /// SDXL's second text encoder (OpenCLIP ViT-bigG with its text projection); `None` for
-    /// SD 1.x/2.x.
-    pub clip2: Option<ClipText>,
+    /// The text encoder and SDXL's second one (OpenCLIP ViT-bigG with its text projection),
+    /// with a cache of their outputs; releasable ([`text`]).
+    pub text_encoders: TextEncoders,
     /// The VAE.
     pub vae: Vae,
     /// The denoising UNet.
@@ -255,8 +255,7 @@ impl SdModel {
 
         Ok(SdModel {
             files,
-            clip,
-            clip2,
+            text_encoders: TextEncoders::new(clip, clip2),
             vae,
             unet,
             device: device.clone(),
@@ -267,25 +266,29 @@ impl SdModel {
 
     /// Text embeddings for prompt chunks of 77 token ids each (A1111's chunking): each chunk
     /// is encoded on its own and the results are concatenated along the sequence, giving
-    /// `(1, 77 × chunks, hidden)`.
+    /// `(1, 77 × chunks, hidden)`. Cached: the same chunks are encoded once.
     pub fn text_embeddings(&self, chunks: &[Vec<u32>]) -> Result<Tensor> {
-        let mut parts = Vec::with_capacity(chunks.len());
-        for chunk in chunks {
-            let ids = Tensor::new(chunk.as_slice(), &self.device)
-                .and_then(|t| t.unsqueeze(0))
-                .map_err(engine_err("token ids"))?;
-            parts.push(
-                self.clip
-                    .forward(&ids, 0)
-                    .map_err(engine_err("text encoder"))?,
-            );
-        }
-        Tensor::cat(&parts, 1).map_err(engine_err("text embeddings"))
+        let encode = |clip: &ClipText, _: Option<&ClipText>| -> Result<_> {
+            let mut parts = Vec::with_capacity(chunks.len());
+            for chunk in chunks {
+                let ids = self.token_ids(chunk)?;
+                parts.push(clip.forward(&ids, 0).map_err(engine_err("text encoder"))?);
+            }
+            let context = Tensor::cat(&parts, 1).map_err(engine_err("text embeddings"))?;
+            Ok((context, None))
+        };
+        Ok(self.text_encoders.get_or_encode(chunks, None, encode)?.0)
+    }
+
+    fn token_ids(&self, chunk: &[u32]) -> Result<Tensor> {
+        Tensor::new(chunk, &self.device)
+            .and_then(|t| t.unsqueeze(0))
+            .map_err(engine_err("token ids"))
     }
 
     /// Whether this is an SDXL model (two text encoders, added conditioning).
     pub fn is_sdxl(&self) -> bool {
-        self.clip2.is_some()
+        self.text_encoders.is_sdxl()
     }
 
     /// SDXL's text conditioning for prompt chunks of 77 token ids, `chunks` padded as the
@@ -293,40 +296,44 @@ impl SdModel {
     /// chunk: the context `(1, 77 × chunks, hidden + hidden_2)`, each chunk the two encoders'
     /// penultimate hidden states side by side (diffusers' `prompt_embeds`), and the pooled
     /// embedding `(1, projection)` of the **first** chunk (as A1111 pools long prompts).
+    /// Cached like [`SdModel::text_embeddings`].
     pub fn sdxl_conditioning(
         &self,
         chunks: &[Vec<u32>],
         chunks_2: &[Vec<u32>],
     ) -> Result<(Tensor, Tensor)> {
-        let clip2 = self
-            .clip2
-            .as_ref()
-            .ok_or_else(|| Error::Engine("not an SDXL model: no second text encoder".into()))?;
+        if !self.is_sdxl() {
+            return Err(Error::Engine(
+                "not an SDXL model: no second text encoder".into(),
+            ));
+        }
         if chunks.len() != chunks_2.len() || chunks.is_empty() {
             return Err(Error::Engine(
                 "SDXL prompt: the two tokenizers gave different chunk counts".into(),
             ));
         }
-        let ids = |chunk: &Vec<u32>| {
-            Tensor::new(chunk.as_slice(), &self.device)
-                .and_then(|t| t.unsqueeze(0))
-                .map_err(engine_err("token ids"))
+        let encode = |clip: &ClipText, clip2: Option<&ClipText>| -> Result<_> {
+            let clip2 = clip2
+                .ok_or_else(|| Error::Engine("not an SDXL model: no second text encoder".into()))?;
+            let mut parts = Vec::with_capacity(chunks.len());
+            let mut first_pooled = None;
+            for (c1, c2) in chunks.iter().zip(chunks_2) {
+                let h1 = clip
+                    .penultimate(&self.token_ids(c1)?)
+                    .map_err(engine_err("text encoder"))?;
+                let (h2, pooled) = clip2
+                    .penultimate_and_pooled(&self.token_ids(c2)?)
+                    .map_err(engine_err("text encoder 2"))?;
+                parts.push(Tensor::cat(&[h1, h2], 2).map_err(engine_err("text embeddings"))?);
+                first_pooled.get_or_insert(pooled);
+            }
+            let context = Tensor::cat(&parts, 1).map_err(engine_err("text embeddings"))?;
+            Ok((context, first_pooled))
         };
-        let mut parts = Vec::with_capacity(chunks.len());
-        let mut first_pooled = None;
-        for (c1, c2) in chunks.iter().zip(chunks_2) {
-            let h1 = self
-                .clip
-                .penultimate(&ids(c1)?)
-                .map_err(engine_err("text encoder"))?;
-            let (h2, pooled) = clip2
-                .penultimate_and_pooled(&ids(c2)?)
-                .map_err(engine_err("text encoder 2"))?;
-            parts.push(Tensor::cat(&[h1, h2], 2).map_err(engine_err("text embeddings"))?);
-            first_pooled.get_or_insert(pooled);
-        }
-        let context = Tensor::cat(&parts, 1).map_err(engine_err("text embeddings"))?;
-        let pooled = first_pooled.ok_or_else(|| Error::Engine("SDXL prompt: no chunks".into()))?;
+        let (context, pooled) = self
+            .text_encoders
+            .get_or_encode(chunks, Some(chunks_2), encode)?;
+        let pooled = pooled.ok_or_else(|| Error::Engine("SDXL prompt: no chunks".into()))?;
         Ok((context, pooled))
     }
 }
