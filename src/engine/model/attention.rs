@@ -89,6 +89,14 @@ fn attention_tensors(
     })
 }
 
+thread_local! {
+    /// Each thread's score rows and row normalisers, kept from one attention call to the
+    /// next: a fresh zeroed buffer per call and thread cost up to 16 MiB of page faults or
+    /// memset each time.
+    static SCRATCH: std::cell::RefCell<(Vec<f32>, Vec<f32>)> =
+        const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+}
+
 /// The f32 CPU attention of [`attention`]: at most about `budget` bytes of scores in all
 /// the threads' scratch buffers together.
 fn attention_cpu(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, budget: usize) -> Result<Tensor> {
@@ -124,11 +132,17 @@ fn attention_cpu(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, budget: usize) 
             out_head
                 .par_chunks_mut((chunk * dv).max(1))
                 .enumerate()
-                .for_each_init(
-                    || (vec![0f32; chunk * n_k], vec![0f32; chunk]),
-                    |(scores, norms), (c, out_rows)| {
+                .for_each(|(c, out_rows)| {
+                    SCRATCH.with_borrow_mut(|(scores, norms)| {
                         let rows = out_rows.len() / dv.max(1);
                         let q_rows = &qh[c * chunk * d..];
+                        // Fully written before read; grown, never shrunk below a budget.
+                        if scores.len() < rows * n_k {
+                            *scores = vec![0f32; rows * n_k];
+                        }
+                        if norms.len() < rows {
+                            *norms = vec![0f32; rows];
+                        }
                         let scores = &mut scores[..rows * n_k];
                         let norms = &mut norms[..rows];
                         // scores = q · kᵀ (k read as a d × n_k matrix).
@@ -158,8 +172,8 @@ fn attention_cpu(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, budget: usize) 
                         for (out_row, norm) in out_rows.chunks_mut(dv.max(1)).zip(norms.iter()) {
                             out_row.iter_mut().for_each(|o| *o *= norm);
                         }
-                    },
-                );
+                    })
+                });
         });
     drop((q_store, k_store, v_store));
     Tensor::from_vec(out, (heads, n_q, dv), &Device::Cpu)

@@ -181,11 +181,41 @@ impl Variant {
     }
 }
 
-/// Frees the buffer of transformed kernels (see [`Variant::with_transformed_kernel`]); for
-/// the end of a network pass.
+/// The transformed inputs `V` and products `M` of the convolution running now, reused like
+/// [`KERNELS`] (each up to [`CHUNK_BYTES`]; a fresh zeroed pair per convolution cost 60 MB of
+/// memset each time).
+static WORKSPACE: Mutex<(Vec<f32>, Vec<f32>)> = Mutex::new((Vec::new(), Vec::new()));
+
+/// Runs `f` on buffers of `v_len` and `m_len` floats, taken from [`WORKSPACE`] (or fresh
+/// when another thread holds it). Their contents are left over from earlier convolutions:
+/// `f` must write before it reads.
+fn with_workspace<R>(v_len: usize, m_len: usize, f: impl FnOnce(&mut [f32], &mut [f32]) -> R) -> R {
+    let grow = |buffer: &mut Vec<f32>, len: usize| {
+        if buffer.len() < len {
+            // Dropped first: growing would copy the old contents.
+            *buffer = Vec::new();
+            *buffer = vec![0f32; len];
+        }
+    };
+    match WORKSPACE.try_lock() {
+        Ok(mut guard) => {
+            let (v, m) = &mut *guard;
+            grow(v, v_len);
+            grow(m, m_len);
+            f(&mut v[..v_len], &mut m[..m_len])
+        }
+        Err(_) => f(&mut vec![0f32; v_len], &mut vec![0f32; m_len]),
+    }
+}
+
+/// Frees the buffers of transformed kernels and of the transforms (see
+/// [`Variant::with_transformed_kernel`]); for the end of a network pass.
 pub fn release_scratch() {
     if let Ok(mut buffer) = KERNELS.lock() {
         *buffer = Vec::new();
+    }
+    if let Ok(mut buffers) = WORKSPACE.lock() {
+        *buffers = (Vec::new(), Vec::new());
     }
 }
 
@@ -384,8 +414,7 @@ macro_rules! variant {
                 let tiles = batch * geo.per_image;
                 let per_tile = T * T * 4 * cin.max(cout);
                 let chunk = (CHUNK_BYTES / per_tile).clamp(1, tiles);
-                let mut v = vec![0f32; cin * T * T * chunk];
-                let mut m = vec![0f32; cout * T * T * chunk];
+                with_workspace(cin * T * T * chunk, cout * T * T * chunk, |v, m| {
                 let mut t0 = 0;
                 while t0 < tiles {
                     let n = chunk.min(tiles - t0);
@@ -419,6 +448,7 @@ macro_rules! variant {
                         });
                     t0 += n;
                 }
+                })
             }
         }
     };

@@ -274,6 +274,7 @@ impl Vae {
         if let Some(conv) = &self.quant_conv {
             moments = conv.forward(&moments)?;
         }
+        super::winograd::release_scratch();
         moments.narrow(1, 0, self.latent_channels)
     }
 
@@ -299,10 +300,12 @@ impl Vae {
         let xs = self.dec_conv_in.forward(&xs)?;
         let features = self.dec_mid.forward(&xs, &mut Ctx::plain(budget))?;
         drop(xs);
-        match tiling {
+        let image = match tiling {
             None => self.decoder_tail(&features, &mut Ctx::plain(budget)),
             Some(t) => self.decoder_tail_tiled(&features, t, budget),
-        }
+        };
+        super::winograd::release_scratch();
+        image
     }
 
     /// `conv_in` and the down blocks: pixels → latent-resolution features.
