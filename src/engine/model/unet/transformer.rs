@@ -84,11 +84,45 @@ impl FeedForward {
         })
     }
 
+    /// On the CPU in f32, in chunks of about [`FF_CHUNK_BYTES`] of projection per chunk of
+    /// token rows: the whole projection (84 MB per level-0 block at 512², batch 2) would be
+    /// a fresh `mmap` paid in page faults on every call; chunks come from the heap, reused.
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let projected = self.proj.forward(xs)?;
-        self.out.forward(&geglu(&projected)?)
+        self.forward_in_chunks(xs, FF_CHUNK_BYTES)
+    }
+
+    /// [`FeedForward::forward`] with about `chunk_bytes` of projection per chunk.
+    fn forward_in_chunks(&self, xs: &Tensor, chunk_bytes: usize) -> Result<Tensor> {
+        let run = |xs: &Tensor| self.out.forward(&geglu(&self.proj.forward(xs)?)?);
+        let dims = xs.dims().to_vec();
+        let (Some(&dim), true) = (
+            dims.last(),
+            xs.device().is_cpu() && xs.dtype() == DType::F32,
+        ) else {
+            return run(xs);
+        };
+        let rows = xs.elem_count() / dim.max(1);
+        let per_row = 4 * self.proj.weight().dim(0)?;
+        let chunk = (chunk_bytes / per_row.max(1)).max(1);
+        if rows <= chunk {
+            return run(xs);
+        }
+        let flat = xs.reshape((rows, dim))?;
+        let parts = (0..rows)
+            .step_by(chunk)
+            .map(|r0| run(&flat.narrow(0, r0, chunk.min(rows - r0))?))
+            .collect::<Result<Vec<_>>>()?;
+        let mut shape = dims;
+        if let Some(last) = shape.last_mut() {
+            *last = parts[0].dim(1)?;
+        }
+        Tensor::cat(&parts, 0)?.reshape(shape)
     }
 }
+
+/// Bytes of feed-forward projection computed at once (see [`FeedForward::forward`]); under
+/// glibc's 32 MiB mmap threshold.
+const FF_CHUNK_BYTES: usize = 30 << 20;
 
 /// `h · gelu(g)` for the halves `h, g` of the last dimension, with the exact (erf) GELU.
 /// On the CPU in f32 one fused pass ([`fastmath::geglu`]) instead of candle's three
@@ -231,5 +265,27 @@ impl SpatialTransformer {
             Projection::Linear(linear) => to_map(&linear.forward(&tokens)?)?,
         };
         out + xs
+    }
+}
+
+#[cfg(test)]
+mod ff_tests {
+    use super::*;
+    use candle_nn::VarMap;
+
+    #[test]
+    fn chunked_feed_forward_matches_the_whole() {
+        let map = VarMap::new();
+        let vb = VarBuilder::from_varmap(&map, DType::F32, &Device::Cpu);
+        let ff = FeedForward::new(vb, 8).unwrap();
+        let xs = Tensor::randn(0f32, 1.0, (2, 37, 8), &Device::Cpu).unwrap();
+        let whole = ff.forward_in_chunks(&xs, usize::MAX).unwrap();
+        // 4 · 64 bytes per row of projection: chunks of 1, 5 and 37 rows.
+        for chunk_bytes in [1, 5 * 4 * 64, 37 * 4 * 64] {
+            let chunked = ff.forward_in_chunks(&xs, chunk_bytes).unwrap();
+            assert_eq!(chunked.dims(), whole.dims());
+            let diff = super::super::super::max_abs_diff(&chunked, &whole);
+            assert!(diff < 1e-5, "{chunk_bytes} bytes: max abs diff {diff}");
+        }
     }
 }
