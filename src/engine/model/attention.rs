@@ -136,7 +136,7 @@ fn attention_cpu(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, budget: usize) 
                     SCRATCH.with_borrow_mut(|(scores, norms)| {
                         let rows = out_rows.len() / dv.max(1);
                         let q_rows = &qh[c * chunk * d..];
-                        // Fully written before read; grown, never shrunk below a budget.
+                        // Written before read; grown when too small, never shrunk.
                         if scores.len() < rows * n_k {
                             *scores = vec![0f32; rows * n_k];
                         }

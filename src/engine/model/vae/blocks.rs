@@ -52,7 +52,7 @@ impl Resnet {
                 let (b, _, height, width) = x.dims4()?;
                 self.conv1
                     .forward_banded((b, height, width), BAND_INPUT_BYTES, |lo, hi| {
-                        Norm::silu_rows(x, &affine, lo, hi)
+                        Norm::rows(x, &affine, lo, hi, true)
                     })?
             }
             prepared => {

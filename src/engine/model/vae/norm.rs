@@ -165,7 +165,7 @@ impl Norm {
         silu: bool,
         in_place: bool,
     ) -> Result<Tensor> {
-        let (b, c, h, w) = x.dims4()?;
+        let (_, _, h, w) = x.dims4()?;
         match prepared {
             Prepared::Moments(mean, var) => {
                 let y = self.apply_generic(x, &mean, &var)?;
@@ -183,14 +183,7 @@ impl Norm {
                 })?;
                 Ok(x.clone())
             }
-            Prepared::Affine(affine) => {
-                let (store, layout) = x.storage_and_layout();
-                let data = f32_slice(&store, layout)?;
-                let mut out = vec![0f32; data.len()];
-                apply_affine(&mut out, Some((data, h * w)), &affine, h * w, silu);
-                drop(store);
-                Tensor::from_vec(out, (b, c, h, w), x.device())
-            }
+            Prepared::Affine(affine) => Self::rows(x, &affine, 0, h, silu),
         }
     }
 
@@ -220,13 +213,15 @@ impl Norm {
         )))
     }
 
-    /// `silu(group_norm(x))` for rows `lo..hi` of `x` only, a new `(b, c, hi − lo, w)` tensor,
-    /// with `affine` from [`Norm::prepare`] on the whole of `x` (contiguous f32 on the CPU).
-    pub(super) fn silu_rows(
+    /// `group_norm(x)` (then SiLU when `silu`) for rows `lo..hi` of `x` only, a new
+    /// `(b, c, hi − lo, w)` tensor, with `affine` from [`Norm::prepare`] on the whole of `x`
+    /// (contiguous f32 on the CPU).
+    pub(super) fn rows(
         x: &Tensor,
         affine: &[(f32, f32)],
         lo: usize,
         hi: usize,
+        silu: bool,
     ) -> Result<Tensor> {
         let (b, c, h, w) = x.dims4()?;
         let (store, layout) = x.storage_and_layout();
@@ -238,7 +233,7 @@ impl Norm {
             Some((&data[lo * w..], h * w)),
             affine,
             rows * w,
-            true,
+            silu,
         );
         drop(store);
         Tensor::from_vec(out, (b, c, rows, w), x.device())
