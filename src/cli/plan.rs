@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 
 use loopback_scaler::engine::device::DeviceSpec;
-use loopback_scaler::engine::memory::{self, Estimate, ModelShape};
+use loopback_scaler::engine::memory::{self, EncoderWeights, Estimate, ModelShape};
 use loopback_scaler::engine::models;
 use loopback_scaler::io::{load_image, to_diffusion_rgb};
 use loopback_scaler::plan::{self, Plan};
@@ -59,7 +59,9 @@ pub fn run(args: &PlanArgs) -> anyhow::Result<()> {
     let dtype = memory::device_dtype(args.device);
     let batch = if settings.cfg > 1.0 { 2 } else { 1 };
     let limit = memory::run_limit(args.device, args.memory_limit);
-    let estimates = memory::estimate_plan(&shape, &plan, dtype, batch, limit);
+    // The plan `run` would carry out, which frees the text encoders after loop 1's prompts.
+    let estimates =
+        memory::estimate_plan(&shape, &plan, dtype, batch, limit, EncoderWeights::Released);
     if args.json {
         let json = plan.to_json();
         let memory = serde_json::json!({

@@ -12,7 +12,7 @@ use loopback_scaler::engine::device::DeviceSpec;
 use loopback_scaler::engine::hub::DownloadEvent;
 use loopback_scaler::engine::loader::{self, LoadEvent, ModelRequest};
 use loopback_scaler::engine::lora::{self, LoraSpec};
-use loopback_scaler::engine::memory::{self, ModelShape};
+use loopback_scaler::engine::memory::{self, EncoderWeights, ModelShape};
 use loopback_scaler::engine::model::vae::VaeOptions;
 use loopback_scaler::engine::models;
 use loopback_scaler::engine::runner::{self, Event, LoadedModel, RunRequest};
@@ -112,7 +112,8 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     let limit = memory::run_limit(args.device, args.memory_limit);
     let dtype = memory::device_dtype(args.device);
     let batch = if settings.cfg > 1.0 { 2 } else { 1 };
-    let estimates = memory::estimate_plan(&shape, &plan, dtype, batch, limit);
+    let estimates =
+        memory::estimate_plan(&shape, &plan, dtype, batch, limit, EncoderWeights::Released);
     memory::check_fits(&estimates, limit, dtype)?;
 
     // One flag for Ctrl-C, shared by the download and the run.
@@ -129,7 +130,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     model.model.text_encoders.set_release_after_use(true);
     if args.memory_limit.is_some() {
         // The VAE's automatic tiling plans for the same limit (minus the loaded weights).
-        let weights = shape.parameters() * dtype.size_in_bytes() as u64;
+        let weights = shape.resident_weight_bytes(dtype, EncoderWeights::Released);
         model.model.vae.set_options(VaeOptions {
             memory_limit: args.memory_limit.map(|l| l.saturating_sub(weights)),
             ..model.model.vae.options()

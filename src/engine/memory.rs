@@ -116,11 +116,35 @@ impl ModelShape {
 
     /// Parameters of the three networks.
     pub fn parameters(&self) -> u64 {
-        unet_parameters(&self.unet)
-            + vae_parameters(&self.vae)
-            + clip_parameters(&self.clip)
-            + self.clip2.as_ref().map_or(0, clip_parameters)
+        unet_parameters(&self.unet) + vae_parameters(&self.vae) + self.text_parameters()
     }
+
+    /// Parameters of the text encoder(s).
+    pub fn text_parameters(&self) -> u64 {
+        clip_parameters(&self.clip) + self.clip2.as_ref().map_or(0, clip_parameters)
+    }
+
+    /// Bytes of weights loaded through a loop's heavy phases (UNet steps, VAE passes) in
+    /// `dtype`: all three networks, or without the text encoders when they are freed once the
+    /// prompts are encoded.
+    pub fn resident_weight_bytes(&self, dtype: DType, encoders: EncoderWeights) -> u64 {
+        let parameters = match encoders {
+            EncoderWeights::Kept => self.parameters(),
+            EncoderWeights::Released => self.parameters() - self.text_parameters(),
+        };
+        parameters * dtype.size_in_bytes() as u64
+    }
+}
+
+/// What happens to the text encoders' weights once a run has encoded its prompts (they are
+/// encoded first in every loop, before the VAE encode and the UNet steps).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EncoderWeights {
+    /// They stay loaded (the app, which may run again with other prompts).
+    Kept,
+    /// They are freed (the CLI's one-shot `run`, `TextEncoders::set_release_after_use`), so
+    /// no loop's heavy phases hold them.
+    Released,
 }
 
 fn conv3(cin: usize, cout: usize) -> u64 {
@@ -507,6 +531,9 @@ pub struct Estimate {
     pub peak_bytes: u64,
     /// Weights of the three networks.
     pub weights_bytes: u64,
+    /// Weights loaded during the heavy phases: `weights_bytes` less the text encoders' when
+    /// they are released after encoding the prompts.
+    pub resident_weights_bytes: u64,
     /// One UNet step (activations and scores).
     pub unet_bytes: u64,
     /// VAE encode (activations).
@@ -552,22 +579,24 @@ const SCORE_BUDGETS: [usize; 4] = [DEFAULT_SCORE_BUDGET, 8 << 20, 2 << 20, 1 << 
 /// Estimates the peak memory of a loop at `spec`'s size with weights in `dtype` and UNet
 /// batch `batch` (2 with classifier-free guidance > 1, else 1), choosing VAE tiling and the
 /// attention score budget so that it fits `limit` bytes (the memory available; `None`: no
-/// limit, nothing tiled).
+/// limit, nothing tiled). `encoders` says whether the text encoders' weights are still
+/// loaded during the loop's heavy phases.
 pub fn estimate_loop(
     shape: &ModelShape,
     spec: &LoopSpec,
     dtype: DType,
     batch: usize,
     limit: Option<u64>,
+    encoders: EncoderWeights,
 ) -> Estimate {
-    let s = dtype.size_in_bytes() as u64;
-    let weights = shape.parameters() * s;
+    let weights = shape.parameters() * dtype.size_in_bytes() as u64;
+    let resident = shape.resident_weight_bytes(dtype, encoders);
     let d = shape.vae.downscale().max(1);
     let latent = (spec.height as usize / d, spec.width as usize / d);
     let pixels = u64::from(spec.width) * u64::from(spec.height);
     // The loop's images: input, resized, output (RGB8) and the f32 image tensors.
     let images = pixels * (3 * 3 + 2 * 3 * 4);
-    let fixed = weights + BASE_OVERHEAD + images;
+    let fixed = resident + BASE_OVERHEAD + images;
     // What the largest phase may use: the planned share of the limit minus the fixed part.
     let room = limit.map(|l| ((l as f64 * HEADROOM) as u64).saturating_sub(fixed));
     // `vae_tiling` keeps its own headroom; hand it the room before that.
@@ -603,7 +632,9 @@ pub fn estimate_loop(
         DEFAULT_SCORE_BUDGET,
         vae_limit,
     );
-    let peak = fixed + (unet + latents).max(enc.bytes).max(dec.bytes);
+    // Encoding the prompts (all weights, small activations) comes before the heavy phases.
+    let peak =
+        (fixed + (unet + latents).max(enc.bytes).max(dec.bytes)).max(weights + BASE_OVERHEAD);
     let fits = limit.is_none_or(|l| peak as f64 <= l as f64 * HEADROOM) && enc.fits && dec.fits;
     Estimate {
         index: spec.index,
@@ -611,6 +642,7 @@ pub fn estimate_loop(
         height: spec.height,
         peak_bytes: peak,
         weights_bytes: weights,
+        resident_weights_bytes: resident,
         unet_bytes: unet + latents,
         vae_encode_bytes: enc.bytes,
         vae_decode_bytes: dec.bytes,
@@ -628,10 +660,11 @@ pub fn estimate_plan(
     dtype: DType,
     batch: usize,
     limit: Option<u64>,
+    encoders: EncoderWeights,
 ) -> Vec<Estimate> {
     plan.loops
         .iter()
-        .map(|spec| estimate_loop(shape, spec, dtype, batch, limit))
+        .map(|spec| estimate_loop(shape, spec, dtype, batch, limit, encoders))
         .collect()
 }
 
@@ -658,7 +691,7 @@ pub fn check_fits(estimates: &[Estimate], limit: Option<u64>, dtype: DType) -> R
         worst.width,
         worst.height,
         gib(worst.peak_bytes),
-        gib(worst.weights_bytes),
+        gib(worst.resident_weights_bytes),
         gib(worst
             .unet_bytes
             .max(worst.vae_encode_bytes)
@@ -771,6 +804,8 @@ pub fn parse_bytes(text: &str) -> std::result::Result<u64, String> {
 mod tests {
     use super::*;
 
+    const KEPT: EncoderWeights = EncoderWeights::Kept;
+
     fn spec(size: u32) -> LoopSpec {
         LoopSpec {
             index: 1,
@@ -837,15 +872,48 @@ mod tests {
     #[test]
     fn loops_that_cannot_fit_are_refused_with_one_line() {
         let shape = ModelShape::from_arch(Arch::Sd15).unwrap();
-        let small = estimate_loop(&shape, &spec(512), DType::F32, 2, Some(24 << 30));
+        let small = estimate_loop(&shape, &spec(512), DType::F32, 2, Some(24 << 30), KEPT);
         assert!(small.fits, "{small:?}");
         assert!(check_fits(&[small], Some(24 << 30), DType::F32).is_ok());
-        let big = estimate_loop(&shape, &spec(4096), DType::F32, 2, Some(4 << 30));
+        let big = estimate_loop(&shape, &spec(4096), DType::F32, 2, Some(4 << 30), KEPT);
         assert!(!big.fits);
         let msg = check_fits(&[big], Some(4 << 30), DType::F32)
             .unwrap_err()
             .to_string();
         assert!(!msg.contains('\n') && msg.contains("4096x4096"), "{msg}");
+    }
+
+    #[test]
+    fn released_text_encoders_leave_the_heavy_phases() {
+        let shape = ModelShape::from_arch(Arch::Sd15).unwrap();
+        let text = shape.text_parameters() * 4;
+        // CLIP ViT-L/14's text model: 123 M parameters.
+        assert!((120e6..126e6).contains(&(text as f64 / 4.0)), "{text}");
+        let kept = estimate_loop(&shape, &spec(1024), DType::F32, 2, None, KEPT);
+        let freed = estimate_loop(
+            &shape,
+            &spec(1024),
+            DType::F32,
+            2,
+            None,
+            EncoderWeights::Released,
+        );
+        assert_eq!(kept.weights_bytes, freed.weights_bytes);
+        assert_eq!(freed.resident_weights_bytes, kept.weights_bytes - text);
+        assert_eq!(freed.peak_bytes, kept.peak_bytes - text);
+        // A limit between the two: only the released plan fits, with the same tiling.
+        let limit = ((kept.peak_bytes - text / 2) as f64 / HEADROOM) as u64;
+        let kept = estimate_loop(&shape, &spec(1024), DType::F32, 2, Some(limit), KEPT);
+        assert!(kept.vae_decode_tile.is_some());
+        let freed = estimate_loop(
+            &shape,
+            &spec(1024),
+            DType::F32,
+            2,
+            Some(limit),
+            EncoderWeights::Released,
+        );
+        assert!(freed.fits && freed.vae_decode_tile.is_none(), "{freed:?}");
     }
 
     #[test]

@@ -8,7 +8,7 @@ use super::command::{Command, FileTarget};
 use super::jobs::Picked;
 use super::state::{LoraChoice, Pending, Persisted, Picture, Shown};
 use crate::engine::loader::ModelRequest;
-use crate::engine::memory::{self, ModelShape};
+use crate::engine::memory::{self, EncoderWeights, ModelShape};
 use crate::engine::models::default_search_dirs;
 use crate::engine::runner::RunRequest;
 use crate::imageops::finish::Finishing;
@@ -229,7 +229,14 @@ impl App {
             None
         };
         let batch = if settings.cfg > 1.0 { 2 } else { 1 };
-        let estimates = memory::estimate_plan(&shape, &plan, model.model.dtype, batch, limit);
+        let estimates = memory::estimate_plan(
+            &shape,
+            &plan,
+            model.model.dtype,
+            batch,
+            limit,
+            EncoderWeights::Kept,
+        );
         if let Err(e) = memory::check_fits(&estimates, limit, model.model.dtype) {
             self.toasts
                 .error("Not enough memory for this plan", Some(e.to_string()));

@@ -6,7 +6,7 @@ use candle_core::DType;
 use super::super::state::{Persisted, Session};
 use super::fields;
 use crate::engine::arch::Arch;
-use crate::engine::memory::{self, ModelShape};
+use crate::engine::memory::{self, EncoderWeights, ModelShape};
 use crate::plan::{self, Plan};
 use crate::settings::{Group, Settings, Size, TargetMode};
 
@@ -100,7 +100,8 @@ pub fn ui(ui: &mut egui::Ui, persisted: &mut Persisted, session: &Session) {
                     ui.end_row();
                     continue;
                 };
-                let estimate = memory::estimate_loop(shape, l, *dtype, batch, limit);
+                let estimate =
+                    memory::estimate_loop(shape, l, *dtype, batch, limit, EncoderWeights::Kept);
                 let sep = if time.is_empty() { "" } else { ", " };
                 let label = format!("{time}{sep}{}", memory::gib(estimate.peak_bytes));
                 let hover = format!(
