@@ -1,4 +1,4 @@
-//! The command line as a user runs it: `plan`, `post`, `settings`, and bad input.
+//! The command line as a user runs it: `plan`, `post`, `settings`, `bench --loop`, and bad input.
 
 mod common;
 
@@ -232,4 +232,38 @@ fn post_refuses_to_overwrite_and_writes_nothing_on_bad_input() {
     ]);
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("--loops"), "{}", stderr(&out));
+}
+
+#[test]
+fn bench_times_a_whole_loop() {
+    let model = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tiny-sd");
+    let out = cli(&[
+        "bench",
+        "--loop",
+        "--model",
+        model,
+        "--size",
+        "64",
+        "--loop-steps",
+        "10",
+        "--denoise",
+        "0.5",
+        "--device",
+        "cpu",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let json: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let phases = &json["loop"];
+    // 10 scheduled steps at denoise 0.5: the last 5 run.
+    assert_eq!(phases["steps_run"], 5);
+    let seconds = phases["seconds"].as_f64().unwrap();
+    let parts = ["before_steps_s", "step_mean_s", "after_steps_s"]
+        .map(|k| phases[k].as_f64().unwrap_or(-1.0));
+    assert!(parts.iter().all(|&p| p >= 0.0), "{phases}");
+    // Before + 5 steps + after adds up to the whole loop.
+    let sum = parts[0] + 5.0 * parts[1] + parts[2];
+    assert!((sum - seconds).abs() < 1e-6 * seconds.max(1.0), "{phases}");
+    // A loop needs a model folder.
+    let out = cli(&["bench", "--loop", "--size", "64"]);
+    assert!(!out.status.success());
 }

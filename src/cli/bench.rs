@@ -1,6 +1,7 @@
 //! `loopback-scaler bench`: time UNet steps, VAE encode and decode at a given size, and report
 //! seconds and peak memory as JSON. Without `--model`, the networks get random weights of the
-//! chosen architecture (timing does not depend on the values).
+//! chosen architecture (timing does not depend on the values). `--loop` times one whole
+//! img2img loop instead (`bench_loop.rs`).
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -15,6 +16,8 @@ use loopback_scaler::engine::model::config::{UNetFile, VaeFile};
 use loopback_scaler::engine::model::unet::{AddedCond, UNet};
 use loopback_scaler::engine::model::vae::{TileMode, Tiling, Vae, VaeOptions};
 use serde_json::json;
+
+use super::bench_loop::LoopBench;
 
 /// Arguments of `bench`.
 #[derive(Debug, clap::Args)]
@@ -52,6 +55,16 @@ pub struct BenchArgs {
     /// Where to run: auto, cpu, cuda, cuda:N or metal.
     #[arg(long, default_value = "auto")]
     device: DeviceSpec,
+    /// Time one whole img2img loop at --size instead (prompt encoding, VAE encode, the
+    /// denoising steps, VAE decode; DDIM, CFG 7) on --model's folder.
+    #[arg(long = "loop", requires = "model", conflicts_with_all = ["vae", "vae_only"])]
+    whole_loop: bool,
+    /// Scheduled steps of --loop (it runs the last steps × denoise of them).
+    #[arg(long, default_value_t = 30, requires = "whole_loop")]
+    loop_steps: usize,
+    /// Denoising strength of --loop.
+    #[arg(long, default_value_t = 0.35, requires = "whole_loop")]
+    denoise: f64,
 }
 
 /// Peak resident memory of this process in MiB (Linux; `None` elsewhere).
@@ -164,6 +177,17 @@ fn summary(times: &[f64]) -> serde_json::Value {
 
 /// Runs `bench`.
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
+    if let (true, Some(model)) = (args.whole_loop, &args.model) {
+        let report = super::bench_loop::run(&LoopBench {
+            model,
+            size: u32::try_from(args.size)?,
+            steps: args.loop_steps,
+            denoise: args.denoise,
+            device: args.device,
+        })?;
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
     anyhow::ensure!(
         args.size.is_multiple_of(8) && args.size >= 64,
         "--size must be a multiple of 8, at least 64"

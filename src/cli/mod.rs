@@ -1,6 +1,7 @@
 //! Command-line parsing and dispatch. Each subcommand lives in its own module.
 
 mod bench;
+mod bench_loop;
 mod gui;
 mod models;
 mod plan;
@@ -31,7 +32,7 @@ enum Command {
     Run(Box<run::RunArgs>),
     /// Apply the finishing chain (enhancements, filters, colour matching) to any image.
     Post(post::PostArgs),
-    /// Time UNet steps (and VAE encode/decode) and report seconds and peak memory as JSON.
+    /// Time UNet steps, VAE encode/decode or a whole loop; report seconds and peak memory as JSON.
     Bench(bench::BenchArgs),
     /// Print the resolved settings as JSON (defaults, then --settings FILE, then flags).
     Settings(settings::SettingsCmdArgs),

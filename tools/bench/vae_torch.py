@@ -19,6 +19,8 @@ import time
 import torch
 from diffusers import AutoencoderKL
 
+from procmem import reset_peak, status_kib
+
 VAE = dict(
     block_out_channels=(128, 256, 512, 512),
     down_block_types=("DownEncoderBlock2D",) * 4,
@@ -29,18 +31,9 @@ VAE = dict(
 )
 
 
-def status_kib(key):
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(key):
-                return int(line.split()[1])
-    return 0
-
-
 def measured(fn):
     before = status_kib("VmRSS:")
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
+    reset_peak()
     start = time.perf_counter()
     out = fn()
     seconds = time.perf_counter() - start
