@@ -29,14 +29,6 @@ pub enum NormStats {
     Exact,
 }
 
-impl Default for NormStats {
-    /// Per-tile statistics: one pass, and on the random-weight VAEs measured so far the
-    /// closest of the bounded-memory choices for decoding (`docs/memory.md`).
-    fn default() -> Self {
-        NormStats::PerTile
-    }
-}
-
 /// Running whole-image GroupNorm statistics, one entry per GroupNorm call of a pass and per
 /// (batch, group): count, mean and sum of squared deviations (Chan et al.'s parallel update,
 /// in f64 on the host).

@@ -22,24 +22,28 @@ pub struct Tiling {
 
 impl Tiling {
     /// Defaults for decoding with `tile`-latent-pixel cells: a 12-latent-pixel halo (the up
-    /// blocks' receptive field is about 13) and an 8-latent-pixel (64 px) feathering band.
+    /// blocks' receptive field is about 13), an 8-latent-pixel (64 px) feathering band and
+    /// per-tile GroupNorm statistics (the closest to a whole decode of the bounded-memory
+    /// choices measured: `docs/memory.md`).
     pub fn decode(tile: usize) -> Self {
         Tiling {
             tile: tile.max(4),
             halo: 12,
             blend: 8,
-            stats: NormStats::default(),
+            stats: NormStats::PerTile,
         }
     }
 
-    /// Defaults for encoding with `tile`-latent-pixel cells: an 8-latent-pixel (64 px) halo
-    /// and a 4-latent-pixel feathering band.
+    /// Defaults for encoding with `tile`-latent-pixel cells: an 8-latent-pixel (64 px) halo,
+    /// a 4-latent-pixel feathering band and GroupNorm statistics estimated from the image
+    /// downscaled to about one tile (for encoding, measured much closer to the whole pass
+    /// than per-tile statistics: `docs/memory.md`).
     pub fn encode(tile: usize) -> Self {
         Tiling {
             tile: tile.max(4),
             halo: 8,
             blend: 4,
-            stats: NormStats::default(),
+            stats: NormStats::Estimated,
         }
     }
 }
