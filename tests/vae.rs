@@ -444,7 +444,10 @@ fn tiled_matches_whole_with_random_sd_weights() {
     let dec8 = psnr_u8(&tensor_to_image(&a).unwrap(), &tensor_to_image(&b).unwrap());
     dump("sd-random-256-whole.png", &a);
     dump("sd-random-256-tiled-default.png", &b);
-    dump("sd-random-256-diff8x-default.png", &((&a - &b).unwrap() * 8.0).unwrap());
+    dump(
+        "sd-random-256-diff8x-default.png",
+        &((&a - &b).unwrap() * 8.0).unwrap(),
+    );
     eprintln!(
         "sd-random 256², default tilings of 16: encode PSNR {:.1} dB (per-tile statistics {:.1} dB), decode {:.1} dB ({dec8:.1} dB on 8-bit)",
         psnr(&whole, &tiled),
