@@ -72,7 +72,8 @@ fn peak_rss_mib() -> Option<f64> {
     memory::process_peak_rss().map(mib)
 }
 
-fn mib(bytes: u64) -> f64 {
+/// Bytes in MiB, for the reports.
+pub(super) fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1u64 << 20) as f64
 }
 
@@ -177,6 +178,10 @@ fn summary(times: &[f64]) -> serde_json::Value {
 
 /// Runs `bench`.
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.size.is_multiple_of(8) && args.size >= 64,
+        "--size must be a multiple of 8, at least 64"
+    );
     if let (true, Some(model)) = (args.whole_loop, &args.model) {
         let report = super::bench_loop::run(&LoopBench {
             model,
@@ -188,10 +193,6 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());
     }
-    anyhow::ensure!(
-        args.size.is_multiple_of(8) && args.size >= 64,
-        "--size must be a multiple of 8, at least 64"
-    );
     let tile = tile_mode(&args.vae_tile)?;
     let (device, dtype) = device::select(args.device)?;
     let load = Instant::now();

@@ -14,6 +14,8 @@ use loopback_scaler::engine::pipeline::{self, Img2ImgParams, TextAndSchedule};
 use loopback_scaler::settings::Sampler;
 use serde_json::json;
 
+use super::bench::mib;
+
 /// What `bench --loop` runs.
 #[derive(Debug, Clone)]
 pub struct LoopBench<'a> {
@@ -41,11 +43,8 @@ pub fn gradient(size: u32) -> RgbImage {
 
 /// Loads the model, runs one loop once and reports the whole loop's time, its phases and the
 /// peak resident memory (the peak is reset after loading, where Linux allows it).
+/// `bench.size` must be a multiple of the VAE's downscale (`bench` checks for 8).
 pub fn run(bench: &LoopBench<'_>) -> anyhow::Result<serde_json::Value> {
-    anyhow::ensure!(
-        bench.size.is_multiple_of(8) && bench.size >= 64,
-        "--size must be a multiple of 8, at least 64"
-    );
     let (device, dtype) = device::select(bench.device)?;
     let load = Instant::now();
     let model = SdModel::load(bench.model, &device, dtype)?;
@@ -98,10 +97,6 @@ pub fn run(bench: &LoopBench<'_>) -> anyhow::Result<serde_json::Value> {
         "peak_rss_mib": reset.then(|| mib(peak)),
         "peak_increase_mib": reset.then(|| mib(peak.saturating_sub(before))),
     }))
-}
-
-fn mib(bytes: u64) -> f64 {
-    bytes as f64 / (1u64 << 20) as f64
 }
 
 /// A loop's time split at its step callbacks.

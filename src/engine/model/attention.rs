@@ -137,12 +137,8 @@ fn attention_cpu(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, budget: usize) 
                         let rows = out_rows.len() / dv.max(1);
                         let q_rows = &qh[c * chunk * d..];
                         // Written before read; grown when too small, never shrunk.
-                        if scores.len() < rows * n_k {
-                            *scores = vec![0f32; rows * n_k];
-                        }
-                        if norms.len() < rows {
-                            *norms = vec![0f32; rows];
-                        }
+                        super::grow_scratch(scores, rows * n_k);
+                        super::grow_scratch(norms, rows);
                         let scores = &mut scores[..rows * n_k];
                         let norms = &mut norms[..rows];
                         // scores = q · kᵀ (k read as a d × n_k matrix).

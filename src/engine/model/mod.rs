@@ -41,6 +41,16 @@ pub(crate) fn engine_err(context: &str) -> impl FnOnce(candle_core::Error) -> Er
     move |e| Error::Engine(format!("{context}: {}", candle_msg(&e)))
 }
 
+/// Makes a reused scratch buffer at least `len` floats long. Its contents are left over from
+/// earlier use (callers write before they read); when it must grow, the old buffer is freed
+/// first, since growing in place would copy contents nobody reads.
+pub(crate) fn grow_scratch(buffer: &mut Vec<f32>, len: usize) {
+    if buffer.len() < len {
+        *buffer = Vec::new();
+        *buffer = vec![0f32; len];
+    }
+}
+
 /// Max abs difference of two tensors of the same shape, for the unit tests of the model's
 /// CPU kernels.
 #[cfg(test)]

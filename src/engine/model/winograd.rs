@@ -146,11 +146,7 @@ impl Variant {
         };
         match KERNELS.try_lock() {
             Ok(mut buffer) if need <= MAX_KEPT / 4 => {
-                if buffer.len() < need {
-                    // Dropped first: growing would copy the old contents.
-                    *buffer = Vec::new();
-                    *buffer = vec![0f32; need];
-                }
+                super::grow_scratch(&mut buffer, need);
                 transform(&mut buffer[..need]);
                 f(&buffer[..need])
             }
@@ -190,18 +186,11 @@ static WORKSPACE: Mutex<(Vec<f32>, Vec<f32>)> = Mutex::new((Vec::new(), Vec::new
 /// when another thread holds it). Their contents are left over from earlier convolutions:
 /// `f` must write before it reads.
 fn with_workspace<R>(v_len: usize, m_len: usize, f: impl FnOnce(&mut [f32], &mut [f32]) -> R) -> R {
-    let grow = |buffer: &mut Vec<f32>, len: usize| {
-        if buffer.len() < len {
-            // Dropped first: growing would copy the old contents.
-            *buffer = Vec::new();
-            *buffer = vec![0f32; len];
-        }
-    };
     match WORKSPACE.try_lock() {
         Ok(mut guard) => {
             let (v, m) = &mut *guard;
-            grow(v, v_len);
-            grow(m, m_len);
+            super::grow_scratch(v, v_len);
+            super::grow_scratch(m, m_len);
             f(&mut v[..v_len], &mut m[..m_len])
         }
         Err(_) => f(&mut vec![0f32; v_len], &mut vec![0f32; m_len]),
@@ -415,39 +404,39 @@ macro_rules! variant {
                 let per_tile = T * T * 4 * cin.max(cout);
                 let chunk = (CHUNK_BYTES / per_tile).clamp(1, tiles);
                 with_workspace(cin * T * T * chunk, cout * T * T * chunk, |v, m| {
-                let mut t0 = 0;
-                while t0 < tiles {
-                    let n = chunk.min(tiles - t0);
-                    // V[ci][ξ][j] for input channel ci and tile t0 + j.
-                    v[..cin * T * T * n]
-                        .par_chunks_mut(T * T * n)
-                        .enumerate()
-                        .for_each(|(ci, vc)| input_channel(vc, images, geo, ci, t0, n));
-                    // M_ξ = U_ξ · V_ξ for every ξ at once, one single-threaded gemm each,
-                    // written as M[ξ][co][j].
-                    m[..T * T * cout * n]
-                        .par_chunks_mut(cout * n)
-                        .enumerate()
-                        .for_each(|(xi, mx)| {
-                            gemm_f32(
-                                (cout, n, cin),
-                                mx,
-                                n,
-                                (&u[xi * cin..], T * T * cin, 1),
-                                (&v[xi * n..], T * T * n, 1),
-                                false,
-                                false,
-                            );
-                        });
-                    // Y = Aᵀ M A, added into the output plane of each (image, co).
-                    let m = &m[..T * T * cout * n];
-                    out.par_chunks_mut(h * w)
-                        .enumerate()
-                        .for_each(|(i, plane)| {
-                            output_plane(plane, m, geo, cout, i, t0, n)
-                        });
-                    t0 += n;
-                }
+                    let mut t0 = 0;
+                    while t0 < tiles {
+                        let n = chunk.min(tiles - t0);
+                        // V[ci][ξ][j] for input channel ci and tile t0 + j.
+                        v[..cin * T * T * n]
+                            .par_chunks_mut(T * T * n)
+                            .enumerate()
+                            .for_each(|(ci, vc)| input_channel(vc, images, geo, ci, t0, n));
+                        // M_ξ = U_ξ · V_ξ for every ξ at once, one single-threaded gemm each,
+                        // written as M[ξ][co][j].
+                        m[..T * T * cout * n]
+                            .par_chunks_mut(cout * n)
+                            .enumerate()
+                            .for_each(|(xi, mx)| {
+                                gemm_f32(
+                                    (cout, n, cin),
+                                    mx,
+                                    n,
+                                    (&u[xi * cin..], T * T * cin, 1),
+                                    (&v[xi * n..], T * T * n, 1),
+                                    false,
+                                    false,
+                                );
+                            });
+                        // Y = Aᵀ M A, added into the output plane of each (image, co).
+                        let m = &m[..T * T * cout * n];
+                        out.par_chunks_mut(h * w)
+                            .enumerate()
+                            .for_each(|(i, plane)| {
+                                output_plane(plane, m, geo, cout, i, t0, n)
+                            });
+                        t0 += n;
+                    }
                 })
             }
         }

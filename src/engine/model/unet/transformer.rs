@@ -284,7 +284,7 @@ mod ff_tests {
         for chunk_bytes in [1, 5 * 4 * 64, 37 * 4 * 64] {
             let chunked = ff.forward_in_chunks(&xs, chunk_bytes).unwrap();
             assert_eq!(chunked.dims(), whole.dims());
-            let diff = super::super::super::max_abs_diff(&chunked, &whole);
+            let diff = crate::engine::model::max_abs_diff(&chunked, &whole);
             assert!(diff < 1e-5, "{chunk_bytes} bytes: max abs diff {diff}");
         }
     }

@@ -8,18 +8,26 @@
 //! measurements on random weights (`docs/memory.md`): [`VAE_ENCODE_CALIBRATION`], [`VAE_DECODE_CALIBRATION`] and
 //! [`UNET_ACTIVATION_FACTOR`] are the constants to revisit when the networks change.
 
+mod params;
+mod system;
+
 use std::path::PathBuf;
 
 use candle_core::DType;
 
 use super::arch::Arch;
-use super::device::DeviceSpec;
 use super::model::attention::DEFAULT_SCORE_BUDGET;
 use super::model::config::{ClipFile, ModelFiles, UNetFile, VaeFile};
 use super::model::vae::Tiling;
 use super::models::{self, ModelSource};
 use crate::plan::{LoopSpec, Plan};
 use crate::{Error, Result};
+
+pub use params::{clip_parameters, unet_parameters, vae_parameters};
+pub use system::{
+    available_bytes, device_dtype, parse_bytes, process_peak_rss, process_rss, reset_peak_rss,
+    run_limit,
+};
 
 const MIB: u64 = 1 << 20;
 const GIB: f64 = (1u64 << 30) as f64;
@@ -145,145 +153,6 @@ pub enum EncoderWeights {
     /// They are freed (the CLI's one-shot `run`, `TextEncoders::set_release_after_use`), so
     /// no loop's heavy phases hold them.
     Released,
-}
-
-fn conv3(cin: usize, cout: usize) -> u64 {
-    (cin * cout * 9 + cout) as u64
-}
-fn conv1(cin: usize, cout: usize) -> u64 {
-    (cin * cout + cout) as u64
-}
-fn norm(c: usize) -> u64 {
-    2 * c as u64
-}
-fn resnet(cin: usize, cout: usize) -> u64 {
-    norm(cin)
-        + conv3(cin, cout)
-        + norm(cout)
-        + conv3(cout, cout)
-        + if cin != cout { conv1(cin, cout) } else { 0 }
-}
-
-/// Parameters of a VAE (exact for the diffusers `AutoencoderKL` the engine builds).
-pub fn vae_parameters(cfg: &VaeFile) -> u64 {
-    let ch = &cfg.block_out_channels;
-    let Some(&last) = ch.last() else { return 0 };
-    let lat = cfg.latent_channels;
-    let mid = 2 * resnet(last, last) + norm(last) + 4 * conv1(last, last);
-    let mut enc = conv3(cfg.in_channels, ch[0]) + mid + norm(last) + conv3(last, 2 * lat);
-    for (i, &c) in ch.iter().enumerate() {
-        let cin = if i == 0 { ch[0] } else { ch[i - 1] };
-        enc += resnet(cin, c) + (cfg.layers_per_block as u64 - 1) * resnet(c, c);
-        if i + 1 < ch.len() {
-            enc += conv3(c, c);
-        }
-    }
-    let rev: Vec<usize> = ch.iter().rev().copied().collect();
-    let mut dec = conv3(lat, last) + mid + norm(ch[0]) + conv3(ch[0], cfg.out_channels);
-    for (i, &c) in rev.iter().enumerate() {
-        let cin = if i == 0 { rev[0] } else { rev[i - 1] };
-        dec += resnet(cin, c) + cfg.layers_per_block as u64 * resnet(c, c);
-        if i + 1 < rev.len() {
-            dec += conv3(c, c);
-        }
-    }
-    let quant = if cfg.use_quant_conv {
-        conv1(2 * lat, 2 * lat)
-    } else {
-        0
-    };
-    let post = if cfg.use_post_quant_conv {
-        conv1(lat, lat)
-    } else {
-        0
-    };
-    enc + dec + quant + post
-}
-
-/// Parameters of a CLIP text encoder (with its text projection when the config has a
-/// `projection_dim`, as SDXL's second encoder).
-pub fn clip_parameters(cfg: &ClipFile) -> u64 {
-    let h = cfg.hidden_size as u64;
-    let i = cfg.intermediate_size as u64;
-    let layer = 2 * 2 * h + 4 * (h * h + h) + (h * i + i) + (i * h + h);
-    (cfg.vocab_size as u64 + cfg.max_position_embeddings as u64) * h
-        + cfg.num_hidden_layers as u64 * layer
-        + 2 * h
-        + cfg.projection_dim.map_or(0, |p| p as u64 * h)
-}
-
-/// Parameters of a UNet (the diffusers `UNet2DConditionModel` layouts the engine supports).
-pub fn unet_parameters(cfg: &UNetFile) -> u64 {
-    let ch = &cfg.block_out_channels;
-    let n = ch.len();
-    if n == 0 {
-        return 0;
-    }
-    let temb = 4 * ch[0];
-    let d = cfg.cross_attention_dim;
-    let layers = |i: usize| match &cfg.transformer_layers_per_block {
-        Some(super::model::config::PerBlock::One(v)) => *v,
-        Some(super::model::config::PerBlock::Each(v)) => v.get(i).copied().unwrap_or(1),
-        None => 1,
-    } as u64;
-    let res = |cin: usize, cout: usize| resnet(cin, cout) + (temb * cout + cout) as u64;
-    let transformer = |c: usize, depth: u64| {
-        let c64 = c as u64;
-        let block = 3 * 2 * c64
-            + (3 * c64 * c64 + c64 * c64 + c64)
-            + (c64 * c64 + 2 * d as u64 * c64 + c64 * c64 + c64)
-            + (c64 * 8 * c64 + 8 * c64)
-            + (4 * c64 * c64 + c64);
-        norm(c) + 2 * (c64 * c64 + c64) + depth * block
-    };
-    let cross = |kind: &str| kind.starts_with("CrossAttn");
-    // SDXL's added embedding MLP.
-    let added = match (
-        cfg.addition_embed_type.as_deref(),
-        cfg.projection_class_embeddings_input_dim,
-    ) {
-        (Some("text_time"), Some(input)) => (input * temb + temb + temb * temb + temb) as u64,
-        _ => 0,
-    };
-    let mut total = (ch[0] * temb + temb + temb * temb + temb) as u64
-        + added
-        + conv3(cfg.in_channels, ch[0])
-        + norm(ch[0])
-        + conv3(ch[0], cfg.out_channels);
-    for i in 0..n {
-        let cin = if i == 0 { ch[0] } else { ch[i - 1] };
-        for j in 0..cfg.layers_per_block {
-            total += res(if j == 0 { cin } else { ch[i] }, ch[i]);
-            if cfg.down_block_types.get(i).is_some_and(|k| cross(k)) {
-                total += transformer(ch[i], layers(i));
-            }
-        }
-        if i + 1 < n {
-            total += conv3(ch[i], ch[i]);
-        }
-    }
-    total += 2 * res(ch[n - 1], ch[n - 1]) + transformer(ch[n - 1], layers(n - 1));
-    let rev: Vec<usize> = ch.iter().rev().copied().collect();
-    for i in 0..n {
-        let prev = if i == 0 { rev[0] } else { rev[i - 1] };
-        let input = rev[(i + 1).min(n - 1)];
-        for j in 0..=cfg.layers_per_block {
-            let skip = if j == cfg.layers_per_block {
-                input
-            } else {
-                rev[i]
-            };
-            let cin = if j == 0 { prev } else { rev[i] };
-            total += res(cin + skip, rev[i]);
-            if cfg.up_block_types.get(i).is_some_and(|k| cross(k)) {
-                total += transformer(rev[i], layers(n - 1 - i));
-            }
-        }
-        if i + 1 < n {
-            total += conv3(rev[i], rev[i]);
-        }
-    }
-    total
 }
 
 /// Which VAE pass.
@@ -711,95 +580,6 @@ pub fn gib(bytes: u64) -> String {
     }
 }
 
-/// A `/proc/meminfo`-style field in bytes.
-fn meminfo_field(text: &str, key: &str) -> Option<u64> {
-    let line = text.lines().find(|l| l.starts_with(key))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
-}
-
-/// Memory the system can still give (Linux `MemAvailable`); `None` elsewhere.
-pub fn available_bytes() -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    meminfo_field(&text, "MemAvailable:")
-}
-
-/// This process's resident memory (Linux); `None` elsewhere.
-pub fn process_rss() -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/self/status").ok()?;
-    meminfo_field(&text, "VmRSS:")
-}
-
-/// This process's peak resident memory (Linux `VmHWM`); `None` elsewhere.
-pub fn process_peak_rss() -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/self/status").ok()?;
-    meminfo_field(&text, "VmHWM:")
-}
-
-/// Resets the peak resident memory to the current one (Linux ≥ 4.0); false elsewhere.
-pub fn reset_peak_rss() -> bool {
-    std::fs::write("/proc/self/clear_refs", "5").is_ok()
-}
-
-/// The memory a run on `device` may plan for: `limit` when given; on the CPU what is
-/// available plus what this process already holds; `None` on a GPU without a limit (the
-/// planner then does not refuse anything).
-pub fn run_limit(device: DeviceSpec, limit: Option<u64>) -> Option<u64> {
-    if limit.is_some() {
-        return limit;
-    }
-    let cpu = match device {
-        DeviceSpec::Cpu => true,
-        DeviceSpec::Auto => {
-            !candle_core::utils::cuda_is_available() && !candle_core::utils::metal_is_available()
-        }
-        DeviceSpec::Cuda(_) | DeviceSpec::Metal => false,
-    };
-    if !cpu {
-        return None;
-    }
-    Some(available_bytes()? + process_rss().unwrap_or(0))
-}
-
-/// The weights' dtype `device` will use (f16 on GPUs, f32 on the CPU), without opening it.
-pub fn device_dtype(device: DeviceSpec) -> DType {
-    match device {
-        DeviceSpec::Cpu => DType::F32,
-        DeviceSpec::Cuda(_) | DeviceSpec::Metal => DType::F16,
-        DeviceSpec::Auto => {
-            if candle_core::utils::cuda_is_available() || candle_core::utils::metal_is_available() {
-                DType::F16
-            } else {
-                DType::F32
-            }
-        }
-    }
-}
-
-/// Parses a memory size: `6G`, `6GiB`, `6000M`, `512MiB`, or bytes.
-pub fn parse_bytes(text: &str) -> std::result::Result<u64, String> {
-    let t = text.trim().to_ascii_lowercase();
-    let digits = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (num, unit) = t.split_at(digits);
-    let value: f64 = num
-        .parse()
-        .map_err(|_| format!("{text:?} is not a size (e.g. 6G, 512M)"))?;
-    let mult = match unit.trim() {
-        "" | "b" => 1.0,
-        "k" | "kb" | "kib" => 1024.0,
-        "m" | "mb" | "mib" => MIB as f64,
-        "g" | "gb" | "gib" => GIB,
-        "t" | "tb" | "tib" => GIB * 1024.0,
-        _ => return Err(format!("{text:?}: unknown unit (use K, M, G or T)")),
-    };
-    if !(value.is_finite() && value > 0.0) {
-        return Err(format!("{text:?} must be a positive size"));
-    }
-    Ok((value * mult) as u64)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -914,14 +694,5 @@ mod tests {
             EncoderWeights::Released,
         );
         assert!(freed.fits && freed.vae_decode_tile.is_none(), "{freed:?}");
-    }
-
-    #[test]
-    fn sizes_parse() {
-        assert_eq!(parse_bytes("6G").unwrap(), 6 << 30);
-        assert_eq!(parse_bytes("512MiB").unwrap(), 512 << 20);
-        assert_eq!(parse_bytes("1.5g").unwrap(), 3 << 29);
-        assert!(parse_bytes("lots").is_err());
-        assert!(parse_bytes("0").is_err());
     }
 }
