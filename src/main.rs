@@ -5,11 +5,11 @@ mod cli;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    loopback_scaler::engine::allocator::tune();
+    loopback_engine::allocator::tune();
     match cli::run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            // One line, naming the file or setting and the problem (see `loopback_scaler::Error`).
+            // One line, naming the file or setting and the problem (see `loopback_core::Error`).
             eprintln!("error: {}", cli::one_line(&e));
             ExitCode::from(2)
         }

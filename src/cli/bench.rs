@@ -8,13 +8,13 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
-use loopback_scaler::engine::arch::{Arch, frozen_builder};
-use loopback_scaler::engine::device::{self, DeviceSpec};
-use loopback_scaler::engine::memory::{self, VaePass};
-use loopback_scaler::engine::model::SdModel;
-use loopback_scaler::engine::model::config::{UNetFile, VaeFile};
-use loopback_scaler::engine::model::unet::{AddedCond, UNet};
-use loopback_scaler::engine::model::vae::{TileMode, Tiling, Vae, VaeOptions};
+use loopback_engine::model::arch::{Arch, frozen_builder};
+use loopback_engine::device::{self, DeviceSpec};
+use loopback_engine::run::memory::{self, VaePass};
+use loopback_engine::model::SdModel;
+use loopback_engine::model::config::{UNetFile, VaeFile};
+use loopback_engine::model::unet::{AddedCond, UNet};
+use loopback_engine::model::vae::{TileMode, Tiling, Vae, VaeOptions};
 use serde_json::json;
 
 use super::bench_loop::LoopBench;

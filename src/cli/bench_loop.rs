@@ -7,11 +7,11 @@ use std::path::Path;
 use std::time::Instant;
 
 use image::{Rgb, RgbImage};
-use loopback_scaler::engine::device::{self, DeviceSpec};
-use loopback_scaler::engine::memory;
-use loopback_scaler::engine::model::SdModel;
-use loopback_scaler::engine::pipeline::{self, Img2ImgParams, TextAndSchedule};
-use loopback_scaler::settings::Sampler;
+use loopback_engine::device::{self, DeviceSpec};
+use loopback_engine::run::memory;
+use loopback_engine::model::SdModel;
+use loopback_engine::run::pipeline::{self, Img2ImgParams, TextAndSchedule};
+use loopback_core::settings::Sampler;
 use serde_json::json;
 
 use super::bench::mib;

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use loopback_scaler::Settings;
+use loopback_core::Settings;
 use loopback_scaler::gui::{self, GuiOptions};
 
 /// Flags of the `gui` command.

@@ -12,7 +12,7 @@ mod settings;
 use std::path::PathBuf;
 
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
-use loopback_scaler::settings::{FIELDS, Group, Settings, SettingsArgs, Size};
+use loopback_core::settings::{FIELDS, Group, Settings, SettingsArgs, Size};
 
 /// Loopback Scaler: enlarge an image and add detail by looping Stable Diffusion img2img,
 /// then finish it with Pillow-exact filters.

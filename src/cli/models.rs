@@ -3,10 +3,10 @@
 
 use std::path::PathBuf;
 
-use loopback_scaler::engine::hub;
-use loopback_scaler::engine::library::{self, human_bytes};
-use loopback_scaler::engine::models::default_search_dirs;
-use loopback_scaler::engine::weights::hash::HashCache;
+use loopback_engine::load::hub;
+use loopback_engine::load::library::{self, human_bytes};
+use loopback_engine::load::resolve::default_search_dirs;
+use loopback_engine::load::weights::hash::HashCache;
 
 /// Arguments of `models`.
 #[derive(Debug, clap::Args)]

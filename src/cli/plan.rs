@@ -3,12 +3,12 @@
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
-use loopback_scaler::engine::device::DeviceSpec;
-use loopback_scaler::engine::memory::{self, EncoderWeights, Estimate, ModelShape};
-use loopback_scaler::engine::models;
-use loopback_scaler::io::{load_image, to_diffusion_rgb};
-use loopback_scaler::plan::{self, Plan};
-use loopback_scaler::settings::{Choice, Settings, Size};
+use loopback_engine::device::DeviceSpec;
+use loopback_engine::run::memory::{self, EncoderWeights, Estimate, ModelShape};
+use loopback_engine::load::resolve;
+use loopback_core::io::{load_image, to_diffusion_rgb};
+use loopback_core::plan::{self, Plan};
+use loopback_core::settings::{Choice, Settings, Size};
 
 use super::SettingsSource;
 
@@ -53,8 +53,8 @@ pub fn run(args: &PlanArgs) -> anyhow::Result<()> {
     let means: Vec<f64> = mean.into_iter().collect();
     let plan = plan::plan(&settings, start, seed, &means)?;
     let shape = match &args.model {
-        Some(spec) => ModelShape::resolve(spec, &models::default_search_dirs())?,
-        None => ModelShape::from_arch(loopback_scaler::engine::arch::Arch::Sd15)?,
+        Some(spec) => ModelShape::resolve(spec, &resolve::default_search_dirs())?,
+        None => ModelShape::from_arch(loopback_engine::model::arch::Arch::Sd15)?,
     };
     let dtype = memory::device_dtype(args.device);
     let batch = if settings.cfg > 1.0 { 2 } else { 1 };

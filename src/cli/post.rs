@@ -4,9 +4,9 @@
 use std::path::{Path, PathBuf};
 
 use image::DynamicImage;
-use loopback_scaler::imageops::{color::ColorReference, finish};
-use loopback_scaler::io::{self, load_image};
-use loopback_scaler::metadata::{self, png_text};
+use loopback_core::imageops::{color::ColorReference, finish};
+use loopback_core::io::{self, load_image};
+use loopback_core::metadata::{self, png_text};
 
 use super::SettingsSource;
 

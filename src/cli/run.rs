@@ -7,19 +7,20 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use anyhow::Context as _;
 use image::{DynamicImage, RgbImage};
 use indicatif::{ProgressBar, ProgressStyle};
-use loopback_scaler::engine::checkpoint::CheckpointOptions;
-use loopback_scaler::engine::device::DeviceSpec;
-use loopback_scaler::engine::hub::DownloadEvent;
-use loopback_scaler::engine::loader::{self, LoadEvent, ModelRequest};
-use loopback_scaler::engine::lora::{self, LoraSpec};
-use loopback_scaler::engine::memory::{self, EncoderWeights, ModelShape};
-use loopback_scaler::engine::model::vae::VaeOptions;
-use loopback_scaler::engine::models;
-use loopback_scaler::engine::runner::{self, Event, LoadedModel, RunRequest};
-use loopback_scaler::engine::scheduler::PredictionType;
-use loopback_scaler::io::{self, load_image};
-use loopback_scaler::metadata::{self, png_text};
-use loopback_scaler::plan;
+use loopback_engine::load::checkpoint::CheckpointOptions;
+use loopback_engine::device::DeviceSpec;
+use loopback_engine::load::hub::DownloadEvent;
+use loopback_engine::load::request::{self, LoadEvent, ModelRequest};
+use loopback_engine::load::lora::{self, LoraSpec};
+use loopback_engine::run::memory::{self, EncoderWeights, ModelShape};
+use loopback_engine::model::vae::VaeOptions;
+use loopback_engine::load::resolve;
+use loopback_engine::load::open::LoadedModel;
+use loopback_engine::run::runner::{self, Event, RunRequest};
+use loopback_engine::scheduler::PredictionType;
+use loopback_core::io::{self, load_image};
+use loopback_core::metadata::{self, png_text};
+use loopback_core::plan;
 
 use super::SettingsSource;
 
@@ -96,7 +97,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     }
 
     let seed = plan::resolve_seed(settings.seed);
-    let settings = loopback_scaler::Settings {
+    let settings = loopback_core::Settings {
         seed: i64::from(seed),
         ..settings
     };
@@ -108,7 +109,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         Some(folder) => folder.display().to_string(),
         None => args.model.clone(),
     };
-    let shape = ModelShape::resolve(&shape_spec, &models::default_search_dirs())?;
+    let shape = ModelShape::resolve(&shape_spec, &resolve::default_search_dirs())?;
     let limit = memory::run_limit(args.device, args.memory_limit);
     let dtype = memory::device_dtype(args.device);
     let batch = if settings.cfg > 1.0 { 2 } else { 1 };
@@ -123,7 +124,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     let loras = lora::specs_for_prompt(
         &settings.prompt,
         &args.loras,
-        &models::default_search_dirs(),
+        &resolve::default_search_dirs(),
     )?;
     let model = load_model(args, loras, &cancel)?;
     // One run with fixed prompts: the text encoders are freed once the prompts are encoded.
@@ -212,7 +213,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
 }
 
 /// Settings from the input image's metadata.
-fn metadata_settings(path: &Path) -> anyhow::Result<loopback_scaler::Settings> {
+fn metadata_settings(path: &Path) -> anyhow::Result<loopback_core::Settings> {
     let texts = png_text::read_png_texts_from_path(path).unwrap_or_default();
     let (settings, warnings) = metadata::settings_from_texts(&texts).with_context(|| {
         format!(
@@ -250,7 +251,7 @@ fn load_model(
         )
         .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
-    let model = loader::load_blocking(&request, cancel, &mut |event| match event {
+    let model = request::load_blocking(&request, cancel, &mut |event| match event {
         LoadEvent::Download(DownloadEvent::Started { file, total_bytes }) => {
             bar.set_message(file);
             bar.set_length(total_bytes.unwrap_or(0));

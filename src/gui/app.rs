@@ -29,7 +29,7 @@ pub struct App {
     pub(super) options: GuiOptions,
     /// The newest re-finish request, and what it asked for.
     pub(super) finish_generation: u64,
-    pub(super) finish_requested: Option<crate::imageops::finish::Finishing>,
+    pub(super) finish_requested: Option<loopback_core::imageops::finish::Finishing>,
     /// The run and model load whose events are current.
     pub(super) run_id: Option<u64>,
     pub(super) load_id: Option<u64>,

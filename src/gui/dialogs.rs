@@ -22,7 +22,7 @@ pub fn pending_ui(ctx: &egui::Context, session: &Session, commands: &mut Command
 
 fn metadata_ui(
     ctx: &egui::Context,
-    settings: &crate::settings::Settings,
+    settings: &loopback_core::settings::Settings,
     warnings: &[String],
     source: &str,
     commands: &mut Commands,

@@ -7,8 +7,8 @@ use egui::TextureOptions;
 use super::app::App;
 use super::jobs::{JobEvent, LoadedImage, RunEvent};
 use super::state::{Input, Outcome, Pending, Picture, Progress, Shown};
-use crate::engine::hub::DownloadEvent;
-use crate::engine::loader::LoadEvent;
+use loopback_engine::load::hub::DownloadEvent;
+use loopback_engine::load::request::LoadEvent;
 
 impl App {
     /// Handles one job event.
@@ -305,7 +305,7 @@ impl App {
         let result = image::RgbaImage::from_raw(w as u32, h as u32, rgba)
             .ok_or_else(|| "the screenshot has no pixels".to_string())
             .and_then(|rgba| {
-                crate::io::save_image(&path, &image::DynamicImage::ImageRgba8(rgba), &[], true)
+                loopback_core::io::save_image(&path, &image::DynamicImage::ImageRgba8(rgba), &[], true)
                     .map_err(|e| e.to_string())
             });
         match result {

@@ -7,13 +7,13 @@ use super::app::App;
 use super::command::{Command, FileTarget};
 use super::jobs::Picked;
 use super::state::{LoraChoice, Pending, Persisted, Picture, Shown};
-use crate::engine::loader::ModelRequest;
-use crate::engine::memory::{self, EncoderWeights, ModelShape};
-use crate::engine::models::default_search_dirs;
-use crate::engine::runner::RunRequest;
-use crate::imageops::finish::Finishing;
-use crate::plan;
-use crate::settings::Settings;
+use loopback_engine::load::request::ModelRequest;
+use loopback_engine::run::memory::{self, EncoderWeights, ModelShape};
+use loopback_engine::load::resolve::default_search_dirs;
+use loopback_engine::run::runner::RunRequest;
+use loopback_core::imageops::finish::Finishing;
+use loopback_core::plan;
+use loopback_core::settings::Settings;
 
 /// Image files the Open… dialog offers.
 const IMAGE_EXTENSIONS: [&str; 4] = ["png", "jpg", "jpeg", "webp"];
@@ -277,7 +277,7 @@ impl App {
         let Some(input) = &mut self.session.input else {
             return;
         };
-        let rgb = crate::io::to_diffusion_rgb(&image);
+        let rgb = loopback_core::io::to_diffusion_rgb(&image);
         input.mean = plan::rgb_mean(&rgb);
         input.stem = format!(
             "{}-{}",
@@ -491,10 +491,10 @@ pub fn load_key(request: &ModelRequest) -> String {
 
 /// The model library the Model section offers: `models/` and the Hugging Face cache, with
 /// hashes already cached.
-pub fn scan_library() -> Vec<crate::engine::library::Entry> {
-    crate::engine::library::scan(
+pub fn scan_library() -> Vec<loopback_engine::load::library::Entry> {
+    loopback_engine::load::library::scan(
         &default_search_dirs(),
-        crate::engine::hub::default_cache_dir().as_deref(),
-        crate::engine::weights::hash::HashCache::default_location().as_ref(),
+        loopback_engine::load::hub::default_cache_dir().as_deref(),
+        loopback_engine::load::weights::hash::HashCache::default_location().as_ref(),
     )
 }

@@ -4,7 +4,7 @@
 
 use super::side_panel::fields;
 use super::state::Session;
-use crate::settings::{Group, Settings};
+use loopback_core::settings::{Group, Settings};
 
 /// Draws the finishing panel.
 pub fn ui(ui: &mut egui::Ui, settings: &mut Settings, session: &Session) {

@@ -16,15 +16,16 @@ use egui::ColorImage;
 use image::{DynamicImage, RgbImage};
 
 use super::state::Shown;
-use crate::engine::loader::{self, LoadEvent, ModelRequest};
-use crate::engine::runner::{self, Event, LoadedModel, RunRequest};
-use crate::imageops::finish::{self, Finishing};
-use crate::io::to_diffusion_rgb;
-use crate::metadata::Recipe;
-use crate::metadata::png_text::read_png_texts_from_path;
-use crate::metadata::settings_from_texts;
-use crate::plan::{LoopSpec, rgb_mean};
-use crate::settings::Settings;
+use loopback_engine::load::request::{self, LoadEvent, ModelRequest};
+use loopback_engine::load::open::LoadedModel;
+use loopback_engine::run::runner::{self, Event, RunRequest};
+use loopback_core::imageops::finish::{self, Finishing};
+use loopback_core::io::to_diffusion_rgb;
+use loopback_core::metadata::Recipe;
+use loopback_core::metadata::png_text::read_png_texts_from_path;
+use loopback_core::metadata::settings_from_texts;
+use loopback_core::plan::{LoopSpec, rgb_mean};
+use loopback_core::settings::Settings;
 
 /// The largest texture side the app uploads; bigger images are shown scaled down.
 pub const MAX_TEXTURE_SIDE: u32 = 8192;
@@ -165,7 +166,7 @@ pub struct Jobs {
     ctx: egui::Context,
     finisher: Finisher,
     next_id: u64,
-    load: Option<(u64, loader::LoadHandle)>,
+    load: Option<(u64, request::LoadHandle)>,
     run: Option<(u64, Arc<AtomicBool>)>,
 }
 
@@ -268,7 +269,7 @@ impl Jobs {
                     .iter()
                     .map(|(k, v)| (k.as_str(), v.as_str()))
                     .collect();
-                if let Err(e) = crate::io::save_image(&path, &image, &texts, overwrite) {
+                if let Err(e) = loopback_core::io::save_image(&path, &image, &texts, overwrite) {
                     return JobEvent::Saved(Err(e.to_string()));
                 }
                 written.push(path);
@@ -291,7 +292,7 @@ impl Jobs {
         self.cancel_load();
         self.next_id += 1;
         let id = self.next_id;
-        let mut handle = loader::spawn_load(request);
+        let mut handle = request::spawn_load(request);
         let events = std::mem::replace(&mut handle.events, channel().1);
         let reporter = self.reporter();
         let relay = std::thread::Builder::new()
@@ -424,7 +425,7 @@ fn relay_run_event(event: Event) -> Option<RunEvent> {
 
 /// Reads an image file and whatever settings its PNG texts carry.
 fn read_image(path: &Path) -> Result<LoadedImage, String> {
-    let image = crate::io::load_image(path).map_err(|e| e.to_string())?;
+    let image = loopback_core::io::load_image(path).map_err(|e| e.to_string())?;
     let metadata = read_png_texts_from_path(path)
         .ok()
         .and_then(|texts| settings_from_texts(&texts));

@@ -8,7 +8,7 @@
 //!   model loader and the loop runner) runs on a worker thread and reports over a channel
 //!   that `App::logic` drains with `try_recv`; workers wake the UI with `request_repaint`.
 //! - One view per file: `toolbar`, `progress`, `side_panel/*` (every setting control is
-//!   generated from [`crate::settings::FIELDS`]), `viewer`, `filmstrip`, `finishing`,
+//!   generated from [`loopback_core::settings::FIELDS`]), `viewer`, `filmstrip`, `finishing`,
 //!   `dialogs`, `toasts`.
 //!
 //! See `docs/gui.md` for the architecture and how it is tested.
@@ -45,7 +45,7 @@ pub struct GuiOptions {
     /// Use this device instead of the remembered one.
     pub device: Option<String>,
     /// Start with these settings instead of the remembered ones.
-    pub settings: Option<crate::Settings>,
+    pub settings: Option<loopback_core::Settings>,
     /// Open this image at start.
     pub input: Option<PathBuf>,
     /// Run as soon as the input image is open.

@@ -9,14 +9,14 @@ use egui::TextureHandle;
 use image::{DynamicImage, RgbImage};
 use serde::{Deserialize, Serialize};
 
-use crate::engine::device::DeviceSpec;
-use crate::engine::loader::ModelRequest;
-use crate::engine::lora::{self, LoraSpec};
-use crate::engine::runner::LoadedModel;
-use crate::imageops::finish::Finishing;
-use crate::metadata::Recipe;
-use crate::plan::LoopSpec;
-use crate::settings::{Settings, Size};
+use loopback_engine::device::DeviceSpec;
+use loopback_engine::load::request::ModelRequest;
+use loopback_engine::load::lora::{self, LoraSpec};
+use loopback_engine::load::open::LoadedModel;
+use loopback_core::imageops::finish::Finishing;
+use loopback_core::metadata::Recipe;
+use loopback_core::plan::LoopSpec;
+use loopback_core::settings::{Settings, Size};
 
 /// How many recent files are remembered.
 pub const MAX_RECENT: usize = 8;
@@ -76,7 +76,7 @@ impl Persisted {
     /// The load request for the chosen model, VAE and LoRAs (the picked ones and the
     /// prompt's `<lora:NAME:WEIGHT>` tags, looked up in `models/`). Errors: a tag naming a
     /// LoRA that cannot be found.
-    pub fn model_request(&self) -> crate::Result<ModelRequest> {
+    pub fn model_request(&self) -> loopback_core::Result<ModelRequest> {
         let picked: Vec<LoraSpec> = self
             .loras
             .iter()
@@ -89,7 +89,7 @@ impl Persisted {
         request.loras = lora::specs_for_prompt(
             &self.settings.prompt,
             &picked,
-            &crate::engine::models::default_search_dirs(),
+            &loopback_engine::load::resolve::default_search_dirs(),
         )?;
         let vae = self.vae.trim();
         request.vae = (!vae.is_empty()).then(|| PathBuf::from(vae));
@@ -299,7 +299,7 @@ pub struct Session {
     /// Seconds per megapixel-step measured on the last finished run (for time estimates).
     pub seconds_per_mpstep: Option<f64>,
     /// Models, VAEs and LoRAs found in the search folders and the Hugging Face cache.
-    pub library: Vec<crate::engine::library::Entry>,
+    pub library: Vec<loopback_engine::load::library::Entry>,
 }
 
 impl Session {

@@ -9,7 +9,7 @@
 use egui::{DragValue, Slider, TextEdit};
 use serde_json::{Map, Value};
 
-use crate::settings::{Control, FIELDS, FieldDef, Group, Settings};
+use loopback_core::settings::{Control, FIELDS, FieldDef, Group, Settings};
 
 /// Draws the controls of every setting of `group` except those in `skip`; returns whether a
 /// setting changed.

@@ -1,7 +1,7 @@
 //! The Info section: how loopback scaling works and what every setting does, as the original
 //! script's info panel explained it. The setting texts come from the settings definitions.
 
-use crate::settings::{FIELDS, Group};
+use loopback_core::settings::{FIELDS, Group};
 
 /// Draws the Info section.
 pub fn ui(ui: &mut egui::Ui) {

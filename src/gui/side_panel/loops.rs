@@ -5,8 +5,8 @@ use egui::{Color32, Pos2, Sense, Stroke, Vec2};
 
 use super::super::state::{Persisted, Session};
 use super::fields;
-use crate::plan::Plan;
-use crate::settings::{Curve, Group};
+use loopback_core::plan::Plan;
+use loopback_core::settings::{Curve, Group};
 
 /// Draws the Loops section.
 pub fn ui(ui: &mut egui::Ui, persisted: &mut Persisted, session: &Session) {

@@ -10,7 +10,7 @@ mod size;
 
 use super::command::{Command, Commands};
 use super::state::{Persisted, Session};
-use crate::settings::Group;
+use loopback_core::settings::Group;
 
 /// Draws the side panel.
 pub fn ui(

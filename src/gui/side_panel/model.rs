@@ -1,9 +1,9 @@
 //! The Model section: preset, local model, folder or checkpoint file; replacement VAE; LoRAs;
 //! the device; and the load status.
 
-use crate::engine::hub::Preset;
+use loopback_engine::load::hub::Preset;
 
-use crate::engine::library::{Entry, Kind, human_bytes};
+use loopback_engine::load::library::{Entry, Kind, human_bytes};
 
 use super::super::command::{Command, Commands, FileTarget};
 use super::super::state::LoraChoice;

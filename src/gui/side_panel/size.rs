@@ -5,10 +5,10 @@ use candle_core::DType;
 
 use super::super::state::{Persisted, Session};
 use super::fields;
-use crate::engine::arch::Arch;
-use crate::engine::memory::{self, EncoderWeights, ModelShape};
-use crate::plan::{self, Plan};
-use crate::settings::{Group, Settings, Size, TargetMode};
+use loopback_engine::model::arch::Arch;
+use loopback_engine::run::memory::{self, EncoderWeights, ModelShape};
+use loopback_core::plan::{self, Plan};
+use loopback_core::settings::{Group, Settings, Size, TargetMode};
 
 /// The input size assumed before an image is opened.
 const ASSUMED_INPUT: Size = Size::new(512, 512);

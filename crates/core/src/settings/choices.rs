@@ -1,0 +1,225 @@
+//! The settings that are a choice among named options, and the [`Size`] type.
+//!
+//! Each choice has three spellings: the command-line / JSON value (`kebab-case`), the label
+//! shown in the app and written to A1111 metadata, and the Rust variant.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// A setting whose value is one of a fixed list of named options.
+pub trait Choice: Copy + PartialEq + Sized + 'static {
+    /// Every option, in display order.
+    const ALL: &'static [Self];
+    /// The value used on the command line and in JSON.
+    fn key(self) -> &'static str;
+    /// The human label, as shown in the app.
+    fn label(self) -> &'static str;
+    /// Parses a command-line/JSON key or a label (case-insensitive).
+    fn parse(text: &str) -> Option<Self> {
+        let text = text.trim();
+        Self::ALL
+            .iter()
+            .copied()
+            .find(|c| c.key().eq_ignore_ascii_case(text) || c.label().eq_ignore_ascii_case(text))
+    }
+}
+
+/// Declares a `Choice` enum with its keys and labels.
+macro_rules! choice_enum {
+    (
+        $(#[$meta:meta])*
+        $name:ident {
+            $( $(#[doc = $doc:literal])* $variant:ident = ($key:literal, $label:literal), )+
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        #[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+        pub enum $name {
+            $(
+                $(#[doc = $doc])*
+                #[serde(rename = $key)]
+                #[cfg_attr(feature = "clap", value(name = $key))]
+                $variant,
+            )+
+        }
+
+        impl Choice for $name {
+            const ALL: &'static [Self] = &[$($name::$variant),+];
+            fn key(self) -> &'static str {
+                match self { $($name::$variant => $key),+ }
+            }
+            fn label(self) -> &'static str {
+                match self { $($name::$variant => $label),+ }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.key())
+            }
+        }
+    };
+}
+
+choice_enum! {
+    /// How the size grows from loop to loop (`loopback-algorithm.md`, "Size of each loop").
+    Curve {
+        /// Equal steps.
+        Linear = ("linear", "Linear"),
+        /// Steps scaled by the brightness of each loop's input.
+        Adaptive = ("adaptive", "Adaptive"),
+        /// `1 − cos(πp/2)`.
+        EaseInSine = ("ease-in-sine", "Ease In: Sine"),
+        /// `p³`.
+        EaseInCubic = ("ease-in-cubic", "Ease In: Cubic"),
+        /// `p⁵`.
+        EaseInQuint = ("ease-in-quint", "Ease In: Quint"),
+        /// `1 − √(1 − p²)`.
+        EaseInCirc = ("ease-in-circ", "Ease In: Circ"),
+        /// `sin(πp/2)`.
+        EaseOutSine = ("ease-out-sine", "Ease Out: Sine"),
+        /// `1 − (1 − p)³`.
+        EaseOutCubic = ("ease-out-cubic", "Ease Out: Cubic"),
+        /// `1 − (1 − p)⁵`.
+        EaseOutQuint = ("ease-out-quint", "Ease Out: Quint"),
+        /// `√(1 − (p − 1)²)`.
+        EaseOutCirc = ("ease-out-circ", "Ease Out: Circ"),
+        /// `−(cos(πp) − 1)/2`.
+        EaseInOutSine = ("ease-in-out-sine", "Ease InOut: Sine"),
+        /// Cubic in, cubic out.
+        EaseInOutCubic = ("ease-in-out-cubic", "Ease InOut: Cubic"),
+        /// Quintic in, quintic out.
+        EaseInOutQuint = ("ease-in-out-quint", "Ease InOut: Quint"),
+        /// Circular in, circular out.
+        EaseInOutCirc = ("ease-in-out-circ", "Ease InOut: Circ"),
+    }
+}
+
+choice_enum! {
+    /// How the final size is chosen.
+    TargetMode {
+        /// The largest size of the start ratio inside the maximum width × height.
+        MaxSize = ("max-size", "Max size"),
+        /// The start size times the scale factor.
+        Scale = ("scale", "Scale"),
+    }
+}
+
+choice_enum! {
+    /// The diffusion sampler.
+    Sampler {
+        /// DDIM, eta 0.
+        Ddim = ("ddim", "DDIM"),
+        /// Euler ancestral.
+        EulerA = ("euler-a", "Euler a"),
+        /// DPM-Solver++ (2M) with Karras sigmas.
+        DpmPp2mKarras = ("dpmpp-2m-karras", "DPM++ 2M Karras"),
+    }
+}
+
+choice_enum! {
+    /// How an image is fitted to a size of another aspect ratio (A1111's resize modes).
+    ResizeMode {
+        /// Stretch to the size.
+        JustResize = ("just-resize", "Just resize"),
+        /// Scale to cover the size, then crop the centre.
+        CropAndResize = ("crop-and-resize", "Crop and resize"),
+        /// Scale to fit inside the size, then fill the borders from the edge pixels.
+        ResizeAndFill = ("resize-and-fill", "Resize and fill"),
+    }
+}
+
+choice_enum! {
+    /// How many passes of a Pillow filter the finishing chain applies.
+    FilterLevel {
+        /// No pass.
+        None = ("none", "None"),
+        /// One pass.
+        Low = ("low", "Low"),
+        /// Two passes.
+        Medium = ("medium", "Medium"),
+        /// Three passes.
+        High = ("high", "High"),
+    }
+}
+
+impl FilterLevel {
+    /// The number of filter passes: 0, 1, 2 or 3.
+    pub fn passes(self) -> usize {
+        match self {
+            FilterLevel::None => 0,
+            FilterLevel::Low => 1,
+            FilterLevel::Medium => 2,
+            FilterLevel::High => 3,
+        }
+    }
+}
+
+/// A width × height in pixels; written `WxH` on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Size {
+    /// Width in pixels.
+    pub width: u32,
+    /// Height in pixels.
+    pub height: u32,
+}
+
+impl Size {
+    /// A new size.
+    pub const fn new(width: u32, height: u32) -> Self {
+        Size { width, height }
+    }
+
+    /// Both sides rounded down to multiples of 8.
+    pub fn floor8(self) -> Self {
+        Size::new(self.width / 8 * 8, self.height / 8 * 8)
+    }
+}
+
+impl fmt::Display for Size {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}x{}", self.width, self.height)
+    }
+}
+
+impl FromStr for Size {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || format!("expected WIDTHxHEIGHT such as 512x768, got {s:?}");
+        let (w, h) = s.trim().split_once(['x', 'X', '×']).ok_or_else(bad)?;
+        let width = w.trim().parse().map_err(|_| bad())?;
+        let height = h.trim().parse().map_err(|_| bad())?;
+        Ok(Size { width, height })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn size_parses_and_prints() {
+        assert_eq!("512x768".parse::<Size>(), Ok(Size::new(512, 768)));
+        assert_eq!(" 64 X 72 ".parse::<Size>(), Ok(Size::new(64, 72)));
+        assert!("512".parse::<Size>().is_err());
+        assert!("ax3".parse::<Size>().is_err());
+        assert_eq!(Size::new(1, 2).to_string(), "1x2");
+    }
+
+    #[test]
+    fn choices_parse_keys_and_labels() {
+        assert_eq!(Sampler::parse("Euler a"), Some(Sampler::EulerA));
+        assert_eq!(
+            Sampler::parse("dpmpp-2m-karras"),
+            Some(Sampler::DpmPp2mKarras)
+        );
+        assert_eq!(Curve::parse("Ease InOut: Circ"), Some(Curve::EaseInOutCirc));
+        assert_eq!(Curve::ALL.len(), 14);
+        assert_eq!(FilterLevel::High.passes(), 3);
+        assert_eq!(ResizeMode::parse("bogus"), None);
+    }
+}

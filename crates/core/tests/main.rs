@@ -1,0 +1,11 @@
+//! The core's integration tests: filters and resizing against Pillow, colour correction, metadata, image files, plan properties.
+//! One binary for all of them (faster to link than one per file); fixtures are shared from
+//! the workspace's `tests/fixtures` and `tests/data`.
+
+mod common;
+mod color_correction;
+mod filters;
+mod io;
+mod metadata;
+mod plan_props;
+mod resize;

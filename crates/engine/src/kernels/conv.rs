@@ -1,0 +1,565 @@
+//! 2-D convolution with a fast f32 CPU path, and candle's convolution everywhere else.
+//!
+//! candle 0.11's CPU convolution (`conv2d_tiled`) re-flattens the kernel on every call, turns
+//! the input into NHWC on one thread, gathers each patch with a stride of 512 elements, and
+//! scatters the result back into NCHW; then the bias is added in another pass. Here, in NCHW
+//! throughout:
+//! - the OIHW kernel as stored *is* the `(c_out, c_in·k·k)` left-hand matrix: no reordering;
+//! - the patch matrix is built in bands of output rows, one `(ci, kh, kw)` row at a time as
+//!   shifted copies of input rows (contiguous runs; rows built in parallel);
+//! - one `gemm` per band writes straight into the NCHW output, whose band was first filled
+//!   with the bias (plus an optional per-image, per-channel term — the UNet's time
+//!   embedding), so bias and that addition cost nothing extra;
+//! - 1×1 convolutions with stride 1 are a single `gemm` on the input as it is;
+//! - 3×3 convolutions with stride 1 on large enough images use Winograd F(4×4, 3×3) or
+//!   F(2×2, 3×3) ([`crate::kernels::winograd`]), 4× or 2.25× fewer multiplications.
+//!
+//! Other devices and dtypes use candle's `conv2d` and broadcast additions.
+
+use candle_core::{DType, Device, Module, Result, Tensor};
+use candle_nn::{Conv2dConfig, VarBuilder};
+use rayon::prelude::*;
+
+use crate::kernels::gemm::gemm_f32;
+use crate::kernels::storage::f32_slice;
+use crate::kernels::winograd;
+
+/// Bytes of patch matrix built at once per image.
+const BAND_BYTES: usize = 8 << 20;
+
+/// A convolution layer (square kernel, zero padding, no dilation or groups).
+#[derive(Debug, Clone)]
+pub struct Conv2d {
+    inner: candle_nn::Conv2d,
+    cin: usize,
+    cout: usize,
+    kernel: usize,
+    stride: usize,
+    padding: usize,
+}
+
+impl Conv2d {
+    /// Loads `weight` (and `bias`) from `vb`.
+    pub fn new(
+        vb: VarBuilder,
+        cin: usize,
+        cout: usize,
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+    ) -> Result<Self> {
+        let cfg = Conv2dConfig {
+            padding,
+            stride,
+            ..Default::default()
+        };
+        Ok(Conv2d {
+            inner: candle_nn::conv2d(cin, cout, kernel, cfg, vb)?,
+            cin,
+            cout,
+            kernel,
+            stride,
+            padding,
+        })
+    }
+
+    /// The padding.
+    pub fn padding(&self) -> usize {
+        self.padding
+    }
+
+    /// `conv(xs) + bias + extra`, where `extra: (batch, c_out)` is added to every pixel of
+    /// each image and channel (the UNet's projected time embedding).
+    pub fn forward_plus(&self, xs: &Tensor, extra: Option<&Tensor>) -> Result<Tensor> {
+        if !fast(xs) {
+            let out = self.inner.forward(xs)?;
+            return match extra {
+                Some(extra) => out.broadcast_add(&extra.unsqueeze(2)?.unsqueeze(3)?),
+                None => Ok(out),
+            };
+        }
+        let g = self.geometry(xs, self.symmetric())?;
+        let extra = extra.map(|e| e.contiguous()).transpose()?;
+        if let Some(e) = &extra
+            && e.dims() != [g.batch, self.cout]
+        {
+            candle_core::bail!(
+                "conv2d: extra term {:?}, expected ({}, {})",
+                e.dims(),
+                g.batch,
+                self.cout
+            );
+        }
+        let extra_guard = extra.as_ref().map(|e| e.storage_and_layout());
+        let extra = match &extra_guard {
+            Some((store, layout)) => Some(f32_slice(store, layout)?),
+            None => None,
+        };
+        let mut out = vec![0f32; g.batch * self.cout * g.out_h * g.out_w];
+        self.fill_bias(&mut out, g.out_h * g.out_w, extra, false)?;
+        drop(extra_guard);
+        self.accumulate(xs, g, &mut out)?;
+        Tensor::from_vec(out, g.out_dims(self.cout), &Device::Cpu)
+    }
+
+    /// `conv(xs) + bias + residual` in one output buffer: the end of a residual block, with
+    /// the skip connection either a tensor of the output's shape or another convolution (a
+    /// 1×1 shortcut) of its own input.
+    pub fn forward_residual(&self, xs: &Tensor, residual: Residual) -> Result<Tensor> {
+        if !fast(xs) {
+            let out = self.inner.forward(xs)?;
+            return match residual {
+                Residual::Tensor(t) => out + t,
+                Residual::Conv(conv, t) => out + conv.forward(t)?,
+            };
+        }
+        let g = self.geometry(xs, self.symmetric())?;
+        let mut out = vec![0f32; g.batch * self.cout * g.out_h * g.out_w];
+        let plane = g.out_h * g.out_w;
+        match residual {
+            Residual::Tensor(t) => {
+                if t.dims4()? != g.out_dims(self.cout) {
+                    candle_core::bail!(
+                        "conv2d: residual {:?}, expected {:?}",
+                        t.dims(),
+                        g.out_dims(self.cout)
+                    );
+                }
+                let t = t.contiguous()?;
+                let (store, layout) = t.storage_and_layout();
+                out.copy_from_slice(f32_slice(&store, layout)?);
+                self.fill_bias(&mut out, plane, None, true)?;
+            }
+            Residual::Conv(conv, t) => {
+                let h = conv.geometry(t, conv.symmetric())?;
+                if !fast(t) || h.out_dims(conv.cout) != g.out_dims(self.cout) {
+                    candle_core::bail!(
+                        "conv2d: shortcut gives {:?}, expected {:?}",
+                        h.out_dims(conv.cout),
+                        g.out_dims(self.cout)
+                    );
+                }
+                self.fill_bias(&mut out, plane, None, false)?;
+                conv.fill_bias(&mut out, plane, None, true)?;
+                conv.accumulate(t, h, &mut out)?;
+            }
+        }
+        self.accumulate(xs, g, &mut out)?;
+        Tensor::from_vec(out, g.out_dims(self.cout), &Device::Cpu)
+    }
+
+    /// The convolution of `xs` padded with one more row of zeros at the bottom and one more
+    /// column at the right than the layer's own padding (diffusers' VAE encoder pads so
+    /// before its stride-2 downsampling), without building the padded copy.
+    pub fn forward_pad_end(&self, xs: &Tensor) -> Result<Tensor> {
+        if !fast(xs) {
+            return self
+                .inner
+                .forward(&xs.pad_with_zeros(3, 0, 1)?.pad_with_zeros(2, 0, 1)?);
+        }
+        let p = self.padding;
+        let g = self.geometry(xs, (p, p + 1, p, p + 1))?;
+        let mut out = vec![0f32; g.batch * self.cout * g.out_h * g.out_w];
+        self.fill_bias(&mut out, g.out_h * g.out_w, None, false)?;
+        self.accumulate(xs, g, &mut out)?;
+        Tensor::from_vec(out, g.out_dims(self.cout), &Device::Cpu)
+    }
+
+    /// `conv(upsample_nearest_2x(xs))` (the VAE decoder's upsampler) in bands of output rows,
+    /// so the 4× larger upsampled input exists only one band at a time.
+    pub fn forward_upsampled(&self, xs: &Tensor) -> Result<Tensor> {
+        self.upsampled_in_bands(xs, BAND_INPUT_BYTES)
+    }
+
+    /// [`Conv2d::forward_upsampled`] with about `band_bytes` of upsampled input per band.
+    fn upsampled_in_bands(&self, xs: &Tensor, band_bytes: usize) -> Result<Tensor> {
+        let (batch, _, h, w) = xs.dims4()?;
+        let (out_h, out_w) = (2 * h, 2 * w);
+        self.forward_banded((batch, out_h, out_w), band_bytes, |lo, hi| {
+            // Upsampled rows lo..hi come from input rows lo/2..ceil(hi/2).
+            let (src_lo, src_hi) = (lo / 2, hi.div_ceil(2));
+            xs.narrow(2, src_lo, src_hi - src_lo)?
+                .upsample_nearest2d(2 * (src_hi - src_lo), out_w)?
+                .narrow(2, lo - 2 * src_lo, hi - lo)
+        })
+    }
+
+    /// The convolution of an input that is produced band by band: `band(lo, hi)` gives rows
+    /// `lo..hi` of the `(batch, c_in, height, width)` input. Output rows are computed in bands
+    /// of about `band_bytes` of input each, so the whole input never exists at once (the price:
+    /// `2 × padding` rows per band computed twice). For size-preserving convolutions (stride
+    /// 1, padding `(k − 1) / 2`) on f32 CPU tensors; otherwise the whole input is built and
+    /// convolved.
+    pub fn forward_banded(
+        &self,
+        (batch, height, width): (usize, usize, usize),
+        band_bytes: usize,
+        band: impl Fn(usize, usize) -> Result<Tensor>,
+    ) -> Result<Tensor> {
+        let p = self.padding;
+        let same_size = self.kernel == 2 * p + 1 && self.stride == 1;
+        let rows = (band_bytes / (4 * self.cin * width).max(1)).max(8) & !1;
+        if !same_size || rows >= height {
+            return self.forward(&band(0, height)?);
+        }
+        let plane = height * width;
+        let mut out = vec![0f32; batch * self.cout * plane];
+        let mut r0 = 0;
+        while r0 < height {
+            let r1 = (r0 + rows).min(height);
+            // Input rows lo..hi feed output rows r0..r1. Zero padding is right at the
+            // image's edges; the rows the band's own padding spoils (its first and last p
+            // inside the image) are not copied.
+            let (lo, hi) = (r0.saturating_sub(p), (r1 + p).min(height));
+            let input = band(lo, hi)?;
+            if !fast(&input) {
+                drop(input);
+                return self.forward(&band(0, height)?);
+            }
+            let y = self.forward(&input)?;
+            drop(input);
+            let (store, layout) = y.storage_and_layout();
+            let y = f32_slice(&store, layout)?;
+            let (skip, len) = ((r0 - lo) * width, (r1 - r0) * width);
+            out.par_chunks_mut(plane)
+                .zip(y.par_chunks((hi - lo) * width))
+                .for_each(|(dst, src)| {
+                    dst[r0 * width..][..len].copy_from_slice(&src[skip..][..len]);
+                });
+            r0 = r1;
+        }
+        Tensor::from_vec(out, (batch, self.cout, height, width), &Device::Cpu)
+    }
+
+    fn symmetric(&self) -> Pad {
+        let p = self.padding;
+        (p, p, p, p)
+    }
+
+    /// The sizes of a convolution of `xs` with `pad`.
+    fn geometry(&self, xs: &Tensor, (top, bottom, left, right): Pad) -> Result<Geometry> {
+        let (batch, cin, height, width) = xs.dims4()?;
+        if cin != self.cin {
+            candle_core::bail!("conv2d: {cin} input channels, expected {}", self.cin);
+        }
+        let (k, s) = (self.kernel, self.stride);
+        if height + top + bottom < k || width + left + right < k {
+            candle_core::bail!("conv2d: input {height}x{width} smaller than the kernel");
+        }
+        Ok(Geometry {
+            batch,
+            cin,
+            height,
+            width,
+            k,
+            s,
+            top,
+            left,
+            out_h: (height + top + bottom - k) / s + 1,
+            out_w: (width + left + right - k) / s + 1,
+            winograd: k == 3 && s == 1 && (top, bottom, left, right) == (1, 1, 1, 1),
+        })
+    }
+
+    /// Writes (or adds, when `add`) the bias, plus `extra[image][channel]`, to every plane of
+    /// `out` (`batch × c_out` planes of `plane` values).
+    fn fill_bias(
+        &self,
+        out: &mut [f32],
+        plane: usize,
+        extra: Option<&[f32]>,
+        add: bool,
+    ) -> Result<()> {
+        let bias = self.inner.bias().map(|b| b.contiguous()).transpose()?;
+        let guard = bias.as_ref().map(|b| b.storage_and_layout());
+        let bias = match &guard {
+            Some((store, layout)) => Some(f32_slice(store, layout)?),
+            None => None,
+        };
+        let cout = self.cout;
+        out.par_chunks_mut(plane).enumerate().for_each(|(i, dst)| {
+            let (b, c) = (i / cout, i % cout);
+            let value = bias.map_or(0.0, |b| b[c]) + extra.map_or(0.0, |e| e[b * cout + c]);
+            if add {
+                dst.iter_mut().for_each(|v| *v += value);
+            } else {
+                dst.fill(value);
+            }
+        });
+        Ok(())
+    }
+
+    /// Adds the convolution of `xs` (sizes `g`) to `out`.
+    fn accumulate(&self, xs: &Tensor, g: Geometry, out: &mut [f32]) -> Result<()> {
+        let xs = xs.contiguous()?;
+        let weight = self.inner.weight().contiguous()?;
+        let (x_store, x_layout) = xs.storage_and_layout();
+        let (w_store, w_layout) = weight.storage_and_layout();
+        let x = f32_slice(&x_store, x_layout)?;
+        let w = f32_slice(&w_store, w_layout)?;
+        let winograd = g
+            .winograd
+            .then(|| winograd::Variant::for_image(g.height, g.width))
+            .flatten();
+        let dims = (g.batch, g.cin, g.height, g.width);
+        match winograd {
+            Some(variant) => variant.with_transformed_kernel(w, self.cout, g.cin, |u| {
+                variant.convolve_batch(x, dims, u, self.cout, out)
+            }),
+            None => {
+                let image_len = g.cin * g.height * g.width;
+                let plane = g.out_h * g.out_w;
+                for (b, out_image) in out.chunks_mut(self.cout * plane).enumerate() {
+                    g.convolve(&x[b * image_len..][..image_len], w, self.cout, out_image);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What [`Conv2d::forward_residual`] adds to the convolution.
+#[derive(Debug, Clone, Copy)]
+pub enum Residual<'a> {
+    /// A tensor of the output's shape.
+    Tensor(&'a Tensor),
+    /// Another convolution of another input (with its bias).
+    Conv(&'a Conv2d, &'a Tensor),
+}
+
+/// Zero padding on each side: top, bottom, left, right.
+type Pad = (usize, usize, usize, usize);
+
+/// Bytes of input per band in [`Conv2d::forward_upsampled`] (and a fair choice for
+/// [`Conv2d::forward_banded`]).
+pub const BAND_INPUT_BYTES: usize = 32 << 20;
+
+/// Whether the f32 CPU path applies.
+fn fast(xs: &Tensor) -> bool {
+    matches!(xs.device(), Device::Cpu) && xs.dtype() == DType::F32
+}
+
+impl Module for Conv2d {
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        self.forward_plus(xs, None)
+    }
+}
+
+/// Sizes of one convolution.
+#[derive(Debug, Clone, Copy)]
+struct Geometry {
+    batch: usize,
+    cin: usize,
+    height: usize,
+    width: usize,
+    k: usize,
+    s: usize,
+    /// Zero rows above and columns left of the input (those below and right follow from
+    /// the output size).
+    top: usize,
+    left: usize,
+    out_h: usize,
+    out_w: usize,
+    /// 3×3, stride 1, padding 1 on every side: Winograd applies.
+    winograd: bool,
+}
+
+impl Geometry {
+    fn out_dims(&self, cout: usize) -> (usize, usize, usize, usize) {
+        (self.batch, cout, self.out_h, self.out_w)
+    }
+
+    /// Accumulates the convolution of one image (`cin × height × width`) with the OIHW
+    /// kernel `w` into `out` (`cout × out_h × out_w`, already holding the bias).
+    fn convolve(&self, image: &[f32], w: &[f32], cout: usize, out: &mut [f32]) {
+        let plane = self.out_h * self.out_w;
+        let depth = self.cin * self.k * self.k;
+        if self.k == 1 && self.s == 1 && self.top == 0 && self.left == 0 {
+            // The input is already the (cin, plane) right-hand matrix.
+            gemm_f32(
+                (cout, plane, depth),
+                out,
+                plane,
+                (w, depth, 1),
+                (image, plane, 1),
+                true,
+                true,
+            );
+            return;
+        }
+        let rows = (BAND_BYTES / (4 * depth * self.out_w)).clamp(1, self.out_h);
+        let mut col = vec![0f32; depth * rows * self.out_w];
+        let mut y0 = 0;
+        while y0 < self.out_h {
+            let band = rows.min(self.out_h - y0);
+            let n = band * self.out_w;
+            let col = &mut col[..depth * n];
+            col.par_chunks_mut(n)
+                .enumerate()
+                .for_each(|(row, dst)| self.patch_row(image, row, y0, band, dst));
+            gemm_f32(
+                (cout, n, depth),
+                &mut out[y0 * self.out_w..],
+                plane,
+                (w, depth, 1),
+                (col, n, 1),
+                true,
+                true,
+            );
+            y0 += band;
+        }
+    }
+
+    /// Row `(ci, kh, kw)` of the patch matrix for output rows `y0..y0 + band`: the input
+    /// pixel each output pixel sees through that kernel tap (0 in the padding).
+    fn patch_row(&self, image: &[f32], row: usize, y0: usize, band: usize, dst: &mut [f32]) {
+        let (ci, tap) = (row / (self.k * self.k), row % (self.k * self.k));
+        let (kh, kw) = (tap / self.k, tap % self.k);
+        let channel = &image[ci * self.height * self.width..(ci + 1) * self.height * self.width];
+        for (i, out_row) in dst.chunks_mut(self.out_w).take(band).enumerate() {
+            let iy = ((y0 + i) * self.s + kh) as isize - self.top as isize;
+            if iy < 0 || iy >= self.height as isize {
+                out_row.fill(0.0);
+                continue;
+            }
+            let src = &channel[iy as usize * self.width..(iy as usize + 1) * self.width];
+            if self.s == 1 {
+                // A shifted copy: output x reads input x + kw − p.
+                let shift = kw as isize - self.left as isize;
+                let lo = (-shift).clamp(0, self.out_w as isize) as usize;
+                let hi =
+                    (self.width as isize - shift).clamp(lo as isize, self.out_w as isize) as usize;
+                out_row[..lo].fill(0.0);
+                out_row[hi..].fill(0.0);
+                let from = (lo as isize + shift) as usize;
+                out_row[lo..hi].copy_from_slice(&src[from..from + (hi - lo)]);
+            } else {
+                for (x, v) in out_row.iter_mut().enumerate() {
+                    let ix = (x * self.s + kw) as isize - self.left as isize;
+                    *v = if ix < 0 || ix >= self.width as isize {
+                        0.0
+                    } else {
+                        src[ix as usize]
+                    };
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_nn::VarMap;
+
+    #[test]
+    fn matches_candle_convolution() {
+        let map = VarMap::new();
+        let vb = VarBuilder::from_varmap(&map, DType::F32, &Device::Cpu);
+        // (cin, cout, kernel, stride, padding, height, width)
+        let cases = [
+            (3, 5, 3, 1, 1, 9, 7),
+            (4, 6, 3, 2, 1, 9, 8),
+            (4, 6, 3, 2, 0, 10, 7),
+            (8, 4, 1, 1, 0, 5, 6),
+            (2, 3, 3, 1, 0, 4, 4),
+            (64, 32, 3, 1, 1, 40, 33),
+            (16, 8, 3, 1, 1, 24, 23),
+            (7, 300, 3, 1, 1, 31, 64),
+        ];
+        for (i, &(cin, cout, k, s, p, h, w)) in cases.iter().enumerate() {
+            let conv = Conv2d::new(vb.pp(i.to_string()), cin, cout, k, s, p).unwrap();
+            let xs = Tensor::randn(0f32, 1.0, (2, cin, h, w), &Device::Cpu).unwrap();
+            let extra = Tensor::randn(0f32, 1.0, (2, cout), &Device::Cpu).unwrap();
+            let ours = conv.forward_plus(&xs, Some(&extra)).unwrap();
+            let reference = conv
+                .inner
+                .forward(&xs)
+                .unwrap()
+                .broadcast_add(&extra.unsqueeze(2).unwrap().unsqueeze(3).unwrap())
+                .unwrap();
+            assert_eq!(ours.dims(), reference.dims(), "case {i}");
+            let diff = crate::test_util::max_abs_diff(&ours, &reference);
+            assert!(diff < 1e-4, "case {i}: max abs diff {diff}");
+            // Non-contiguous input.
+            let t = xs
+                .transpose(2, 3)
+                .unwrap()
+                .contiguous()
+                .unwrap()
+                .transpose(2, 3)
+                .unwrap();
+            assert!(
+                crate::test_util::max_abs_diff(
+                    &conv.forward(&t).unwrap(),
+                    &conv.inner.forward(&xs).unwrap()
+                ) < 1e-4
+            );
+        }
+    }
+
+    #[test]
+    fn residual_padded_and_upsampled_forms_match_their_definitions() {
+        let map = VarMap::new();
+        let vb = VarBuilder::from_varmap(&map, DType::F32, &Device::Cpu);
+        let diff = crate::test_util::max_abs_diff;
+        let dev = &Device::Cpu;
+        for (i, &(cin, cout, h, w)) in [(6, 4, 9, 7), (16, 8, 40, 33), (4, 4, 5, 5)]
+            .iter()
+            .enumerate()
+        {
+            let vb = vb.pp(i.to_string());
+            let conv = Conv2d::new(vb.pp("conv"), cin, cout, 3, 1, 1).unwrap();
+            let shortcut = Conv2d::new(vb.pp("shortcut"), cin, cout, 1, 1, 0).unwrap();
+            let xs = Tensor::randn(0f32, 1.0, (2, cin, h, w), dev).unwrap();
+            let skip = Tensor::randn(0f32, 1.0, (2, cout, h, w), dev).unwrap();
+            let plain = conv.inner.forward(&xs).unwrap();
+
+            let ours = conv.forward_residual(&xs, Residual::Tensor(&skip)).unwrap();
+            assert!(diff(&ours, &(&plain + &skip).unwrap()) < 1e-4, "case {i}");
+            let ours = conv
+                .forward_residual(&xs, Residual::Conv(&shortcut, &xs))
+                .unwrap();
+            let reference = (&plain + shortcut.inner.forward(&xs).unwrap()).unwrap();
+            assert!(diff(&ours, &reference) < 1e-4, "case {i}");
+
+            let down = Conv2d::new(vb.pp("down"), cin, cout, 3, 2, 0).unwrap();
+            let padded = xs
+                .pad_with_zeros(3, 0, 1)
+                .unwrap()
+                .pad_with_zeros(2, 0, 1)
+                .unwrap();
+            let reference = down.inner.forward(&padded).unwrap();
+            let ours = down.forward_pad_end(&xs).unwrap();
+            assert_eq!(ours.dims(), reference.dims(), "case {i}");
+            assert!(diff(&ours, &reference) < 1e-4, "case {i}");
+
+            let up = xs.upsample_nearest2d(2 * h, 2 * w).unwrap();
+            let reference = conv.inner.forward(&up).unwrap();
+            let ours = conv.forward_upsampled(&xs).unwrap();
+            assert_eq!(ours.dims(), reference.dims(), "case {i}");
+            assert!(diff(&ours, &reference) < 1e-4, "case {i}");
+        }
+    }
+
+    #[test]
+    fn upsampled_bands_cover_the_image() {
+        let map = VarMap::new();
+        let vb = VarBuilder::from_varmap(&map, DType::F32, &Device::Cpu);
+        let conv = Conv2d::new(vb, 2, 3, 3, 1, 1).unwrap();
+        let xs = Tensor::randn(0f32, 1.0, (2, 2, 37, 20), &Device::Cpu).unwrap();
+        let reference = conv
+            .inner
+            .forward(&xs.upsample_nearest2d(74, 40).unwrap())
+            .unwrap();
+        // 8, 10 and 74 output rows per band (the last: one band).
+        for band_bytes in [1, 4 * 2 * 40 * 10, 1 << 20] {
+            let ours = conv.upsampled_in_bands(&xs, band_bytes).unwrap();
+            let diff = crate::test_util::max_abs_diff(&ours, &reference);
+            assert!(
+                diff < 1e-4,
+                "{band_bytes} bytes per band: max abs diff {diff}"
+            );
+        }
+    }
+}

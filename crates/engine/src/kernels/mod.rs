@@ -1,0 +1,19 @@
+//! The CPU compute kernels under the networks, each with candle's device-generic operation as
+//! the path for other devices and dtypes:
+//! - [`gemm`]: the one f32 matrix product the others use;
+//! - [`conv`]: 2-D convolution layers (im2col in bands, 1×1 as one product);
+//! - [`winograd`]: Winograd F(4×4, 3×3) and F(2×2, 3×3) for 3×3 convolutions;
+//! - [`attention`]: scaled dot-product attention in blocks, never the whole score matrix;
+//! - [`norm`]: GroupNorm (+ SiLU) with fused statistics;
+//! - [`fastmath`]: vectorised `exp`, softmax, SiLU and GELU, with run-time ISA dispatch;
+//! - [`storage`]: the f32 slice of a CPU tensor;
+//! - [`scratch`]: buffers reused between calls.
+
+pub mod attention;
+pub mod conv;
+pub mod fastmath;
+pub mod gemm;
+pub mod norm;
+pub mod scratch;
+pub mod storage;
+pub mod winograd;

@@ -1,0 +1,571 @@
+//! Winograd convolution for 3×3 kernels with stride 1 and padding 1 (f32, CPU), in two
+//! tile sizes: F(2×2, 3×3) and F(4×4, 3×3).
+//!
+//! Each m×m block of output pixels comes from a t×t input tile `d` (t = m + 2) and the 3×3
+//! kernel `g` as `Y = Aᵀ [(G g Gᵀ) ⊙ (Bᵀ d B)] A`. Summed over input channels, the
+//! element-wise products become t² matrix products `M_ξ = U_ξ · V_ξ` (`U_ξ`: c_out × c_in
+//! transformed kernels, `V_ξ`: c_in × tiles transformed inputs). Multiplications per output
+//! pixel and input channel: 9 for direct convolution, 4 for F(2×2) (2.25× fewer), 2.25 for
+//! F(4×4) (4× fewer) — and those matrix products dominate a UNet step.
+//!
+//! F(2×2)'s transforms use only ±1 and ½, so it differs from direct convolution by rounding
+//! only. F(4×4)'s use the points 0, ±1, ±2 and lose more precision: about 4e-6 of the
+//! output's scale against an f64 direct convolution, where F(2×2) stays below 2e-6 (see the
+//! tests) — far below f16 rounding (5e-4), and below the diffusers parity tolerances. Lavin & Gray, "Fast Algorithms for
+//! Convolutional Neural Networks" (2015).
+
+use rayon::prelude::*;
+
+use std::sync::Mutex;
+
+use crate::kernels::gemm::gemm_f32;
+use crate::kernels::fastmath::{Isa, dispatch, isa};
+
+/// Tiles transformed together, one per vector lane.
+const LANES: usize = 16;
+
+/// Where the tiles of a batch lie: the input's channels and size, tiles per row and per
+/// image.
+#[derive(Debug, Clone, Copy)]
+struct Geometry {
+    cin: usize,
+    h: usize,
+    w: usize,
+    tiles_w: usize,
+    per_image: usize,
+}
+
+/// `mat · x · matᵀ` for [`LANES`] independent T×T matrices `x` at once, lane by lane (the
+/// transforms `Bᵀ d B` and `Aᵀ M A`; zeros of the constant `mat` are skipped).
+#[inline(always)]
+fn sandwich<const R: usize, const T: usize>(
+    mat: &[[f32; T]; R],
+    x: &[[[f32; LANES]; T]; T],
+) -> [[[f32; LANES]; R]; R] {
+    let mut left = [[[0f32; LANES]; T]; R];
+    for i in 0..R {
+        for k in 0..T {
+            let coefficient = mat[i][k];
+            if coefficient == 0.0 {
+                continue;
+            }
+            for j in 0..T {
+                for l in 0..LANES {
+                    left[i][j][l] += coefficient * x[k][j][l];
+                }
+            }
+        }
+    }
+    let mut out = [[[0f32; LANES]; R]; R];
+    for i in 0..R {
+        for j in 0..R {
+            for k in 0..T {
+                let coefficient = mat[j][k];
+                if coefficient == 0.0 {
+                    continue;
+                }
+                for l in 0..LANES {
+                    out[i][j][l] += left[i][k][l] * coefficient;
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Bytes of transformed input (and of products) handled at once: below the allocator's
+/// mmap threshold (`engine/allocator.rs`), so the buffers are reused, not mapped afresh.
+const CHUNK_BYTES: usize = 30 << 20;
+
+/// A tile size is worth it from this many tiles per image on (below, transforming the
+/// kernel costs more than it saves).
+pub const MIN_TILES: usize = 32;
+
+/// The Winograd variant for a 3×3 stride-1 convolution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Variant {
+    /// F(2×2, 3×3): 4×4 input tiles.
+    F2,
+    /// F(4×4, 3×3): 6×6 input tiles.
+    F4,
+}
+
+impl Variant {
+    /// The largest variant with at least [`MIN_TILES`] tiles on an `h × w` image, if any.
+    pub fn for_image(h: usize, w: usize) -> Option<Variant> {
+        if h.div_ceil(4) * w.div_ceil(4) >= MIN_TILES {
+            Some(Variant::F4)
+        } else if h.div_ceil(2) * w.div_ceil(2) >= MIN_TILES {
+            Some(Variant::F2)
+        } else {
+            None
+        }
+    }
+
+    /// `U = G g Gᵀ` for every (c_out, c_in) pair of the OIHW kernel `w`, laid out
+    /// `[c_out][ξ][c_in]` (so `U_ξ` is a c_out × c_in matrix with row stride t²·c_in).
+    pub fn transform_kernel(self, w: &[f32], cout: usize, cin: usize) -> Vec<f32> {
+        match self {
+            Variant::F2 => f2::transform_kernel(w, cout, cin),
+            Variant::F4 => f4::transform_kernel(w, cout, cin),
+        }
+    }
+}
+
+/// The transformed kernels of the convolution running now. Reused from one convolution to
+/// the next (a fresh allocation of up to 210 MB per convolution at 512² cost its page faults
+/// every time) and released by [`release_scratch`] when a network pass ends.
+static KERNELS: Mutex<Vec<f32>> = Mutex::new(Vec::new());
+
+/// Largest set of transformed kernels kept in [`KERNELS`], in bytes (all of SD 1.5's at 512²;
+/// larger ones, F(4×4) at 1280 channels, are allocated and freed per convolution).
+const MAX_KEPT: usize = 256 << 20;
+
+impl Variant {
+    /// Side of the input tile (t).
+    fn tile(self) -> usize {
+        match self {
+            Variant::F2 => 4,
+            Variant::F4 => 6,
+        }
+    }
+
+    /// Runs `f` on the OIHW kernel `w` transformed by [`Variant::transform_kernel`], held in
+    /// a buffer shared between convolutions (a fresh one when another thread holds it).
+    pub fn with_transformed_kernel<R>(
+        self,
+        w: &[f32],
+        cout: usize,
+        cin: usize,
+        f: impl FnOnce(&[f32]) -> R,
+    ) -> R {
+        let need = self.tile() * self.tile() * cout * cin;
+        let transform = |u: &mut [f32]| match self {
+            Variant::F2 => f2::transform_kernel_into(w, cout, cin, u),
+            Variant::F4 => f4::transform_kernel_into(w, cout, cin, u),
+        };
+        match KERNELS.try_lock() {
+            Ok(mut buffer) if need <= MAX_KEPT / 4 => {
+                crate::kernels::scratch::grow_scratch(&mut buffer, need);
+                transform(&mut buffer[..need]);
+                f(&buffer[..need])
+            }
+            _ => {
+                let mut u = vec![0f32; need];
+                transform(&mut u);
+                f(&u)
+            }
+        }
+    }
+
+    /// Adds the convolution of `batch` images (`batch × cin × h × w`) with the kernel `u`
+    /// transformed by [`Variant::transform_kernel`] to `out` (`batch × cout × h × w`, already
+    /// holding the bias). The tiles of all images share each matrix product, and the t²
+    /// products run side by side, each on one thread.
+    pub fn convolve_batch(
+        self,
+        images: &[f32],
+        dims: (usize, usize, usize, usize),
+        u: &[f32],
+        cout: usize,
+        out: &mut [f32],
+    ) {
+        match self {
+            Variant::F2 => f2::convolve_batch(images, dims, u, cout, out),
+            Variant::F4 => f4::convolve_batch(images, dims, u, cout, out),
+        }
+    }
+}
+
+/// The transformed inputs `V` and products `M` of the convolution running now, reused like
+/// [`KERNELS`] (each up to [`CHUNK_BYTES`]; a fresh zeroed pair per convolution cost 60 MB of
+/// memset each time).
+static WORKSPACE: Mutex<(Vec<f32>, Vec<f32>)> = Mutex::new((Vec::new(), Vec::new()));
+
+/// Runs `f` on buffers of `v_len` and `m_len` floats, taken from [`WORKSPACE`] (or fresh
+/// when another thread holds it). Their contents are left over from earlier convolutions:
+/// `f` must write before it reads.
+fn with_workspace<R>(v_len: usize, m_len: usize, f: impl FnOnce(&mut [f32], &mut [f32]) -> R) -> R {
+    match WORKSPACE.try_lock() {
+        Ok(mut guard) => {
+            let (v, m) = &mut *guard;
+            crate::kernels::scratch::grow_scratch(v, v_len);
+            crate::kernels::scratch::grow_scratch(m, m_len);
+            f(&mut v[..v_len], &mut m[..m_len])
+        }
+        Err(_) => f(&mut vec![0f32; v_len], &mut vec![0f32; m_len]),
+    }
+}
+
+/// Frees the buffers of transformed kernels and of the transforms (see
+/// [`Variant::with_transformed_kernel`]); for the end of a network pass.
+pub fn release_scratch() {
+    if let Ok(mut buffer) = KERNELS.lock() {
+        *buffer = Vec::new();
+    }
+    if let Ok(mut buffers) = WORKSPACE.lock() {
+        *buffers = (Vec::new(), Vec::new());
+    }
+}
+
+/// Defines a module with `transform_kernel` and `convolve_batch` for output tiles `$m`×`$m`
+/// (input tiles `$t`×`$t`) and the transform matrices `Bᵀ`, `G` and `Aᵀ`. The matrices are
+/// constants, so the compiler folds their zeros and ones out of the unrolled products.
+macro_rules! variant {
+    ($name:ident, $m:literal, $t:literal, $bt:expr, $g:expr, $at:expr) => {
+        mod $name {
+            use super::*;
+
+            const M: usize = $m;
+            const T: usize = $t;
+            const BT: [[f32; T]; T] = $bt;
+            const G: [[f32; 3]; T] = $g;
+            const AT: [[f32; T]; M] = $at;
+
+            pub(super) fn transform_kernel(w: &[f32], cout: usize, cin: usize) -> Vec<f32> {
+                let mut u = vec![0f32; T * T * cout * cin];
+                transform_kernel_into(w, cout, cin, &mut u);
+                u
+            }
+
+            pub(super) fn transform_kernel_into(w: &[f32], cout: usize, cin: usize, u: &mut [f32]) {
+                u[..T * T * cout * cin]
+                    .par_chunks_mut(T * T * cin)
+                    .zip(w.par_chunks(9 * cin))
+                    .for_each(|(out, g)| transform_row(out, g, cin));
+            }
+
+            dispatch! {
+                /// `U = G g Gᵀ` for one output channel: `g` its `cin` 3×3 kernels, `out`
+                /// laid out `[ξ][c_in]`.
+                pub fn transform_row(out: &mut [f32], g: &[f32], cin: usize) -> () = transform_row_generic
+            }
+
+            /// [`transform_row`], 16 input channels at a time so the lanes vectorise.
+            #[inline(always)]
+            fn transform_row_generic(out: &mut [f32], w: &[f32], cin: usize) {
+                const L: usize = 16;
+                let mut ci = 0;
+                while ci < cin {
+                    let lanes = L.min(cin - ci);
+                    let mut g = [[0f32; L]; 9];
+                    for lane in 0..lanes {
+                        for (k, gk) in g.iter_mut().enumerate() {
+                            gk[lane] = w[(ci + lane) * 9 + k];
+                        }
+                    }
+                    // G g: T × 3.
+                    let mut gg = [[[0f32; L]; 3]; T];
+                    for i in 0..T {
+                        for j in 0..3 {
+                            for lane in 0..L {
+                                gg[i][j][lane] = G[i][0] * g[j][lane]
+                                    + G[i][1] * g[3 + j][lane]
+                                    + G[i][2] * g[6 + j][lane];
+                            }
+                        }
+                    }
+                    // (G g) Gᵀ: T × T.
+                    for i in 0..T {
+                        for j in 0..T {
+                            let mut r = [0f32; L];
+                            for lane in 0..L {
+                                r[lane] = gg[i][0][lane] * G[j][0]
+                                    + gg[i][1][lane] * G[j][1]
+                                    + gg[i][2][lane] * G[j][2];
+                            }
+                            out[(i * T + j) * cin + ci..][..lanes].copy_from_slice(&r[..lanes]);
+                        }
+                    }
+                    ci += L;
+                }
+            }
+
+            dispatch! {
+                /// `V[ξ][j] = (Bᵀ d B)_ξ` of input channel `ci` for the `n` tiles from `t0`
+                /// on (`vc`: that channel's `t² × n` block).
+                pub fn input_channel(vc: &mut [f32], images: &[f32], geo: Geometry, ci: usize, t0: usize, n: usize) -> () = input_channel_generic
+            }
+
+            /// [`input_channel`], 16 tiles at a time so the transform's lanes vectorise.
+            #[inline(always)]
+            fn input_channel_generic(
+                vc: &mut [f32],
+                images: &[f32],
+                geo: Geometry,
+                ci: usize,
+                t0: usize,
+                n: usize,
+            ) {
+                let (h, w) = (geo.h, geo.w);
+                let mut j0 = 0;
+                while j0 < n {
+                    let lanes = LANES.min(n - j0);
+                    let mut d = [[[0f32; LANES]; T]; T];
+                    for l in 0..lanes {
+                        let g = t0 + j0 + l;
+                        let (b, t) = (g / geo.per_image, g % geo.per_image);
+                        let channel = &images[(b * geo.cin + ci) * h * w..][..h * w];
+                        let (ty, tx) = (t / geo.tiles_w, t % geo.tiles_w);
+                        for (r, d_row) in d.iter_mut().enumerate() {
+                            let y = (M * ty + r) as isize - 1;
+                            if y < 0 || y >= h as isize {
+                                continue;
+                            }
+                            let src = &channel[y as usize * w..][..w];
+                            for (c, value) in d_row.iter_mut().enumerate() {
+                                let x = (M * tx + c) as isize - 1;
+                                if x >= 0 && x < w as isize {
+                                    value[l] = src[x as usize];
+                                }
+                            }
+                        }
+                    }
+                    let transformed = sandwich(&BT, &d);
+                    for (i, row) in transformed.iter().enumerate() {
+                        for (j, lane) in row.iter().enumerate() {
+                            vc[(i * T + j) * n + j0..][..lanes].copy_from_slice(&lane[..lanes]);
+                        }
+                    }
+                    j0 += lanes;
+                }
+            }
+
+            dispatch! {
+                /// Adds `Y = Aᵀ M A` of output plane `index` (image `index / cout`, channel
+                /// `index % cout`), for the tiles of that image among the `n` from `t0` on.
+                pub fn output_plane(plane: &mut [f32], m: &[f32], geo: Geometry, cout: usize, index: usize, t0: usize, n: usize) -> () = output_plane_generic
+            }
+
+            /// [`output_plane`], 16 tiles at a time so the transform's lanes vectorise.
+            #[inline(always)]
+            fn output_plane_generic(
+                plane: &mut [f32],
+                m: &[f32],
+                geo: Geometry,
+                cout: usize,
+                index: usize,
+                t0: usize,
+                n: usize,
+            ) {
+                let (b, co) = (index / cout, index % cout);
+                let (h, w) = (geo.h, geo.w);
+                let first = (b * geo.per_image).max(t0);
+                let last = ((b + 1) * geo.per_image).min(t0 + n);
+                let mut g0 = first;
+                while g0 < last {
+                    let lanes = LANES.min(last - g0);
+                    let j0 = g0 - t0;
+                    let mut tile = [[[0f32; LANES]; T]; T];
+                    for (i, row) in tile.iter_mut().enumerate() {
+                        for (j, lane) in row.iter_mut().enumerate() {
+                            let xi = i * T + j;
+                            lane[..lanes]
+                                .copy_from_slice(&m[(xi * cout + co) * n + j0..][..lanes]);
+                        }
+                    }
+                    let y = sandwich(&AT, &tile);
+                    for l in 0..lanes {
+                        let t = g0 + l - b * geo.per_image;
+                        let (ty, tx) = (t / geo.tiles_w, t % geo.tiles_w);
+                        for (dy, y_row) in y.iter().enumerate() {
+                            let oy = M * ty + dy;
+                            if oy >= h {
+                                continue;
+                            }
+                            for (dx, value) in y_row.iter().enumerate() {
+                                let ox = M * tx + dx;
+                                if ox < w {
+                                    plane[oy * w + ox] += value[l];
+                                }
+                            }
+                        }
+                    }
+                    g0 += lanes;
+                }
+            }
+
+            pub(super) fn convolve_batch(
+                images: &[f32],
+                (batch, cin, h, w): (usize, usize, usize, usize),
+                u: &[f32],
+                cout: usize,
+                out: &mut [f32],
+            ) {
+                let tiles_w = w.div_ceil(M);
+                let geo = Geometry {
+                    cin,
+                    h,
+                    w,
+                    tiles_w,
+                    per_image: h.div_ceil(M) * tiles_w,
+                };
+                let tiles = batch * geo.per_image;
+                let per_tile = T * T * 4 * cin.max(cout);
+                let chunk = (CHUNK_BYTES / per_tile).clamp(1, tiles);
+                with_workspace(cin * T * T * chunk, cout * T * T * chunk, |v, m| {
+                    let mut t0 = 0;
+                    while t0 < tiles {
+                        let n = chunk.min(tiles - t0);
+                        // V[ci][ξ][j] for input channel ci and tile t0 + j.
+                        v[..cin * T * T * n]
+                            .par_chunks_mut(T * T * n)
+                            .enumerate()
+                            .for_each(|(ci, vc)| input_channel(vc, images, geo, ci, t0, n));
+                        // M_ξ = U_ξ · V_ξ for every ξ at once, one single-threaded gemm each,
+                        // written as M[ξ][co][j].
+                        m[..T * T * cout * n]
+                            .par_chunks_mut(cout * n)
+                            .enumerate()
+                            .for_each(|(xi, mx)| {
+                                gemm_f32(
+                                    (cout, n, cin),
+                                    mx,
+                                    n,
+                                    (&u[xi * cin..], T * T * cin, 1),
+                                    (&v[xi * n..], T * T * n, 1),
+                                    false,
+                                    false,
+                                );
+                            });
+                        // Y = Aᵀ M A, added into the output plane of each (image, co).
+                        let m = &m[..T * T * cout * n];
+                        out.par_chunks_mut(h * w)
+                            .enumerate()
+                            .for_each(|(i, plane)| {
+                                output_plane(plane, m, geo, cout, i, t0, n)
+                            });
+                        t0 += n;
+                    }
+                })
+            }
+        }
+    };
+}
+
+variant!(
+    f2,
+    2,
+    4,
+    [
+        [1.0, 0.0, -1.0, 0.0],
+        [0.0, 1.0, 1.0, 0.0],
+        [0.0, -1.0, 1.0, 0.0],
+        [0.0, 1.0, 0.0, -1.0],
+    ],
+    [
+        [1.0, 0.0, 0.0],
+        [0.5, 0.5, 0.5],
+        [0.5, -0.5, 0.5],
+        [0.0, 0.0, 1.0],
+    ],
+    [[1.0, 1.0, 1.0, 0.0], [0.0, 1.0, -1.0, -1.0]]
+);
+
+variant!(
+    f4,
+    4,
+    6,
+    [
+        [4.0, 0.0, -5.0, 0.0, 1.0, 0.0],
+        [0.0, -4.0, -4.0, 1.0, 1.0, 0.0],
+        [0.0, 4.0, -4.0, -1.0, 1.0, 0.0],
+        [0.0, -2.0, -1.0, 2.0, 1.0, 0.0],
+        [0.0, 2.0, -1.0, -2.0, 1.0, 0.0],
+        [0.0, 4.0, 0.0, -5.0, 0.0, 1.0],
+    ],
+    [
+        [1.0 / 4.0, 0.0, 0.0],
+        [-1.0 / 6.0, -1.0 / 6.0, -1.0 / 6.0],
+        [-1.0 / 6.0, 1.0 / 6.0, -1.0 / 6.0],
+        [1.0 / 24.0, 1.0 / 12.0, 1.0 / 6.0],
+        [1.0 / 24.0, -1.0 / 12.0, 1.0 / 6.0],
+        [0.0, 0.0, 1.0],
+    ],
+    [
+        [1.0, 1.0, 1.0, 1.0, 1.0, 0.0],
+        [0.0, 1.0, -1.0, 2.0, -2.0, 0.0],
+        [0.0, 1.0, 1.0, 4.0, 4.0, 0.0],
+        [0.0, 1.0, -1.0, 8.0, -8.0, 1.0],
+    ]
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Direct 3×3 convolution with padding 1, in f64.
+    fn direct(
+        image: &[f32],
+        (cin, h, w): (usize, usize, usize),
+        k: &[f32],
+        cout: usize,
+    ) -> Vec<f64> {
+        let mut out = vec![0f64; cout * h * w];
+        for co in 0..cout {
+            for y in 0..h {
+                for x in 0..w {
+                    let mut acc = 0f64;
+                    for ci in 0..cin {
+                        for ky in 0..3 {
+                            for kx in 0..3 {
+                                let (iy, ix) = (y as isize + ky - 1, x as isize + kx - 1);
+                                if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize {
+                                    continue;
+                                }
+                                let pixel = image[(ci * h + iy as usize) * w + ix as usize];
+                                let weight =
+                                    k[((co * cin + ci) * 3 + ky as usize) * 3 + kx as usize];
+                                acc += f64::from(pixel) * f64::from(weight);
+                            }
+                        }
+                    }
+                    out[(co * h + y) * w + x] = acc;
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn both_variants_match_direct_convolution() {
+        let mut state = 12345u32;
+        let mut random = move || {
+            state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (state >> 8) as f32 / (1u32 << 24) as f32 * 2.0 - 1.0
+        };
+        // Odd sizes exercise partial tiles at the right and bottom edges.
+        for &(cin, cout, h, w) in &[(5, 7, 13, 11), (32, 16, 24, 29), (64, 8, 16, 16)] {
+            // Two images: the batch shares the matrix products.
+            let image: Vec<f32> = (0..2 * cin * h * w).map(|_| random()).collect();
+            let kernel: Vec<f32> = (0..cout * cin * 9).map(|_| random() / 3.0).collect();
+            let (first, second) = image.split_at(cin * h * w);
+            let mut reference = direct(first, (cin, h, w), &kernel, cout);
+            reference.extend(direct(second, (cin, h, w), &kernel, cout));
+            let scale = reference.iter().fold(0f64, |m, v| m.max(v.abs()));
+            for variant in [Variant::F2, Variant::F4] {
+                let u = variant.transform_kernel(&kernel, cout, cin);
+                let mut out = vec![0f32; 2 * cout * h * w];
+                variant.convolve_batch(&image, (2, cin, h, w), &u, cout, &mut out);
+                let mut shared = vec![0f32; 2 * cout * h * w];
+                variant.with_transformed_kernel(&kernel, cout, cin, |u2| {
+                    assert_eq!(u, u2);
+                    variant.convolve_batch(&image, (2, cin, h, w), u2, cout, &mut shared);
+                });
+                assert_eq!(out, shared);
+                let worst = out
+                    .iter()
+                    .zip(&reference)
+                    .fold(0f64, |m, (o, r)| m.max((f64::from(*o) - r).abs()));
+                let tolerance = match variant {
+                    Variant::F2 => 2e-6,
+                    Variant::F4 => 1e-5,
+                };
+                assert!(
+                    worst / scale < tolerance,
+                    "{variant:?} {cin}->{cout} {h}x{w}: max abs diff {worst} (scale {scale})"
+                );
+            }
+        }
+    }
+}

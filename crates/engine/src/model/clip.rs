@@ -1,0 +1,234 @@
+//! The CLIP text encoder, with or without a text projection (SDXL's second encoder is
+//! `CLIPTextModelWithProjection`).
+//!
+//! Our own, small implementation: candle 0.11's `ClipTextTransformer` only builds from its
+//! presets (its `Config` fields are private), so it cannot load a fine-tune with another shape
+//! or a tiny test model, and it always expects the `text_model.` prefix that transformers ≥ 5
+//! no longer writes. This one takes its shape from `text_encoder/config.json` and accepts both
+//! key layouts.
+
+use candle_core::{D, DType, Device, Module, Tensor};
+use candle_nn::{Embedding, LayerNorm, Linear, VarBuilder};
+
+use crate::model::config::ClipFile;
+
+/// The MLP activation.
+#[derive(Debug, Clone, Copy)]
+enum Activation {
+    QuickGelu,
+    Gelu,
+}
+
+impl Activation {
+    fn apply(self, xs: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            Activation::QuickGelu => xs * candle_nn::ops::sigmoid(&(xs * 1.702)?)?,
+            Activation::Gelu => xs.gelu_erf(),
+        }
+    }
+}
+
+/// One transformer layer.
+#[derive(Debug)]
+struct Layer {
+    norm1: LayerNorm,
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    out: Linear,
+    norm2: LayerNorm,
+    fc1: Linear,
+    fc2: Linear,
+}
+
+/// The CLIP text transformer.
+#[derive(Debug)]
+pub struct ClipText {
+    token_embedding: Embedding,
+    position_embedding: Tensor,
+    layers: Vec<Layer>,
+    final_norm: LayerNorm,
+    heads: usize,
+    activation: Activation,
+    projection: Option<Linear>,
+}
+
+impl ClipText {
+    /// Builds the encoder from `vb` (keys with or without the `text_model.` prefix).
+    /// A `text_projection.weight` (no bias) at the root is loaded as the text projection
+    /// (SDXL's `text_encoder_2`).
+    pub fn new(vb: VarBuilder, cfg: &ClipFile) -> candle_core::Result<Self> {
+        let projection = if vb.contains_tensor("text_projection.weight") {
+            let width = cfg.projection_dim.unwrap_or(cfg.hidden_size);
+            Some(candle_nn::linear_no_bias(
+                cfg.hidden_size,
+                width,
+                vb.pp("text_projection"),
+            )?)
+        } else {
+            None
+        };
+        let vb = if vb.contains_tensor("text_model.embeddings.token_embedding.weight") {
+            vb.pp("text_model")
+        } else {
+            vb
+        };
+        let hidden = cfg.hidden_size;
+        let eps = cfg.layer_norm_eps;
+        let emb = vb.pp("embeddings");
+        let token_embedding =
+            candle_nn::embedding(cfg.vocab_size, hidden, emb.pp("token_embedding"))?;
+        let position_embedding = emb
+            .pp("position_embedding")
+            .get((cfg.max_position_embeddings, hidden), "weight")?;
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| {
+                let l = vb.pp("encoder.layers").pp(i.to_string());
+                let attn = l.pp("self_attn");
+                Ok(Layer {
+                    norm1: candle_nn::layer_norm(hidden, eps, l.pp("layer_norm1"))?,
+                    q: candle_nn::linear(hidden, hidden, attn.pp("q_proj"))?,
+                    k: candle_nn::linear(hidden, hidden, attn.pp("k_proj"))?,
+                    v: candle_nn::linear(hidden, hidden, attn.pp("v_proj"))?,
+                    out: candle_nn::linear(hidden, hidden, attn.pp("out_proj"))?,
+                    norm2: candle_nn::layer_norm(hidden, eps, l.pp("layer_norm2"))?,
+                    fc1: candle_nn::linear(hidden, cfg.intermediate_size, l.pp("mlp.fc1"))?,
+                    fc2: candle_nn::linear(cfg.intermediate_size, hidden, l.pp("mlp.fc2"))?,
+                })
+            })
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let final_norm = candle_nn::layer_norm(hidden, eps, vb.pp("final_layer_norm"))?;
+        let activation = match cfg.hidden_act.as_str() {
+            "gelu" => Activation::Gelu,
+            _ => Activation::QuickGelu,
+        };
+        Ok(ClipText {
+            token_embedding,
+            position_embedding,
+            layers,
+            final_norm,
+            heads: cfg.num_attention_heads,
+            activation,
+            projection,
+        })
+    }
+
+    /// Whether the encoder has a text projection (and so a pooled output).
+    pub fn has_projection(&self) -> bool {
+        self.projection.is_some()
+    }
+
+    /// The embeddings plus the first `layers` transformer layers, without the final norm.
+    fn run_layers(&self, ids: &Tensor, layers: usize) -> candle_core::Result<Tensor> {
+        let (batch, seq) = ids.dims2()?;
+        let positions = self.position_embedding.narrow(0, 0, seq)?;
+        let mut xs = self
+            .token_embedding
+            .forward(ids)?
+            .broadcast_add(&positions)?;
+        let mask = causal_mask(seq, xs.device(), xs.dtype())?;
+        for layer in &self.layers[..layers.min(self.layers.len())] {
+            xs = self.layer_forward(layer, &xs, &mask, batch, seq)?;
+        }
+        Ok(xs)
+    }
+
+    /// SDXL's conditioning from this encoder: the **penultimate** layer's hidden states
+    /// (diffusers' `hidden_states[-2]`: the input of the last layer, not normalised),
+    /// `(batch, seq, hidden)`.
+    pub fn penultimate(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
+        self.run_layers(ids, self.layers.len().saturating_sub(1))
+    }
+
+    /// The penultimate hidden states (as [`ClipText::penultimate`]) and the pooled,
+    /// projected text embedding `(batch, projection)`: the final-normalised hidden state at
+    /// the end-of-text token through the text projection. The end-of-text token is found as
+    /// transformers does for SDXL's encoders (their configs keep the old `eos_token_id` 2):
+    /// the position of the largest id, which is end-of-text (49407) in CLIP's vocabulary
+    /// whether the prompt is padded with end-of-text or with `!`.
+    pub fn penultimate_and_pooled(&self, ids: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
+        let projection = self.projection.as_ref().ok_or_else(|| {
+            candle_core::Error::Msg("this text encoder has no text projection".into())
+        })?;
+        let n = self.layers.len();
+        let (batch, seq) = ids.dims2()?;
+        let penultimate = self.run_layers(ids, n.saturating_sub(1))?;
+        let last = match self.layers.last() {
+            Some(layer) => {
+                let mask = causal_mask(seq, penultimate.device(), penultimate.dtype())?;
+                self.layer_forward(layer, &penultimate, &mask, batch, seq)?
+            }
+            None => penultimate.clone(),
+        };
+        let normed = self.final_norm.forward(&last)?;
+        let rows: Vec<Vec<u32>> = ids.to_dtype(DType::U32)?.to_vec2()?;
+        let pooled = rows
+            .iter()
+            .enumerate()
+            .map(|(b, row)| {
+                // The first position of the largest id (torch's argmax).
+                let pos = row
+                    .iter()
+                    .enumerate()
+                    .fold(
+                        (0, 0u32),
+                        |best, (i, &id)| if id > best.1 { (i, id) } else { best },
+                    )
+                    .0;
+                normed.get(b)?.get(pos)?.unsqueeze(0)
+            })
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let pooled = projection.forward(&Tensor::cat(&pooled, 0)?)?;
+        Ok((penultimate, pooled))
+    }
+
+    /// The hidden states for token ids `(batch, seq)`: the last layer's output after the final
+    /// layer norm when `skip` is 0 (diffusers' `last_hidden_state`); with `skip = n`, the
+    /// output `n` layers earlier, also normalised (A1111's "Clip skip" n + 1).
+    pub fn forward(&self, ids: &Tensor, skip: usize) -> candle_core::Result<Tensor> {
+        let run = self.layers.len().saturating_sub(skip).max(1);
+        self.final_norm.forward(&self.run_layers(ids, run)?)
+    }
+
+    fn layer_forward(
+        &self,
+        layer: &Layer,
+        xs: &Tensor,
+        mask: &Tensor,
+        batch: usize,
+        seq: usize,
+    ) -> candle_core::Result<Tensor> {
+        let hidden = xs.dim(D::Minus1)?;
+        let head_dim = hidden / self.heads;
+        let h = layer.norm1.forward(xs)?;
+        let split = |t: Tensor| -> candle_core::Result<Tensor> {
+            t.reshape((batch, seq, self.heads, head_dim))?
+                .transpose(1, 2)?
+                .contiguous()
+        };
+        let scale = (head_dim as f64).powf(-0.5);
+        let q = split((layer.q.forward(&h)? * scale)?)?;
+        let k = split(layer.k.forward(&h)?)?;
+        let v = split(layer.v.forward(&h)?)?;
+        let scores = q.matmul(&k.t()?)?.broadcast_add(mask)?;
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let attn = probs
+            .matmul(&v)?
+            .transpose(1, 2)?
+            .reshape((batch, seq, hidden))?;
+        let xs = (xs + layer.out.forward(&attn)?)?;
+        let h = layer.norm2.forward(&xs)?;
+        let h = layer
+            .fc2
+            .forward(&self.activation.apply(&layer.fc1.forward(&h)?)?)?;
+        xs + h
+    }
+}
+
+/// The causal attention mask: 0 on and below the diagonal, −∞ above.
+fn causal_mask(seq: usize, device: &Device, dtype: DType) -> candle_core::Result<Tensor> {
+    let values: Vec<f32> = (0..seq)
+        .flat_map(|i| (0..seq).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
+        .collect();
+    Tensor::from_vec(values, (seq, seq), device)?.to_dtype(dtype)
+}

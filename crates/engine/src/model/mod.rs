@@ -1,0 +1,332 @@
+//! A Stable Diffusion model loaded from a diffusers folder: text encoder(s), VAE and UNet
+//! (SD 1.x, 2.x and SDXL, whose second text encoder is in `text_encoder_2/`).
+//!
+//! Weights are memory-mapped safetensors, cast to the requested dtype as they load. The
+//! architecture comes from each component's `config.json` ([`config`]).
+
+pub mod arch;
+pub mod clip;
+pub mod config;
+pub mod taesd;
+pub mod text;
+pub mod unet;
+pub mod vae;
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+
+use crate::load::checkpoint::LdmUnetLayout;
+use crate::load::lora::names::same_layout;
+use crate::load::lora::{Component as LoraPart, LoraSet};
+use crate::error::{candle_msg, engine_err};
+use crate::load::weights::{SafetensorsFile, WeightSource};
+use loopback_core::{Error, Result};
+use clip::ClipText;
+use config::ModelFiles;
+use text::TextEncoders;
+use unet::UNet;
+use vae::Vae;
+
+/// A loaded model.
+#[derive(Debug)]
+pub struct SdModel {
+    /// The configs it was built from.
+    pub files: ModelFiles,
+    /// The text encoder and SDXL's second one (OpenCLIP ViT-bigG with its text projection),
+    /// with a cache of their outputs; releasable ([`text`]).
+    pub text_encoders: TextEncoders,
+    /// The VAE.
+    pub vae: Vae,
+    /// The denoising UNet.
+    pub unet: UNet,
+    /// Where the weights live.
+    pub device: Device,
+    /// The weights' dtype.
+    pub dtype: DType,
+    /// The VAE's dtype: `dtype`, except f32 for an SDXL VAE whose config asks for
+    /// `force_upcast` when `dtype` is f16 (the stock SDXL VAE overflows in f16; the
+    /// `madebyollin/sdxl-vae-fp16-fix` VAE does not and stays in f16).
+    pub vae_dtype: DType,
+}
+
+/// The weights file of a component: the fp16 variant first when loading f16, the full one
+/// otherwise, falling back to whichever exists.
+fn weights_file(dir: &Path, stem: &str, dtype: DType) -> Result<PathBuf> {
+    let full = dir.join(format!("{stem}.safetensors"));
+    let half = dir.join(format!("{stem}.fp16.safetensors"));
+    let order = if dtype == DType::F16 {
+        [&half, &full]
+    } else {
+        [&full, &half]
+    };
+    if let Some(found) = order.into_iter().find(|p| p.is_file()) {
+        return Ok(found.clone());
+    }
+    if dir.join(format!("{stem}.bin")).is_file() {
+        return Err(Error::input(
+            dir,
+            format!("only {stem}.bin (PyTorch pickle) found; convert it to .safetensors"),
+        ));
+    }
+    Err(Error::input(dir, format!("no {stem}.safetensors weights")))
+}
+
+/// The weights of one network and the file they come from (named in errors).
+pub struct Component {
+    /// The network's tensors.
+    pub weights: VarBuilder<'static>,
+    /// The (diffusers-layout) names `weights` serves, which LoRA modules are matched to.
+    pub names: Vec<String>,
+    /// The file, for error messages.
+    pub path: PathBuf,
+}
+
+impl std::fmt::Debug for Component {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Component")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The weights of a model's networks.
+#[derive(Debug)]
+pub struct ModelWeights {
+    /// The text encoder.
+    pub clip: Component,
+    /// SDXL's second text encoder (OpenCLIP-G with its projection).
+    pub clip2: Option<Component>,
+    /// The VAE.
+    pub vae: Component,
+    /// The UNet.
+    pub unet: Component,
+}
+
+/// The configs and weights of the diffusers folder `root`, not yet built into networks.
+pub fn folder_parts(
+    root: &Path,
+    device: &Device,
+    dtype: DType,
+) -> Result<(ModelFiles, ModelWeights)> {
+    let files = ModelFiles::read(root)?;
+    let component = |dir: &str, stem: &str, dtype: DType| -> Result<Component> {
+        let path = weights_file(&root.join(dir), stem, dtype)?;
+        // One header read serves both the names (for LoRA matching) and the weights.
+        let file = std::sync::Arc::new(SafetensorsFile::open(&path)?);
+        let names = file.names();
+        Ok(Component {
+            weights: WeightSource::identity(file).into_var_builder(dtype, device),
+            names,
+            path,
+        })
+    };
+    let vae_dtype = vae_dtype(&files, dtype);
+    let weights = ModelWeights {
+        clip: component("text_encoder", "model", dtype)?,
+        clip2: match &files.clip2 {
+            Some(_) => Some(component("text_encoder_2", "model", dtype)?),
+            None => None,
+        },
+        vae: component("vae", "diffusion_pytorch_model", vae_dtype)?,
+        unet: component("unet", "diffusion_pytorch_model", dtype)?,
+    };
+    Ok((files, weights))
+}
+
+/// The dtype the VAE of `files` runs in under weights in `dtype`: SDXL's stock VAE overflows
+/// in f16 (its config's `force_upcast`), so it runs in f32 under f16 weights; the fp16-fix
+/// VAE (`force_upcast: false`) and every SD 1.x/2.x VAE run in `dtype`.
+pub fn vae_dtype(files: &ModelFiles, dtype: DType) -> DType {
+    if dtype == DType::F16 && files.clip2.is_some() && files.vae.force_upcast {
+        DType::F32
+    } else {
+        dtype
+    }
+}
+
+impl SdModel {
+    /// Loads the diffusers folder `root` onto `device` with weights in `dtype`.
+    pub fn load(root: &Path, device: &Device, dtype: DType) -> Result<Self> {
+        Self::load_with_loras(root, device, dtype, &LoraSet::default())
+    }
+
+    /// Like [`SdModel::load`], with `loras` merged into the text encoders' and the UNet's
+    /// weights as they load.
+    pub fn load_with_loras(
+        root: &Path,
+        device: &Device,
+        dtype: DType,
+        loras: &LoraSet,
+    ) -> Result<Self> {
+        let (files, weights) = folder_parts(root, device, dtype)?;
+        let unet_config = root.join("unet/config.json");
+        Self::from_parts(files, weights, &unet_config, device, dtype, loras)
+    }
+
+    /// Builds the networks from `files` and `weights` (a diffusers folder's, a single-file
+    /// checkpoint's, or either with a replacement VAE), with `loras` merged into the text
+    /// encoders' and the UNet's weights (an SDXL UNet matches LoRA modules by its original SGM
+    /// names as well as its diffusers ones). `unet_config` is the file named when the UNet
+    /// config is not supported.
+    pub fn from_parts(
+        files: ModelFiles,
+        weights: ModelWeights,
+        unet_config: &Path,
+        device: &Device,
+        dtype: DType,
+        loras: &LoraSet,
+    ) -> Result<Self> {
+        let mut parts = vec![LoraPart::Unet, LoraPart::TextEncoder];
+        if weights.clip2.is_some() && files.clip2.is_some() {
+            parts.push(LoraPart::TextEncoder2);
+        }
+        loras.check_components(&parts)?;
+        let ModelWeights {
+            clip,
+            clip2,
+            vae,
+            unet,
+        } = weights;
+        let clip_weights = loras.wrap(
+            LoraPart::TextEncoder,
+            clip.weights,
+            clip.names.iter().map(String::as_str),
+            &same_layout,
+        )?;
+        let clip = ClipText::new(clip_weights, &files.clip).map_err(|e| {
+            Error::input(
+                &clip.path,
+                format!("not a matching CLIP text encoder: {}", candle_msg(&e)),
+            )
+        })?;
+        let clip2 = match (clip2, &files.clip2) {
+            (Some(mut part), Some(cfg)) => {
+                part.weights = loras.wrap(
+                    LoraPart::TextEncoder2,
+                    part.weights,
+                    part.names.iter().map(String::as_str),
+                    &same_layout,
+                )?;
+                Some(build_clip2(part, cfg)?)
+            }
+            _ => None,
+        };
+        let vae_dtype = vae.weights.dtype();
+        let vae = Vae::new(vae.weights, &files.vae).map_err(|e| {
+            Error::input(&vae.path, format!("not a matching VAE: {}", candle_msg(&e)))
+        })?;
+        let unet_path = unet.path;
+        // SDXL LoRAs name the UNet in the original SGM layout (kohya) or in diffusers' one.
+        let sgm = files.clip2.is_some().then_some(LdmUnetLayout {
+            levels: files.unet.block_out_channels.len(),
+            layers_per_block: files.unet.layers_per_block,
+        });
+        let unet_weights = loras.wrap_unet(unet.weights, &unet.names, sgm)?;
+        let unet = UNet::new(unet_weights, &files.unet, unet_config).map_err(|e| match e {
+            Error::Input { reason, .. } => Error::input(&unet_path, reason),
+            other => other,
+        })?;
+
+        Ok(SdModel {
+            files,
+            text_encoders: TextEncoders::new(clip, clip2),
+            vae,
+            unet,
+            device: device.clone(),
+            dtype,
+            vae_dtype,
+        })
+    }
+
+    /// Text embeddings for prompt chunks of 77 token ids each (A1111's chunking): each chunk
+    /// is encoded on its own and the results are concatenated along the sequence, giving
+    /// `(1, 77 × chunks, hidden)`. Cached: the same chunks are encoded once.
+    pub fn text_embeddings(&self, chunks: &[Vec<u32>]) -> Result<Tensor> {
+        let encode = |clip: &ClipText, _: Option<&ClipText>| -> Result<_> {
+            let mut parts = Vec::with_capacity(chunks.len());
+            for chunk in chunks {
+                let ids = self.token_ids(chunk)?;
+                parts.push(clip.forward(&ids, 0).map_err(engine_err("text encoder"))?);
+            }
+            let context = Tensor::cat(&parts, 1).map_err(engine_err("text embeddings"))?;
+            Ok((context, None))
+        };
+        Ok(self.text_encoders.get_or_encode(chunks, None, encode)?.0)
+    }
+
+    fn token_ids(&self, chunk: &[u32]) -> Result<Tensor> {
+        Tensor::new(chunk, &self.device)
+            .and_then(|t| t.unsqueeze(0))
+            .map_err(engine_err("token ids"))
+    }
+
+    /// Whether this is an SDXL model (two text encoders, added conditioning).
+    pub fn is_sdxl(&self) -> bool {
+        self.text_encoders.is_sdxl()
+    }
+
+    /// SDXL's text conditioning for prompt chunks of 77 token ids, `chunks` padded as the
+    /// first tokenizer pads (end-of-text) and `chunks_2` as the second (`!`), chunk for
+    /// chunk: the context `(1, 77 × chunks, hidden + hidden_2)`, each chunk the two encoders'
+    /// penultimate hidden states side by side (diffusers' `prompt_embeds`), and the pooled
+    /// embedding `(1, projection)` of the **first** chunk (as A1111 pools long prompts).
+    /// Cached like [`SdModel::text_embeddings`].
+    pub fn sdxl_conditioning(
+        &self,
+        chunks: &[Vec<u32>],
+        chunks_2: &[Vec<u32>],
+    ) -> Result<(Tensor, Tensor)> {
+        if !self.is_sdxl() {
+            return Err(Error::Engine(
+                "not an SDXL model: no second text encoder".into(),
+            ));
+        }
+        if chunks.len() != chunks_2.len() || chunks.is_empty() {
+            return Err(Error::Engine(
+                "SDXL prompt: the two tokenizers gave different chunk counts".into(),
+            ));
+        }
+        let encode = |clip: &ClipText, clip2: Option<&ClipText>| -> Result<_> {
+            let clip2 = clip2
+                .ok_or_else(|| Error::Engine("not an SDXL model: no second text encoder".into()))?;
+            let mut parts = Vec::with_capacity(chunks.len());
+            let mut first_pooled = None;
+            for (c1, c2) in chunks.iter().zip(chunks_2) {
+                let h1 = clip
+                    .penultimate(&self.token_ids(c1)?)
+                    .map_err(engine_err("text encoder"))?;
+                let (h2, pooled) = clip2
+                    .penultimate_and_pooled(&self.token_ids(c2)?)
+                    .map_err(engine_err("text encoder 2"))?;
+                parts.push(Tensor::cat(&[h1, h2], 2).map_err(engine_err("text embeddings"))?);
+                first_pooled.get_or_insert(pooled);
+            }
+            let context = Tensor::cat(&parts, 1).map_err(engine_err("text embeddings"))?;
+            Ok((context, first_pooled))
+        };
+        let (context, pooled) = self
+            .text_encoders
+            .get_or_encode(chunks, Some(chunks_2), encode)?;
+        let pooled = pooled.ok_or_else(|| Error::Engine("SDXL prompt: no chunks".into()))?;
+        Ok((context, pooled))
+    }
+}
+
+/// SDXL's second text encoder from its weights, which must include the projection.
+fn build_clip2(part: Component, cfg: &config::ClipFile) -> Result<ClipText> {
+    let clip = ClipText::new(part.weights, cfg).map_err(|e| {
+        Error::input(
+            &part.path,
+            format!("not a matching CLIP text encoder: {}", candle_msg(&e)),
+        )
+    })?;
+    if !clip.has_projection() {
+        return Err(Error::input(
+            &part.path,
+            "no text_projection.weight (SDXL's second text encoder needs its projection)",
+        ));
+    }
+    Ok(clip)
+}

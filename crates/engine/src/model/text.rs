@@ -1,0 +1,126 @@
+//! A loaded model's text encoders, a cache of what they computed, and their release once a
+//! one-shot run has encoded its prompts.
+//!
+//! Every loop of a run conditions on the same prompts, so the encoders' outputs are cached
+//! (by token ids) and each prompt is encoded once per run. A run that serves one request and
+//! ends (the CLI's `run`) can then free the encoders' weights after the first loop — 0.46 GiB
+//! for SD 1.5 in f32, 3 GiB for SDXL's two — which lowers the peak of the larger loops. The
+//! app keeps them, since its next run may bring a new prompt.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, RwLock};
+
+use candle_core::Tensor;
+
+use crate::model::clip::ClipText;
+use loopback_core::{Error, Result};
+
+/// Outputs kept in the cache at most (the oldest goes first).
+const CACHE_ENTRIES: usize = 8;
+
+/// Token-id chunks for the first and (SDXL) the second encoder.
+type Key = (Vec<Vec<u32>>, Option<Vec<Vec<u32>>>);
+
+/// The context and (SDXL) the pooled embedding.
+pub type Encoded = (Tensor, Option<Tensor>);
+
+/// The first and (SDXL) the second text encoder.
+#[derive(Debug)]
+struct Encoders {
+    clip: ClipText,
+    clip2: Option<ClipText>,
+}
+
+/// Text encoders that can be released, with a cache of their outputs.
+#[derive(Debug)]
+pub struct TextEncoders {
+    loaded: RwLock<Option<Encoders>>,
+    cache: Mutex<Vec<(Key, Encoded)>>,
+    release_after_use: AtomicBool,
+    sdxl: bool,
+}
+
+impl TextEncoders {
+    /// Wraps the encoders (SDXL when there is a second one).
+    pub fn new(clip: ClipText, clip2: Option<ClipText>) -> Self {
+        TextEncoders {
+            sdxl: clip2.is_some(),
+            loaded: RwLock::new(Some(Encoders { clip, clip2 })),
+            cache: Mutex::new(Vec::new()),
+            release_after_use: AtomicBool::new(false),
+        }
+    }
+
+    /// Whether there are two encoders (SDXL), loaded or released.
+    pub fn is_sdxl(&self) -> bool {
+        self.sdxl
+    }
+
+    /// Whether the weights are still loaded.
+    pub fn is_loaded(&self) -> bool {
+        self.loaded.read().map(|l| l.is_some()).unwrap_or(false)
+    }
+
+    /// The cached output for `chunks` (and `chunks_2`), or `encode`'s on the encoders, cached.
+    pub fn get_or_encode(
+        &self,
+        chunks: &[Vec<u32>],
+        chunks_2: Option<&[Vec<u32>]>,
+        encode: impl FnOnce(&ClipText, Option<&ClipText>) -> Result<Encoded>,
+    ) -> Result<Encoded> {
+        let key: Key = (chunks.to_vec(), chunks_2.map(<[_]>::to_vec));
+        if let Some((_, hit)) = self.lock_cache()?.iter().find(|(k, _)| *k == key) {
+            return Ok(hit.clone());
+        }
+        let encoded = self.with(|clip, clip2| encode(clip, clip2))??;
+        let mut cache = self.lock_cache()?;
+        if cache.len() >= CACHE_ENTRIES {
+            cache.remove(0);
+        }
+        cache.push((key, encoded.clone()));
+        Ok(encoded)
+    }
+
+    /// Runs `f` on the loaded encoders; an error once they are released.
+    pub fn with<R>(&self, f: impl FnOnce(&ClipText, Option<&ClipText>) -> R) -> Result<R> {
+        let loaded = self
+            .loaded
+            .read()
+            .map_err(|_| Error::Engine("text encoders: a thread panicked".into()))?;
+        match loaded.as_ref() {
+            Some(e) => Ok(f(&e.clip, e.clip2.as_ref())),
+            None => Err(Error::Engine(
+                "the text encoders were freed after this run's prompts were encoded; \
+                 a new prompt needs the model loaded again"
+                    .into(),
+            )),
+        }
+    }
+
+    /// Frees the encoders' weights; cached outputs stay usable.
+    pub fn release(&self) {
+        if let Ok(mut loaded) = self.loaded.write() {
+            *loaded = None;
+        }
+    }
+
+    /// Whether [`TextEncoders::prompts_encoded`] releases the encoders (for a model that
+    /// serves one run with fixed prompts).
+    pub fn set_release_after_use(&self, release: bool) {
+        self.release_after_use.store(release, Ordering::SeqCst);
+    }
+
+    /// Called once a run's prompts are encoded (and cached): releases the encoders when
+    /// [`TextEncoders::set_release_after_use`] asked for it.
+    pub fn prompts_encoded(&self) {
+        if self.release_after_use.load(Ordering::SeqCst) {
+            self.release();
+        }
+    }
+
+    fn lock_cache(&self) -> Result<std::sync::MutexGuard<'_, Vec<(Key, Encoded)>>> {
+        self.cache
+            .lock()
+            .map_err(|_| Error::Engine("text encoder cache: a thread panicked".into()))
+    }
+}

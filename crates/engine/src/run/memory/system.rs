@@ -1,0 +1,111 @@
+//! What the system and the device give: memory available, this process's resident and peak
+//! memory (Linux `/proc`), the limit a run plans for, the weights' dtype, and memory sizes as
+//! users type them.
+
+use candle_core::DType;
+
+use crate::run::memory::{GIB, MIB};
+use crate::device::DeviceSpec;
+
+/// A `/proc/meminfo`-style field in bytes.
+fn meminfo_field(text: &str, key: &str) -> Option<u64> {
+    let line = text.lines().find(|l| l.starts_with(key))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Memory the system can still give (Linux `MemAvailable`); `None` elsewhere.
+pub fn available_bytes() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    meminfo_field(&text, "MemAvailable:")
+}
+
+/// This process's resident memory (Linux); `None` elsewhere.
+pub fn process_rss() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/self/status").ok()?;
+    meminfo_field(&text, "VmRSS:")
+}
+
+/// This process's peak resident memory (Linux `VmHWM`); `None` elsewhere.
+pub fn process_peak_rss() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/self/status").ok()?;
+    meminfo_field(&text, "VmHWM:")
+}
+
+/// Resets the peak resident memory to the current one (Linux ≥ 4.0); false elsewhere.
+pub fn reset_peak_rss() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
+/// The memory a run on `device` may plan for: `limit` when given; on the CPU what is
+/// available plus what this process already holds; `None` on a GPU without a limit (the
+/// planner then does not refuse anything).
+pub fn run_limit(device: DeviceSpec, limit: Option<u64>) -> Option<u64> {
+    if limit.is_some() {
+        return limit;
+    }
+    let cpu = match device {
+        DeviceSpec::Cpu => true,
+        DeviceSpec::Auto => {
+            !candle_core::utils::cuda_is_available() && !candle_core::utils::metal_is_available()
+        }
+        DeviceSpec::Cuda(_) | DeviceSpec::Metal => false,
+    };
+    if !cpu {
+        return None;
+    }
+    Some(available_bytes()? + process_rss().unwrap_or(0))
+}
+
+/// The weights' dtype `device` will use (f16 on GPUs, f32 on the CPU), without opening it.
+pub fn device_dtype(device: DeviceSpec) -> DType {
+    match device {
+        DeviceSpec::Cpu => DType::F32,
+        DeviceSpec::Cuda(_) | DeviceSpec::Metal => DType::F16,
+        DeviceSpec::Auto => {
+            if candle_core::utils::cuda_is_available() || candle_core::utils::metal_is_available() {
+                DType::F16
+            } else {
+                DType::F32
+            }
+        }
+    }
+}
+
+/// Parses a memory size: `6G`, `6GiB`, `6000M`, `512MiB`, or bytes.
+pub fn parse_bytes(text: &str) -> std::result::Result<u64, String> {
+    let t = text.trim().to_ascii_lowercase();
+    let digits = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(digits);
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size (e.g. 6G, 512M)"))?;
+    let mult = match unit.trim() {
+        "" | "b" => 1.0,
+        "k" | "kb" | "kib" => 1024.0,
+        "m" | "mb" | "mib" => MIB as f64,
+        "g" | "gb" | "gib" => GIB,
+        "t" | "tb" | "tib" => GIB * 1024.0,
+        _ => return Err(format!("{text:?}: unknown unit (use K, M, G or T)")),
+    };
+    if !(value.is_finite() && value > 0.0) {
+        return Err(format!("{text:?} must be a positive size"));
+    }
+    Ok((value * mult) as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_bytes("6G").unwrap(), 6 << 30);
+        assert_eq!(parse_bytes("512MiB").unwrap(), 512 << 20);
+        assert_eq!(parse_bytes("1.5g").unwrap(), 3 << 29);
+        assert!(parse_bytes("lots").is_err());
+        assert!(parse_bytes("0").is_err());
+    }
+}

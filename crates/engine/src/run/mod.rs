@@ -1,0 +1,11 @@
+//! Running loops with a loaded model:
+//! - [`pipeline`]: one img2img pass, as diffusers computes it;
+//! - [`runner`]: a whole loopback job (every loop, colour correction, finishing) with events
+//!   and cancel;
+//! - [`memory`]: the memory planner (peak memory per loop, VAE tiling, attention budget);
+//! - [`preview`]: cheap latent previews after every step.
+
+pub mod memory;
+pub mod pipeline;
+pub mod preview;
+pub mod runner;

@@ -1,0 +1,406 @@
+//! img2img, as diffusers' `StableDiffusionImg2ImgPipeline` computes it, with two deliberate
+//! choices: the image is encoded to the **mean** of the VAE's latent distribution
+//! (deterministic, as A1111 does), and prompts longer than 77 tokens are split into A1111's
+//! 75-token chunks whose embeddings are concatenated instead of being cut.
+//!
+//! SDXL follows diffusers' `StableDiffusionXLImg2ImgPipeline`: both text encoders'
+//! penultimate hidden states side by side, the pooled embedding of the second, and the size
+//! ids `(h, w, 0, 0, h, w)` of the image for both guidance rows (the base model's
+//! conditioning; the refiner's aesthetic score is not supported).
+//!
+//! Noise comes from [`TorchGenerator`], bit-identical to `torch.randn` with a CPU generator,
+//! and is drawn in the same order as diffusers: the img2img noise first, then (Euler a) one
+//! draw per step.
+
+use std::ops::ControlFlow;
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+use image::RgbImage;
+
+use crate::model::unet::AddedCond;
+use crate::model::SdModel;
+use crate::error::engine_err;
+use crate::scheduler::noise::TorchGenerator;
+use crate::scheduler::{self, Scheduler, SchedulerConfig, SchedulerTensor};
+use crate::conditioning::tokenizer::ClipTokenizer;
+use loopback_core::settings::Sampler;
+use loopback_core::{Error, Result};
+
+impl SchedulerTensor for Tensor {
+    fn lin_comb(terms: &[(f64, &Self)]) -> Result<Self> {
+        let mut acc: Option<Tensor> = None;
+        for &(c, t) in terms {
+            let term = t.affine(c, 0.0).map_err(engine_err("scheduler"))?;
+            acc = Some(match acc {
+                None => term,
+                Some(a) => (a + term).map_err(engine_err("scheduler"))?,
+            });
+        }
+        acc.ok_or_else(|| Error::Engine("scheduler: empty linear combination".into()))
+    }
+
+    fn clamp(&self, min: f64, max: f64) -> Result<Self> {
+        Tensor::clamp(self, min, max).map_err(engine_err("scheduler"))
+    }
+}
+
+/// What one img2img pass does.
+#[derive(Debug, Clone)]
+pub struct Img2ImgParams {
+    /// The prompt.
+    pub prompt: String,
+    /// The negative prompt.
+    pub negative_prompt: String,
+    /// The sampler.
+    pub sampler: Sampler,
+    /// Scheduled steps (the pass runs the last `steps × strength` of them).
+    pub steps: usize,
+    /// Classifier-free guidance scale; ≤ 1 skips the unconditional pass.
+    pub cfg: f64,
+    /// Denoising strength in [0, 1].
+    pub strength: f64,
+    /// Seed of the noise.
+    pub seed: u32,
+}
+
+/// Progress after a denoising step.
+#[derive(Debug)]
+pub struct StepProgress<'a> {
+    /// 1-based step number within this pass.
+    pub step: usize,
+    /// Steps this pass runs.
+    pub total: usize,
+    /// The latents after the step (for previews).
+    pub latents: &'a Tensor,
+}
+
+/// The tokenizer and scheduler settings that go with a model folder.
+#[derive(Debug)]
+pub struct TextAndSchedule {
+    /// The CLIP tokenizer: the folder's own `vocab.json` + `merges.txt`, else the bundled one.
+    pub tokenizer: ClipTokenizer,
+    /// The token that pads prompts to 77 (end-of-text for SD 1.x, `!` for SD 2.x).
+    pub pad_token: u32,
+    /// The model's scheduler settings.
+    pub scheduler: SchedulerConfig,
+    /// SDXL's text settings (a `tokenizer_2/` folder); `None` for SD 1.x/2.x.
+    pub sdxl: Option<SdxlText>,
+}
+
+/// The text settings of an SDXL folder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SdxlText {
+    /// The token that pads prompts for the second text encoder (`!` in SDXL's
+    /// `tokenizer_2/special_tokens_map.json`). Its vocabulary is the first tokenizer's.
+    pub pad_token_2: u32,
+    /// `force_zeros_for_empty_prompt` of `model_index.json` (default true, as diffusers):
+    /// an empty negative prompt gives zero embeddings (and pooled embedding) instead of the
+    /// encoded empty string. A1111 does the same for SDXL (`sd_models_xl.py` zeroes the
+    /// text conditioning of an all-empty negative prompt), so this matches both.
+    pub zero_empty_negative: bool,
+}
+
+impl TextAndSchedule {
+    /// Reads the tokenizer and scheduler of the diffusers folder `root`.
+    pub fn load(root: &Path) -> Result<Self> {
+        let vocab = root.join("tokenizer/vocab.json");
+        let merges = root.join("tokenizer/merges.txt");
+        let tokenizer = if vocab.is_file() && merges.is_file() {
+            ClipTokenizer::from_vocab_merges(&vocab, &merges)?
+        } else {
+            ClipTokenizer::bundled()?
+        };
+        let sdxl = root.join("text_encoder_2").is_dir().then(|| SdxlText {
+            pad_token_2: pad_token(&root.join("tokenizer_2"), &tokenizer),
+            zero_empty_negative: force_zeros_for_empty_prompt(root),
+        });
+        let pad_token = pad_token(&root.join("tokenizer"), &tokenizer);
+        let scheduler = SchedulerConfig::load(&root.join("scheduler/scheduler_config.json"))?;
+        Ok(TextAndSchedule {
+            tokenizer,
+            pad_token,
+            scheduler,
+            sdxl,
+        })
+    }
+}
+
+/// `force_zeros_for_empty_prompt` of the folder's `model_index.json`; true when absent (the
+/// default of diffusers' SDXL pipelines).
+fn force_zeros_for_empty_prompt(root: &Path) -> bool {
+    std::fs::read_to_string(root.join("model_index.json"))
+        .ok()
+        .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+        .and_then(|json| json["force_zeros_for_empty_prompt"].as_bool())
+        .unwrap_or(true)
+}
+
+/// The pad token named in the tokenizer folder's files (`!` for SD 2.x and SDXL's second
+/// tokenizer), else end-of-text.
+fn pad_token(dir: &Path, tokenizer: &ClipTokenizer) -> u32 {
+    let named = ["special_tokens_map.json", "tokenizer_config.json"]
+        .iter()
+        .filter_map(|f| std::fs::read_to_string(dir.join(f)).ok())
+        .filter_map(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+        .find_map(|json| match &json["pad_token"] {
+            serde_json::Value::String(s) => Some(s.clone()),
+            serde_json::Value::Object(o) => {
+                o.get("content").and_then(|c| c.as_str()).map(String::from)
+            }
+            _ => None,
+        });
+    named
+        .and_then(|name| tokenizer.token_id(&name))
+        .unwrap_or_else(|| tokenizer.eos_id())
+}
+
+/// Token chunks for the prompt and the negative prompt, padded to the same number of chunks
+/// (with empty-prompt chunks), as A1111 does.
+fn token_chunks(
+    text: &TextAndSchedule,
+    p: &Img2ImgParams,
+    pad_token: u32,
+) -> (Vec<Vec<u32>>, Vec<Vec<u32>>) {
+    let encode = |s: &str| -> Vec<Vec<u32>> {
+        text.tokenizer
+            .encode_chunks(s, pad_token)
+            .iter()
+            .map(|c| c.to_vec())
+            .collect()
+    };
+    let mut cond = encode(&p.prompt);
+    let mut uncond = encode(&p.negative_prompt);
+    let empty = encode("");
+    while cond.len() < uncond.len() {
+        cond.extend(empty.iter().cloned());
+    }
+    while uncond.len() < cond.len() {
+        uncond.extend(empty.iter().cloned());
+    }
+    (cond, uncond)
+}
+
+/// The UNet's text context for `p`'s prompts (unconditional row first when `p.cfg` > 1) and,
+/// for SDXL, its added conditioning (pooled embeddings in the same row order, and the size
+/// ids of an image of `width × height` pixels).
+///
+/// Each prompt is encoded once (the model caches the encoders' outputs); a model asked to
+/// release its text encoders after use does so here.
+pub fn conditioning(
+    model: &SdModel,
+    text: &TextAndSchedule,
+    p: &Img2ImgParams,
+    size: (u32, u32),
+) -> Result<(Tensor, Option<AddedCond>)> {
+    let conditioning = encode_conditioning(model, text, p, size)?;
+    model.text_encoders.prompts_encoded();
+    Ok(conditioning)
+}
+
+fn encode_conditioning(
+    model: &SdModel,
+    text: &TextAndSchedule,
+    p: &Img2ImgParams,
+    (width, height): (u32, u32),
+) -> Result<(Tensor, Option<AddedCond>)> {
+    let guided = p.cfg > 1.0;
+    let (cond, uncond) = token_chunks(text, p, text.pad_token);
+    let Some(xl) = text.sdxl.filter(|_| model.is_sdxl()) else {
+        if model.is_sdxl() {
+            return Err(Error::Engine(
+                "an SDXL model needs the folder's SDXL text settings (tokenizer_2)".into(),
+            ));
+        }
+        let cond = model.text_embeddings(&cond)?;
+        if !guided {
+            return Ok((cond, None));
+        }
+        let uncond = model.text_embeddings(&uncond)?;
+        let context = Tensor::cat(&[uncond, cond], 0).map_err(engine_err("text embeddings"))?;
+        return Ok((context, None));
+    };
+    let (cond_2, uncond_2) = token_chunks(text, p, xl.pad_token_2);
+    let (context, pooled) = model.sdxl_conditioning(&cond, &cond_2)?;
+    let (context, pooled) = if guided {
+        let (uncond, uncond_pooled) = if xl.zero_empty_negative && p.negative_prompt.is_empty() {
+            let zeros = |t: &Tensor| t.zeros_like().map_err(engine_err("text embeddings"));
+            (zeros(&context)?, zeros(&pooled)?)
+        } else {
+            model.sdxl_conditioning(&uncond, &uncond_2)?
+        };
+        let cat =
+            |a: Tensor, b: Tensor| Tensor::cat(&[a, b], 0).map_err(engine_err("text embeddings"));
+        (cat(uncond, context)?, cat(uncond_pooled, pooled)?)
+    } else {
+        (context, pooled)
+    };
+    let batch = context.dim(0).map_err(engine_err("text embeddings"))?;
+    let (w, h) = (width as f32, height as f32);
+    // Original size, crop top-left, target size: the image itself, uncropped (diffusers'
+    // defaults for the base model; A1111 passes the same with its default crop 0, 0).
+    let ids: Vec<f32> = (0..batch).flat_map(|_| [h, w, 0.0, 0.0, h, w]).collect();
+    let time_ids =
+        Tensor::from_vec(ids, (batch, 6), &model.device).map_err(engine_err("size ids"))?;
+    Ok((
+        context,
+        Some(AddedCond {
+            text_embeds: pooled,
+            time_ids,
+        }),
+    ))
+}
+
+/// An 8-bit RGB image as a `(1, 3, H, W)` f32 tensor in [−1, 1] (`u8/255·2 − 1`).
+pub fn image_to_tensor(image: &RgbImage, device: &Device) -> Result<Tensor> {
+    let (w, h) = image.dimensions();
+    let values: Vec<f32> = image
+        .as_raw()
+        .iter()
+        .map(|&v| f32::from(v) / 255.0 * 2.0 - 1.0)
+        .collect();
+    Tensor::from_vec(values, (h as usize, w as usize, 3), device)
+        .and_then(|t| t.permute((2, 0, 1)))
+        .and_then(|t| t.unsqueeze(0))
+        .map_err(engine_err("image to tensor"))
+}
+
+/// A `(1, 3, H, W)` tensor in [−1, 1] as an 8-bit image: `trunc(255·clamp((x + 1)/2, 0, 1))`.
+pub fn tensor_to_image(tensor: &Tensor) -> Result<RgbImage> {
+    let t = tensor
+        .to_dtype(DType::F32)
+        .and_then(|t| t.squeeze(0))
+        .and_then(|t| t.permute((1, 2, 0)))
+        .map_err(engine_err("tensor to image"))?;
+    let (h, w, _) = t.dims3().map_err(engine_err("tensor to image"))?;
+    let values: Vec<f32> = t
+        .flatten_all()
+        .and_then(|t| t.to_vec1())
+        .map_err(engine_err("tensor to image"))?;
+    let bytes = values
+        .iter()
+        .map(|&x| (255.0 * ((x + 1.0) / 2.0).clamp(0.0, 1.0)) as u8)
+        .collect();
+    RgbImage::from_raw(w as u32, h as u32, bytes)
+        .ok_or_else(|| Error::Engine("decoded image has the wrong size".into()))
+}
+
+/// Runs img2img on `image` (its size must be a multiple of the VAE's downscale). `on_step` is
+/// called after every denoising step; returning `ControlFlow::Break` cancels the pass, which
+/// then returns `Ok(None)`.
+pub fn img2img(
+    model: &SdModel,
+    text: &TextAndSchedule,
+    image: &RgbImage,
+    p: &Img2ImgParams,
+    on_step: &mut dyn FnMut(StepProgress<'_>) -> ControlFlow<()>,
+) -> Result<Option<RgbImage>> {
+    let down = model.vae.downscale as u32;
+    if !image.width().is_multiple_of(down) || !image.height().is_multiple_of(down) {
+        return Err(Error::Engine(format!(
+            "image size {}x{} is not a multiple of {down}",
+            image.width(),
+            image.height()
+        )));
+    }
+    if p.strength <= 0.0 {
+        return Ok(Some(image.clone()));
+    }
+    let device = &model.device;
+    let guided = p.cfg > 1.0;
+
+    let (context, added) = conditioning(model, text, p, image.dimensions())?;
+    let context = context
+        .to_dtype(model.dtype)
+        .map_err(engine_err("text embeddings"))?;
+
+    // The previous loop's decode and the text encoder left freed buffers in the heap.
+    crate::allocator::release_free_memory();
+    let pixels = image_to_tensor(image, device)?
+        .to_dtype(model.vae_dtype)
+        .map_err(engine_err("image"))?;
+    let latents = model
+        .vae
+        .encode(&pixels)
+        .and_then(|l| l.to_dtype(DType::F32))
+        .map_err(engine_err("VAE encode"))?;
+
+    let mut sched: Box<dyn Scheduler<Tensor> + Send> =
+        scheduler::build(p.sampler, &text.scheduler, p.steps)?;
+    let mut range = sched.img2img(p.strength)?;
+    if range.is_empty() {
+        // Fewer than one scheduled step: run the last one (the spec's "at least one step").
+        let last = sched.timesteps().len().saturating_sub(1);
+        sched.restart(last);
+        range = last..sched.timesteps().len();
+    }
+
+    let mut generator = TorchGenerator::new(u64::from(p.seed));
+    let mut draw = |like: &Tensor| -> Result<Tensor> {
+        let values = generator.randn(like.elem_count());
+        Tensor::from_vec(values, like.dims(), device).map_err(engine_err("noise"))
+    };
+    let noise = draw(&latents)?;
+    let mut latents = sched.add_noise(&latents, &noise, range.start)?;
+
+    let total = range.len();
+    for (n, i) in range.enumerate() {
+        let t = sched.timesteps()[i];
+        let input = if guided {
+            Tensor::cat(&[&latents, &latents], 0).map_err(engine_err("UNet input"))?
+        } else {
+            latents.clone()
+        };
+        let input = sched.scale_model_input(&input, i)?;
+        let out = model
+            .unet
+            .forward_with(
+                &input
+                    .to_dtype(model.dtype)
+                    .map_err(engine_err("UNet input"))?,
+                t,
+                &context,
+                added.as_ref(),
+            )
+            .and_then(|o| o.to_dtype(DType::F32))
+            .map_err(engine_err("UNet"))?;
+        let eps = if guided {
+            let uncond = out
+                .get(0)
+                .and_then(|t| t.unsqueeze(0))
+                .map_err(engine_err("guidance"))?;
+            let cond = out
+                .get(1)
+                .and_then(|t| t.unsqueeze(0))
+                .map_err(engine_err("guidance"))?;
+            // diffusers' order of operations: uncond + g·(cond − uncond).
+            (&uncond
+                + ((&cond - &uncond).and_then(|d| d * p.cfg)).map_err(engine_err("guidance"))?)
+            .map_err(engine_err("guidance"))?
+        } else {
+            out
+        };
+        latents = sched.step(&eps, i, &latents, &mut draw)?;
+        if on_step(StepProgress {
+            step: n + 1,
+            total,
+            latents: &latents,
+        })
+        .is_break()
+        {
+            return Ok(None);
+        }
+    }
+
+    // The UNet's activations are free now; return them before the decode's own buffers.
+    crate::allocator::release_free_memory();
+    let decoded = model
+        .vae
+        .decode(
+            &latents
+                .to_dtype(model.vae_dtype)
+                .map_err(engine_err("VAE decode"))?,
+        )
+        .map_err(engine_err("VAE decode"))?;
+    tensor_to_image(&decoded).map(Some)
+}

@@ -1,0 +1,126 @@
+//! Euler ancestral, as diffusers' `EulerAncestralDiscreteScheduler`.
+
+use crate::scheduler::config::{PredictionType, SchedulerConfig, TimestepSpacing};
+use crate::scheduler::{
+    NoiseSource, Scheduler, SchedulerTensor, alphas, check_config, check_index, combine, sigmas,
+    timesteps,
+};
+use loopback_core::{Error, Result};
+
+/// Euler ancestral: an Euler step down to `sigma_down`, then fresh noise of `sigma_up`.
+#[derive(Debug, Clone)]
+pub struct EulerAncestral {
+    timesteps: Vec<f64>,
+    /// One per timestep plus a final 0 (float32, as diffusers).
+    sigmas: Vec<f32>,
+    steps: usize,
+    prediction: PredictionType,
+    init_noise_sigma: f32,
+}
+
+impl EulerAncestral {
+    /// Euler ancestral from a model's scheduler config, with its defaults for missing keys
+    /// (`linspace` spacing), set to `steps` steps. `sample` prediction is refused, as diffusers
+    /// does.
+    pub fn new(config: &SchedulerConfig, steps: usize) -> Result<Self> {
+        check_config(config, steps)?;
+        let prediction = config.prediction();
+        if prediction == PredictionType::Sample {
+            return Err(Error::Metadata(
+                "scheduler config: Euler a does not support prediction_type \"sample\"".into(),
+            ));
+        }
+        let alphas_cumprod = alphas::alphas_cumprod(config);
+        let spacing = config.timestep_spacing.unwrap_or(TimestepSpacing::Linspace);
+        let timesteps = timesteps::spaced(
+            spacing,
+            alphas_cumprod.len(),
+            steps,
+            config.steps_offset.unwrap_or(0),
+            false,
+        );
+        let train_sigmas = alphas::sigmas_f32(&alphas_cumprod);
+        let mut sigmas: Vec<f32> = timesteps
+            .iter()
+            .map(|&t| sigmas::interp(t, &train_sigmas) as f32)
+            .collect();
+        sigmas.push(0.0);
+        let max = sigmas.iter().copied().fold(0.0f32, f32::max);
+        let init_noise_sigma = match spacing {
+            TimestepSpacing::Linspace | TimestepSpacing::Trailing => max,
+            TimestepSpacing::Leading => (max * max + 1.0).sqrt(),
+        };
+        Ok(EulerAncestral {
+            timesteps,
+            sigmas,
+            steps,
+            prediction,
+            init_noise_sigma,
+        })
+    }
+
+    /// The sigma at `step_index` and the one after it.
+    fn sigma_pair(&self, step_index: usize) -> Result<(f32, f32)> {
+        let i = check_index(step_index, self.timesteps.len())?;
+        Ok((self.sigmas[i], self.sigmas[i + 1]))
+    }
+}
+
+impl<T: SchedulerTensor> Scheduler<T> for EulerAncestral {
+    fn timesteps(&self) -> &[f64] {
+        &self.timesteps
+    }
+
+    fn sigmas(&self) -> &[f32] {
+        &self.sigmas
+    }
+
+    fn num_inference_steps(&self) -> usize {
+        self.steps
+    }
+
+    fn init_noise_sigma(&self) -> f64 {
+        f64::from(self.init_noise_sigma)
+    }
+
+    fn restart(&mut self, _begin_index: usize) {}
+
+    fn add_noise(&self, original: &T, noise: &T, step_index: usize) -> Result<T> {
+        let (sigma, _) = self.sigma_pair(step_index)?;
+        combine(&[(1.0, original), (f64::from(sigma), noise)])
+    }
+
+    fn scale_model_input(&self, sample: &T, step_index: usize) -> Result<T> {
+        let (sigma, _) = self.sigma_pair(step_index)?;
+        combine(&[(1.0 / f64::from((sigma * sigma + 1.0).sqrt()), sample)])
+    }
+
+    fn step(
+        &mut self,
+        model_output: &T,
+        step_index: usize,
+        sample: &T,
+        noise: &mut NoiseSource<'_, T>,
+    ) -> Result<T> {
+        let (sigma, sigma_to) = self.sigma_pair(step_index)?;
+        // Predicted clean sample x0 = a * sample + b * model_output.
+        let (a, b) = match self.prediction {
+            PredictionType::VPrediction => {
+                let s2 = sigma * sigma + 1.0;
+                (1.0 / f64::from(s2), f64::from(-sigma / s2.sqrt()))
+            }
+            _ => (1.0, -f64::from(sigma)),
+        };
+        let sigma_up =
+            (sigma_to * sigma_to * (sigma * sigma - sigma_to * sigma_to) / (sigma * sigma)).sqrt();
+        let sigma_down = (sigma_to * sigma_to - sigma_up * sigma_up).sqrt();
+        // prev = sample + (sample - x0) / sigma * (sigma_down - sigma) + noise * sigma_up
+        let slope = f64::from(sigma_down - sigma) / f64::from(sigma);
+        let drawn = noise(model_output)?;
+        combine(&[
+            (1.0 + slope * (1.0 - a), sample),
+            (-slope * b, model_output),
+            (f64::from(sigma_up), &drawn),
+        ])
+    }
+}

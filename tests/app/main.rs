@@ -1,0 +1,10 @@
+//! The app's tests: the command line (run as a process) and the GUI (egui_kittest snapshots).
+//! One binary for all of them (faster to link than one per file); fixtures are shared from
+//! the workspace's `tests/fixtures` and `tests/data`.
+
+mod common;
+mod cli;
+mod gui;
+mod layout;
+mod library;
+mod memory_cli;
