@@ -7,12 +7,10 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
-use candle_nn::{VarBuilder, VarMap};
-use loopback_engine::model::arch::{Arch, frozen_builder};
+use loopback_engine::model::arch::Arch;
 use loopback_engine::device::{self, DeviceSpec};
 use loopback_engine::run::memory::{self, VaePass};
 use loopback_engine::model::SdModel;
-use loopback_engine::model::config::{UNetFile, VaeFile};
 use loopback_engine::model::unet::{AddedCond, UNet};
 use loopback_engine::model::vae::{TileMode, Tiling, Vae, VaeOptions};
 use serde_json::json;
@@ -152,12 +150,6 @@ fn vae_pass(
     }))
 }
 
-fn random_builder(dtype: DType, device: &Device) -> (VarMap, VarBuilder<'static>) {
-    let map = VarMap::new();
-    let vb = VarBuilder::from_varmap(&map, dtype, device);
-    (map, vb)
-}
-
 /// Times `f` once to warm up, then `n` times; returns the seconds of each timed call.
 fn time<F: FnMut() -> anyhow::Result<()>>(n: usize, mut f: F) -> anyhow::Result<Vec<f64>> {
     f()?;
@@ -196,7 +188,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let tile = tile_mode(&args.vae_tile)?;
     let (device, dtype) = device::select(args.device)?;
     let load = Instant::now();
-    let (unet, unet_file, vae, _map, name) = match &args.model {
+    let (unet, unet_file, vae, name) = match &args.model {
         Some(path) => {
             let model = SdModel::load(path, &device, dtype)?;
             let files = model.files.clone();
@@ -204,36 +196,20 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
                 Some(model.unet),
                 files.unet,
                 Some(model.vae),
-                None,
                 path.display().to_string(),
             )
         }
         None => {
-            let unet_file: UNetFile = args.arch.unet()?;
-            let vae_file: VaeFile = args.arch.vae()?;
-            let (map, vb) = random_builder(dtype, &device);
-            let build = |vb: VarBuilder| -> anyhow::Result<_> {
-                let unet = if args.vae_only {
-                    None
-                } else {
-                    Some(UNet::new(vb.pp("unet"), &unet_file, "built-in".as_ref())?)
-                };
-                let vae = if args.vae || args.vae_only {
-                    Some(Vae::new(vb.pp("vae"), &vae_file)?)
-                } else {
-                    None
-                };
-                Ok((unet, vae))
-            };
-            // Once to create the random variables, then again detached from autograd (see
-            // `frozen_builder`).
-            drop(build(vb)?);
-            let (unet, vae) = build(frozen_builder(&map, dtype, &device))?;
+            let nets = args.arch.random_networks(
+                !args.vae_only,
+                args.vae || args.vae_only,
+                dtype,
+                &device,
+            )?;
             (
-                unet,
-                unet_file,
-                vae,
-                Some(map),
+                nets.unet,
+                args.arch.unet()?,
+                nets.vae,
                 format!("{:?} (random weights)", args.arch),
             )
         }

@@ -224,14 +224,14 @@ fn referenced_paths(text: &str, module: &[String]) -> Vec<Vec<String>> {
                 let body = statement.split_once("use ").unwrap().1;
                 let body = body.split(';').next().unwrap();
                 for path in expand_use(body.trim()) {
-                    out.extend(absolute(&path, module, depth));
+                    out.extend(absolute(&path, module, depth, true));
                 }
                 statement.clear();
             }
             continue;
         }
         for path in code_paths(line) {
-            out.extend(absolute(&path, module, depth));
+            out.extend(absolute(&path, module, depth, false));
         }
     }
     out
@@ -317,8 +317,11 @@ fn code_paths(line: &str) -> Vec<Vec<String>> {
 }
 
 /// A path as written in a file at `module` (inside `inline` levels of inline modules) made
-/// absolute; `None` for paths into other crates or the standard library.
-fn absolute(path: &[String], module: &[String], inline: usize) -> Option<Vec<String>> {
+/// absolute; `None` for paths into other crates or the standard library. In a `use`
+/// declaration (`in_use`), a path that starts with any other name may name a child module
+/// (`use clip::ClipText;`): it is taken as relative, and one that names no module of the file's
+/// resolves back to the file itself, which is no edge.
+fn absolute(path: &[String], module: &[String], inline: usize, in_use: bool) -> Option<Vec<String>> {
     let first = path.first()?;
     let mut base: Vec<String> = match first.as_str() {
         "crate" => vec![module[0].clone()],
@@ -328,6 +331,11 @@ fn absolute(path: &[String], module: &[String], inline: usize) -> Option<Vec<Str
             let ups = path.iter().take_while(|s| *s == "super").count();
             let ups = ups.checked_sub(inline)?;
             module[..module.len().checked_sub(ups)?.max(1)].to_vec()
+        }
+        _ if in_use && inline == 0 => {
+            let mut relative = module.to_vec();
+            relative.extend(path.iter().cloned());
+            return Some(relative);
         }
         _ => return None,
     };

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Times Pillow on the ops that benches/image_ops.rs (and benches/resize.rs) time in Rust.
+"""Times Pillow on the ops that crates/core/benches/image_ops.rs (and crates/core/benches/resize.rs) time in Rust.
 
 Run from the repository root:
 
@@ -35,7 +35,7 @@ def enhance(cls, factor):
 
 
 def finish_chain(im):
-    """The chain timed as "finish chain" in benches/image_ops.rs."""
+    """The chain timed as "finish chain" in crates/core/benches/image_ops.rs."""
     im = ImageEnhance.Sharpness(im).enhance(1.5)
     im = ImageEnhance.Brightness(im).enhance(1.2)
     im = ImageEnhance.Color(im).enhance(1.3)
@@ -46,7 +46,7 @@ def finish_chain(im):
 
 
 def finishing_ops():
-    """(name, op) for every finishing op, named as in benches/image_ops.rs."""
+    """(name, op) for every finishing op, named as in crates/core/benches/image_ops.rs."""
     ops = [
         (name, lambda im, k=getattr(ImageFilter, name): im.filter(k))
         for name in (
@@ -80,7 +80,7 @@ def resize_color_module():
 
 
 def resize_ops(notes):
-    """(name, op) for the resize cases of benches/resize.rs; appends to `notes` what is skipped."""
+    """(name, op) for the resize cases of crates/core/benches/resize.rs; appends to `notes` what is skipped."""
     ops = [
         ("lanczos 1024x1024->1536x1536", lambda im: im.resize((1536, 1536), Image.LANCZOS)),
         ("lanczos 1024x1024->512x512", lambda im: im.resize((512, 512), Image.LANCZOS)),

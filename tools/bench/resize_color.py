@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Times Pillow 9.5 / A1111's stack on the cases of `benches/resize.rs`.
+"""Times Pillow 9.5 / A1111's stack on the cases of `crates/core/benches/resize.rs`.
 
 Run from the repository root: `python3 tools/bench/resize_color.py`. Prints the median
 wall time of each case in ms. The input is `tests/data/coffee.png` stretched to 1024x1024

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Write the expected values of PyTorch's CPU `torch.randn` for `tests/noise.rs`.
+"""Write the expected values of PyTorch's CPU `torch.randn` for `crates/engine/tests/noise.rs`.
 
 Usage: python tools/parity/randn.py [OUT_DIR]   (default: tests/fixtures/noise)
 

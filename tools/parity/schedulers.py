@@ -5,7 +5,7 @@ Run from the repository root (needs torch and diffusers):
 
     python3 tools/parity/schedulers.py
 
-Writes tests/fixtures/schedulers/cases.json, which tests/schedulers.rs reads. Deterministic: the
+Writes tests/fixtures/schedulers/cases.json, which crates/engine/tests/schedulers.rs reads. Deterministic: the
 same diffusers, torch and numpy give the same file.
 
 Each case builds a scheduler the way a diffusers pipeline does (the model's scheduler config is

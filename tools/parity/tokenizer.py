@@ -1,15 +1,15 @@
 #!/usr/bin/env python3
-"""Reference data for the CLIP tokenizer (`src/engine/tokenizer/`).
+"""Reference data for the CLIP tokenizer (`crates/engine/src/conditioning/tokenizer/`).
 
 Two modes:
 
     python tools/parity/tokenizer.py [OUT_DIR]   # fixtures (default tests/fixtures/tokenizer)
-    python tools/parity/tokenizer.py tables      # src/engine/tokenizer/tables.rs
+    python tools/parity/tokenizer.py tables      # crates/engine/src/conditioning/tokenizer/tables.rs
 
 Fixtures need `transformers<5` (whose `CLIPTokenizer` is the pure-Python "slow" tokenizer that
 Stable Diffusion pipelines and A1111 use; 4.46.3 was used) and `ftfy` (installed in A1111, and
 it changes the text clean-up), plus `regex`. The vocabulary is derived from the same
-`assets/clip/bpe_simple_vocab_16e6.txt.gz` the app bundles, written as vocab.json/merges.txt to a
+`crates/engine/assets/clip/bpe_simple_vocab_16e6.txt.gz` the app bundles, written as vocab.json/merges.txt to a
 temporary folder (as Hugging Face's `openai/clip-vit-large-patch14` ships them).
 
 The expected A1111 chunks come from `a1111_chunks` below: a port of the chunking rule of
@@ -31,8 +31,8 @@ import tempfile
 import unicodedata
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-BPE_GZ = os.path.join(ROOT, "assets", "clip", "bpe_simple_vocab_16e6.txt.gz")
-TABLES_RS = os.path.join(ROOT, "src", "engine", "tokenizer", "tables.rs")
+BPE_GZ = os.path.join(ROOT, "crates", "engine", "assets", "clip", "bpe_simple_vocab_16e6.txt.gz")
+TABLES_RS = os.path.join(ROOT, "crates", "engine", "src", "conditioning", "tokenizer", "tables.rs")
 
 CHUNK_LENGTH = 75
 COMMA_BACKTRACK = 20
@@ -40,7 +40,7 @@ BOS, EOS = 49406, 49407
 
 
 # ----------------------------------------------------------------------------------------------
-# Vocabulary files derived from the .gz (the construction described in assets/clip/README.md)
+# Vocabulary files derived from the .gz (the construction described in crates/engine/assets/clip/README.md)
 
 def byte_chars():
     """The 256 printable stand-ins of bytes, in vocabulary order (byte, char)."""

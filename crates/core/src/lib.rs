@@ -19,4 +19,10 @@ pub mod plan;
 pub mod settings;
 
 pub use error::{Error, Result};
+
+/// The app's name, as the files it writes and the requests it makes name it (all the
+/// workspace's crates share one version, [`APP_VERSION`]).
+pub const APP_NAME: &str = "loopback-scaler";
+/// The app's version.
+pub const APP_VERSION: &str = env!("CARGO_PKG_VERSION");
 pub use settings::Settings;

@@ -611,7 +611,7 @@ fn peak_rss_mib() -> f64 {
 /// Loads `/tmp/sd15-random` (a random SD 1.5 diffusers folder) as f32 and prints the peak
 /// RSS; `LOAD_MODE=mmap` loads it through candle's memory-mapped var builder instead (the
 /// way the engine loaded before), for comparison. Run one mode per process:
-/// `cargo test --test checkpoint load_peak -- --ignored --nocapture`.
+/// `cargo test -p loopback-engine --test engine checkpoint::load_peak -- --ignored --nocapture`.
 #[test]
 #[ignore = "needs /tmp/sd15-random; a measurement, not a check"]
 fn load_peak_rss_sd15_random() {

@@ -6,7 +6,7 @@
 //! `out = f32(0.1 * x + 0.01 * t / 1000)`, recording the sample after every step. Timesteps
 //! must be equal, sigmas within 1e-6 relative and samples within 1e-4 (absolute, relative
 //! above 1: one cosine-schedule DPM case reaches 6.5e4, where a float32 ulp is 4e-3); the
-//! largest errors are printed per sampler (`cargo test --test schedulers -- --nocapture`).
+//! largest errors are printed per sampler (`cargo test -p loopback-engine --test engine schedulers -- --nocapture`).
 
 use crate::common;
 

@@ -2,7 +2,7 @@
 //!
 //! candle's Stable Diffusion attention computes `softmax(q kᵀ) v` in one piece: at 1024² the
 //! UNet's first self-attention holds 8 heads × 16384² scores per image (16 GiB in f32), and
-//! its sliced variant crashes (`candle-notes.md`). Here the work is cut into blocks whose
+//! its sliced variant crashes (`docs/candle.md`). Here the work is cut into blocks whose
 //! scores fit a byte budget:
 //! - groups of heads × chunks of queries, each against all keys with an ordinary softmax
 //!   (exact: every row of scores is complete) — the usual case;

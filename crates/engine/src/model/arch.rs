@@ -3,6 +3,9 @@
 //! is at hand.
 
 use crate::model::config::{ClipFile, UNetFile, VaeFile};
+use crate::error::engine_err;
+use crate::model::unet::UNet;
+use crate::model::vae::Vae;
 use loopback_core::{Error, Result};
 
 /// A known architecture.
@@ -79,7 +82,41 @@ pub fn frozen_builder(
     candle_nn::VarBuilder::from_tensors(tensors, dtype, device)
 }
 
+/// Networks of an architecture with random weights, for benchmarks: timing does not depend on
+/// the values.
+pub struct RandomNetworks {
+    /// The UNet, when asked for.
+    pub unet: Option<UNet>,
+    /// The VAE, when asked for.
+    pub vae: Option<Vae>,
+}
+
 impl Arch {
+    /// Builds the UNet and/or the VAE of this architecture with random weights, detached from
+    /// autograd ([`frozen_builder`]).
+    pub fn random_networks(
+        self,
+        unet: bool,
+        vae: bool,
+        dtype: candle_core::DType,
+        device: &candle_core::Device,
+    ) -> Result<RandomNetworks> {
+        let (unet_file, vae_file) = (self.unet()?, self.vae()?);
+        let build = |vb: candle_nn::VarBuilder| -> Result<RandomNetworks> {
+            let unet = unet
+                .then(|| UNet::new(vb.pp("unet"), &unet_file, "built-in".as_ref()))
+                .transpose()?;
+            let vae = vae
+                .then(|| Vae::new(vb.pp("vae"), &vae_file).map_err(engine_err("VAE")))
+                .transpose()?;
+            Ok(RandomNetworks { unet, vae })
+        };
+        let map = candle_nn::VarMap::new();
+        // Once to create the random variables, then again detached from autograd.
+        drop(build(candle_nn::VarBuilder::from_varmap(&map, dtype, device))?);
+        build(frozen_builder(&map, dtype, device))
+    }
+
     /// The UNet config.
     pub fn unet(self) -> Result<UNetFile> {
         let text = match self {

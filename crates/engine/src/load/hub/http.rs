@@ -97,11 +97,10 @@ impl Client {
                 .timeout_connect(Duration::from_secs(20))
                 .timeout_read(Duration::from_secs(60))
                 .redirects(redirects)
-                .user_agent(concat!(
-                    env!("CARGO_PKG_NAME"),
-                    "/",
-                    env!("CARGO_PKG_VERSION"),
-                    "; hf-hub/0.4; rust"
+                .user_agent(&format!(
+                    "{}/{}; hf-hub/0.4; rust",
+                    loopback_core::APP_NAME,
+                    loopback_core::APP_VERSION
                 ))
                 .build()
         };

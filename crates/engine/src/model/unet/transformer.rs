@@ -1,7 +1,7 @@
 //! The UNet's attention blocks: diffusers' `Transformer2DModel` with its
 //! `BasicTransformerBlock`s (self-attention, cross-attention on the text, GEGLU feed-forward).
 //!
-//! Our own instead of candle's `SpatialTransformer` for two reasons (`candle-notes.md`):
+//! Our own instead of candle's `SpatialTransformer` for two reasons (`docs/candle.md`):
 //! - candle's GEGLU uses the tanh approximation of GELU where diffusers uses the exact erf
 //!   form, which moves final latents by up to 4.5e-3 against diffusers;
 //! - candle's attention materialises every score matrix (16 GiB at 1024²) and its sliced
