@@ -7,15 +7,15 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
-use loopback_engine::model::arch::Arch;
 use loopback_engine::device::{self, DeviceSpec};
-use loopback_engine::run::memory::{self, VaePass};
 use loopback_engine::model::SdModel;
-use loopback_engine::model::unet::{AddedCond, UNet};
+use loopback_engine::model::arch::Arch;
+use loopback_engine::model::unet::AddedCond;
 use loopback_engine::model::vae::{TileMode, Tiling, Vae, VaeOptions};
+use loopback_engine::run::memory::{self, VaePass};
 use serde_json::json;
 
-use super::bench_loop::LoopBench;
+use super::bench_loop::{LoopBench, mib};
 
 /// Arguments of `bench`.
 #[derive(Debug, clap::Args)]
@@ -68,11 +68,6 @@ pub struct BenchArgs {
 /// Peak resident memory of this process in MiB (Linux; `None` elsewhere).
 fn peak_rss_mib() -> Option<f64> {
     memory::process_peak_rss().map(mib)
-}
-
-/// Bytes in MiB, for the reports.
-pub(super) fn mib(bytes: u64) -> f64 {
-    bytes as f64 / (1u64 << 20) as f64
 }
 
 fn tile_mode(text: &str) -> anyhow::Result<TileMode> {

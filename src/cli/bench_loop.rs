@@ -7,14 +7,12 @@ use std::path::Path;
 use std::time::Instant;
 
 use image::{Rgb, RgbImage};
-use loopback_engine::device::{self, DeviceSpec};
-use loopback_engine::run::memory;
-use loopback_engine::model::SdModel;
-use loopback_engine::run::pipeline::{self, Img2ImgParams, TextAndSchedule};
 use loopback_core::settings::Sampler;
+use loopback_engine::device::{self, DeviceSpec};
+use loopback_engine::model::SdModel;
+use loopback_engine::run::memory;
+use loopback_engine::run::pipeline::{self, Img2ImgParams, TextAndSchedule};
 use serde_json::json;
-
-use super::bench::mib;
 
 /// What `bench --loop` runs.
 #[derive(Debug, Clone)]
@@ -133,6 +131,11 @@ impl Phases {
             after: total - last,
         }
     }
+}
+
+/// Bytes in MiB, for the reports (this one and `bench`'s).
+pub(super) fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1u64 << 20) as f64
 }
 
 #[cfg(test)]

@@ -3,12 +3,12 @@
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
+use loopback_core::io::load_image;
+use loopback_core::plan::{self, Plan, PlanInput};
+use loopback_core::settings::{Choice, Settings};
 use loopback_engine::device::DeviceSpec;
-use loopback_engine::run::memory::{self, EncoderWeights, Estimate, ModelShape};
 use loopback_engine::load::resolve;
-use loopback_core::io::{load_image, to_diffusion_rgb};
-use loopback_core::plan::{self, Plan};
-use loopback_core::settings::{Choice, Settings, Size};
+use loopback_engine::run::memory::{self, EncoderWeights, Estimate, ModelShape};
 
 use super::SettingsSource;
 
@@ -40,28 +40,24 @@ pub struct PlanArgs {
 /// Runs `plan`.
 pub fn run(args: &PlanArgs) -> anyhow::Result<()> {
     let settings = args.settings.resolve()?;
-    let (image_size, mean) = match &args.input {
-        Some(path) => {
-            let image = to_diffusion_rgb(&load_image(path)?);
-            let size = Size::new(image.width(), image.height());
-            (Some(size), Some(plan::rgb_mean(&image)))
-        }
-        None => (None, None),
+    let input = match &args.input {
+        Some(path) => PlanInput::of_image(&load_image(path)?),
+        None => PlanInput::NoImage,
     };
-    let start = plan::start_size(&settings, image_size)?;
-    let seed = plan::resolve_seed(settings.seed);
-    let means: Vec<f64> = mean.into_iter().collect();
-    let plan = plan::plan(&settings, start, seed, &means)?;
+    let plan = plan::plan_for(&settings, input, plan::resolve_seed(settings.seed))?;
     let shape = match &args.model {
         Some(spec) => ModelShape::resolve(spec, &resolve::default_search_dirs())?,
         None => ModelShape::from_arch(loopback_engine::model::arch::Arch::Sd15)?,
     };
     let dtype = memory::device_dtype(args.device);
-    let batch = if settings.cfg > 1.0 { 2 } else { 1 };
+    let batch = memory::unet_batch(settings.cfg);
     let limit = memory::run_limit(args.device, args.memory_limit);
     // The plan `run` would carry out, which frees the text encoders after loop 1's prompts.
-    let estimates =
-        memory::estimate_plan(&shape, &plan, dtype, batch, limit, EncoderWeights::Released);
+    let (estimates, refusal) =
+        match memory::check_plan(&shape, &plan, dtype, batch, limit, EncoderWeights::Released) {
+            Ok(estimates) => (estimates, None),
+            Err(refusal) => (refusal.estimates, Some(refusal.error)),
+        };
     if args.json {
         let json = plan.to_json();
         let memory = serde_json::json!({
@@ -83,7 +79,7 @@ pub fn run(args: &PlanArgs) -> anyhow::Result<()> {
             "memory: {} ({dtype:?}, UNet batch {batch}), available {available}",
             shape.name
         );
-        if let Err(e) = memory::check_fits(&estimates, limit, dtype) {
+        if let Some(e) = refusal {
             println!("warning: {e}");
         }
         for warning in settings.warnings() {

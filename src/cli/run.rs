@@ -3,24 +3,25 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::channel;
 
 use anyhow::Context as _;
 use image::{DynamicImage, RgbImage};
 use indicatif::{ProgressBar, ProgressStyle};
-use loopback_engine::load::checkpoint::CheckpointOptions;
-use loopback_engine::device::DeviceSpec;
-use loopback_engine::load::hub::DownloadEvent;
-use loopback_engine::load::request::{self, LoadEvent, ModelRequest};
-use loopback_engine::load::lora::{self, LoraSpec};
-use loopback_engine::run::memory::{self, EncoderWeights, ModelShape};
-use loopback_engine::model::vae::VaeOptions;
-use loopback_engine::load::resolve;
-use loopback_engine::load::open::LoadedModel;
-use loopback_engine::run::runner::{self, Event, RunRequest};
-use loopback_engine::scheduler::PredictionType;
 use loopback_core::io::{self, load_image};
 use loopback_core::metadata::{self, png_text};
-use loopback_core::plan;
+use loopback_core::plan::{self, PlanInput};
+use loopback_engine::device::DeviceSpec;
+use loopback_engine::load::checkpoint::CheckpointOptions;
+use loopback_engine::load::hub::DownloadEvent;
+use loopback_engine::load::lora::{self, LoraSpec};
+use loopback_engine::load::open::LoadedModel;
+use loopback_engine::load::request::{self, LoadEvent, ModelRequest};
+use loopback_engine::load::resolve;
+use loopback_engine::model::vae::VaeOptions;
+use loopback_engine::run::memory::{self, EncoderWeights, ModelShape};
+use loopback_engine::run::runner::{self, Event, RunRequest};
+use loopback_engine::scheduler::PredictionType;
 
 use super::SettingsSource;
 
@@ -101,7 +102,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         seed: i64::from(seed),
         ..settings
     };
-    let plan = runner::preview_plan(&settings, &input, seed)?;
+    let plan = plan::plan_for(&settings, PlanInput::of_image(&input), seed)?;
 
     // Refuse a plan that cannot fit before loading (or downloading) anything.
     // A checkpoint given with --model-config is described by that folder's configs.
@@ -112,10 +113,9 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     let shape = ModelShape::resolve(&shape_spec, &resolve::default_search_dirs())?;
     let limit = memory::run_limit(args.device, args.memory_limit);
     let dtype = memory::device_dtype(args.device);
-    let batch = if settings.cfg > 1.0 { 2 } else { 1 };
-    let estimates =
-        memory::estimate_plan(&shape, &plan, dtype, batch, limit, EncoderWeights::Released);
-    memory::check_fits(&estimates, limit, dtype)?;
+    let batch = memory::unet_batch(settings.cfg);
+    memory::check_plan(&shape, &plan, dtype, batch, limit, EncoderWeights::Released)
+        .map_err(loopback_core::Error::from)?;
 
     // One flag for Ctrl-C, shared by the download and the run.
     let cancel = Arc::new(AtomicBool::new(false));
@@ -139,7 +139,22 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     }
     let total_steps: u64 = plan.loops.iter().map(|l| u64::from(l.steps)).sum();
 
-    let handle = runner::spawn_with_cancel(model, RunRequest { input, settings }, cancel);
+    // The run reports from a thread of its own; this one draws the progress bar.
+    let (tx, events) = channel();
+    let request = RunRequest { input, settings };
+    let worker = std::thread::Builder::new()
+        .name("loopback-runner".into())
+        .spawn(move || {
+            runner::run_and_report(
+                &model,
+                &request,
+                &mut |event| {
+                    let _ = tx.send(event);
+                },
+                &cancel,
+            );
+        })
+        .ok();
 
     let bar = ProgressBar::new(total_steps.max(1));
     bar.set_style(
@@ -151,7 +166,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     );
     let mut finished_loops: Vec<Arc<RgbImage>> = Vec::new();
     let mut outcome = None;
-    for event in &handle.events {
+    for event in &events {
         match event {
             Event::LoopStarted { spec, loops } => bar.set_message(format!(
                 "loop {}/{} {}x{} d={:.2}",
@@ -176,7 +191,9 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         }
     }
     bar.finish_and_clear();
-    handle.join();
+    if let Some(worker) = worker {
+        let _ = worker.join();
+    }
 
     match outcome {
         Some(Ok(output)) => {

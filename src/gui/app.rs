@@ -7,10 +7,11 @@ use egui::{Key, KeyboardShortcut, Modifiers};
 
 use super::command::{Command, Commands};
 use super::frame_stats::FrameStats;
-use super::jobs::Jobs;
+use super::jobs::{Jobs, scan_library};
+use super::options::GuiOptions;
 use super::state::{Persisted, Session, ViewState};
 use super::toasts::Toasts;
-use super::{GuiOptions, dialogs, filmstrip, finishing, side_panel, toolbar, viewer};
+use super::{dialogs, filmstrip, finishing, side_panel, toolbar, viewer};
 
 /// The Loopback Scaler window.
 pub struct App {
@@ -33,7 +34,7 @@ pub struct App {
     /// The run and model load whose events are current.
     pub(super) run_id: Option<u64>,
     pub(super) load_id: Option<u64>,
-    /// What the current model load was asked for ([`super::execute::load_key`]).
+    /// What the current model load was asked for (`model::load_key`).
     pub(super) load_key: Option<String>,
     /// Frames left before the screenshot (`--screenshot`).
     pub(super) screenshot_countdown: Option<u32>,
@@ -62,7 +63,7 @@ impl App {
         let mut app = App {
             persisted,
             session: Session {
-                library: super::execute::scan_library(),
+                library: scan_library(),
                 ..Session::default()
             },
             view: ViewState::default(),

@@ -1,14 +1,18 @@
-//! Handling what jobs report: new images, model load and run progress, saves.
+//! Handling what jobs report: new images, file dialogs' answers, model load and run
+//! progress, saves, re-finished images, the screenshot.
 
 use std::sync::Arc;
 
 use egui::TextureOptions;
 
 use super::app::App;
-use super::jobs::{JobEvent, LoadedImage, RunEvent};
-use super::state::{Input, Outcome, Pending, Picture, Progress, Shown};
+use super::command::{Command, FileTarget};
+use super::jobs::{JobEvent, LoadedImage, Picked, ReadyImage};
+use super::save::with_png_extension;
+use super::state::{Input, LoraChoice, Outcome, Pending, Picture, Progress, Shown};
 use loopback_engine::load::hub::DownloadEvent;
 use loopback_engine::load::request::LoadEvent;
+use loopback_engine::run::runner::{Event, RunOutput};
 
 impl App {
     /// Handles one job event.
@@ -56,12 +60,53 @@ impl App {
                     self.on_load_event(id, event);
                 }
             }
-            JobEvent::Run(id, event) => {
+            JobEvent::Run(id, event, image) => {
                 if self.run_id == Some(id) {
-                    self.on_run_event(ctx, id, event);
+                    self.on_run_event(ctx, id, event, image);
                 }
             }
             JobEvent::Screenshot(image) => self.on_screenshot(ctx, &image),
+        }
+    }
+
+    /// Handles a file dialog's answer.
+    fn on_picked(&mut self, ctx: &egui::Context, picked: Picked) {
+        self.session.dialog_open = false;
+        match picked {
+            Picked::Open(Some(path)) => self.execute(ctx, Command::OpenPath(path)),
+            Picked::Save(shown, Some(path)) => {
+                let path = with_png_extension(path);
+                self.execute(
+                    ctx,
+                    Command::Save {
+                        what: vec![(shown, path)],
+                        overwrite: false,
+                    },
+                );
+            }
+            Picked::SaveAll(Some(dir)) => {
+                let what = self.save_all_paths(&dir);
+                self.execute(
+                    ctx,
+                    Command::Save {
+                        what,
+                        overwrite: false,
+                    },
+                );
+            }
+            Picked::Model(Some(dir)) => {
+                self.persisted.model = dir.display().to_string();
+            }
+            Picked::File(target, Some(path)) => match target {
+                FileTarget::Checkpoint => self.persisted.model = path.display().to_string(),
+                FileTarget::Vae => self.persisted.vae = path.display().to_string(),
+                FileTarget::Lora => self.persisted.loras.push(LoraChoice { path, weight: 1.0 }),
+            },
+            Picked::Open(None)
+            | Picked::Save(_, None)
+            | Picked::SaveAll(None)
+            | Picked::Model(None)
+            | Picked::File(_, None) => {}
         }
     }
 
@@ -108,7 +153,7 @@ impl App {
         self.view.compare_with = None;
         self.view.scene_rect = egui::Rect::ZERO;
         if self.options.run && self.session.run_settings.is_none() {
-            self.push(super::command::Command::Run);
+            self.push(Command::Run);
         }
     }
 
@@ -158,7 +203,7 @@ impl App {
                 self.jobs.load_done(id);
                 self.load_id = None;
                 if let Some(from) = self.session.model.run_when_loaded.take() {
-                    self.push(super::command::Command::RunFrom(from));
+                    self.push(Command::RunFrom(from));
                 }
             }
             LoadEvent::Note(message) => self.toasts.warning(message),
@@ -181,17 +226,31 @@ impl App {
         }
     }
 
-    fn on_run_event(&mut self, ctx: &egui::Context, id: u64, event: RunEvent) {
+    /// A runner event; `image` is its image made ready on the job's thread (made here only
+    /// if it is missing).
+    fn on_run_event(
+        &mut self,
+        ctx: &egui::Context,
+        id: u64,
+        event: Event,
+        image: Option<ReadyImage>,
+    ) {
+        if let Event::ModelLoaded { .. } = event {
+            // Not a run's own event (the runner never sends it).
+            return;
+        }
+        let image = image.or_else(|| ReadyImage::of(&event));
         let progress = self.session.progress.get_or_insert_with(Progress::default);
         match event {
-            RunEvent::LoopStarted { spec, loops } => {
+            Event::ModelLoaded { .. } => {}
+            Event::LoopStarted { spec, loops } => {
                 progress.loop_index = spec.index;
                 progress.loops = loops;
                 progress.step = 0;
                 progress.steps = spec.steps as usize;
                 progress.spec = Some(spec);
             }
-            RunEvent::Step {
+            Event::StepFinished {
                 loop_index,
                 step,
                 total,
@@ -204,24 +263,40 @@ impl App {
                 progress.elapsed = elapsed;
                 progress.eta = eta;
             }
-            RunEvent::Preview(color) => match &mut self.session.preview {
-                Some(texture) => texture.set(color, TextureOptions::LINEAR),
-                None => {
-                    self.session.preview =
-                        Some(ctx.load_texture("preview", color, TextureOptions::LINEAR));
+            Event::Preview { .. } => {
+                let Some(ReadyImage { color, .. }) = image else {
+                    return;
+                };
+                match &mut self.session.preview {
+                    Some(texture) => texture.set(color, TextureOptions::LINEAR),
+                    None => {
+                        self.session.preview =
+                            Some(ctx.load_texture("preview", color, TextureOptions::LINEAR));
+                    }
                 }
-            },
-            RunEvent::LoopFinished { image, color } => {
+            }
+            Event::LoopFinished { .. } => {
+                let Some(ReadyImage {
+                    color,
+                    image: Some(image),
+                }) = image
+                else {
+                    return;
+                };
                 let k = self.session.loops.len() + 1;
                 let texture = ctx.load_texture(format!("loop-{k}"), color, TextureOptions::LINEAR);
                 self.session.loops.push(Picture { image, texture });
             }
-            RunEvent::Finished {
-                unfinished,
-                finished,
-                color,
-                recipe,
-            } => {
+            Event::Finished(output) => {
+                let Some(ReadyImage { color, .. }) = image else {
+                    return;
+                };
+                let RunOutput {
+                    unfinished,
+                    finished,
+                    recipe,
+                    ..
+                } = *output;
                 let elapsed = progress.elapsed;
                 let texture = ctx.load_texture("final", color, TextureOptions::LINEAR);
                 let applied = recipe.settings.finishing();
@@ -240,7 +315,7 @@ impl App {
                         texture,
                     },
                     applied,
-                    recipe: *recipe,
+                    recipe,
                 });
                 self.end_run(id);
                 self.view.shown = Shown::Final;
@@ -253,14 +328,14 @@ impl App {
                     self.screenshot_countdown = Some(5);
                 }
             }
-            RunEvent::Cancelled => {
+            Event::Cancelled { .. } => {
                 self.end_run(id);
                 self.toasts.info(format!(
                     "Cancelled; {} finished loop(s) kept",
                     self.session.loops.len()
                 ));
             }
-            RunEvent::Failed(message) => {
+            Event::Failed { message, .. } => {
                 self.end_run(id);
                 self.toasts.error("The run failed", Some(message));
             }
@@ -305,8 +380,13 @@ impl App {
         let result = image::RgbaImage::from_raw(w as u32, h as u32, rgba)
             .ok_or_else(|| "the screenshot has no pixels".to_string())
             .and_then(|rgba| {
-                loopback_core::io::save_image(&path, &image::DynamicImage::ImageRgba8(rgba), &[], true)
-                    .map_err(|e| e.to_string())
+                loopback_core::io::save_image(
+                    &path,
+                    &image::DynamicImage::ImageRgba8(rgba),
+                    &[],
+                    true,
+                )
+                .map_err(|e| e.to_string())
             });
         match result {
             Ok(()) => eprintln!("screenshot written to {}", path.display()),

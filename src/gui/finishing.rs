@@ -22,7 +22,7 @@ pub fn ui(ui: &mut egui::Ui, settings: &mut Settings, session: &Session) {
                 .on_hover_text("No filters, every factor 1.0")
                 .clicked()
             {
-                super::execute::set_finishing(settings, &Default::default());
+                settings.set_finishing(&Default::default());
             }
             match &session.outcome {
                 Some(outcome) if outcome.applied != settings.finishing() => {

@@ -1,31 +1,32 @@
-//! Background jobs: reading images, file dialogs, saving, re-finishing, and relays for the
-//! engine's model loader and loop runner.
+//! Background jobs: reading images, file dialogs, saving, re-finishing, the engine's model
+//! loader and loop runner; and the model library scan.
 //!
-//! Every job runs on its own thread and reports a [`JobEvent`] on one channel, then wakes the
-//! UI with [`egui::Context::request_repaint`]. The app drains the channel with `try_recv` in
-//! `App::logic`, so the UI thread never waits for a job. Images are converted to
-//! [`egui::ColorImage`]s on the job's thread; the UI thread only uploads them.
+//! Every job runs on one thread of its own and reports [`JobEvent`]s on one channel, then
+//! wakes the UI with [`egui::Context::request_repaint`]. The loader and the runner are the
+//! engine's blocking functions called on that thread, their events sent as they come; the
+//! job keeps an `Arc<AtomicBool>` that cancels them. The app drains the channel with
+//! `try_recv` in `App::logic`, so the UI thread never waits for a job. Images are converted
+//! to [`egui::ColorImage`]s on the job's thread; the UI thread only uploads them.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
 
 use egui::ColorImage;
 use image::{DynamicImage, RgbImage};
 
 use super::state::Shown;
-use loopback_engine::load::request::{self, LoadEvent, ModelRequest};
-use loopback_engine::load::open::LoadedModel;
-use loopback_engine::run::runner::{self, Event, RunRequest};
 use loopback_core::imageops::finish::{self, Finishing};
 use loopback_core::io::to_diffusion_rgb;
-use loopback_core::metadata::Recipe;
 use loopback_core::metadata::png_text::read_png_texts_from_path;
 use loopback_core::metadata::settings_from_texts;
-use loopback_core::plan::{LoopSpec, rgb_mean};
+use loopback_core::plan::rgb_mean;
 use loopback_core::settings::Settings;
+use loopback_engine::load::open::LoadedModel;
+use loopback_engine::load::request::{self, LoadEvent, ModelRequest};
+use loopback_engine::load::resolve::default_search_dirs;
+use loopback_engine::run::runner::{self, Event, RunRequest};
 
 /// The largest texture side the app uploads; bigger images are shown scaled down.
 pub const MAX_TEXTURE_SIDE: u32 = 8192;
@@ -62,52 +63,38 @@ pub enum Picked {
     File(super::command::FileTarget, Option<PathBuf>),
 }
 
-/// The runner's events, with images made ready for the UI.
-pub enum RunEvent {
-    /// A loop begins.
-    LoopStarted {
-        /// The loop's plan entry.
-        spec: LoopSpec,
-        /// Loops in the run.
-        loops: u32,
-    },
-    /// A denoising step finished.
-    Step {
-        /// 1-based loop number.
-        loop_index: u32,
-        /// 1-based step.
-        step: usize,
-        /// Steps in the loop.
-        total: usize,
-        /// Time since the run started.
-        elapsed: Duration,
-        /// Estimated time left.
-        eta: Option<Duration>,
-    },
-    /// A step preview.
-    Preview(ColorImage),
-    /// A loop's output.
-    LoopFinished {
-        /// The image.
-        image: Arc<DynamicImage>,
-        /// The image for the texture.
-        color: ColorImage,
-    },
-    /// The run finished.
-    Finished {
-        /// The last loop's output.
-        unfinished: Arc<RgbImage>,
-        /// The final image.
-        finished: Arc<DynamicImage>,
-        /// The final image for the texture.
-        color: ColorImage,
-        /// The run's recipe.
-        recipe: Box<Recipe>,
-    },
-    /// The run was cancelled.
-    Cancelled,
-    /// The run failed.
-    Failed(String),
+/// A runner event's image made ready for the UI on the job's thread (see [`JobEvent::Run`]).
+pub struct ReadyImage {
+    /// The pixels for the texture (scaled down past [`MAX_TEXTURE_SIDE`]).
+    pub color: ColorImage,
+    /// A loop's output as the session keeps it; `None` for a preview and the final image
+    /// (the event carries that one).
+    pub image: Option<Arc<DynamicImage>>,
+}
+
+impl ReadyImage {
+    /// What the UI needs of `event`'s image: a step preview, a loop's output or the final
+    /// image; `None` for events without one.
+    pub fn of(event: &Event) -> Option<ReadyImage> {
+        match event {
+            Event::Preview { image, .. } => Some(ReadyImage {
+                color: color_rgb(image),
+                image: None,
+            }),
+            Event::LoopFinished { image, .. } => {
+                let image = Arc::new(DynamicImage::ImageRgb8((**image).clone()));
+                Some(ReadyImage {
+                    color: color_image(&image, MAX_TEXTURE_SIDE),
+                    image: Some(image),
+                })
+            }
+            Event::Finished(output) => Some(ReadyImage {
+                color: color_image(&output.finished, MAX_TEXTURE_SIDE),
+                image: None,
+            }),
+            _ => None,
+        }
+    }
 }
 
 /// What a job reports.
@@ -131,8 +118,9 @@ pub enum JobEvent {
     },
     /// An event of model load job `id`.
     Load(u64, LoadEvent),
-    /// An event of run `id`.
-    Run(u64, RunEvent),
+    /// An event of run `id`, with its image made ready for a texture (step previews, loop
+    /// outputs and the final image).
+    Run(u64, Event, Option<ReadyImage>),
     /// A screenshot of the window.
     Screenshot(Arc<ColorImage>),
 }
@@ -159,14 +147,14 @@ pub fn color_rgb(image: &RgbImage) -> ColorImage {
     ColorImage::from_rgb(size, image.as_raw())
 }
 
-/// The job channel and the handles of the jobs that can be cancelled.
+/// The job channel and the cancel flags of the jobs that can be cancelled.
 pub struct Jobs {
     tx: Sender<JobEvent>,
     rx: Receiver<JobEvent>,
     ctx: egui::Context,
     finisher: Finisher,
     next_id: u64,
-    load: Option<(u64, request::LoadHandle)>,
+    load: Option<(u64, Arc<AtomicBool>)>,
     run: Option<(u64, Arc<AtomicBool>)>,
 }
 
@@ -287,35 +275,37 @@ impl Jobs {
         });
     }
 
-    /// Starts loading a model, cancelling any load in progress.
+    /// Starts loading a model, cancelling any load in progress; its events arrive as
+    /// [`JobEvent::Load`] with the returned id.
     pub fn load_model(&mut self, request: ModelRequest) -> u64 {
         self.cancel_load();
         self.next_id += 1;
         let id = self.next_id;
-        let mut handle = request::spawn_load(request);
-        let events = std::mem::replace(&mut handle.events, channel().1);
+        let cancel = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&cancel);
         let reporter = self.reporter();
-        let relay = std::thread::Builder::new()
-            .name("load-relay".into())
+        let spawned = std::thread::Builder::new()
+            .name("model-loader".into())
             .spawn(move || {
-                for event in events {
+                request::load_and_report(&request, &flag, &mut |event| {
                     reporter.send(JobEvent::Load(id, event));
-                }
+                });
             });
-        if let Err(e) = relay {
+        if let Err(e) = spawned {
             self.reporter().send(JobEvent::Load(
                 id,
                 LoadEvent::Failed(format!("cannot start a worker thread: {e}")),
             ));
         }
-        self.load = Some((id, handle));
+        self.load = Some((id, cancel));
         id
     }
 
-    /// Cancels the model load in progress, if any.
+    /// Cancels the model load in progress, if any (a download stops within 64 KiB; loading
+    /// the weights is not interrupted, but its result is then dropped).
     pub fn cancel_load(&mut self) {
-        if let Some((_, handle)) = self.load.take() {
-            handle.cancel();
+        if let Some((_, flag)) = self.load.take() {
+            flag.store(true, Ordering::SeqCst);
         }
     }
 
@@ -336,24 +326,30 @@ impl Jobs {
         self.cancel_run();
         self.next_id += 1;
         let id = self.next_id;
-        let mut handle = runner::spawn(model, request);
-        let events = std::mem::replace(&mut handle.events, channel().1);
-        self.run = Some((id, handle.cancel_flag()));
+        let cancel = Arc::new(AtomicBool::new(false));
+        self.run = Some((id, Arc::clone(&cancel)));
         let reporter = self.reporter();
-        let relay = std::thread::Builder::new()
-            .name("run-relay".into())
+        let spawned = std::thread::Builder::new()
+            .name("loopback-runner".into())
             .spawn(move || {
-                for event in events {
-                    if let Some(event) = relay_run_event(event) {
-                        reporter.send(JobEvent::Run(id, event));
-                    }
-                }
-                handle.join();
+                runner::run_and_report(
+                    &model,
+                    &request,
+                    &mut |event| {
+                        let image = ReadyImage::of(&event);
+                        reporter.send(JobEvent::Run(id, event, image));
+                    },
+                    &cancel,
+                );
             });
-        if let Err(e) = relay {
+        if let Err(e) = spawned {
             self.reporter().send(JobEvent::Run(
                 id,
-                RunEvent::Failed(format!("cannot start a worker thread: {e}")),
+                Event::Failed {
+                    message: format!("cannot start a worker thread: {e}"),
+                    loops: Vec::new(),
+                },
+                None,
             ));
         }
         id
@@ -388,39 +384,14 @@ impl Drop for Jobs {
     }
 }
 
-/// Converts a runner event for the UI (images become textures-to-be).
-fn relay_run_event(event: Event) -> Option<RunEvent> {
-    Some(match event {
-        Event::ModelLoaded { .. } => return None,
-        Event::LoopStarted { spec, loops } => RunEvent::LoopStarted { spec, loops },
-        Event::StepFinished {
-            loop_index,
-            step,
-            total,
-            elapsed,
-            eta,
-        } => RunEvent::Step {
-            loop_index,
-            step,
-            total,
-            elapsed,
-            eta,
-        },
-        Event::Preview { image, .. } => RunEvent::Preview(color_rgb(&image)),
-        Event::LoopFinished { image, .. } => {
-            let image = Arc::new(DynamicImage::ImageRgb8((*image).clone()));
-            let color = color_image(&image, MAX_TEXTURE_SIDE);
-            RunEvent::LoopFinished { image, color }
-        }
-        Event::Finished(output) => RunEvent::Finished {
-            color: color_image(&output.finished, MAX_TEXTURE_SIDE),
-            unfinished: output.unfinished,
-            finished: output.finished,
-            recipe: Box::new(output.recipe),
-        },
-        Event::Cancelled { .. } => RunEvent::Cancelled,
-        Event::Failed { message, .. } => RunEvent::Failed(message),
-    })
+/// The model library the Model section offers: `models/` and the Hugging Face cache, with
+/// hashes already cached.
+pub fn scan_library() -> Vec<loopback_engine::load::library::Entry> {
+    loopback_engine::load::library::scan(
+        &default_search_dirs(),
+        loopback_engine::load::hub::default_cache_dir().as_deref(),
+        loopback_engine::load::weights::hash::HashCache::default_location().as_ref(),
+    )
 }
 
 /// Reads an image file and whatever settings its PNG texts carry.

@@ -2,21 +2,21 @@
 //! run of the app only: images, textures, jobs in flight).
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use egui::TextureHandle;
 use image::{DynamicImage, RgbImage};
 use serde::{Deserialize, Serialize};
 
-use loopback_engine::device::DeviceSpec;
-use loopback_engine::load::request::ModelRequest;
-use loopback_engine::load::lora::{self, LoraSpec};
-use loopback_engine::load::open::LoadedModel;
 use loopback_core::imageops::finish::Finishing;
 use loopback_core::metadata::Recipe;
 use loopback_core::plan::LoopSpec;
 use loopback_core::settings::{Settings, Size};
+use loopback_engine::device::DeviceSpec;
+use loopback_engine::load::lora::{self, LoraSpec};
+use loopback_engine::load::open::LoadedModel;
+use loopback_engine::load::request::ModelRequest;
 
 /// How many recent files are remembered.
 pub const MAX_RECENT: usize = 8;
@@ -216,6 +216,68 @@ pub struct ModelState {
     pub download_fraction: Option<f32>,
     /// Start a run as soon as the model is loaded.
     pub run_when_loaded: Option<Shown>,
+    /// The load key the settings ask for, remembered (see [`WantedKey`]).
+    pub wanted: WantedKey,
+}
+
+/// The load key the settings ask for, remembered with what it was worked out from (the
+/// model, VAE, LoRAs and prompt): working it out looks the prompt's `<lora:…>` tags up in
+/// the model folders, so it is done again only when one of these changes, or after
+/// [`WantedKey::forget`] (a rescan of the library), not on every frame.
+#[derive(Debug, Default)]
+pub struct WantedKey(Mutex<Option<(KeyInputs, Option<String>)>>);
+
+/// What a load key is worked out from.
+#[derive(Debug)]
+struct KeyInputs {
+    model: String,
+    vae: String,
+    loras: Vec<LoraChoice>,
+    prompt: String,
+}
+
+impl KeyInputs {
+    fn of(persisted: &Persisted) -> Self {
+        KeyInputs {
+            model: persisted.model.clone(),
+            vae: persisted.vae.clone(),
+            loras: persisted.loras.clone(),
+            prompt: persisted.settings.prompt.clone(),
+        }
+    }
+
+    fn matches(&self, persisted: &Persisted) -> bool {
+        self.model == persisted.model
+            && self.vae == persisted.vae
+            && self.loras == persisted.loras
+            && self.prompt == persisted.settings.prompt
+    }
+}
+
+impl WantedKey {
+    /// The key `persisted` asks for: the one remembered when the model, VAE, LoRAs and
+    /// prompt are as they were, else `work_out(persisted)` (`None`: the settings name a model
+    /// that cannot be had), remembered for next time.
+    pub fn get(
+        &self,
+        persisted: &Persisted,
+        work_out: impl FnOnce(&Persisted) -> Option<String>,
+    ) -> Option<String> {
+        let mut slot = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((inputs, key)) = &*slot
+            && inputs.matches(persisted)
+        {
+            return key.clone();
+        }
+        let key = work_out(persisted);
+        *slot = Some((KeyInputs::of(persisted), key.clone()));
+        key
+    }
+
+    /// Forgets the remembered key: the next [`WantedKey::get`] works it out again.
+    pub fn forget(&self) {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = None;
+    }
 }
 
 /// View settings of the central image viewer.
@@ -329,5 +391,70 @@ impl Session {
     /// Whether a run is in flight.
     pub fn running(&self) -> bool {
         self.progress.is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::Cell;
+
+    #[test]
+    fn wanted_key_is_worked_out_again_only_when_its_inputs_change() {
+        let wanted = WantedKey::default();
+        let mut persisted = Persisted::default();
+        let calls = Cell::new(0);
+        let work_out = |p: &Persisted| {
+            calls.set(calls.get() + 1);
+            Some(format!(
+                "{}|{}|{}|{}",
+                p.model,
+                p.vae,
+                p.loras.len(),
+                p.settings.prompt
+            ))
+        };
+        let expected = |p: &Persisted| {
+            Some(format!(
+                "{}|{}|{}|{}",
+                p.model,
+                p.vae,
+                p.loras.len(),
+                p.settings.prompt
+            ))
+        };
+        // Every frame asks; the folders are walked once.
+        for _ in 0..3 {
+            assert_eq!(wanted.get(&persisted, work_out), expected(&persisted));
+        }
+        assert_eq!(calls.get(), 1);
+        // A setting the key does not depend on changes nothing.
+        persisted.settings.cfg += 1.0;
+        persisted.device = "cpu".into();
+        wanted.get(&persisted, work_out);
+        assert_eq!(calls.get(), 1);
+        // Each input does.
+        let changes: [fn(&mut Persisted); 5] = [
+            |p| p.settings.prompt = "a cat <lora:tiny_a:0.5>".into(),
+            |p| p.model = "sd21".into(),
+            |p| p.vae = "vae.safetensors".into(),
+            |p| {
+                p.loras.push(LoraChoice {
+                    path: "a.safetensors".into(),
+                    weight: 1.0,
+                })
+            },
+            |p| p.loras[0].weight = 0.5,
+        ];
+        for (n, change) in changes.into_iter().enumerate() {
+            change(&mut persisted);
+            assert_eq!(wanted.get(&persisted, work_out), expected(&persisted));
+            wanted.get(&persisted, work_out);
+            assert_eq!(calls.get(), n + 2);
+        }
+        // A rescan forgets it.
+        wanted.forget();
+        wanted.get(&persisted, work_out);
+        assert_eq!(calls.get(), 7);
     }
 }

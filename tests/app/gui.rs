@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 use egui::accesskit::Role;
 use egui_kittest::Harness;
 use egui_kittest::kittest::Queryable;
-use loopback_scaler::gui::state::{Pending, Progress, Shown};
-use loopback_scaler::gui::{App, Command, GuiOptions};
 use loopback_core::plan::LoopSpec;
 use loopback_core::settings::{Curve, Settings, TargetMode};
+use loopback_scaler::gui::state::{Pending, Progress, Shown};
+use loopback_scaler::gui::{App, Command, GuiOptions};
 
 /// The tiny diffusers model (relative: tests run in the package folder, and the path shows
 /// in the snapshots).

@@ -1,7 +1,7 @@
 //! Timings of the finishing ops on a 1024×1024 RGB image, to compare with Pillow's
 //! (`tools/bench/pillow_ops.py`, same op names).
 //!
-//! Run with `cargo bench --bench image_ops`.
+//! Run with `cargo bench -p loopback-core --bench image_ops`.
 
 use std::hint::black_box;
 use std::path::Path;

@@ -1,14 +1,16 @@
 //! The loop plan: the final size and, for every loop, its size, denoise, seed and steps.
 //!
-//! Implements `loopback-algorithm.md` ("Final size", "Size of each loop", "Denoise, seed and
-//! steps of each loop") as pure functions. Two choices the spec leaves open are made here:
+//! Implements the plan of `docs/algorithm.md` (final size, each loop's size, denoise, seed and
+//! steps) as pure functions. Two choices the original script leaves open are made here:
 //! - In scale mode the limiting side (the one computed, the other following the ratio) is the
 //!   longer side of the start size (height on a square).
 //! - Each side of every loop stays between its start and final values (the final size bounds
 //!   growth; when the start is larger than the final size, the loops shrink towards it).
 
+use image::{DynamicImage, RgbImage};
 use serde::{Deserialize, Serialize};
 
+use crate::io::to_diffusion_rgb;
 use crate::settings::{Curve, Settings, Size, TargetMode};
 use crate::{Error, Result};
 
@@ -248,6 +250,66 @@ pub fn rgb_mean(image: &image::RgbImage) -> f64 {
     }
     let sum: u64 = pixels.iter().map(|&v| u64::from(v)).sum();
     sum as f64 / pixels.len() as f64
+}
+
+/// What a plan is made for: the input image, or none.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum PlanInput {
+    /// An input image (or one assumed in its place).
+    Image {
+        /// Its size: rounded down to ×8, the start size unless the start size setting is
+        /// given.
+        size: Size,
+        /// The mean of its R, G and B values ([`rgb_mean`] of the image as the run sees it,
+        /// [`to_diffusion_rgb`]): the adaptive curve's brightness.
+        mean: f64,
+    },
+    /// No input image: the start size setting must be given. The adaptive curve assumes a
+    /// mean of 127.5, and its sizes after the first loop are estimates.
+    NoImage,
+}
+
+impl PlanInput {
+    /// The input `image`, flattened as the run sees it ([`to_diffusion_rgb`]).
+    pub fn of_image(image: &DynamicImage) -> Self {
+        Self::of_rgb(&to_diffusion_rgb(image))
+    }
+
+    /// The input `rgb`, already as the run sees it.
+    pub fn of_rgb(rgb: &RgbImage) -> Self {
+        PlanInput::Image {
+            size: Size::new(rgb.width(), rgb.height()),
+            mean: rgb_mean(rgb),
+        }
+    }
+
+    /// The image's size, if there is one.
+    pub fn size(&self) -> Option<Size> {
+        match *self {
+            PlanInput::Image { size, .. } => Some(size),
+            PlanInput::NoImage => None,
+        }
+    }
+
+    /// The image's mean RGB value, if there is one.
+    pub fn mean(&self) -> Option<f64> {
+        match *self {
+            PlanInput::Image { mean, .. } => Some(mean),
+            PlanInput::NoImage => None,
+        }
+    }
+}
+
+/// The plan of a run of `settings` on `input` whose first loop has seed `seed` (a resolved
+/// seed, [`resolve_seed`]): the start size ([`start_size`]) and the plan from it ([`plan`]),
+/// adaptive sizes after the first loop estimated from the input's brightness.
+///
+/// This is the one place a plan is made from settings and an input; a run re-plans with
+/// [`plan`] from the same start as each loop's output becomes known.
+pub fn plan_for(settings: &Settings, input: PlanInput, seed: u32) -> Result<Plan> {
+    let start = start_size(settings, input.size())?;
+    let means: Vec<f64> = input.mean().into_iter().collect();
+    plan(settings, start, seed, &means)
 }
 
 /// Computes the plan.

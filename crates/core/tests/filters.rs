@@ -3,7 +3,7 @@
 //! The golden outputs come from `tools/fixtures/filters.py`; `manifest.json` lists every case.
 //! Each case applies some ops to one input and stores the results stacked vertically, one tile
 //! per op. Every tile must equal Pillow's (the spec allows 1 level; see [`BIT_EXACT`]); the
-//! actual maximum difference is printed per op (`cargo test --test filters -- --nocapture`).
+//! actual maximum difference is printed per op (`cargo test -p loopback-core --test core filters -- --nocapture`).
 
 use crate::common;
 

@@ -2,8 +2,8 @@
 //! One binary for all of them (faster to link than one per file); fixtures are shared from
 //! the workspace's `tests/fixtures` and `tests/data`.
 
-mod common;
 mod color_correction;
+mod common;
 mod filters;
 mod io;
 mod metadata;

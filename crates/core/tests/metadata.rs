@@ -4,7 +4,7 @@
 //! Pillow): `cases.json` (infotexts written and parsed by Python), `fuzz.json` (seeded random
 //! parameter lines parsed by Python's `re`) and `from_python/*.png`. The
 //! PNGs under `from_rust/` were written by this test's `encode_png` with
-//! `LOOPBACK_WRITE_FIXTURES=1 cargo test --test metadata`; the Python script checks them with
+//! `LOOPBACK_WRITE_FIXTURES=1 cargo test -p loopback-core --test core metadata`; the Python script checks them with
 //! Pillow, and this test checks that they still decode to what `from_rust/expected.json` says.
 
 use crate::common;
@@ -464,4 +464,41 @@ fn reads_text_chunks_after_the_image_data() {
     let path = dir.path().join("after.png");
     std::fs::write(&path, &moved).expect("write");
     assert_eq!(read_png_texts_from_path(&path).expect("texts"), texts);
+}
+
+#[test]
+fn post_records_are_sorted_json() {
+    use loopback_core::imageops::finish::Finishing;
+    use loopback_core::metadata::post_record;
+    use loopback_core::settings::FilterLevel;
+    let finishing = Finishing {
+        detail: FilterLevel::Low,
+        contour: true,
+        sharpness: 1.25,
+        ..Finishing::default()
+    };
+    assert_eq!(
+        post_record(&finishing, Some(Path::new("refs/ref.png"))),
+        r#"{"blur":"none","brightness":1.0,"color":1.0,"contour":true,"contrast":1.0,"detail":"low","match_colors":"ref.png","sharpness":1.25,"smooth":"none"}"#
+    );
+    // The record as it was written field by field before `Finishing` came from the table.
+    let by_hand = json!({
+        "sharpness": finishing.sharpness,
+        "brightness": finishing.brightness,
+        "color": finishing.color,
+        "contrast": finishing.contrast,
+        "detail": finishing.detail,
+        "smooth": finishing.smooth,
+        "blur": finishing.blur,
+        "contour": finishing.contour,
+        "match_colors": "ref.png",
+    });
+    assert_eq!(
+        post_record(&finishing, Some(Path::new("refs/ref.png"))),
+        by_hand.to_string()
+    );
+    assert_eq!(
+        post_record(&Finishing::default(), None),
+        r#"{"blur":"none","brightness":1.0,"color":1.0,"contour":false,"contrast":1.0,"detail":"none","match_colors":null,"sharpness":1.0,"smooth":"none"}"#
+    );
 }

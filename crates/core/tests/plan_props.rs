@@ -1,4 +1,4 @@
-//! Property tests of the loop plan (`loopback-algorithm.md`).
+//! Property tests of the loop plan (`docs/algorithm.md`, "The plan").
 
 use loopback_core::plan::{plan, start_size};
 use loopback_core::settings::{Choice, Curve, Settings, Size, TargetMode};

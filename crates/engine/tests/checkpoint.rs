@@ -11,14 +11,14 @@ use std::sync::atomic::AtomicBool;
 
 use candle_core::{DType, Device, Tensor};
 use image::DynamicImage;
+use loopback_core::settings::{Settings, TargetMode};
 use loopback_engine::load::checkpoint::{Checkpoint, CheckpointOptions, Family};
-use loopback_engine::model::unet::AddedCond;
-use loopback_engine::load::open::{LoadOptions, ModelPath};
 use loopback_engine::load::open::LoadedModel;
+use loopback_engine::load::open::{LoadOptions, ModelPath};
+use loopback_engine::load::weights::SafetensorsFile;
+use loopback_engine::model::unet::AddedCond;
 use loopback_engine::run::runner::{self, RunRequest};
 use loopback_engine::scheduler::PredictionType;
-use loopback_engine::load::weights::SafetensorsFile;
-use loopback_core::settings::{Settings, TargetMode};
 
 use crate::common;
 use common::max_abs_diff;

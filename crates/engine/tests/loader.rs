@@ -6,14 +6,22 @@ use crate::common;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
+use std::sync::mpsc::channel;
 
 use loopback_engine::device::DeviceSpec;
 use loopback_engine::load::request::{self, LoadEvent, ModelRequest};
 
+/// Every event of a load job run on a worker thread, as the GUI runs it.
 fn events(request: ModelRequest) -> Vec<LoadEvent> {
-    let handle = request::spawn_load(request);
-    let events: Vec<LoadEvent> = handle.events.iter().collect();
-    handle.join();
+    let (tx, rx) = channel();
+    let worker = std::thread::spawn(move || {
+        let cancel = Arc::new(AtomicBool::new(false));
+        request::load_and_report(&request, &cancel, &mut |event| {
+            let _ = tx.send(event);
+        });
+    });
+    let events: Vec<LoadEvent> = rx.iter().collect();
+    worker.join().unwrap();
     events
 }
 

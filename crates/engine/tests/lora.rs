@@ -11,12 +11,12 @@ use std::sync::atomic::AtomicBool;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use image::DynamicImage;
+use loopback_core::settings::{Sampler, Settings, TargetMode};
 use loopback_engine::load::lora::{self, Component, LoraSet, LoraSpec};
+use loopback_engine::load::open::LoadedModel;
 use loopback_engine::model::SdModel;
 use loopback_engine::run::pipeline::{Img2ImgParams, TextAndSchedule, img2img};
-use loopback_engine::load::open::LoadedModel;
 use loopback_engine::run::runner::{self, RunRequest};
-use loopback_core::settings::{Sampler, Settings, TargetMode};
 use serde_json::Value;
 
 use crate::common;

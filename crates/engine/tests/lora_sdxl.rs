@@ -10,13 +10,13 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
+use loopback_core::settings::Sampler;
 use loopback_engine::load::checkpoint::LdmUnetLayout;
 use loopback_engine::load::lora::names::safetensors_names;
 use loopback_engine::load::lora::{Component, LoraSet, LoraSpec};
 use loopback_engine::model::SdModel;
 use loopback_engine::model::unet::AddedCond;
 use loopback_engine::run::pipeline::{Img2ImgParams, TextAndSchedule, conditioning, img2img};
-use loopback_core::settings::Sampler;
 use serde_json::Value;
 
 use crate::common;

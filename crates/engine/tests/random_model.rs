@@ -6,11 +6,12 @@ use crate::common;
 
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 
 use candle_core::{DType, Device};
+use loopback_core::settings::{Settings, TargetMode};
 use loopback_engine::load::open::LoadedModel;
 use loopback_engine::run::runner::{self, Event, RunRequest};
-use loopback_core::settings::{Settings, TargetMode};
 use rand::{RngExt, SeedableRng};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 
@@ -66,8 +67,7 @@ fn write_random_model(dir: &Path, seed: u64) {
 }
 
 fn run(model: Arc<LoadedModel>, seed: i64) -> Vec<Event> {
-    let photo =
-        image::open(Path::new(common::ROOT).join("tests/data/chelsea.png")).unwrap();
+    let photo = image::open(Path::new(common::ROOT).join("tests/data/chelsea.png")).unwrap();
     let input = Arc::new(photo.resize_exact(96, 64, image::imageops::FilterType::Triangle));
     let settings = Settings {
         loops: 2,
@@ -79,8 +79,15 @@ fn run(model: Arc<LoadedModel>, seed: i64) -> Vec<Event> {
         prompt: "a cat".into(),
         ..Settings::default()
     };
-    let handle = runner::spawn(model, RunRequest { input, settings });
-    handle.events.iter().collect()
+    let request = RunRequest { input, settings };
+    let mut events = Vec::new();
+    runner::run_and_report(
+        &model,
+        &request,
+        &mut |event| events.push(event),
+        &AtomicBool::new(false),
+    );
+    events
 }
 
 #[test]

@@ -6,12 +6,13 @@ use crate::common;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::channel;
 
 use candle_core::{DType, Device};
 use image::DynamicImage;
+use loopback_core::settings::{Curve, Settings, TargetMode};
 use loopback_engine::load::open::LoadedModel;
 use loopback_engine::run::runner::{self, Event, RunRequest};
-use loopback_core::settings::{Curve, Settings, TargetMode};
 
 fn model() -> LoadedModel {
     let path = Path::new(common::ROOT).join("tests/fixtures/tiny-sd");
@@ -19,8 +20,7 @@ fn model() -> LoadedModel {
 }
 
 fn input() -> Arc<DynamicImage> {
-    let photo =
-        image::open(Path::new(common::ROOT).join("tests/data/coffee.png")).unwrap();
+    let photo = image::open(Path::new(common::ROOT).join("tests/data/coffee.png")).unwrap();
     Arc::new(photo.resize_exact(96, 64, image::imageops::FilterType::Triangle))
 }
 
@@ -172,21 +172,86 @@ fn cancel_mid_loop_keeps_finished_loops() {
 #[test]
 fn spawned_run_reports_on_a_channel() {
     let model = Arc::new(model());
-    let handle = runner::spawn(
-        model,
-        RunRequest {
-            input: input(),
-            settings: settings(3),
-        },
-    );
-    let events: Vec<Event> = handle.events.iter().collect();
+    let request = RunRequest {
+        input: input(),
+        settings: settings(3),
+    };
+    let (tx, rx) = channel();
+    // As a front end runs it: on a thread of its own, reporting the (reused) model first.
+    let worker = std::thread::spawn(move || {
+        let _ = tx.send(Event::ModelLoaded {
+            name: model.name.clone(),
+            seconds: 0.0,
+        });
+        runner::run_and_report(
+            &model,
+            &request,
+            &mut |event| {
+                let _ = tx.send(event);
+            },
+            &AtomicBool::new(false),
+        );
+    });
+    let events: Vec<Event> = rx.iter().collect();
+    worker.join().unwrap();
     assert!(matches!(events.first(), Some(Event::ModelLoaded { .. })));
+    assert!(matches!(events.get(1), Some(Event::LoopStarted { .. })));
     match events.last() {
         Some(Event::Finished(output)) => {
             let texts = output.recipe.png_texts();
             assert!(texts[0].1.contains("Seed: 3"));
         }
         other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn reported_cancel_from_another_thread_ends_with_the_finished_loops() {
+    let model = Arc::new(model());
+    let request = RunRequest {
+        input: input(),
+        settings: settings(7),
+    };
+    let cancel = Arc::new(AtomicBool::new(false));
+    let (tx, rx) = channel();
+    // The worker waits after loop 1 until this thread has cancelled (no race on the timing).
+    let (ack_tx, ack_rx) = channel::<()>();
+    let flag = Arc::clone(&cancel);
+    let worker = std::thread::spawn(move || {
+        runner::run_and_report(
+            &model,
+            &request,
+            &mut |event| {
+                let wait = matches!(event, Event::LoopFinished { index: 1, .. });
+                let _ = tx.send(event);
+                if wait {
+                    let _ = ack_rx.recv();
+                }
+            },
+            &flag,
+        );
+    });
+    let mut events = Vec::new();
+    for event in rx {
+        // Cancel from this thread, as the GUI does, once loop 1 is in.
+        if matches!(event, Event::LoopFinished { index: 1, .. }) {
+            cancel.store(true, Ordering::SeqCst);
+            ack_tx.send(()).unwrap();
+        }
+        events.push(event);
+    }
+    worker.join().unwrap();
+    let finished: Vec<u32> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::LoopFinished { index, .. } => Some(*index),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(finished, [1], "loop 2 stops after its first step");
+    match events.last() {
+        Some(Event::Cancelled { loops }) => assert_eq!(loops.len(), 1),
+        other => panic!("expected Cancelled, got {other:?}"),
     }
 }
 

@@ -13,10 +13,8 @@ use crate::common;
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use loopback_engine::scheduler::{
-    NoiseSource, Scheduler, SchedulerConfig, TimestepSpacing, build,
-};
 use loopback_core::settings::{Choice, Sampler};
+use loopback_engine::scheduler::{NoiseSource, Scheduler, SchedulerConfig, TimestepSpacing, build};
 use serde::Deserialize;
 
 const SIGMA_REL_TOL: f64 = 1e-6;

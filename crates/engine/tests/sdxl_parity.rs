@@ -8,11 +8,11 @@ use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
+use loopback_core::settings::Sampler;
 use loopback_engine::model::SdModel;
 use loopback_engine::model::unet::AddedCond;
-use loopback_engine::scheduler::noise::TorchGenerator;
 use loopback_engine::run::pipeline::{Img2ImgParams, TextAndSchedule, conditioning, img2img};
-use loopback_core::settings::Sampler;
+use loopback_engine::scheduler::noise::TorchGenerator;
 use serde_json::Value;
 
 use crate::common;

@@ -10,9 +10,9 @@ use std::sync::atomic::AtomicBool;
 use candle_core::{DType, Device};
 use common::data;
 use image::DynamicImage;
+use loopback_core::settings::{Settings, TargetMode};
 use loopback_engine::load::open::LoadedModel;
 use loopback_engine::run::runner::{self, Event, RunRequest};
-use loopback_core::settings::{Settings, TargetMode};
 
 fn tiny_sdxl() -> PathBuf {
     Path::new(common::ROOT).join("tests/fixtures/tiny-sdxl")

@@ -6,8 +6,8 @@ use crate::common;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
-use loopback_engine::run::preview::taesd_to_rgb;
 use loopback_engine::model::taesd::TaesdDecoder;
+use loopback_engine::run::preview::taesd_to_rgb;
 use serde_json::Value;
 
 fn dir() -> PathBuf {

@@ -150,8 +150,10 @@ fn loader_errors_name_the_file() {
 
 /// Writes vocab.json and merges.txt into `dir`; returns their paths.
 fn write_vocab_files(dir: &Path) -> (PathBuf, PathBuf) {
-    let gz =
-        std::fs::read(manifest_path("crates/engine/assets/clip/bpe_simple_vocab_16e6.txt.gz")).expect("read gz");
+    let gz = std::fs::read(manifest_path(
+        "crates/engine/assets/clip/bpe_simple_vocab_16e6.txt.gz",
+    ))
+    .expect("read gz");
     let mut text = String::new();
     flate2::read::GzDecoder::new(&gz[..])
         .read_to_string(&mut text)

@@ -6,6 +6,7 @@ use loopback_engine::load::hub::Preset;
 use loopback_engine::load::library::{Entry, Kind, human_bytes};
 
 use super::super::command::{Command, Commands, FileTarget};
+use super::super::model::is_wanted;
 use super::super::state::LoraChoice;
 use super::super::state::{Persisted, Session};
 
@@ -118,7 +119,7 @@ pub fn ui(
             }
         }
         (Some((model, spec, device)), None)
-            if super::super::execute::same_model(persisted, spec, device) =>
+            if is_wanted(persisted, &session.model.wanted, spec, device) =>
         {
             let mut text = format!("{} loaded ({device})", model.name);
             if let Some(hash) = &model.hash {

@@ -5,27 +5,32 @@ use candle_core::DType;
 
 use super::super::state::{Persisted, Session};
 use super::fields;
+use loopback_core::plan::{self, Plan, PlanInput};
+use loopback_core::settings::{Group, Settings, Size, TargetMode};
 use loopback_engine::model::arch::Arch;
 use loopback_engine::run::memory::{self, EncoderWeights, ModelShape};
-use loopback_core::plan::{self, Plan};
-use loopback_core::settings::{Group, Settings, Size, TargetMode};
 
 /// The input size assumed before an image is opened.
 const ASSUMED_INPUT: Size = Size::new(512, 512);
 
 /// The plan for the current settings and input image, and whether the input size is assumed.
 pub fn current_plan(settings: &Settings, session: &Session) -> Result<(Plan, bool), String> {
-    let (size, mean, assumed) = match &session.input {
-        Some(input) => (input.picture.size(), input.mean, false),
-        None => (ASSUMED_INPUT, 0.5, true),
+    let input = match &session.input {
+        Some(input) => PlanInput::Image {
+            size: input.picture.size(),
+            mean: input.mean,
+        },
+        None => PlanInput::Image {
+            size: ASSUMED_INPUT,
+            mean: 0.5,
+        },
     };
-    let start = plan::start_size(settings, Some(size)).map_err(|e| e.to_string())?;
     let seed = match settings.seed {
         -1 => 0,
         s => plan::resolve_seed(s),
     };
-    let plan = plan::plan(settings, start, seed, &[mean]).map_err(|e| e.to_string())?;
-    Ok((plan, assumed))
+    let plan = plan::plan_for(settings, input, seed).map_err(|e| e.to_string())?;
+    Ok((plan, session.input.is_none()))
 }
 
 /// The shape the memory planner estimates with: the loaded model's configs, else the SD 1.5
@@ -68,7 +73,7 @@ pub fn ui(ui: &mut egui::Ui, persisted: &mut Persisted, session: &Session) {
     }
     let seconds_per_unit = session.seconds_per_mpstep;
     let shape = model_shape(session);
-    let batch = if settings.cfg > 1.0 { 2 } else { 1 };
+    let batch = memory::unet_batch(settings.cfg);
     let limit = memory::available_bytes();
     egui::Grid::new("plan_table")
         .striped(true)

@@ -1,6 +1,6 @@
 //! Pillow's `ImageEnhance` (Sharpness, Brightness, Color, Contrast), reproduced bit for bit,
 //! with the two primitives they rest on: `Image.blend` (`libImaging/Blend.c`) and the RGB→L
-//! conversion (`libImaging/Convert.c`). See `pillow-and-a1111.md`, section 2.
+//! conversion (`libImaging/Convert.c`). See `docs/pillow.md`, "Enhancements".
 //!
 //! Every enhancement is `blend(degenerate, image, factor)` for an enhancer-specific degenerate
 //! image. The functions are generic over 8-bit pixels; the first channels are colour (one for

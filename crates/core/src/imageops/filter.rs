@@ -1,7 +1,7 @@
 //! Pillow's built-in `ImageFilter` convolution kernels, reproduced bit for bit.
 //!
 //! The arithmetic follows Pillow 9.5.0's `libImaging/Filter.c` (see
-//! `pillow-and-a1111.md`, section 1): coefficients `f32(k) / f32(scale)`, a start value of
+//! `docs/pillow.md`, "Convolution filters"): coefficients `f32(k) / f32(scale)`, a start value of
 //! `offset + 0.5`, each kernel row summed left to right in `f32` and the row sums added in
 //! order, then a clamp to `0..=255` and truncation. The kernel is flipped vertically (kernel
 //! row `i` reads image row `y + r − i`) but not horizontally. The outer `r = size / 2` rows and

@@ -1,4 +1,4 @@
-//! The finishing chain applied to the last loop's result (`loopback-algorithm.md`, "After
+//! The finishing chain applied to the last loop's result (`docs/algorithm.md`, "After
 //! the last loop"): Sharpness → Brightness → Color → Contrast (Pillow `ImageEnhance`), then
 //! DETAIL × n → SMOOTH × n → BLUR × n → CONTOUR (Pillow `ImageFilter`).
 
@@ -6,72 +6,59 @@ use image::{DynamicImage, ImageBuffer, Pixel};
 
 use super::enhance::{brightness, color, contrast, sharpness};
 use super::filter::{Kernel, filter};
-use crate::settings::FilterLevel;
 
-/// The finishing settings: four enhancement factors (1.0 leaves the image as it is) and the
-/// number of passes of each filter.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Finishing {
-    /// `ImageEnhance.Sharpness` factor.
-    pub sharpness: f64,
-    /// `ImageEnhance.Brightness` factor.
-    pub brightness: f64,
-    /// `ImageEnhance.Color` factor.
-    pub color: f64,
-    /// `ImageEnhance.Contrast` factor.
-    pub contrast: f64,
-    /// Passes of `ImageFilter.DETAIL`.
-    pub detail: FilterLevel,
-    /// Passes of `ImageFilter.SMOOTH`.
-    pub smooth: FilterLevel,
-    /// Passes of `ImageFilter.BLUR`.
-    pub blur: FilterLevel,
-    /// Whether `ImageFilter.CONTOUR` is applied last.
-    pub contour: bool,
-}
-
-impl Default for Finishing {
-    /// Factors of 1.0, no filter passes, no contour: the identity.
-    fn default() -> Self {
-        Finishing {
-            sharpness: 1.0,
-            brightness: 1.0,
-            color: 1.0,
-            contrast: 1.0,
-            detail: FilterLevel::None,
-            smooth: FilterLevel::None,
-            blur: FilterLevel::None,
-            contour: false,
-        }
-    }
-}
+/// The finishing settings, defined with every other setting in the settings table.
+pub use crate::settings::Finishing;
 
 impl Finishing {
     /// Whether [`apply`] returns the image unchanged with these settings.
     pub fn is_identity(&self) -> bool {
-        [self.sharpness, self.brightness, self.color, self.contrast]
-            .into_iter()
-            .all(is_one)
+        self.enhancements::<image::Rgb<u8>>()
+            .iter()
+            .all(|(_, factor)| is_one(*factor))
             && self.filters().iter().all(|(_, passes)| *passes == 0)
     }
 
     /// The enhancements with their factors, in the order they are applied.
     fn enhancements<P: Pixel<Subpixel = u8>>(&self) -> [(Enhancement<P>, f64); 4] {
+        // Every setting is named here or in `filters`, so that a new finishing setting in the
+        // settings table does not compile until it is applied.
+        let Finishing {
+            sharpness: sharpness_factor,
+            brightness: brightness_factor,
+            color: color_factor,
+            contrast: contrast_factor,
+            detail: _,
+            smooth: _,
+            blur: _,
+            contour: _,
+        } = *self;
         [
-            (sharpness::<P>, self.sharpness),
-            (brightness::<P>, self.brightness),
-            (color::<P>, self.color),
-            (contrast::<P>, self.contrast),
+            (sharpness::<P>, sharpness_factor),
+            (brightness::<P>, brightness_factor),
+            (color::<P>, color_factor),
+            (contrast::<P>, contrast_factor),
         ]
     }
 
     /// The filters with their number of passes, in the order they are applied.
     fn filters(&self) -> [(Kernel, usize); 4] {
+        // As in `enhancements`: every setting is named in one of the two.
+        let Finishing {
+            detail,
+            smooth,
+            blur,
+            contour,
+            sharpness: _,
+            brightness: _,
+            color: _,
+            contrast: _,
+        } = *self;
         [
-            (Kernel::Detail, self.detail.passes()),
-            (Kernel::Smooth, self.smooth.passes()),
-            (Kernel::Blur, self.blur.passes()),
-            (Kernel::Contour, usize::from(self.contour)),
+            (Kernel::Detail, detail.passes()),
+            (Kernel::Smooth, smooth.passes()),
+            (Kernel::Blur, blur.passes()),
+            (Kernel::Contour, usize::from(contour)),
         ]
     }
 }
@@ -126,6 +113,7 @@ pub fn apply_dynamic(img: &DynamicImage, f: &Finishing) -> DynamicImage {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::settings::FilterLevel;
     use image::{Rgb, RgbImage, Rgba, RgbaImage};
 
     #[test]

@@ -5,36 +5,32 @@
 //! [`Recipe`] as JSON, from which the app restores every setting exactly.
 
 pub mod infotext;
+mod keys;
 pub mod png_text;
 mod recipe;
 
 use std::path::Path;
 
+pub use keys::{PARAMETERS_KEY, POST_KEY, RECIPE_KEY};
 pub use recipe::{
     LoraRecord, ModelInfo, Recipe, VaeInfo, settings_from_infotext, settings_from_texts,
 };
 
-use crate::imageops::finish::Finishing;
-
-/// The PNG text key of A1111's infotext.
-pub const PARAMETERS_KEY: &str = "parameters";
-/// The PNG text key of the app's recipe (JSON).
-pub const RECIPE_KEY: &str = "loopback-scaler";
-/// The PNG text key recording a `post` re-finish (JSON).
-pub const POST_KEY: &str = "loopback-scaler-post";
+use crate::settings::Finishing;
 
 /// A JSON record of a `post` pass: the finishing applied and the colour reference, if any.
+///
+/// The keys are the finishing settings' and `match_colors` (the reference's file name or
+/// `null`), in alphabetical order (`serde_json`'s map sorts them).
 pub fn post_record(finishing: &Finishing, match_colors: Option<&Path>) -> String {
-    let value = serde_json::json!({
-        "sharpness": finishing.sharpness,
-        "brightness": finishing.brightness,
-        "color": finishing.color,
-        "contrast": finishing.contrast,
-        "detail": finishing.detail,
-        "smooth": finishing.smooth,
-        "blur": finishing.blur,
-        "contour": finishing.contour,
-        "match_colors": match_colors.and_then(|p| p.file_name()).map(|n| n.to_string_lossy()),
-    });
+    // Plain data with string keys: serialising cannot fail.
+    let mut value = serde_json::to_value(finishing).unwrap_or_default();
+    if let Some(record) = value.as_object_mut() {
+        let name = match_colors.and_then(|p| p.file_name());
+        record.insert(
+            "match_colors".to_owned(),
+            serde_json::json!(name.map(|n| n.to_string_lossy())),
+        );
+    }
     value.to_string()
 }

@@ -2,11 +2,12 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::infotext::{Infotext, py_float};
-use super::{PARAMETERS_KEY, RECIPE_KEY};
+use super::infotext::Infotext;
+use super::keys::{PARAMETERS_KEY, RECIPE_KEY};
 use crate::plan::{LoopSpec, Plan};
 use crate::settings::{
-    Choice, Curve, FilterLevel, ResizeMode, Sampler, Settings, Size, TargetMode,
+    Choice, Curve, FINISHING_INFOTEXT, Finishing, ResizeMode, Sampler, Settings, Size, TargetMode,
+    ValueKind, py_bool, py_float,
 };
 use crate::{Error, Result};
 
@@ -65,16 +66,11 @@ pub struct Recipe {
     pub loras: Vec<LoraRecord>,
 }
 
-/// A Python `bool`'s `str`.
-fn py_bool(v: bool) -> &'static str {
-    if v { "True" } else { "False" }
-}
-
 impl Recipe {
     /// The recipe of a run of `settings` along `plan`.
     pub fn new(settings: &Settings, plan: &Plan, model: Option<ModelInfo>) -> Self {
         Recipe {
-            app: format!("{} {}", env!("CARGO_PKG_NAME"), env!("CARGO_PKG_VERSION")),
+            app: format!("{} {}", crate::APP_NAME, crate::APP_VERSION),
             settings: settings.clone(),
             seed: plan.loops.first().map_or(0, |l| l.seed),
             model,
@@ -122,14 +118,9 @@ impl Recipe {
             py_float(s.denoise_change),
         );
         push("Dimension increment factor", py_float(s.adaptive_factor));
-        push("Add Detail", s.detail.label().into());
-        push("Add Blur", s.blur.label().into());
-        push("Smoothing", s.smooth.label().into());
-        push("Contour", py_bool(s.contour).into());
-        push("Sharpness", py_float(s.sharpness));
-        push("Brightness", py_float(s.brightness));
-        push("Color Strength", py_float(s.color));
-        push("Contrast", py_float(s.contrast));
+        for (key, value) in s.finishing().infotext_pairs() {
+            push(key, value);
+        }
         push("Loopback loops", s.loops.to_string());
         push("Loopback curve", s.curve.label().into());
         match s.target_mode {
@@ -144,7 +135,7 @@ impl Recipe {
         push("Color correction", py_bool(s.color_correction).into());
         push(
             "Version",
-            format!("{} v{}", env!("CARGO_PKG_NAME"), env!("CARGO_PKG_VERSION")),
+            format!("{} v{}", crate::APP_NAME, crate::APP_VERSION),
         );
         Infotext {
             prompt: s.prompt.clone(),
@@ -216,6 +207,7 @@ pub fn settings_from_infotext(info: &Infotext) -> (Settings, Vec<String>) {
         negative_prompt: info.negative_prompt.clone(),
         ..Settings::default()
     };
+    let mut finishing = s.finishing();
     let mut warnings = Vec::new();
     let mut take = |key: &str, apply: &mut dyn FnMut(&str) -> bool| {
         if let Some(value) = info.get(key)
@@ -234,27 +226,18 @@ pub fn settings_from_infotext(info: &Infotext) -> (Settings, Vec<String>) {
     take("Dimension increment factor", &mut |v| {
         parse_into(v, &mut s.adaptive_factor)
     });
-    take("Sharpness", &mut |v| parse_into(v, &mut s.sharpness));
-    take("Brightness", &mut |v| parse_into(v, &mut s.brightness));
-    take("Color Strength", &mut |v| parse_into(v, &mut s.color));
-    take("Contrast", &mut |v| parse_into(v, &mut s.contrast));
+    // Each kind of finishing value right after A1111's keys of that kind and before the
+    // loopback script's (the order the warnings come in).
+    take_finishing(&mut take, &mut finishing, ValueKind::Number);
     take("Loopback loops", &mut |v| parse_into(v, &mut s.loops));
-    take("Add Detail", &mut |v| {
-        choice_into::<FilterLevel>(v, &mut s.detail)
-    });
-    take("Add Blur", &mut |v| {
-        choice_into::<FilterLevel>(v, &mut s.blur)
-    });
-    take("Smoothing", &mut |v| {
-        choice_into::<FilterLevel>(v, &mut s.smooth)
-    });
+    take_finishing(&mut take, &mut finishing, ValueKind::Choice);
     take("Loopback curve", &mut |v| {
         choice_into::<Curve>(v, &mut s.curve)
     });
     take("Resize mode", &mut |v| {
         choice_into::<ResizeMode>(v, &mut s.resize_mode)
     });
-    take("Contour", &mut |v| bool_into(v, &mut s.contour));
+    take_finishing(&mut take, &mut finishing, ValueKind::Toggle);
     take("Color correction", &mut |v| {
         bool_into(v, &mut s.color_correction)
     });
@@ -281,6 +264,7 @@ pub fn settings_from_infotext(info: &Infotext) -> (Settings, Vec<String>) {
         };
         choice_into::<Sampler>(&name, &mut s.sampler)
     });
+    s.set_finishing(&finishing);
     // Keep only what validates; report the rest and fall back to the default.
     let defaults = Settings::default();
     for _ in crate::settings::FIELDS {
@@ -312,6 +296,18 @@ fn reset_field(settings: &mut Settings, defaults: &Settings, key: &str) {
     }
     if let Ok(restored) = serde_json::from_value(value) {
         *settings = restored;
+    }
+}
+
+/// Reads the finishing settings of `kind` ([`FINISHING_INFOTEXT`], in the infotext's order)
+/// into `finishing` through `take`.
+fn take_finishing(
+    take: &mut impl FnMut(&str, &mut dyn FnMut(&str) -> bool),
+    finishing: &mut Finishing,
+    kind: ValueKind,
+) {
+    for field in FINISHING_INFOTEXT.iter().filter(|f| f.kind == kind) {
+        take(field.key, &mut |v| (field.read)(finishing, v));
     }
 }
 

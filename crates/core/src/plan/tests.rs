@@ -208,3 +208,49 @@ fn mean_of_rgb() {
     });
     assert_eq!(rgb_mean(&img), 127.5);
 }
+
+#[test]
+fn plan_for_an_input_starts_from_its_size_and_brightness() {
+    let adaptive = settings(|s| s.curve = Curve::Adaptive);
+    let input = PlanInput::Image {
+        size: Size::new(517, 771),
+        mean: 60.0,
+    };
+    let p = plan_for(&adaptive, input, 5).unwrap();
+    let start = Size::new(512, 768);
+    assert_eq!(p.start, start);
+    assert_eq!(p, plan(&adaptive, start, 5, &[60.0]).unwrap());
+    assert!(!p.loops[0].estimated && p.loops[1].estimated);
+
+    // An image as the run sees it: alpha flattened onto white.
+    let rgba = image::RgbaImage::from_pixel(64, 72, image::Rgba([0, 0, 0, 0]));
+    let of_image = PlanInput::of_image(&DynamicImage::ImageRgba8(rgba));
+    assert_eq!(
+        of_image,
+        PlanInput::Image {
+            size: Size::new(64, 72),
+            mean: 255.0
+        }
+    );
+    assert_eq!(
+        (of_image.size(), of_image.mean()),
+        (Some(Size::new(64, 72)), Some(255.0))
+    );
+}
+
+#[test]
+fn plan_for_no_input_needs_the_start_size_setting() {
+    assert!(plan_for(&Settings::default(), PlanInput::NoImage, 1).is_err());
+    let s = settings(|s| {
+        s.start_size = Some(Size::new(512, 512));
+        s.curve = Curve::Adaptive;
+    });
+    let p = plan_for(&s, PlanInput::NoImage, 1).unwrap();
+    assert_eq!(p, plan(&s, Size::new(512, 512), 1, &[]).unwrap());
+    // The start size setting wins over an image's size.
+    let image = PlanInput::Image {
+        size: Size::new(800, 600),
+        mean: 127.5,
+    };
+    assert_eq!(plan_for(&s, image, 1).unwrap().start, Size::new(512, 512));
+}

@@ -65,7 +65,7 @@ macro_rules! choice_enum {
 }
 
 choice_enum! {
-    /// How the size grows from loop to loop (`loopback-algorithm.md`, "Size of each loop").
+    /// How the size grows from loop to loop (`docs/algorithm.md`, "The plan").
     Curve {
         /// Equal steps.
         Linear = ("linear", "Linear"),

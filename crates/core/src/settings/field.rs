@@ -1,7 +1,7 @@
 //! Metadata of a setting (label, group, help, range) and range checking.
 
 use super::choices::{Choice, Size};
-use crate::{Error, Result};
+use crate::error::{Error, Result};
 
 /// The groups of the side panel, in the order of the original script.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -164,9 +164,9 @@ macro_rules! always_valid {
 always_valid!(
     String,
     bool,
-    super::Curve,
-    super::TargetMode,
-    super::Sampler,
-    super::ResizeMode,
-    super::FilterLevel
+    super::choices::Curve,
+    super::choices::TargetMode,
+    super::choices::Sampler,
+    super::choices::ResizeMode,
+    super::choices::FilterLevel
 );

@@ -6,8 +6,16 @@
 //! validation, and (with the `clap` feature, which the app turns on) `SettingsArgs`, the clap flags
 //! of every command that takes settings.
 //!
+//! The table's last section, `finishing`, holds the settings of the finishing chain (the
+//! `Finish` group). Each also names its A1111 infotext key and its place among them; from
+//! these come the [`Finishing`] struct (what `imageops::finish` applies), its identity
+//! default, [`Settings::finishing`] and [`Settings::set_finishing`], and
+//! [`FINISHING_INFOTEXT`], from which the metadata writes and reads them. A new filter is one
+//! entry there plus its filter code in `imageops::finish`, which the compiler asks for.
+//!
 //! Precedence when a command runs: built-in defaults, then a `--settings FILE.json`, then flags.
 
+mod a1111;
 mod choices;
 mod field;
 
@@ -15,16 +23,18 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+pub use a1111::{InfotextField, InfotextValue, ValueKind, py_bool, py_float};
 pub use choices::{Choice, Curve, FilterLevel, ResizeMode, Sampler, Size, TargetMode};
 pub use field::{Control, FieldDef, Group};
 
-use crate::{Error, Result};
+use crate::error::{Error, Result};
 use field::Check;
 
 /// The largest seed; seeds are 32-bit as in A1111.
 pub const MAX_SEED: i64 = u32::MAX as i64;
 
 macro_rules! define_settings {
+    // The table: every setting, then the finishing settings with their infotext key and place.
     (
         $(
             $(#[doc = $doc:literal])+
@@ -32,8 +42,91 @@ macro_rules! define_settings {
                 arg $argty:ty $([$($argattr:tt)*])?, flag $flag:literal, group $group:ident, label $label:literal,
                 control $control:expr;
         )+
+        finishing {
+            $(
+                $(#[doc = $fdoc:literal])+
+                $ffield:ident : $fty:ty = $fdefault:expr,
+                    arg $fargty:ty $([$($fargattr:tt)*])?, flag $fflag:literal, label $flabel:literal,
+                    control $fcontrol:expr, infotext $fkey:literal at $fpos:literal;
+            )+
+        }
     ) => {
-        /// Every setting of a run, with the defaults of `loopback-algorithm.md`.
+        define_settings! {
+            @settings
+            $(
+                $(#[doc = $doc])+
+                $field : $ty = $default,
+                    arg $argty $([$($argattr)*])?, flag $flag, group $group, label $label,
+                    control $control;
+            )+
+            $(
+                $(#[doc = $fdoc])+
+                $ffield : $fty = $fdefault,
+                    arg $fargty $([$($fargattr)*])?, flag $fflag, group Finish, label $flabel,
+                    control $fcontrol;
+            )+
+        }
+
+        /// The settings of the finishing chain applied after the last loop: filter passes and
+        /// enhancement factors (`imageops::finish` applies them in its own order).
+        #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+        pub struct Finishing {
+            $( $(#[doc = $fdoc])+ pub $ffield: $fty, )+
+        }
+
+        impl Default for Finishing {
+            /// The settings' defaults: no filter passes, no contour, factors of 1.0 (the
+            /// identity).
+            fn default() -> Self {
+                Finishing { $( $ffield: $fdefault, )+ }
+            }
+        }
+
+        impl Settings {
+            /// The finishing-chain part of the settings.
+            pub fn finishing(&self) -> Finishing {
+                Finishing { $( $ffield: self.$ffield, )+ }
+            }
+
+            /// Sets the finishing-chain part of the settings to `finishing`.
+            pub fn set_finishing(&mut self, finishing: &Finishing) {
+                $( self.$ffield = finishing.$ffield; )+
+            }
+        }
+
+        /// The finishing settings in A1111's infotext, in the order they are written there
+        /// (`Add Detail, Add Blur, Smoothing, Contour, Sharpness, Brightness, Color Strength,
+        /// Contrast`).
+        pub static FINISHING_INFOTEXT: &[InfotextField<Finishing>] =
+            &a1111::in_position_order([
+                $(
+                    InfotextField {
+                        key: $fkey,
+                        position: $fpos,
+                        kind: <$fty as InfotextValue>::KIND,
+                        write: |f: &Finishing| f.$ffield.to_infotext(),
+                        read: |f: &mut Finishing, text: &str| match <$fty as InfotextValue>::from_infotext(text) {
+                            Some(value) => {
+                                f.$ffield = value;
+                                true
+                            }
+                            None => false,
+                        },
+                    },
+                )+
+            ]);
+    };
+
+    (
+        @settings
+        $(
+            $(#[doc = $doc:literal])+
+            $field:ident : $ty:ty = $default:expr,
+                arg $argty:ty $([$($argattr:tt)*])?, flag $flag:literal, group $group:ident, label $label:literal,
+                control $control:expr;
+        )+
+    ) => {
+        /// Every setting of a run, with the defaults of `docs/algorithm.md`.
         ///
         /// Missing keys in a settings file take their defaults; unknown keys are an error.
         #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -171,38 +264,61 @@ define_settings! {
     color_correction: bool = false,
         arg bool [num_args = 0..=1, require_equals = true, default_missing_value = "true"], flag "color-correction", group Img2img, label "Colour correction",
         control Control::Toggle;
-    /// Passes of Pillow's DETAIL filter on the final image.
-    detail: FilterLevel = FilterLevel::None,
-        arg FilterLevel, flag "detail", group Finish, label "Detail",
-        control Control::Choice { options: field::options::<FilterLevel> };
-    /// Passes of Pillow's SMOOTH filter on the final image.
-    smooth: FilterLevel = FilterLevel::None,
-        arg FilterLevel, flag "smooth", group Finish, label "Smooth",
-        control Control::Choice { options: field::options::<FilterLevel> };
-    /// Passes of Pillow's BLUR filter on the final image.
-    blur: FilterLevel = FilterLevel::None,
-        arg FilterLevel, flag "blur", group Finish, label "Blur",
-        control Control::Choice { options: field::options::<FilterLevel> };
-    /// Apply Pillow's CONTOUR filter last.
-    contour: bool = false,
-        arg bool [num_args = 0..=1, require_equals = true, default_missing_value = "true"], flag "contour", group Finish, label "Contour",
-        control Control::Toggle;
-    /// Pillow ImageEnhance Sharpness factor (1 = unchanged).
-    sharpness: f64 = 1.0,
-        arg f64, flag "sharpness", group Finish, label "Sharpness",
-        control Control::Float { min: 0.1, max: 2.0, step: 0.01 };
-    /// Pillow ImageEnhance Brightness factor (1 = unchanged).
-    brightness: f64 = 1.0,
-        arg f64, flag "brightness", group Finish, label "Brightness",
-        control Control::Float { min: 0.1, max: 2.0, step: 0.01 };
-    /// Pillow ImageEnhance Color (saturation) factor (1 = unchanged).
-    color: f64 = 1.0,
-        arg f64, flag "color", group Finish, label "Colour",
-        control Control::Float { min: 0.1, max: 2.0, step: 0.01 };
-    /// Pillow ImageEnhance Contrast factor (1 = unchanged).
-    contrast: f64 = 1.0,
-        arg f64, flag "contrast", group Finish, label "Contrast",
-        control Control::Float { min: 0.1, max: 2.0, step: 0.01 };
+    // The finishing chain (group Finish): each setting's A1111 infotext key, and its place
+    // among these keys in the infotext.
+    finishing {
+        /// Passes of Pillow's DETAIL filter on the final image.
+        detail: FilterLevel = FilterLevel::None,
+            arg FilterLevel, flag "detail", label "Detail",
+            control Control::Choice { options: field::options::<FilterLevel> },
+            infotext "Add Detail" at 0;
+        /// Passes of Pillow's SMOOTH filter on the final image.
+        smooth: FilterLevel = FilterLevel::None,
+            arg FilterLevel, flag "smooth", label "Smooth",
+            control Control::Choice { options: field::options::<FilterLevel> },
+            infotext "Smoothing" at 2;
+        /// Passes of Pillow's BLUR filter on the final image.
+        blur: FilterLevel = FilterLevel::None,
+            arg FilterLevel, flag "blur", label "Blur",
+            control Control::Choice { options: field::options::<FilterLevel> },
+            infotext "Add Blur" at 1;
+        /// Apply Pillow's CONTOUR filter last.
+        contour: bool = false,
+            arg bool [num_args = 0..=1, require_equals = true, default_missing_value = "true"], flag "contour", label "Contour",
+            control Control::Toggle,
+            infotext "Contour" at 3;
+        /// Pillow ImageEnhance Sharpness factor (1 = unchanged).
+        sharpness: f64 = 1.0,
+            arg f64, flag "sharpness", label "Sharpness",
+            control Control::Float { min: 0.1, max: 2.0, step: 0.01 },
+            infotext "Sharpness" at 4;
+        /// Pillow ImageEnhance Brightness factor (1 = unchanged).
+        brightness: f64 = 1.0,
+            arg f64, flag "brightness", label "Brightness",
+            control Control::Float { min: 0.1, max: 2.0, step: 0.01 },
+            infotext "Brightness" at 5;
+        /// Pillow ImageEnhance Color (saturation) factor (1 = unchanged).
+        color: f64 = 1.0,
+            arg f64, flag "color", label "Colour",
+            control Control::Float { min: 0.1, max: 2.0, step: 0.01 },
+            infotext "Color Strength" at 6;
+        /// Pillow ImageEnhance Contrast factor (1 = unchanged).
+        contrast: f64 = 1.0,
+            arg f64, flag "contrast", label "Contrast",
+            control Control::Float { min: 0.1, max: 2.0, step: 0.01 },
+            infotext "Contrast" at 7;
+    }
+}
+
+impl Finishing {
+    /// The settings as A1111 infotext `(key, value)` pairs, in the infotext's order
+    /// ([`FINISHING_INFOTEXT`]).
+    pub fn infotext_pairs(&self) -> Vec<(&'static str, String)> {
+        FINISHING_INFOTEXT
+            .iter()
+            .map(|field| (field.key, (field.write)(self)))
+            .collect()
+    }
 }
 
 #[cfg(feature = "clap")]
@@ -238,20 +354,6 @@ impl Settings {
     pub fn to_json_pretty(&self) -> String {
         // Serialising plain data with string keys cannot fail.
         serde_json::to_string_pretty(self).unwrap_or_default()
-    }
-
-    /// The finishing-chain part of the settings.
-    pub fn finishing(&self) -> crate::imageops::finish::Finishing {
-        crate::imageops::finish::Finishing {
-            sharpness: self.sharpness,
-            brightness: self.brightness,
-            color: self.color,
-            contrast: self.contrast,
-            detail: self.detail,
-            smooth: self.smooth,
-            blur: self.blur,
-            contour: self.contour,
-        }
     }
 
     /// Warnings worth showing the user that do not stop a run (e.g. an empty prompt).

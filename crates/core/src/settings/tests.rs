@@ -155,3 +155,106 @@ fn json_round_trip() {
     let back: Settings = serde_json::from_str(&s.to_json_pretty()).unwrap();
     assert_eq!(back, s);
 }
+
+#[test]
+fn the_finishing_settings_come_from_the_table() {
+    let identity = Settings::default().finishing();
+    assert_eq!(identity, Finishing::default());
+    assert!(identity.is_identity());
+    let finish: Vec<&str> = FIELDS
+        .iter()
+        .filter(|f| f.group == Group::Finish)
+        .map(|f| f.key)
+        .collect();
+    assert_eq!(
+        finish,
+        [
+            "detail",
+            "smooth",
+            "blur",
+            "contour",
+            "sharpness",
+            "brightness",
+            "color",
+            "contrast"
+        ]
+    );
+    let json = serde_json::to_value(identity).unwrap();
+    let mut keys: Vec<&str> = json
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    let mut sorted = finish.clone();
+    sorted.sort_unstable();
+    keys.sort_unstable();
+    assert_eq!(keys, sorted);
+
+    let changed = Finishing {
+        blur: FilterLevel::Medium,
+        color: 1.5,
+        contour: true,
+        ..identity
+    };
+    let mut s = Settings::default();
+    s.set_finishing(&changed);
+    assert_eq!(s.finishing(), changed);
+    assert_eq!(
+        s,
+        Settings {
+            blur: FilterLevel::Medium,
+            color: 1.5,
+            contour: true,
+            ..Settings::default()
+        }
+    );
+}
+
+#[test]
+fn the_finishing_settings_have_their_infotext_keys_in_order() {
+    let keys: Vec<&str> = FINISHING_INFOTEXT.iter().map(|f| f.key).collect();
+    assert_eq!(
+        keys,
+        [
+            "Add Detail",
+            "Add Blur",
+            "Smoothing",
+            "Contour",
+            "Sharpness",
+            "Brightness",
+            "Color Strength",
+            "Contrast"
+        ]
+    );
+    let f = Finishing {
+        detail: FilterLevel::High,
+        contour: true,
+        sharpness: 0.5,
+        ..Finishing::default()
+    };
+    let pairs = f.infotext_pairs();
+    assert_eq!(pairs[0], ("Add Detail", "High".to_string()));
+    assert_eq!(pairs[3], ("Contour", "True".to_string()));
+    assert_eq!(pairs[4], ("Sharpness", "0.5".to_string()));
+    assert_eq!(pairs[7], ("Contrast", "1.0".to_string()));
+    let mut back = Finishing::default();
+    for (field, (_, text)) in FINISHING_INFOTEXT.iter().zip(&pairs) {
+        assert!((field.read)(&mut back, text), "{}", field.key);
+    }
+    assert_eq!(back, f);
+    let mut unchanged = f;
+    assert!(!(FINISHING_INFOTEXT[0].read)(&mut unchanged, "Max"));
+    assert_eq!(unchanged, f);
+    let kinds: Vec<ValueKind> = FINISHING_INFOTEXT.iter().map(|f| f.kind).collect();
+    assert_eq!(
+        kinds[..4],
+        [
+            ValueKind::Choice,
+            ValueKind::Choice,
+            ValueKind::Choice,
+            ValueKind::Toggle
+        ]
+    );
+    assert!(kinds[4..].iter().all(|k| *k == ValueKind::Number));
+}

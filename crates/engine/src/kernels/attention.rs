@@ -18,9 +18,9 @@
 use candle_core::{D, DType, Device, Result, Tensor};
 use rayon::prelude::*;
 
+use crate::kernels::fastmath::exp_row;
 use crate::kernels::gemm::gemm_f32;
 use crate::kernels::storage::f32_slice;
-use crate::kernels::fastmath::exp_row;
 
 /// Default bytes of scores held at once (per attention call).
 pub const DEFAULT_SCORE_BUDGET: usize = 32 << 20;

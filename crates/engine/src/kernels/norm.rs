@@ -11,8 +11,8 @@ use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 use rayon::prelude::*;
 
-use crate::kernels::storage::f32_slice;
 use crate::kernels::fastmath;
+use crate::kernels::storage::f32_slice;
 
 /// GroupNorm with affine parameters.
 #[derive(Debug, Clone)]

@@ -18,8 +18,8 @@ use rayon::prelude::*;
 
 use std::sync::Mutex;
 
-use crate::kernels::gemm::gemm_f32;
 use crate::kernels::fastmath::{Isa, dispatch, isa};
+use crate::kernels::gemm::gemm_f32;
 
 /// Tiles transformed together, one per vector lane.
 const LANES: usize = 16;

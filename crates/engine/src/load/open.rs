@@ -6,15 +6,15 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device};
 
+use crate::conditioning::tokenizer::ClipTokenizer;
 use crate::load::checkpoint::{Checkpoint, CheckpointOptions, CustomVae, Family};
 use crate::load::lora::{self, LoraSet, LoraSpec};
+use crate::load::taesd::{self as taesd_find, TaesdFamily};
+use crate::load::weights::hash::{HashCache, short_hash};
 use crate::model::config::ModelFiles;
+use crate::model::taesd::TaesdDecoder;
 use crate::model::{Component, ModelWeights, SdModel, folder_parts};
 use crate::run::pipeline::{SdxlText, TextAndSchedule};
-use crate::model::taesd::TaesdDecoder;
-use crate::load::taesd::{self as taesd_find, TaesdFamily};
-use crate::conditioning::tokenizer::ClipTokenizer;
-use crate::load::weights::hash::{HashCache, short_hash};
 use loopback_core::metadata::{LoraRecord, VaeInfo};
 use loopback_core::{Error, Result};
 
@@ -245,7 +245,8 @@ fn checkpoint_parts(
                 serde_json::json!({"block_out_channels": [128, 256, 512, 512]}),
             )
             .map_err(|e| Error::Engine(format!("VAE config: {e}")))?;
-            config.scaling_factor = crate::load::checkpoint::configs::latent_scale(ckpt.detected.family);
+            config.scaling_factor =
+                crate::load::checkpoint::configs::latent_scale(ckpt.detected.family);
             config
         }
         (None, None) => {

@@ -1,26 +1,26 @@
 //! Getting a model ready: resolve what the user named (preset, folder, name in `models/`),
-//! download a preset if needed (with [`DownloadEvent`]s), and load it on a device — on a
-//! worker thread ([`spawn_load`]) or on the caller's ([`load_blocking`]).
+//! download a preset if needed (with [`DownloadEvent`]s), and load it on a device, on the
+//! caller's thread: [`load_blocking`] returns the model or the error, [`load_and_report`]
+//! reports the job's end as an event too. A front end that must not wait (the GUI) calls
+//! them on a thread of its own and keeps the cancel flag.
 //!
 //! The same job serves the CLI (progress bar) and the GUI (progress in the side panel, with
 //! Cancel). A loaded model is an `Arc<LoadedModel>`; keep it and pass it to
-//! [`crate::run::runner::spawn`] for as many runs as wanted.
+//! [`crate::run::runner::run_blocking`] for as many runs as wanted.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, channel};
-use std::thread::JoinHandle;
 use std::time::Instant;
 
 use candle_core::DType;
 
-use crate::load::checkpoint::CheckpointOptions;
 use crate::device::{self, DeviceSpec};
+use crate::load::checkpoint::CheckpointOptions;
 use crate::load::hub::{self, DownloadEvent, FetchOptions};
 use crate::load::lora::LoraSpec;
-use crate::load::resolve::{self, ModelSource};
 use crate::load::open::{LoadOptions, LoadedModel, ModelPath};
+use crate::load::resolve::{self, ModelSource};
 
 use crate::load::weights::hash::HashCache;
 use loopback_core::{Error, Result};
@@ -96,71 +96,23 @@ pub enum LoadEvent {
     Cancelled,
 }
 
-/// A load job running on a worker thread.
-#[derive(Debug)]
-pub struct LoadHandle {
-    /// The job's events; the channel closes after the last one.
-    pub events: Receiver<LoadEvent>,
-    cancel: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl LoadHandle {
-    /// Asks the job to stop (a download stops within 64 KiB; loading weights is not
-    /// interrupted, but its result is then dropped).
-    pub fn cancel(&self) {
-        self.cancel.store(true, Ordering::SeqCst);
-    }
-
-    /// Waits for the worker thread to end.
-    pub fn join(mut self) {
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
-/// Starts getting `request` ready on a worker thread.
-pub fn spawn_load(request: ModelRequest) -> LoadHandle {
-    let (tx, rx) = channel();
-    let cancel = Arc::new(AtomicBool::new(false));
-    let flag = Arc::clone(&cancel);
-    let thread = std::thread::Builder::new()
-        .name("model-loader".into())
-        .spawn(move || {
-            let mut sink = |event: LoadEvent| {
-                let _ = tx.send(event);
-            };
-            let last = match load_blocking(&request, &flag, &mut sink) {
-                Ok(model) if !flag.load(Ordering::SeqCst) => {
-                    // `load_blocking` already sent `Loaded`.
-                    drop(model);
-                    return;
-                }
-                Ok(_) => LoadEvent::Cancelled,
-                Err(_) if flag.load(Ordering::SeqCst) => LoadEvent::Cancelled,
-                Err(e) => LoadEvent::Failed(e.to_string()),
-            };
-            sink(last);
-        });
-    match thread {
-        Ok(thread) => LoadHandle {
-            events: rx,
-            cancel,
-            thread: Some(thread),
-        },
-        Err(e) => {
-            let (tx, rx) = channel();
-            let _ = tx.send(LoadEvent::Failed(format!(
-                "cannot start the model loader thread: {e}"
-            )));
-            LoadHandle {
-                events: rx,
-                cancel,
-                thread: None,
-            }
-        }
-    }
+/// Gets `request` ready on this thread like [`load_blocking`], reporting every event to
+/// `sink`, the one that ends the job included: `Loaded` (which carries the model), `Failed`
+/// (one line) or `Cancelled` (`cancel` was set; a model loaded meanwhile is dropped after
+/// its `Loaded`). Front ends run it on a thread of their own and keep `cancel` to stop it.
+pub fn load_and_report(
+    request: &ModelRequest,
+    cancel: &Arc<AtomicBool>,
+    sink: &mut dyn FnMut(LoadEvent),
+) {
+    let last = match load_blocking(request, cancel, sink) {
+        // `load_blocking` already reported `Loaded`.
+        Ok(_) if !cancel.load(Ordering::SeqCst) => return,
+        Ok(_) => LoadEvent::Cancelled,
+        Err(_) if cancel.load(Ordering::SeqCst) => LoadEvent::Cancelled,
+        Err(e) => LoadEvent::Failed(e.to_string()),
+    };
+    sink(last);
 }
 
 /// Gets `request` ready on this thread, reporting `Download`, `Loading` and (on success)

@@ -2,8 +2,8 @@
 //! `config.json` values), for benchmarks with random weights and memory plans when no model
 //! is at hand.
 
-use crate::model::config::{ClipFile, UNetFile, VaeFile};
 use crate::error::engine_err;
+use crate::model::config::{ClipFile, UNetFile, VaeFile};
 use crate::model::unet::UNet;
 use crate::model::vae::Vae;
 use loopback_core::{Error, Result};
@@ -113,7 +113,9 @@ impl Arch {
         };
         let map = candle_nn::VarMap::new();
         // Once to create the random variables, then again detached from autograd.
-        drop(build(candle_nn::VarBuilder::from_varmap(&map, dtype, device))?);
+        drop(build(candle_nn::VarBuilder::from_varmap(
+            &map, dtype, device,
+        ))?);
         build(frozen_builder(&map, dtype, device))
     }
 

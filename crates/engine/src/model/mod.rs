@@ -17,14 +17,14 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
+use crate::error::{candle_msg, engine_err};
 use crate::load::checkpoint::LdmUnetLayout;
 use crate::load::lora::names::same_layout;
 use crate::load::lora::{Component as LoraPart, LoraSet};
-use crate::error::{candle_msg, engine_err};
 use crate::load::weights::{SafetensorsFile, WeightSource};
-use loopback_core::{Error, Result};
 use clip::ClipText;
 use config::ModelFiles;
+use loopback_core::{Error, Result};
 use text::TextEncoders;
 use unet::UNet;
 use vae::Vae;

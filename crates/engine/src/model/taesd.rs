@@ -19,8 +19,6 @@
 //!
 //! - [`find`]: where the weights are looked for.
 
-
-
 use std::path::Path;
 
 use candle_core::{DType, Device, Module, Tensor};

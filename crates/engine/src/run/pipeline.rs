@@ -18,12 +18,12 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor};
 use image::RgbImage;
 
-use crate::model::unet::AddedCond;
-use crate::model::SdModel;
+use crate::conditioning::tokenizer::ClipTokenizer;
 use crate::error::engine_err;
+use crate::model::SdModel;
+use crate::model::unet::AddedCond;
 use crate::scheduler::noise::TorchGenerator;
 use crate::scheduler::{self, Scheduler, SchedulerConfig, SchedulerTensor};
-use crate::conditioning::tokenizer::ClipTokenizer;
 use loopback_core::settings::Sampler;
 use loopback_core::{Error, Result};
 

@@ -1,6 +1,8 @@
-//! The loop runner: runs a whole loopback job on a worker thread and reports [`Event`]s.
+//! The loop runner: runs a whole loopback job on the caller's thread ([`run_blocking`],
+//! [`run_and_report`]) and reports [`Event`]s to a callback; a front end that must not wait
+//! calls it on a thread of its own and keeps the cancel flag.
 //!
-//! Per loop (`loopback-algorithm.md`, "One loop"): resize to the loop's size with the resize
+//! Per loop (`docs/algorithm.md`, "One loop"): resize to the loop's size with the resize
 //! mode, img2img at the loop's denoise and seed, optional colour correction towards the
 //! original, then the result feeds the next loop. After the last loop the finishing chain runs.
 //! Cancellation is checked after every denoising step; every finished loop's image has
@@ -9,8 +11,6 @@
 use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, channel};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use image::{DynamicImage, RgbImage};
@@ -23,13 +23,14 @@ use loopback_core::imageops::color::ColorReference;
 use loopback_core::imageops::{finish, resize};
 use loopback_core::io::to_diffusion_rgb;
 use loopback_core::metadata::{ModelInfo, Recipe};
-use loopback_core::plan::{self, LoopSpec, Plan};
-use loopback_core::settings::{Settings, Size};
+use loopback_core::plan::{self, LoopSpec, Plan, PlanInput};
+use loopback_core::settings::Settings;
 use loopback_core::{Error, Result};
 
-/// What the runner reports, in order: `ModelLoaded`, then per loop `LoopStarted`,
-/// `StepFinished` + `Preview` per step, `LoopFinished`; then exactly one of `Finished`,
-/// `Cancelled` or `Failed`.
+/// What a run reports, in order: per loop `LoopStarted`, `StepFinished` + `Preview` per step,
+/// `LoopFinished`; then exactly one of `Finished`, `Cancelled` or `Failed` ([`run_and_report`]
+/// reports it; [`run_blocking`] returns it as its result). The runner itself never sends
+/// `ModelLoaded`: it is for a front end that reports its model in the same stream, first.
 #[derive(Debug, Clone)]
 pub enum Event {
     /// The model is ready (loaded now, or reused).
@@ -111,84 +112,6 @@ pub struct RunRequest {
     pub settings: Settings,
 }
 
-/// A running job: its events and its cancel switch.
-#[derive(Debug)]
-pub struct RunHandle {
-    /// Events, ending with `Finished`, `Cancelled` or `Failed`.
-    pub events: Receiver<Event>,
-    cancel: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl RunHandle {
-    /// Asks the run to stop after the current step.
-    pub fn cancel(&self) {
-        self.cancel.store(true, Ordering::SeqCst);
-    }
-
-    /// A flag that cancels the run when set (for Ctrl-C handlers).
-    pub fn cancel_flag(&self) -> Arc<AtomicBool> {
-        Arc::clone(&self.cancel)
-    }
-
-    /// Waits for the worker thread to end.
-    pub fn join(mut self) {
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
-/// Starts `request` on a worker thread with `model`.
-pub fn spawn(model: Arc<LoadedModel>, request: RunRequest) -> RunHandle {
-    spawn_with_cancel(model, request, Arc::new(AtomicBool::new(false)))
-}
-
-/// Like [`spawn`], with a cancel flag the caller already holds (e.g. one a Ctrl-C handler
-/// sets); [`RunHandle::cancel`] sets the same flag.
-pub fn spawn_with_cancel(
-    model: Arc<LoadedModel>,
-    request: RunRequest,
-    cancel: Arc<AtomicBool>,
-) -> RunHandle {
-    let (tx, events) = channel();
-    let flag = Arc::clone(&cancel);
-    let thread = std::thread::Builder::new()
-        .name("loopback-runner".into())
-        .spawn(move || {
-            let _ = tx.send(Event::ModelLoaded {
-                name: model.name.clone(),
-                seconds: 0.0,
-            });
-            let mut sink = |event: Event| {
-                let _ = tx.send(event);
-            };
-            let mut job = Job {
-                model: &model,
-                sink: &mut sink,
-                cancel: &flag,
-                loops: Vec::new(),
-            };
-            let result = job.run(&request);
-            let loops = std::mem::take(&mut job.loops);
-            let last = match result {
-                Ok(Some(output)) => Event::Finished(Box::new(output)),
-                Ok(None) => Event::Cancelled { loops },
-                Err(e) => Event::Failed {
-                    message: e.to_string(),
-                    loops,
-                },
-            };
-            let _ = tx.send(last);
-        })
-        .ok();
-    RunHandle {
-        events,
-        cancel,
-        thread,
-    }
-}
-
 /// Runs `request` on the calling thread, passing every event except the final one to `sink`;
 /// `Ok(None)` when cancelled (through `cancel`, checked after every step).
 pub fn run_blocking(
@@ -204,6 +127,35 @@ pub fn run_blocking(
         loops: Vec::new(),
     }
     .run(request)
+}
+
+/// Runs `request` on the calling thread like [`run_blocking`], reporting every event to
+/// `sink`, the one that ends the run included: `Finished`, `Cancelled` or `Failed` (the last
+/// two with every finished loop's output). Front ends run it on a thread of their own and
+/// keep `cancel` (checked after every step) to stop it.
+pub fn run_and_report(
+    model: &LoadedModel,
+    request: &RunRequest,
+    sink: &mut dyn FnMut(Event),
+    cancel: &AtomicBool,
+) {
+    let mut job = Job {
+        model,
+        sink,
+        cancel,
+        loops: Vec::new(),
+    };
+    let result = job.run(request);
+    let loops = std::mem::take(&mut job.loops);
+    let last = match result {
+        Ok(Some(output)) => Event::Finished(Box::new(output)),
+        Ok(None) => Event::Cancelled { loops },
+        Err(e) => Event::Failed {
+            message: e.to_string(),
+            loops,
+        },
+    };
+    job.send(last);
 }
 
 struct Job<'a, 's> {
@@ -228,13 +180,12 @@ impl Job<'_, '_> {
         settings.validate()?;
         let prompt = self.prompt_text(&settings.prompt)?;
         let original = to_diffusion_rgb(&request.input);
-        let start = plan::start_size(
-            settings,
-            Some(Size::new(original.width(), original.height())),
-        )?;
+        let input = PlanInput::of_rgb(&original);
         let seed = plan::resolve_seed(settings.seed);
-        let mut means = vec![plan::rgb_mean(&original)];
-        let mut plan = plan::plan(settings, start, seed, &means)?;
+        let mut plan = plan::plan_for(settings, input, seed)?;
+        // Each loop re-plans from the same start with every known input's brightness.
+        let start = plan.start;
+        let mut means: Vec<f64> = input.mean().into_iter().collect();
         let reference = settings
             .color_correction
             .then(|| ColorReference::new(&request.input.to_rgb8()));
@@ -359,9 +310,8 @@ impl Job<'_, '_> {
     }
 }
 
-/// The plan a run of `settings` on `input` will follow (adaptive sizes estimated).
+/// The plan a run of `settings` on `input` will follow (adaptive sizes estimated): the
+/// core's [`plan::plan_for`] of the input as the run sees it.
 pub fn preview_plan(settings: &Settings, input: &DynamicImage, seed: u32) -> Result<Plan> {
-    let rgb = to_diffusion_rgb(input);
-    let start = plan::start_size(settings, Some(Size::new(rgb.width(), rgb.height())))?;
-    plan::plan(settings, start, seed, &[plan::rgb_mean(&rgb)])
+    plan::plan_for(settings, PlanInput::of_image(input), seed)
 }

@@ -1,9 +1,10 @@
 //! DDIM with eta 0 (deterministic), as diffusers' `DDIMScheduler`.
 
 use crate::scheduler::config::{PredictionType, SchedulerConfig, TimestepSpacing};
-use crate::scheduler::{
-    NoiseSource, Scheduler, SchedulerTensor, alphas, check_config, check_index, combine, timesteps,
+use crate::scheduler::interface::{
+    NoiseSource, Scheduler, SchedulerTensor, check_config, check_index, combine,
 };
+use crate::scheduler::{alphas, timesteps};
 use loopback_core::{Error, Result};
 
 /// DDIM (eta 0): each step predicts the clean sample and re-noises it to the previous

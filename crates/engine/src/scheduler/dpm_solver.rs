@@ -1,10 +1,13 @@
 //! DPM-Solver++ 2M with Karras sigmas, as diffusers' `DPMSolverMultistepScheduler` with
 //! `algorithm_type="dpmsolver++"`, `solver_order=2`, `use_karras_sigmas=True`.
 
-use crate::scheduler::config::{BetaSchedule, FinalSigmas, PredictionType, SchedulerConfig, SolverType};
-use crate::scheduler::{
-    NoiseSource, Scheduler, SchedulerTensor, alphas, check_config, check_index, combine, sigmas,
+use crate::scheduler::config::{
+    BetaSchedule, FinalSigmas, PredictionType, SchedulerConfig, SolverType,
 };
+use crate::scheduler::interface::{
+    NoiseSource, Scheduler, SchedulerTensor, check_config, check_index, combine,
+};
+use crate::scheduler::{alphas, sigmas};
 use loopback_core::Result;
 
 /// DPM-Solver++ (2M): a multistep solver in log-SNR time on the predicted clean sample, using

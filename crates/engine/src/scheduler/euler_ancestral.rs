@@ -1,10 +1,10 @@
 //! Euler ancestral, as diffusers' `EulerAncestralDiscreteScheduler`.
 
 use crate::scheduler::config::{PredictionType, SchedulerConfig, TimestepSpacing};
-use crate::scheduler::{
-    NoiseSource, Scheduler, SchedulerTensor, alphas, check_config, check_index, combine, sigmas,
-    timesteps,
+use crate::scheduler::interface::{
+    NoiseSource, Scheduler, SchedulerTensor, check_config, check_index, combine,
 };
+use crate::scheduler::{alphas, sigmas, timesteps};
 use loopback_core::{Error, Result};
 
 /// Euler ancestral: an Euler step down to `sigma_down`, then fresh noise of `sigma_up`.

@@ -1,5 +1,5 @@
 //! AVX2 versions of the resampling kernels, chosen at run time. They compute exactly the same
-//! i32 sums as the portable kernels in [`super::pass`], 8 lanes at a time.
+//! i32 sums as the portable kernels in [`super::kernel`], 8 lanes at a time.
 //!
 //! On other architectures [`available`] is false and the entry points are never called.
 
@@ -67,7 +67,7 @@ fn quad_portable<const C: usize>(
     }
 }
 
-/// [`super::pass::vertical_row`] compiled for AVX2 (the compiler vectorises it with 256-bit
+/// [`super::kernel::vertical_row`] compiled for AVX2 (the compiler vectorises it with 256-bit
 /// multiplies). Falls back to the portable code without AVX2.
 #[inline]
 pub(crate) fn vertical_row(rows: &[u8], stride: usize, k: &[i32], acc: &mut [i32], dst: &mut [u8]) {
@@ -77,7 +77,7 @@ pub(crate) fn vertical_row(rows: &[u8], stride: usize, k: &[i32], acc: &mut [i32
         unsafe { x86::vertical_row(rows, stride, k, acc, dst) };
         return;
     }
-    super::pass::vertical_row(rows, stride, k, acc, dst);
+    super::kernel::vertical_row(rows, stride, k, acc, dst);
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -155,14 +155,13 @@ mod x86 {
         acc: &mut [i32],
         dst: &mut [u8],
     ) {
-        super::super::pass::vertical_row(rows, stride, k, acc, dst);
+        super::super::kernel::vertical_row(rows, stride, k, acc, dst);
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::super::kernel::Filter;
-    use super::super::pass;
+    use super::super::kernel::{self, Filter};
     use super::*;
 
     /// Deterministic pseudo-random bytes.
@@ -199,7 +198,7 @@ mod tests {
             .chunks_exact(width * C)
             .zip(reference.chunks_exact_mut(out_w * C))
         {
-            pass::horizontal_row::<C>(row, out, &coeffs);
+            kernel::horizontal_row::<C>(row, out, &coeffs);
         }
         assert_eq!(simd, reference, "{C} channels {width}->{out_w}");
         assert_eq!(portable, reference, "{C} channels {width}->{out_w}");
@@ -224,7 +223,7 @@ mod tests {
             let mut acc = vec![0i32; stride];
             let (mut a, mut b) = (vec![0u8; stride], vec![0u8; stride]);
             vertical_row(src, stride, k, &mut acc, &mut a);
-            pass::vertical_row(src, stride, k, &mut acc, &mut b);
+            kernel::vertical_row(src, stride, k, &mut acc, &mut b);
             assert_eq!(a, b);
         }
     }

@@ -1,5 +1,7 @@
 //! Pillow's resampling filters and its fixed-point coefficient tables
-//! (`libImaging/Resample.c`: `precompute_coeffs` and `normalize_coeffs_8bpc`, Pillow 9.5).
+//! (`libImaging/Resample.c`: `precompute_coeffs` and `normalize_coeffs_8bpc`, Pillow 9.5), and
+//! the portable kernels of one output row of each pass, which the passes (`pass`) and the AVX2
+//! versions (`avx2`) share.
 
 use std::f64::consts::PI;
 
@@ -168,6 +170,38 @@ fn to_fixed(w: f64) -> i32 {
 #[inline(always)]
 pub(crate) fn clip8(acc: i32) -> u8 {
     (acc >> PRECISION_BITS).clamp(0, 255) as u8
+}
+
+/// One row of the horizontal pass (portable).
+pub(super) fn horizontal_row<const C: usize>(row: &[u8], dst: &mut [u8], coeffs: &Coefficients) {
+    for (o, px) in dst.chunks_exact_mut(C).enumerate() {
+        let (xmin, k) = coeffs.taps(o);
+        let taps = &row[xmin * C..(xmin + k.len()) * C];
+        let mut acc = [HALF; C];
+        for (p, &w) in taps.chunks_exact(C).zip(k) {
+            for c in 0..C {
+                acc[c] += i32::from(p[c]) * w;
+            }
+        }
+        for c in 0..C {
+            px[c] = clip8(acc[c]);
+        }
+    }
+}
+
+/// One row of the vertical pass: the weighted sum of the `k.len()` rows in `rows`, through
+/// the i32 accumulators `acc`. Written so that the compiler vectorises it.
+#[inline(always)]
+pub(super) fn vertical_row(rows: &[u8], stride: usize, k: &[i32], acc: &mut [i32], dst: &mut [u8]) {
+    acc.fill(HALF);
+    for (row, &w) in rows.chunks_exact(stride).zip(k) {
+        for (a, &p) in acc.iter_mut().zip(row) {
+            *a += i32::from(p) * w;
+        }
+    }
+    for (d, &a) in dst.iter_mut().zip(acc.iter()) {
+        *d = clip8(a);
+    }
 }
 
 #[cfg(test)]

@@ -4,7 +4,8 @@ use std::borrow::Cow;
 
 use image::RgbImage;
 
-use super::{Filter, lanczos, resize_box};
+use super::kernel::Filter;
+use super::resample::{lanczos, resize_box};
 use crate::settings::ResizeMode;
 use crate::{Error, Result};
 

@@ -2,13 +2,14 @@
 //! `ImagingResampleVertical_8bpc`), on interleaved `u8` buffers with `C` channels, output rows
 //! computed independently on the rayon pool.
 //!
-//! Every kernel computes exactly Pillow's sums (i32, the same taps, the same clipping); the
-//! x86-64 AVX2 kernels in [`super::avx2`] only do it several lanes at a time.
+//! Every kernel computes exactly Pillow's sums (i32, the same taps, the same clipping): the
+//! portable one-row kernels are in [`super::kernel`]; the x86-64 AVX2 kernels in
+//! [`super::avx2`] only do the same several lanes at a time.
 
 use rayon::prelude::*;
 
 use super::avx2;
-use super::kernel::{Coefficients, HALF, clip8};
+use super::kernel::{Coefficients, horizontal_row, vertical_row};
 
 /// Output rows handed to a rayon task at a time, so that small images stay cheap.
 const MIN_ROWS_PER_TASK: usize = 4;
@@ -85,23 +86,6 @@ fn horizontal_block<const C: usize>(
     avx2::horizontal_quad::<C>(buf, dst, out_stride, coeffs);
 }
 
-/// One row of the horizontal pass (portable).
-pub(super) fn horizontal_row<const C: usize>(row: &[u8], dst: &mut [u8], coeffs: &Coefficients) {
-    for (o, px) in dst.chunks_exact_mut(C).enumerate() {
-        let (xmin, k) = coeffs.taps(o);
-        let taps = &row[xmin * C..(xmin + k.len()) * C];
-        let mut acc = [HALF; C];
-        for (p, &w) in taps.chunks_exact(C).zip(k) {
-            for c in 0..C {
-                acc[c] += i32::from(p[c]) * w;
-            }
-        }
-        for c in 0..C {
-            px[c] = clip8(acc[c]);
-        }
-    }
-}
-
 /// Resamples `src` vertically to `coeffs.bounds.len()` rows (row indices in `coeffs` are
 /// relative to `src`'s first row); `channels` samples per pixel.
 pub(crate) fn vertical(src: Plane<'_>, channels: usize, coeffs: &Coefficients) -> Vec<u8> {
@@ -128,19 +112,4 @@ pub(crate) fn vertical(src: Plane<'_>, channels: usize, coeffs: &Coefficients) -
             },
         );
     out
-}
-
-/// One row of the vertical pass: the weighted sum of the `k.len()` rows in `rows`, through
-/// the i32 accumulators `acc`. Written so that the compiler vectorises it.
-#[inline(always)]
-pub(super) fn vertical_row(rows: &[u8], stride: usize, k: &[i32], acc: &mut [i32], dst: &mut [u8]) {
-    acc.fill(HALF);
-    for (row, &w) in rows.chunks_exact(stride).zip(k) {
-        for (a, &p) in acc.iter_mut().zip(row) {
-            *a += i32::from(p) * w;
-        }
-    }
-    for (d, &a) in dst.iter_mut().zip(acc.iter()) {
-        *d = clip8(a);
-    }
 }

@@ -1,5 +1,6 @@
 use super::*;
 use crate::plan::plan;
+use crate::settings::FilterLevel;
 
 fn sample_recipe() -> Recipe {
     let settings = Settings {
@@ -135,4 +136,50 @@ fn lora_hashes_as_a1111_writes_them() {
     );
     let back = Recipe::from_json(&recipe.to_json()).unwrap();
     assert_eq!(back.loras, recipe.loras);
+}
+
+#[test]
+fn finishing_settings_are_written_and_read_in_a1111_order() {
+    let info = sample_recipe().to_infotext();
+    let finishing: Vec<(&str, &str)> = info
+        .params
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .skip_while(|(k, _)| *k != "Add Detail")
+        .take(9)
+        .collect();
+    assert_eq!(
+        finishing,
+        [
+            ("Add Detail", "Low"),
+            ("Add Blur", "None"),
+            ("Smoothing", "None"),
+            ("Contour", "True"),
+            ("Sharpness", "1.25"),
+            ("Brightness", "1.0"),
+            ("Color Strength", "1.0"),
+            ("Contrast", "1.0"),
+            ("Loopback loops", "4"),
+        ]
+    );
+
+    // Unusable values are reported numbers first, then choices, then toggles.
+    let text = "p\nSteps: 20, Add Detail: Max, Contour: maybe, Sharpness: sharp, \
+                Loopback loops: x, Add Blur: High, Loopback curve: Wavy, Brightness: 1.5";
+    let (s, warnings) = settings_from_infotext(&Infotext::parse(text));
+    assert_eq!(
+        (s.blur, s.brightness, s.steps),
+        (FilterLevel::High, 1.5, 20)
+    );
+    assert_eq!(s.finishing().detail, FilterLevel::None);
+    assert_eq!(
+        warnings,
+        [
+            "ignored Sharpness: \"sharp\"",
+            "ignored Loopback loops: \"x\"",
+            "ignored Add Detail: \"Max\"",
+            "ignored Loopback curve: \"Wavy\"",
+            "ignored Contour: \"maybe\"",
+        ]
+    );
 }

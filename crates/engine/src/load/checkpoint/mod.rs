@@ -11,6 +11,7 @@
 pub mod clip_names;
 pub mod configs;
 pub mod detect;
+pub mod pickle;
 pub mod unet_names;
 pub mod vae_file;
 pub mod vae_names;
@@ -20,38 +21,17 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use detect::{Detected, Family};
+pub use pickle::{PICKLE_EXTENSIONS, refuse_pickle};
 pub use unet_names::{LdmUnetLayout, ldm_unet_name};
 pub use vae_file::{CustomVae, VaeSource};
 
+use crate::load::weights::{Derive, SafetensorsFile, WeightSource};
 use crate::model::config::{ClipFile, ModelFiles, UNetFile, VaeFile};
 use crate::scheduler::{PredictionType, SchedulerConfig};
-use crate::load::weights::{Derive, SafetensorsFile, WeightSource};
-use loopback_core::{Error, Result};
 use clip_names::{clip_l_name, open_clip_names};
 use detect::TextKind;
-
-/// File extensions of PyTorch pickles, which are never opened.
-pub const PICKLE_EXTENSIONS: [&str; 4] = ["ckpt", "pt", "pth", "bin"];
-
-/// Refuses `path` when it is named like a PyTorch pickle (`.ckpt`, `.pt`, `.pth`, `.bin`),
-/// without reading it.
-pub fn refuse_pickle(path: &Path) -> Result<()> {
-    let ext = path
-        .extension()
-        .and_then(|e| e.to_str())
-        .map(str::to_ascii_lowercase)
-        .unwrap_or_default();
-    if PICKLE_EXTENSIONS.contains(&ext.as_str()) {
-        return Err(Error::input(
-            path,
-            format!(
-                "is a PyTorch pickle (.{ext}): pickle files can run code when loaded, so they \
-                 are never opened; convert it to .safetensors"
-            ),
-        ));
-    }
-    Ok(())
-}
+use loopback_core::{Error, Result};
+use vae_names::linear_reshape;
 
 /// How to read a checkpoint.
 #[derive(Debug, Clone, Default)]
@@ -269,17 +249,5 @@ impl Checkpoint {
             out.insert("text_encoder_2", text2.names());
         }
         out
-    }
-}
-
-/// A [`Derive::Reshape`] without a shape (from [`vae_names::ldm_vae_name`]) becomes the
-/// stored `[c, c, 1, 1]` as `[c, c]`; a weight already stored 2-D stays as it is.
-fn linear_reshape(file: &SafetensorsFile, name: &str, derive: Derive) -> Derive {
-    match derive {
-        Derive::Reshape(shape) if shape.is_empty() => match file.shape(name) {
-            Some(&[o, i, 1, 1]) => Derive::Reshape(vec![o, i]),
-            _ => Derive::Plain,
-        },
-        other => other,
     }
 }

@@ -6,11 +6,12 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::load::checkpoint::configs;
 use crate::load::checkpoint::detect::{VaeShape, vae_shape};
-use crate::load::checkpoint::vae_names::{VAE_PREFIX, ldm_vae_name};
-use crate::load::checkpoint::{configs, linear_reshape, refuse_pickle};
-use crate::model::config::{VaeFile, read_json};
+use crate::load::checkpoint::pickle::refuse_pickle;
+use crate::load::checkpoint::vae_names::{VAE_PREFIX, ldm_vae_name, linear_reshape};
 use crate::load::weights::{Derive, SafetensorsFile, WeightSource};
+use crate::model::config::{VaeFile, read_json};
 use loopback_core::{Error, Result};
 
 /// Where a replacement VAE comes from.

@@ -6,7 +6,7 @@
 //! linear layers `to_q`, `to_k`, `to_v`, `to_out.0`.
 
 use crate::load::checkpoint::unet_names::{index_and_rest, split_param};
-use crate::load::weights::Derive;
+use crate::load::weights::{Derive, SafetensorsFile};
 
 /// The prefix of VAE tensors in a full checkpoint.
 pub const VAE_PREFIX: &str = "first_stage_model.";
@@ -112,6 +112,18 @@ pub fn ldm_vae_name(name: &str, levels: usize) -> Option<(String, Derive)> {
             plain(format!("{base}.{kind}.0.conv.{param}"))
         }
         _ => None,
+    }
+}
+
+/// A [`Derive::Reshape`] without a shape (from [`ldm_vae_name`]) becomes the
+/// stored `[c, c, 1, 1]` as `[c, c]`; a weight already stored 2-D stays as it is.
+pub(crate) fn linear_reshape(file: &SafetensorsFile, name: &str, derive: Derive) -> Derive {
+    match derive {
+        Derive::Reshape(shape) if shape.is_empty() => match file.shape(name) {
+            Some(&[o, i, 1, 1]) => Derive::Reshape(vec![o, i]),
+            _ => Derive::Plain,
+        },
+        other => other,
     }
 }
 

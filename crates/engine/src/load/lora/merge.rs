@@ -12,10 +12,10 @@ use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::VarBuilder;
 use candle_nn::var_builder::SimpleBackend;
 
-use crate::load::lora::LoraSpec;
+use crate::load::checkpoint::LdmUnetLayout;
 use crate::load::lora::file::{Component, LoraFile, LoraModule};
 use crate::load::lora::names::{Lookup, NameIndex, Translate};
-use crate::load::checkpoint::LdmUnetLayout;
+use crate::load::lora::spec::LoraSpec;
 use loopback_core::{Error, Result};
 
 /// The LoRAs to merge into one model, read and checked.

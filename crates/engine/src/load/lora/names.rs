@@ -173,8 +173,8 @@ mod tests {
 
     #[test]
     fn sdxl_unet_matches_in_both_layouts_without_ambiguity() {
-        let path = crate::test_util::fixtures()
-            .join("tiny-sdxl/unet/diffusion_pytorch_model.safetensors");
+        let path =
+            crate::test_util::fixtures().join("tiny-sdxl/unet/diffusion_pytorch_model.safetensors");
         let names = safetensors_names(&path).unwrap();
         let layout = LdmUnetLayout {
             levels: 3,

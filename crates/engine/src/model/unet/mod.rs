@@ -20,9 +20,9 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::{Linear, VarBuilder};
 
 use crate::kernels::attention::DEFAULT_SCORE_BUDGET;
-use crate::model::config::{Level, TextTime, UNetFile};
 use crate::kernels::conv::Conv2d;
 use crate::kernels::norm::GroupNorm;
+use crate::model::config::{Level, TextTime, UNetFile};
 use blocks::{Downsample, ResnetBlock, Upsample, conv3, timestep_embedding};
 use transformer::SpatialTransformer;
 

@@ -13,9 +13,9 @@ use rayon::prelude::*;
 
 use crate::kernels::attention;
 use crate::kernels::conv::Conv2d;
-use crate::kernels::storage::f32_slice;
 use crate::kernels::fastmath;
 use crate::kernels::norm::GroupNorm;
+use crate::kernels::storage::f32_slice;
 
 /// Multi-head attention (`attn1` on the image itself, `attn2` on the text).
 #[derive(Debug)]

@@ -4,9 +4,9 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Linear, VarBuilder};
 
-use crate::model::vae::norm::{Ctx, Norm, Prepared};
 use crate::kernels::attention;
 use crate::kernels::conv::{BAND_INPUT_BYTES, Conv2d, Residual};
+use crate::model::vae::norm::{Ctx, Norm, Prepared};
 
 pub(super) fn conv3(vb: VarBuilder, cin: usize, cout: usize) -> Result<Conv2d> {
     Conv2d::new(vb, cin, cout, 3, 1, 1)

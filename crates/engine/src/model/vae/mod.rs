@@ -23,7 +23,7 @@
 
 mod blocks;
 mod norm;
-mod tiles;
+pub(crate) mod tiles;
 
 use std::ops::Range;
 use std::sync::Mutex;
@@ -32,8 +32,8 @@ use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::kernels::attention::DEFAULT_SCORE_BUDGET;
-use crate::model::config::VaeFile;
 use crate::kernels::conv::Conv2d;
+use crate::model::config::VaeFile;
 use blocks::{DownBlock, MidBlock, Resnet, UpBlock, conv1, conv3};
 pub use norm::NormStats;
 use norm::{Accumulator, Ctx, Norm};
@@ -226,17 +226,17 @@ impl Vae {
             TileMode::Auto => {
                 let options = self.options();
                 let pass = if decode {
-                    crate::run::memory::VaePass::Decode
+                    crate::run::memory::vae::VaePass::Decode
                 } else {
-                    crate::run::memory::VaePass::Encode
+                    crate::run::memory::vae::VaePass::Encode
                 };
                 // Without a limit, only the CPU's available memory is known.
                 let limit = match options.memory_limit {
                     Some(limit) => Some(limit),
-                    None if like.device().is_cpu() => crate::run::memory::available_bytes(),
+                    None if like.device().is_cpu() => crate::run::memory::system::available_bytes(),
                     None => None,
                 };
-                crate::run::memory::vae_tiling(
+                crate::run::memory::vae::vae_tiling(
                     &self.config,
                     pass,
                     dtype,
@@ -513,8 +513,7 @@ mod stats_tests {
     }
 
     fn vae_in(dtype: DType) -> Vae {
-        let dir =
-            crate::test_util::fixtures().join("tiny-sd/vae");
+        let dir = crate::test_util::fixtures().join("tiny-sd/vae");
         let cfg: VaeFile =
             serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap())
                 .unwrap();

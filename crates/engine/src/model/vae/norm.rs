@@ -4,8 +4,8 @@
 use candle_core::{CpuStorage, DType, InplaceOp1, Layout, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use crate::kernels::storage::f32_slice;
 use crate::kernels::norm::{apply_affine, block_moments, channel_affine};
+use crate::kernels::storage::f32_slice;
 
 pub(super) const EPS: f64 = 1e-6;
 

@@ -4,7 +4,7 @@
 
 use candle_core::DType;
 
-use crate::run::memory::{GIB, MIB};
+use super::budget::{GIB, MIB};
 use crate::device::DeviceSpec;
 
 /// A `/proc/meminfo`-style field in bytes.

@@ -1,0 +1,141 @@
+use super::*;
+use crate::model::arch::Arch;
+
+const KEPT: EncoderWeights = EncoderWeights::Kept;
+
+fn spec(size: u32) -> LoopSpec {
+    LoopSpec {
+        index: 1,
+        width: size,
+        height: size,
+        denoise: 0.3,
+        seed: 1,
+        steps: 10,
+        estimated: false,
+    }
+}
+
+#[test]
+fn parameter_counts_match_the_published_models() {
+    let sd15 = ModelShape::from_arch(Arch::Sd15).unwrap();
+    // diffusers' num_parameters() of the published SD 1.5 components.
+    assert_eq!(vae_parameters(&sd15.vae), 83_653_863);
+    assert_eq!(clip_parameters(&sd15.clip), 123_060_480);
+    assert_eq!(unet_parameters(&sd15.unet), 859_520_964);
+    let sd21 = ModelShape::from_arch(Arch::Sd21).unwrap();
+    assert_eq!(unet_parameters(&sd21.unet), 865_910_724);
+    assert_eq!(clip_parameters(&sd21.clip), 340_387_840);
+    let sdxl = ModelShape::from_arch(Arch::Sdxl).unwrap();
+    assert_eq!(unet_parameters(&sdxl.unet), 2_567_463_684);
+    assert_eq!(clip_parameters(&sdxl.clip), 123_060_480);
+    assert_eq!(clip_parameters(sdxl.clip2.as_ref().unwrap()), 694_659_840);
+    assert_eq!(vae_parameters(&sdxl.vae), 83_653_863);
+}
+
+#[test]
+fn large_decodes_get_tiled_to_fit() {
+    let vae = Arch::Sd15.vae().unwrap();
+    let latent = (256, 256);
+    let whole = vae_pass_bytes(&vae, VaePass::Decode, DType::F32, 1, latent, None, 1 << 28);
+    assert!(whole > 6 << 30, "2048² decode whole: {}", gib(whole));
+    let choice = vae_tiling(
+        &vae,
+        VaePass::Decode,
+        DType::F32,
+        1,
+        latent,
+        1 << 28,
+        Some(3 << 30),
+    );
+    assert!(choice.fits && choice.tiling.is_some(), "{choice:?}");
+    assert!(choice.bytes < 3 << 30);
+    // Measured with bench (random SD weights, f32): 523 / 513 MiB at 512², 1667 /
+    // 2082 MiB at 1024²; the estimates stay within ±25 %.
+    for (pass, side, measured) in [
+        (VaePass::Encode, 64, 523.0),
+        (VaePass::Decode, 64, 513.0),
+        (VaePass::Encode, 128, 1667.0),
+        (VaePass::Decode, 128, 2082.0),
+    ] {
+        let est = vae_pass_bytes(&vae, pass, DType::F32, 1, (side, side), None, 1 << 28);
+        let ratio = est as f64 / (measured * MIB as f64);
+        assert!((0.75..=1.25).contains(&ratio), "{pass:?} {side}: {ratio}");
+    }
+    // Without a limit nothing is tiled.
+    let free = vae_tiling(&vae, VaePass::Decode, DType::F32, 1, latent, 1 << 28, None);
+    assert!(free.tiling.is_none());
+}
+
+#[test]
+fn loops_that_cannot_fit_are_refused_with_one_line() {
+    let shape = ModelShape::from_arch(Arch::Sd15).unwrap();
+    let small = estimate_loop(&shape, &spec(512), DType::F32, 2, Some(24 << 30), KEPT);
+    assert!(small.fits, "{small:?}");
+    assert!(check_fits(&[small], Some(24 << 30), DType::F32).is_ok());
+    let big = estimate_loop(&shape, &spec(4096), DType::F32, 2, Some(4 << 30), KEPT);
+    assert!(!big.fits);
+    let msg = check_fits(&[big], Some(4 << 30), DType::F32)
+        .unwrap_err()
+        .to_string();
+    assert!(!msg.contains('\n') && msg.contains("4096x4096"), "{msg}");
+}
+
+#[test]
+fn released_text_encoders_leave_the_heavy_phases() {
+    let shape = ModelShape::from_arch(Arch::Sd15).unwrap();
+    let text = shape.text_parameters() * 4;
+    // CLIP ViT-L/14's text model: 123 M parameters.
+    assert!((120e6..126e6).contains(&(text as f64 / 4.0)), "{text}");
+    let kept = estimate_loop(&shape, &spec(1024), DType::F32, 2, None, KEPT);
+    let freed = estimate_loop(
+        &shape,
+        &spec(1024),
+        DType::F32,
+        2,
+        None,
+        EncoderWeights::Released,
+    );
+    assert_eq!(kept.weights_bytes, freed.weights_bytes);
+    assert_eq!(freed.resident_weights_bytes, kept.weights_bytes - text);
+    assert_eq!(freed.peak_bytes, kept.peak_bytes - text);
+    // A limit between the two: only the released plan fits, with the same tiling.
+    let limit = ((kept.peak_bytes - text / 2) as f64 / HEADROOM) as u64;
+    let kept = estimate_loop(&shape, &spec(1024), DType::F32, 2, Some(limit), KEPT);
+    assert!(kept.vae_decode_tile.is_some());
+    let freed = estimate_loop(
+        &shape,
+        &spec(1024),
+        DType::F32,
+        2,
+        Some(limit),
+        EncoderWeights::Released,
+    );
+    assert!(freed.fits && freed.vae_decode_tile.is_none(), "{freed:?}");
+}
+
+#[test]
+fn plans_are_checked_in_one_call() {
+    use loopback_core::settings::Size;
+    let shape = ModelShape::from_arch(Arch::Sd15).unwrap();
+    let plan = |size: u32| Plan {
+        final_size: Size::new(size, size),
+        loops: vec![spec(512), spec(size)],
+        start: Size::new(512, 512),
+    };
+    let fits = check_plan(&shape, &plan(1024), DType::F32, 2, Some(24 << 30), KEPT).unwrap();
+    assert_eq!(
+        fits,
+        estimate_plan(&shape, &plan(1024), DType::F32, 2, Some(24 << 30), KEPT)
+    );
+    let free = check_plan(&shape, &plan(4096), DType::F32, 2, None, KEPT).unwrap();
+    assert_eq!(free.len(), 2);
+    let refusal = check_plan(&shape, &plan(4096), DType::F32, 2, Some(4 << 30), KEPT).unwrap_err();
+    let estimates = estimate_plan(&shape, &plan(4096), DType::F32, 2, Some(4 << 30), KEPT);
+    let line = check_fits(&estimates, Some(4 << 30), DType::F32)
+        .unwrap_err()
+        .to_string();
+    assert_eq!(refusal.to_string(), line);
+    assert_eq!(refusal.estimates, estimates);
+    assert!(matches!(Error::from(refusal), Error::Memory(_)));
+    assert_eq!((unet_batch(7.0), unet_batch(1.0)), (2, 1));
+}

@@ -1,0 +1,49 @@
+//! Which model is loaded and which one the settings ask for: the load key (model, VAE,
+//! LoRAs with their weights) that tells whether Run can reuse the loaded model.
+
+use super::state::{Persisted, WantedKey};
+use loopback_engine::load::request::ModelRequest;
+
+/// Whether `persisted` names the model `loaded` was loaded for.
+pub fn same_model(persisted: &Persisted, key: &str, device: &str) -> bool {
+    persisted.device == device
+        && persisted
+            .model_request()
+            .is_ok_and(|request| load_key(&request) == key)
+}
+
+/// What a model was loaded for: the model, the replacement VAE and the LoRAs with their
+/// weights (another of any of these means another load).
+pub fn load_key(request: &ModelRequest) -> String {
+    let loras: Vec<String> = request
+        .loras
+        .iter()
+        .map(|l| format!("{}:{}", l.path.display(), l.weight))
+        .collect();
+    format!(
+        "{}|vae={}|loras={}",
+        request.spec,
+        request
+            .vae
+            .as_ref()
+            .map(|v| v.display().to_string())
+            .unwrap_or_default(),
+        loras.join(",")
+    )
+}
+
+/// Whether the loaded model (`key`, `device`) is the one `persisted` asks for, as
+/// [`same_model`] tells, with the key `persisted` asks for remembered in `wanted`: the
+/// prompt's `<lora:…>` tags are looked up in the folders again only when the model, VAE,
+/// LoRAs or prompt changed (or after a rescan), not on every frame.
+pub fn is_wanted(persisted: &Persisted, wanted: &WantedKey, key: &str, device: &str) -> bool {
+    persisted.device == device
+        && wanted
+            .get(persisted, |persisted| {
+                persisted
+                    .model_request()
+                    .ok()
+                    .map(|request| load_key(&request))
+            })
+            .is_some_and(|wanted| wanted == key)
+}
