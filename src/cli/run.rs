@@ -187,7 +187,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
             Event::Finished(output) => outcome = Some(Ok(output)),
             Event::Cancelled { .. } => outcome = Some(Err(None)),
             Event::Failed { message, .. } => outcome = Some(Err(Some(message))),
-            Event::ModelLoaded { .. } | Event::Preview { .. } => {}
+            Event::Preview { .. } => {}
         }
     }
     bar.finish_and_clear();

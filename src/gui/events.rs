@@ -235,14 +235,9 @@ impl App {
         event: Event,
         image: Option<ReadyImage>,
     ) {
-        if let Event::ModelLoaded { .. } = event {
-            // Not a run's own event (the runner never sends it).
-            return;
-        }
         let image = image.or_else(|| ReadyImage::of(&event));
         let progress = self.session.progress.get_or_insert_with(Progress::default);
         match event {
-            Event::ModelLoaded { .. } => {}
             Event::LoopStarted { spec, loops } => {
                 progress.loop_index = spec.index;
                 progress.loops = loops;

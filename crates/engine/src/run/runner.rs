@@ -29,17 +29,9 @@ use loopback_core::{Error, Result};
 
 /// What a run reports, in order: per loop `LoopStarted`, `StepFinished` + `Preview` per step,
 /// `LoopFinished`; then exactly one of `Finished`, `Cancelled` or `Failed` ([`run_and_report`]
-/// reports it; [`run_blocking`] returns it as its result). The runner itself never sends
-/// `ModelLoaded`: it is for a front end that reports its model in the same stream, first.
+/// reports it; [`run_blocking`] returns it as its result).
 #[derive(Debug, Clone)]
 pub enum Event {
-    /// The model is ready (loaded now, or reused).
-    ModelLoaded {
-        /// The model's name.
-        name: String,
-        /// Seconds spent loading (0 when reused).
-        seconds: f64,
-    },
     /// A loop begins.
     LoopStarted {
         /// The loop's plan entry.
