@@ -10,6 +10,7 @@ use std::sync::mpsc::channel;
 
 use candle_core::{DType, Device};
 use image::DynamicImage;
+use loopback_core::plan::{self, PlanInput};
 use loopback_core::settings::{Curve, Settings, TargetMode};
 use loopback_engine::load::open::LoadedModel;
 use loopback_engine::run::runner::{self, Event, RunRequest};
@@ -86,7 +87,7 @@ fn final_png_bytes(events: &[Event]) -> Vec<u8> {
 fn sizes_seeds_and_event_order() {
     let model = model();
     let events = run_all(&model, settings(42), None);
-    let plan = runner::preview_plan(&settings(42), &input(), 42).unwrap();
+    let plan = plan::plan_for(&settings(42), PlanInput::of_image(&input()), 42).unwrap();
     assert_eq!(plan.final_size.width, 192);
 
     // Order: per loop LoopStarted, StepFinished/Preview…, LoopFinished; then Finished.

@@ -10,6 +10,7 @@ use std::sync::atomic::AtomicBool;
 use candle_core::{DType, Device};
 use common::data;
 use image::DynamicImage;
+use loopback_core::plan::{self, PlanInput};
 use loopback_core::settings::{Settings, TargetMode};
 use loopback_engine::load::open::LoadedModel;
 use loopback_engine::run::runner::{self, Event, RunRequest};
@@ -64,9 +65,9 @@ fn loops_run_on_an_sdxl_model() {
     let model = LoadedModel::load(&tiny_sdxl(), &Device::Cpu, DType::F32).unwrap();
     assert!(model.model.is_sdxl());
     let (image, sizes) = run(&model, settings(7, "a cup of coffee"));
-    let plan = runner::preview_plan(
+    let plan = plan::plan_for(
         &settings(7, "a cup of coffee"),
-        &DynamicImage::new_rgb8(64, 64),
+        PlanInput::of_image(&DynamicImage::new_rgb8(64, 64)),
         7,
     )
     .unwrap();

@@ -23,7 +23,7 @@ use loopback_core::imageops::color::ColorReference;
 use loopback_core::imageops::{finish, resize};
 use loopback_core::io::to_diffusion_rgb;
 use loopback_core::metadata::{ModelInfo, Recipe};
-use loopback_core::plan::{self, LoopSpec, Plan, PlanInput};
+use loopback_core::plan::{self, LoopSpec, PlanInput};
 use loopback_core::settings::Settings;
 use loopback_core::{Error, Result};
 
@@ -300,10 +300,4 @@ impl Job<'_, '_> {
             vae: self.model.vae.clone(),
         }
     }
-}
-
-/// The plan a run of `settings` on `input` will follow (adaptive sizes estimated): the
-/// core's [`plan::plan_for`] of the input as the run sees it.
-pub fn preview_plan(settings: &Settings, input: &DynamicImage, seed: u32) -> Result<Plan> {
-    plan::plan_for(settings, PlanInput::of_image(input), seed)
 }
