@@ -59,6 +59,7 @@ pub fn run(bench: &LoopBench<'_>) -> anyhow::Result<serde_json::Value> {
         cfg: 7.0,
         strength: bench.denoise,
         seed: 1,
+        conditioning: Default::default(),
     };
     let before = memory::process_rss().unwrap_or(0);
     let reset = memory::reset_peak_rss();

@@ -6,6 +6,7 @@ mod gui;
 mod models;
 mod plan;
 mod post;
+mod prompt;
 mod run;
 mod settings;
 
@@ -38,6 +39,9 @@ enum Command {
     Settings(settings::SettingsCmdArgs),
     /// List the models, VAEs, LoRAs and TAESD decoders in ./models and the Hugging Face cache.
     Models(models::ModelsArgs),
+    /// Show how a prompt is read (A1111's emphasis, BREAK, prompt editing, alternation,
+    /// embeddings): its weights, its schedule, its token count and, with --model, its chunks.
+    Prompt(prompt::PromptArgs),
     /// Open the desktop app (also what running without a command does).
     Gui(gui::GuiArgs),
 }
@@ -103,6 +107,7 @@ pub fn run() -> anyhow::Result<()> {
         }
         Command::Settings(args) => settings::run(&args),
         Command::Models(args) => models::run(&args),
+        Command::Prompt(args) => prompt::run(&args),
     }
 }
 

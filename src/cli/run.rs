@@ -13,6 +13,7 @@ use loopback_core::metadata::{self, png_text};
 use loopback_core::plan::{self, PlanInput};
 use loopback_engine::device::DeviceSpec;
 use loopback_engine::load::checkpoint::CheckpointOptions;
+use loopback_engine::load::embeddings::{self, Embeddings};
 use loopback_engine::load::hub::DownloadEvent;
 use loopback_engine::load::lora::{self, LoraSpec};
 use loopback_engine::load::open::LoadedModel;
@@ -71,6 +72,10 @@ pub struct RunArgs {
     /// `<lora:NAME:WEIGHT>` tags are found by name in ./models/Lora and ./models and added.
     #[arg(long = "lora", value_name = "FILE[:WEIGHT]", value_parser = LoraSpec::parse_cli)]
     loras: Vec<LoraSpec>,
+    /// A folder of textual-inversion embeddings, besides ./models/embeddings and
+    /// ./embeddings; repeatable. A prompt calls an embedding by its file name.
+    #[arg(long = "embeddings-dir", value_name = "DIR")]
+    embeddings_dirs: Vec<PathBuf>,
     /// Memory the run may use (e.g. 8G). Default on the CPU: what is available now; on a GPU
     /// the check is skipped unless this is given.
     #[arg(long, value_name = "SIZE", value_parser = memory::parse_bytes)]
@@ -141,7 +146,15 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
 
     // The run reports from a thread of its own; this one draws the progress bar.
     let (tx, events) = channel();
-    let request = RunRequest { input, settings };
+    let embeddings = Embeddings::scan(&embeddings::search_dirs(&args.embeddings_dirs));
+    for warning in &embeddings.warnings {
+        eprintln!("warning: {warning}");
+    }
+    let request = RunRequest {
+        input,
+        settings,
+        embeddings: Arc::new(embeddings),
+    };
     let worker = std::thread::Builder::new()
         .name("loopback-runner".into())
         .spawn(move || {

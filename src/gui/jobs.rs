@@ -23,6 +23,7 @@ use loopback_core::metadata::png_text::read_png_texts_from_path;
 use loopback_core::metadata::settings_from_texts;
 use loopback_core::plan::rgb_mean;
 use loopback_core::settings::Settings;
+use loopback_engine::load::embeddings::{self, Embeddings};
 use loopback_engine::load::open::LoadedModel;
 use loopback_engine::load::request::{self, LoadEvent, ModelRequest};
 use loopback_engine::load::resolve::default_search_dirs;
@@ -332,6 +333,13 @@ impl Jobs {
         let spawned = std::thread::Builder::new()
             .name("loopback-runner".into())
             .spawn(move || {
+                // The embeddings are read here, off the UI thread, for every run (a file added
+                // since the last run is found).
+                let embeddings = Embeddings::scan(&embeddings::search_dirs(&[]));
+                let request = RunRequest {
+                    embeddings: Arc::new(embeddings),
+                    ..request
+                };
                 runner::run_and_report(
                     &model,
                     &request,

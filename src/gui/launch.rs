@@ -104,6 +104,7 @@ impl App {
         self.finish_requested = None;
         self.view.shown = Shown::Preview;
         let request = RunRequest {
+            embeddings: Default::default(),
             input: image,
             settings,
         };

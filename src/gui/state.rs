@@ -362,6 +362,8 @@ pub struct Session {
     pub seconds_per_mpstep: Option<f64>,
     /// Models, VAEs and LoRAs found in the search folders and the Hugging Face cache.
     pub library: Vec<loopback_engine::load::library::Entry>,
+    /// The prompts' token counters.
+    pub token_counter: super::side_panel::TokenCounter,
 }
 
 impl Session {

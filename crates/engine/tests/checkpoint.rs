@@ -258,6 +258,7 @@ fn run_equals_folder_run_and_records_the_hash(tiny: Tiny) {
     ));
     let run = |model: &LoadedModel| {
         let request = RunRequest {
+            embeddings: Default::default(),
             input: Arc::clone(&input),
             settings: settings.clone(),
         };

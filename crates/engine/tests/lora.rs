@@ -120,6 +120,7 @@ fn components_and_img2img_match_diffusers() {
         cfg: manifest["cfg"].as_f64().unwrap(),
         strength: manifest["strength"].as_f64().unwrap(),
         seed: manifest["seed"].as_u64().unwrap() as u32,
+        conditioning: Default::default(),
     };
     let base_latents = read_f32(&manifest["base"]["final_latents"]);
     for case in manifest["cases"].as_array().unwrap() {
@@ -291,6 +292,7 @@ fn run_settings(prompt: &str) -> Settings {
 fn run(model: &LoadedModel, prompt: &str) -> loopback_core::Result<Option<runner::RunOutput>> {
     let photo = image::open(root().join("parity/in_coffee_64x64.png")).unwrap();
     let request = RunRequest {
+        embeddings: Default::default(),
         input: Arc::new(DynamicImage::ImageRgb8(photo.to_rgb8())),
         settings: run_settings(prompt),
     };

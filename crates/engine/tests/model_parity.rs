@@ -81,7 +81,7 @@ fn components_match_diffusers() {
     let ids = tensor(&case, "token_ids").to_dtype(DType::U32).unwrap();
     let hidden = model
         .text_encoders
-        .with(|clip, _| clip.forward(&ids, 0))
+        .with(|clip, _| clip.forward(&ids, &[], 0))
         .unwrap()
         .unwrap();
     let reference = tensor(&case, "text_hidden");

@@ -81,6 +81,7 @@ fn img2img_matches_diffusers() {
             cfg: case["guidance_scale"].as_f64().unwrap(),
             strength: case["strength"].as_f64().unwrap(),
             seed: case["seed"].as_u64().unwrap() as u32,
+            conditioning: Default::default(),
         };
         let text = if case["prediction_type"] == "v_prediction" {
             &v_pred

@@ -79,7 +79,11 @@ fn run(model: Arc<LoadedModel>, seed: i64) -> Vec<Event> {
         prompt: "a cat".into(),
         ..Settings::default()
     };
-    let request = RunRequest { input, settings };
+    let request = RunRequest {
+        input,
+        settings,
+        embeddings: Default::default(),
+    };
     let mut events = Vec::new();
     runner::run_and_report(
         &model,

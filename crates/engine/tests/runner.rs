@@ -44,6 +44,7 @@ fn settings(seed: i64) -> Settings {
 /// Runs to the end, returning every event (the final one included).
 fn run_all(model: &LoadedModel, settings: Settings, cancel_at: Option<(u32, usize)>) -> Vec<Event> {
     let request = RunRequest {
+        embeddings: Default::default(),
         input: input(),
         settings,
     };
@@ -174,6 +175,7 @@ fn cancel_mid_loop_keeps_finished_loops() {
 fn spawned_run_reports_on_a_channel() {
     let model = Arc::new(model());
     let request = RunRequest {
+        embeddings: Default::default(),
         input: input(),
         settings: settings(3),
     };
@@ -205,6 +207,7 @@ fn spawned_run_reports_on_a_channel() {
 fn reported_cancel_from_another_thread_ends_with_the_finished_loops() {
     let model = Arc::new(model());
     let request = RunRequest {
+        embeddings: Default::default(),
         input: input(),
         settings: settings(7),
     };
@@ -269,6 +272,7 @@ fn text_encoders_freed_after_the_prompts_give_the_same_run() {
     let again = run_all(&freed, settings(7), None);
     assert_eq!(final_png_bytes(&again), final_png_bytes(&reference));
     let request = RunRequest {
+        embeddings: Default::default(),
         input: input(),
         settings: Settings {
             prompt: "a cup of tea".into(),

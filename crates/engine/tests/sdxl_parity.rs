@@ -53,6 +53,7 @@ fn params(case: &Value) -> Img2ImgParams {
         cfg: case["guidance_scale"].as_f64().unwrap(),
         strength: case["strength"].as_f64().unwrap(),
         seed: case["seed"].as_u64().unwrap() as u32,
+        conditioning: Default::default(),
     }
 }
 

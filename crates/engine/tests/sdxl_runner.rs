@@ -37,6 +37,7 @@ fn settings(seed: i64, prompt: &str) -> Settings {
 fn run(model: &LoadedModel, settings: Settings) -> (Vec<u8>, Vec<(u32, u32)>) {
     let photo = image::open(data("coffee.png")).unwrap();
     let request = RunRequest {
+        embeddings: Default::default(),
         input: Arc::new(DynamicImage::from(
             photo
                 .resize_exact(64, 64, image::imageops::FilterType::Triangle)

@@ -6,7 +6,10 @@ pub mod fields;
 mod info;
 mod loops;
 mod model;
+mod prompt;
 mod size;
+
+pub use prompt::TokenCounter;
 
 use super::command::{Command, Commands};
 use super::state::{Persisted, Session};
@@ -28,7 +31,7 @@ pub fn ui(
                 .show(ui, |ui| model::ui(ui, persisted, session, commands));
             egui::CollapsingHeader::new("Prompt")
                 .default_open(true)
-                .show(ui, |ui| prompt_ui(ui, persisted));
+                .show(ui, |ui| prompt::ui(ui, persisted, session));
             egui::CollapsingHeader::new("img2img")
                 .default_open(true)
                 .show(ui, |ui| img2img_ui(ui, persisted, commands));
@@ -42,14 +45,6 @@ pub fn ui(
                 .default_open(false)
                 .show(ui, info::ui);
         });
-}
-
-/// Prompt and negative prompt, with a warning when the prompt is empty.
-fn prompt_ui(ui: &mut egui::Ui, persisted: &mut Persisted) {
-    fields::keys_ui(ui, &mut persisted.settings, &["prompt", "negative_prompt"]);
-    for warning in persisted.settings.warnings() {
-        ui.colored_label(ui.visuals().warn_fg_color, format!("Warning: {warning}"));
-    }
 }
 
 /// Sampler, steps, CFG, denoise, seed (with random / reuse last), resize mode, colour

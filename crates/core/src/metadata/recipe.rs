@@ -43,6 +43,15 @@ pub struct LoraRecord {
     pub hash: Option<String>,
 }
 
+/// A textual-inversion embedding a run's prompts used (A1111's `TI hashes`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EmbeddingRecord {
+    /// Its name (the file name without extension, as written in the prompt).
+    pub name: String,
+    /// A1111's short hash (12 hex digits of the file's SHA-256).
+    pub hash: String,
+}
+
 /// Everything needed to reproduce a run: settings, the resolved seed, the model and the plan.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Recipe {
@@ -64,6 +73,9 @@ pub struct Recipe {
     /// The LoRAs merged into the model, in order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub loras: Vec<LoraRecord>,
+    /// The textual-inversion embeddings the prompts used, in order of first use.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub embeddings: Vec<EmbeddingRecord>,
 }
 
 impl Recipe {
@@ -78,6 +90,7 @@ impl Recipe {
             final_size: plan.final_size,
             loops: plan.loops.clone(),
             loras: Vec::new(),
+            embeddings: Vec::new(),
         }
     }
 
@@ -110,8 +123,18 @@ impl Recipe {
             }
         }
         push("Denoising strength", py_float(s.denoise));
+        // A1111 writes these only when they differ from its defaults.
+        if s.clip_skip > 1 {
+            push("Clip skip", s.clip_skip.to_string());
+        }
         if let Some(hashes) = self.lora_hashes() {
             push("Lora hashes", hashes);
+        }
+        if let Some(hashes) = self.ti_hashes() {
+            push("TI hashes", hashes);
+        }
+        if s.pad_conds {
+            push("Pad conds", py_bool(true).into());
         }
         push(
             "Denoising strength change factor",
@@ -153,6 +176,20 @@ impl Recipe {
             .filter_map(|l| {
                 let name: String = l.name.chars().filter(|c| !matches!(c, ':' | ',')).collect();
                 l.hash.as_ref().map(|h| format!("{name}: {h}"))
+            })
+            .collect();
+        (!parts.is_empty()).then(|| parts.join(", "))
+    }
+
+    /// A1111's `TI hashes` value, `name: hash, name2: hash2` (names without `:` and `,`, as
+    /// A1111 writes them); `None` when no embedding was used.
+    pub fn ti_hashes(&self) -> Option<String> {
+        let parts: Vec<String> = self
+            .embeddings
+            .iter()
+            .map(|e| {
+                let name: String = e.name.chars().filter(|c| !matches!(c, ':' | ',')).collect();
+                format!("{name}: {}", e.hash)
             })
             .collect();
         (!parts.is_empty()).then(|| parts.join(", "))
@@ -220,6 +257,15 @@ pub fn settings_from_infotext(info: &Infotext) -> (Settings, Vec<String>) {
     take("CFG scale", &mut |v| parse_into(v, &mut s.cfg));
     take("Seed", &mut |v| parse_into(v, &mut s.seed));
     take("Denoising strength", &mut |v| parse_into(v, &mut s.denoise));
+    take("Clip skip", &mut |v| {
+        let mut skip = 0u32;
+        let ok = parse_into(v, &mut skip) && (1..=12).contains(&skip);
+        if ok {
+            s.clip_skip = skip;
+        }
+        ok
+    });
+    take("Pad conds", &mut |v| bool_into(v, &mut s.pad_conds));
     take("Denoising strength change factor", &mut |v| {
         parse_into(v, &mut s.denoise_change)
     });

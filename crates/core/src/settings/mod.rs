@@ -256,6 +256,18 @@ define_settings! {
     seed: i64 = -1,
         arg i64 [allow_negative_numbers = true], flag "seed", group Img2img, label "Seed",
         control Control::Int { min: -1, max: MAX_SEED, step: 1 };
+    /// A1111's "Clip skip": condition on the text encoder's hidden states this many layers
+    /// from the end (1 = the last layer; 2 suits most anime models). SD 1.x/2.x only: SDXL
+    /// ignores it, as A1111 does.
+    clip_skip: u32 = 1,
+        arg u32 [value_parser = clap::value_parser!(u32).range(1..=12)], flag "clip-skip", group Img2img, label "Clip skip",
+        control Control::Int { min: 1, max: 12, step: 1 };
+    /// A1111's "Pad prompt/negative prompt to be same length": when the prompt and the negative
+    /// prompt have different numbers of 75-token chunks, pad the shorter with empty-prompt
+    /// chunks (one UNet pass for both) instead of running the UNet on each (A1111's default).
+    pad_conds: bool = false,
+        arg bool [num_args = 0..=1, require_equals = true, default_missing_value = "true"], flag "pad-conds", group Img2img, label "Pad prompts to the same length",
+        control Control::Toggle;
     /// How the image is fitted to each loop's size when the aspect ratio differs.
     resize_mode: ResizeMode = ResizeMode::CropAndResize,
         arg ResizeMode, flag "resize-mode", group Img2img, label "Resize mode",

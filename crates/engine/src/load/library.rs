@@ -5,6 +5,8 @@
 //! - checkpoints: `*.safetensors` directly in it and in `Stable-diffusion/`;
 //! - diffusers folders: its sub-folders that are complete diffusers models;
 //! - VAEs: `VAE/`; LoRAs: `Lora/` and `LyCORIS/`; TAESD decoders: `VAE-taesd/`;
+//! - textual-inversion embeddings: `embeddings/`, and `embeddings/` beside the search folder
+//!   (A1111's layout);
 //!
 //! and the diffusers models in the Hugging Face cache (`models--ORG--NAME/snapshots/*`).
 //! Scanning reads only safetensors headers (to tell the family) and never hashes a file:
@@ -33,6 +35,8 @@ pub enum Kind {
     Lora,
     /// A TAESD preview decoder.
     Taesd,
+    /// A textual-inversion embedding (called by name in a prompt).
+    Embedding,
 }
 
 impl Kind {
@@ -44,6 +48,7 @@ impl Kind {
             Kind::Vae => "vae",
             Kind::Lora => "lora",
             Kind::Taesd => "taesd",
+            Kind::Embedding => "embedding",
         }
     }
 }
@@ -101,6 +106,12 @@ pub fn scan(
         }
         for file in safetensors_in(&dir.join("VAE-taesd")) {
             entries.push(file_entry(Kind::Taesd, &file, None, hashes));
+        }
+        let beside = dir.parent().map(|p| p.join("embeddings"));
+        for folder in std::iter::once(dir.join("embeddings")).chain(beside) {
+            for file in safetensors_in(&folder) {
+                entries.push(file_entry(Kind::Embedding, &file, None, hashes));
+            }
         }
     }
     if let Some(cache) = hf_cache {

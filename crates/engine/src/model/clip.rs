@@ -119,13 +119,23 @@ impl ClipText {
     }
 
     /// The embeddings plus the first `layers` transformer layers, without the final norm.
-    fn run_layers(&self, ids: &Tensor, layers: usize) -> candle_core::Result<Tensor> {
+    /// Each fix `(offset, vectors)` replaces the token embeddings from position `offset + 1`
+    /// (just after the start token) with `vectors` `(n, hidden)`: a textual-inversion
+    /// embedding in the place of its placeholder tokens, as A1111's `EmbeddingsWithFixes`
+    /// does (vectors that would run past the end are cut).
+    fn run_layers(
+        &self,
+        ids: &Tensor,
+        fixes: &[(usize, Tensor)],
+        layers: usize,
+    ) -> candle_core::Result<Tensor> {
         let (batch, seq) = ids.dims2()?;
         let positions = self.position_embedding.narrow(0, 0, seq)?;
-        let mut xs = self
-            .token_embedding
-            .forward(ids)?
-            .broadcast_add(&positions)?;
+        let mut tokens = self.token_embedding.forward(ids)?;
+        for (offset, vectors) in fixes {
+            tokens = splice_rows(&tokens, offset + 1, vectors)?;
+        }
+        let mut xs = tokens.broadcast_add(&positions)?;
         let mask = causal_mask(seq, xs.device(), xs.dtype())?;
         for layer in &self.layers[..layers.min(self.layers.len())] {
             xs = self.layer_forward(layer, &xs, &mask, batch, seq)?;
@@ -135,9 +145,13 @@ impl ClipText {
 
     /// SDXL's conditioning from this encoder: the **penultimate** layer's hidden states
     /// (diffusers' `hidden_states[-2]`: the input of the last layer, not normalised),
-    /// `(batch, seq, hidden)`.
-    pub fn penultimate(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
-        self.run_layers(ids, self.layers.len().saturating_sub(1))
+    /// `(batch, seq, hidden)`; `fixes` as in [`ClipText::forward`].
+    pub fn penultimate(
+        &self,
+        ids: &Tensor,
+        fixes: &[(usize, Tensor)],
+    ) -> candle_core::Result<Tensor> {
+        self.run_layers(ids, fixes, self.layers.len().saturating_sub(1))
     }
 
     /// The penultimate hidden states (as [`ClipText::penultimate`]) and the pooled,
@@ -146,13 +160,17 @@ impl ClipText {
     /// transformers does for SDXL's encoders (their configs keep the old `eos_token_id` 2):
     /// the position of the largest id, which is end-of-text (49407) in CLIP's vocabulary
     /// whether the prompt is padded with end-of-text or with `!`.
-    pub fn penultimate_and_pooled(&self, ids: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
+    pub fn penultimate_and_pooled(
+        &self,
+        ids: &Tensor,
+        fixes: &[(usize, Tensor)],
+    ) -> candle_core::Result<(Tensor, Tensor)> {
         let projection = self.projection.as_ref().ok_or_else(|| {
             candle_core::Error::Msg("this text encoder has no text projection".into())
         })?;
         let n = self.layers.len();
         let (batch, seq) = ids.dims2()?;
-        let penultimate = self.run_layers(ids, n.saturating_sub(1))?;
+        let penultimate = self.run_layers(ids, fixes, n.saturating_sub(1))?;
         let last = match self.layers.last() {
             Some(layer) => {
                 let mask = causal_mask(seq, penultimate.device(), penultimate.dtype())?;
@@ -184,10 +202,21 @@ impl ClipText {
 
     /// The hidden states for token ids `(batch, seq)`: the last layer's output after the final
     /// layer norm when `skip` is 0 (diffusers' `last_hidden_state`); with `skip = n`, the
-    /// output `n` layers earlier, also normalised (A1111's "Clip skip" n + 1).
-    pub fn forward(&self, ids: &Tensor, skip: usize) -> candle_core::Result<Tensor> {
+    /// output `n` layers earlier, also normalised (A1111's "Clip skip" n + 1). `fixes` put
+    /// textual-inversion vectors in the place of placeholder tokens (see `run_layers`).
+    pub fn forward(
+        &self,
+        ids: &Tensor,
+        fixes: &[(usize, Tensor)],
+        skip: usize,
+    ) -> candle_core::Result<Tensor> {
         let run = self.layers.len().saturating_sub(skip).max(1);
-        self.final_norm.forward(&self.run_layers(ids, run)?)
+        self.final_norm.forward(&self.run_layers(ids, fixes, run)?)
+    }
+
+    /// The width of the token embeddings (what an embedding's vectors must have).
+    pub fn hidden_size(&self) -> usize {
+        self.token_embedding.hidden_size()
     }
 
     fn layer_forward(
@@ -223,6 +252,26 @@ impl ClipText {
             .forward(&self.activation.apply(&layer.fc1.forward(&h)?)?)?;
         xs + h
     }
+}
+
+/// `rows` `(n, hidden)` written over `xs` `(batch, seq, hidden)` from position `at` of every
+/// batch row; rows past the end are cut.
+fn splice_rows(xs: &Tensor, at: usize, rows: &Tensor) -> candle_core::Result<Tensor> {
+    let (batch, seq, _) = xs.dims3()?;
+    if at >= seq {
+        return Ok(xs.clone());
+    }
+    let n = rows.dim(0)?.min(seq - at);
+    let rows = rows
+        .narrow(0, 0, n)?
+        .to_dtype(xs.dtype())?
+        .unsqueeze(0)?
+        .repeat((batch, 1, 1))?;
+    let mut parts = vec![xs.narrow(1, 0, at)?, rows];
+    if at + n < seq {
+        parts.push(xs.narrow(1, at + n, seq - at - n)?);
+    }
+    Tensor::cat(&parts, 1)
 }
 
 /// The causal attention mask: 0 on and below the diagonal, −∞ above.

@@ -25,7 +25,7 @@ use crate::load::weights::{SafetensorsFile, WeightSource};
 use clip::ClipText;
 use config::ModelFiles;
 use loopback_core::{Error, Result};
-use text::TextEncoders;
+use text::{EncoderChunk, TextEncoders};
 use unet::UNet;
 use vae::Vae;
 
@@ -240,20 +240,38 @@ impl SdModel {
         })
     }
 
-    /// Text embeddings for prompt chunks of 77 token ids each (A1111's chunking): each chunk
-    /// is encoded on its own and the results are concatenated along the sequence, giving
-    /// `(1, 77 × chunks, hidden)`. Cached: the same chunks are encoded once.
+    /// Text embeddings for prompt chunks of 77 token ids each (A1111's chunking), read as
+    /// plain text: each chunk's hidden states ([`SdModel::encode_chunks`], no clip skip)
+    /// concatenated along the sequence, `(1, 77 × chunks, hidden)`.
     pub fn text_embeddings(&self, chunks: &[Vec<u32>]) -> Result<Tensor> {
-        let encode = |clip: &ClipText, _: Option<&ClipText>| -> Result<_> {
-            let mut parts = Vec::with_capacity(chunks.len());
-            for chunk in chunks {
-                let ids = self.token_ids(chunk)?;
-                parts.push(clip.forward(&ids, 0).map_err(engine_err("text encoder"))?);
-            }
-            let context = Tensor::cat(&parts, 1).map_err(engine_err("text embeddings"))?;
-            Ok((context, None))
-        };
-        Ok(self.text_encoders.get_or_encode(chunks, None, encode)?.0)
+        let chunks: Vec<EncoderChunk> = chunks.iter().map(|c| EncoderChunk::plain(c)).collect();
+        let parts = self.encode_chunks(&chunks, 1)?;
+        Tensor::cat(&parts, 1).map_err(engine_err("text embeddings"))
+    }
+
+    /// The SD 1.x/2.x text encoder's hidden states for each of A1111's chunks, `(1, 77,
+    /// hidden)` each: its embeddings' vectors in place of their placeholders, the hidden
+    /// states `clip_skip − 1` layers before the last through the final LayerNorm (A1111's
+    /// "Clip skip"). Not emphasised: A1111 rescales a whole batch of chunks together
+    /// (`crate::conditioning::encode`). Cached per chunk.
+    pub fn encode_chunks(&self, chunks: &[EncoderChunk], clip_skip: usize) -> Result<Vec<Tensor>> {
+        let skip = clip_skip.max(1) - 1;
+        chunks
+            .iter()
+            .map(|chunk| {
+                let encode = |clip: &ClipText, _: Option<&ClipText>| -> Result<_> {
+                    let ids = self.token_ids(&chunk.ids)?;
+                    let z = clip
+                        .forward(&ids, &chunk.fix_tensors(), skip)
+                        .map_err(engine_err("text encoder"))?;
+                    Ok((z, None))
+                };
+                Ok(self
+                    .text_encoders
+                    .get_or_encode(std::slice::from_ref(chunk), None, skip, encode)?
+                    .0)
+            })
+            .collect()
     }
 
     fn token_ids(&self, chunk: &[u32]) -> Result<Tensor> {
@@ -262,22 +280,55 @@ impl SdModel {
             .map_err(engine_err("token ids"))
     }
 
+    /// The widths of the text encoders' token embeddings: the first, and SDXL's second (what a
+    /// textual-inversion embedding's vectors must have).
+    pub fn text_widths(&self) -> Result<(usize, Option<usize>)> {
+        Ok((
+            self.files.clip.hidden_size,
+            self.files.clip2.as_ref().map(|c| c.hidden_size),
+        ))
+    }
+
     /// Whether this is an SDXL model (two text encoders, added conditioning).
     pub fn is_sdxl(&self) -> bool {
         self.text_encoders.is_sdxl()
     }
 
-    /// SDXL's text conditioning for prompt chunks of 77 token ids, `chunks` padded as the
-    /// first tokenizer pads (end-of-text) and `chunks_2` as the second (`!`), chunk for
-    /// chunk: the context `(1, 77 × chunks, hidden + hidden_2)`, each chunk the two encoders'
-    /// penultimate hidden states side by side (diffusers' `prompt_embeds`), and the pooled
-    /// embedding `(1, projection)` of the **first** chunk (as A1111 pools long prompts).
-    /// Cached like [`SdModel::text_embeddings`].
+    /// SDXL's text conditioning for plain prompt chunks of 77 token ids, `chunks` padded as
+    /// the first tokenizer pads (end-of-text) and `chunks_2` as the second (`!`), chunk for
+    /// chunk: the context `(1, 77 × chunks, hidden + hidden_2)` (each chunk the two encoders'
+    /// states side by side, diffusers' `prompt_embeds`) and the pooled embedding of the
+    /// **first** chunk (as A1111 pools long prompts).
     pub fn sdxl_conditioning(
         &self,
         chunks: &[Vec<u32>],
         chunks_2: &[Vec<u32>],
     ) -> Result<(Tensor, Tensor)> {
+        let plain = |c: &[Vec<u32>]| c.iter().map(|c| EncoderChunk::plain(c)).collect::<Vec<_>>();
+        let parts = self.encode_chunks_sdxl(&plain(chunks), &plain(chunks_2))?;
+        let pooled = parts
+            .first()
+            .map(|p| p.pooled.clone())
+            .ok_or_else(|| Error::Engine("SDXL prompt: no chunks".into()))?;
+        let sides: Vec<Tensor> = parts
+            .into_iter()
+            .map(|p| Tensor::cat(&[p.first, p.second], 2))
+            .collect::<candle_core::Result<_>>()
+            .map_err(engine_err("text embeddings"))?;
+        let context = Tensor::cat(&sides, 1).map_err(engine_err("text embeddings"))?;
+        Ok((context, pooled))
+    }
+
+    /// SDXL's two encoders on each of A1111's chunks (`chunks` for the first, `chunks_2` for
+    /// the second, chunk for chunk): the **penultimate** hidden states of each (diffusers'
+    /// `hidden_states[-2]`, not normalised) and the second encoder's pooled, projected
+    /// embedding. Not emphasised (see [`SdModel::encode_chunks`]); SDXL ignores clip skip,
+    /// as A1111 does by default. Cached per chunk.
+    pub fn encode_chunks_sdxl(
+        &self,
+        chunks: &[EncoderChunk],
+        chunks_2: &[EncoderChunk],
+    ) -> Result<Vec<SdxlChunk>> {
         if !self.is_sdxl() {
             return Err(Error::Engine(
                 "not an SDXL model: no second text encoder".into(),
@@ -288,30 +339,55 @@ impl SdModel {
                 "SDXL prompt: the two tokenizers gave different chunk counts".into(),
             ));
         }
-        let encode = |clip: &ClipText, clip2: Option<&ClipText>| -> Result<_> {
-            let clip2 = clip2
-                .ok_or_else(|| Error::Engine("not an SDXL model: no second text encoder".into()))?;
-            let mut parts = Vec::with_capacity(chunks.len());
-            let mut first_pooled = None;
-            for (c1, c2) in chunks.iter().zip(chunks_2) {
-                let h1 = clip
-                    .penultimate(&self.token_ids(c1)?)
-                    .map_err(engine_err("text encoder"))?;
-                let (h2, pooled) = clip2
-                    .penultimate_and_pooled(&self.token_ids(c2)?)
-                    .map_err(engine_err("text encoder 2"))?;
-                parts.push(Tensor::cat(&[h1, h2], 2).map_err(engine_err("text embeddings"))?);
-                first_pooled.get_or_insert(pooled);
-            }
-            let context = Tensor::cat(&parts, 1).map_err(engine_err("text embeddings"))?;
-            Ok((context, first_pooled))
-        };
-        let (context, pooled) = self
-            .text_encoders
-            .get_or_encode(chunks, Some(chunks_2), encode)?;
-        let pooled = pooled.ok_or_else(|| Error::Engine("SDXL prompt: no chunks".into()))?;
-        Ok((context, pooled))
+        let width = self.files.clip.hidden_size;
+        chunks
+            .iter()
+            .zip(chunks_2)
+            .map(|(c1, c2)| {
+                let encode = |clip: &ClipText, clip2: Option<&ClipText>| -> Result<_> {
+                    let clip2 = clip2.ok_or_else(|| {
+                        Error::Engine("not an SDXL model: no second text encoder".into())
+                    })?;
+                    let h1 = clip
+                        .penultimate(&self.token_ids(&c1.ids)?, &c1.fix_tensors())
+                        .map_err(engine_err("text encoder"))?;
+                    let (h2, pooled) = clip2
+                        .penultimate_and_pooled(&self.token_ids(&c2.ids)?, &c2.fix_tensors())
+                        .map_err(engine_err("text encoder 2"))?;
+                    let both = Tensor::cat(&[h1, h2], 2).map_err(engine_err("text embeddings"))?;
+                    Ok((both, Some(pooled)))
+                };
+                let (both, pooled) = self.text_encoders.get_or_encode(
+                    std::slice::from_ref(c1),
+                    Some(std::slice::from_ref(c2)),
+                    0,
+                    encode,
+                )?;
+                let total = both.dim(2).map_err(engine_err("text embeddings"))?;
+                let side = |from: usize, len: usize| {
+                    both.narrow(2, from, len)
+                        .map_err(engine_err("text embeddings"))
+                };
+                Ok(SdxlChunk {
+                    first: side(0, width)?,
+                    second: side(width, total - width)?,
+                    pooled: pooled
+                        .ok_or_else(|| Error::Engine("SDXL prompt: no pooled embedding".into()))?,
+                })
+            })
+            .collect()
     }
+}
+
+/// SDXL's encoders' outputs for one chunk.
+#[derive(Debug, Clone)]
+pub struct SdxlChunk {
+    /// The first encoder's penultimate hidden states `(1, 77, hidden)`.
+    pub first: Tensor,
+    /// The second encoder's penultimate hidden states `(1, 77, hidden_2)`.
+    pub second: Tensor,
+    /// The second encoder's pooled, projected embedding `(1, projection)`.
+    pub pooled: Tensor,
 }
 
 /// SDXL's second text encoder from its weights, which must include the projection.

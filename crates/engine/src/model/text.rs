@@ -18,8 +18,63 @@ use loopback_core::{Error, Result};
 /// Outputs kept in the cache at most (the oldest goes first).
 const CACHE_ENTRIES: usize = 8;
 
-/// Token-id chunks for the first and (SDXL) the second encoder.
-type Key = (Vec<Vec<u32>>, Option<Vec<Vec<u32>>>);
+/// What identifies one chunk's output: its ids, its multipliers' bits and its embeddings.
+type ChunkKey = (Vec<u32>, Vec<u32>, Vec<(usize, String)>);
+
+/// The chunks for the first and (SDXL) the second encoder, and the clip skip.
+type Key = (Vec<ChunkKey>, Option<Vec<ChunkKey>>, usize);
+
+/// A textual-inversion embedding's vectors for one text encoder, at a chunk position.
+#[derive(Debug, Clone)]
+pub struct Fix {
+    /// Index of the first placeholder token in the chunk, not counting the start token.
+    pub offset: usize,
+    /// What names the vectors in the cache (the embedding's name and file hash).
+    pub key: String,
+    /// The vectors, `(n, hidden)`.
+    pub vectors: Tensor,
+}
+
+/// One 77-token chunk as a text encoder takes it (A1111's `PromptChunk`).
+#[derive(Debug, Clone)]
+pub struct EncoderChunk {
+    /// The 77 token ids.
+    pub ids: Vec<u32>,
+    /// The emphasis weight of each token (all 1: no emphasis).
+    pub multipliers: Vec<f32>,
+    /// Embeddings in the chunk.
+    pub fixes: Vec<Fix>,
+}
+
+impl EncoderChunk {
+    /// A chunk of plain ids: weight 1, no embeddings.
+    pub fn plain(ids: &[u32]) -> Self {
+        EncoderChunk {
+            ids: ids.to_vec(),
+            multipliers: vec![1.0; ids.len()],
+            fixes: Vec::new(),
+        }
+    }
+
+    fn key(&self) -> ChunkKey {
+        (
+            self.ids.clone(),
+            self.multipliers.iter().map(|m| m.to_bits()).collect(),
+            self.fixes
+                .iter()
+                .map(|f| (f.offset, f.key.clone()))
+                .collect(),
+        )
+    }
+
+    /// The fixes as the encoder takes them.
+    pub fn fix_tensors(&self) -> Vec<(usize, Tensor)> {
+        self.fixes
+            .iter()
+            .map(|f| (f.offset, f.vectors.clone()))
+            .collect()
+    }
+}
 
 /// The context and (SDXL) the pooled embedding.
 pub type Encoded = (Tensor, Option<Tensor>);
@@ -61,14 +116,17 @@ impl TextEncoders {
         self.loaded.read().map(|l| l.is_some()).unwrap_or(false)
     }
 
-    /// The cached output for `chunks` (and `chunks_2`), or `encode`'s on the encoders, cached.
+    /// The cached output for `chunks` (and `chunks_2`) at clip skip `skip`, or `encode`'s on
+    /// the encoders, cached.
     pub fn get_or_encode(
         &self,
-        chunks: &[Vec<u32>],
-        chunks_2: Option<&[Vec<u32>]>,
+        chunks: &[EncoderChunk],
+        chunks_2: Option<&[EncoderChunk]>,
+        skip: usize,
         encode: impl FnOnce(&ClipText, Option<&ClipText>) -> Result<Encoded>,
     ) -> Result<Encoded> {
-        let key: Key = (chunks.to_vec(), chunks_2.map(<[_]>::to_vec));
+        let keys = |c: &[EncoderChunk]| c.iter().map(EncoderChunk::key).collect::<Vec<_>>();
+        let key: Key = (keys(chunks), chunks_2.map(keys), skip);
         if let Some((_, hit)) = self.lock_cache()?.iter().find(|(k, _)| *k == key) {
             return Ok(hit.clone());
         }

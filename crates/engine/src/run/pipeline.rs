@@ -1,7 +1,8 @@
 //! img2img, as diffusers' `StableDiffusionImg2ImgPipeline` computes it, with two deliberate
 //! choices: the image is encoded to the **mean** of the VAE's latent distribution
-//! (deterministic, as A1111 does), and prompts longer than 77 tokens are split into A1111's
-//! 75-token chunks whose embeddings are concatenated instead of being cut.
+//! (deterministic, as A1111 does), and the prompts are read and encoded as A1111 reads them
+//! (emphasis, `BREAK`, prompt editing and alternation, embeddings, clip skip, 75-token chunks
+//! concatenated instead of cut; [`PassConditioning`]).
 //!
 //! SDXL follows diffusers' `StableDiffusionXLImg2ImgPipeline`: both text encoders'
 //! penultimate hidden states side by side, the pooled embedding of the second, and the size
@@ -18,6 +19,10 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor};
 use image::RgbImage;
 
+use crate::conditioning::encode::{
+    Conditioning, ModelEmbeddings, PromptOptions, TextSetup, at_step, encode_prompt,
+};
+use crate::conditioning::prompt::ReadPrompt;
 use crate::conditioning::tokenizer::ClipTokenizer;
 use crate::error::engine_err;
 use crate::model::SdModel;
@@ -62,6 +67,8 @@ pub struct Img2ImgParams {
     pub strength: f64,
     /// Seed of the noise.
     pub seed: u32,
+    /// How the prompts are read and encoded: clip skip, padding, embeddings.
+    pub conditioning: PromptOptions,
 }
 
 /// Progress after a denoising step.
@@ -155,100 +162,163 @@ fn pad_token(dir: &Path, tokenizer: &ClipTokenizer) -> u32 {
         .unwrap_or_else(|| tokenizer.eos_id())
 }
 
-/// Token chunks for the prompt and the negative prompt, padded to the same number of chunks
-/// (with empty-prompt chunks), as A1111 does.
-fn token_chunks(
-    text: &TextAndSchedule,
-    p: &Img2ImgParams,
-    pad_token: u32,
-) -> (Vec<Vec<u32>>, Vec<Vec<u32>>) {
-    let encode = |s: &str| -> Vec<Vec<u32>> {
-        text.tokenizer
-            .encode_chunks(s, pad_token)
-            .iter()
-            .map(|c| c.to_vec())
-            .collect()
-    };
-    let mut cond = encode(&p.prompt);
-    let mut uncond = encode(&p.negative_prompt);
-    let empty = encode("");
-    while cond.len() < uncond.len() {
-        cond.extend(empty.iter().cloned());
-    }
-    while uncond.len() < cond.len() {
-        uncond.extend(empty.iter().cloned());
-    }
-    (cond, uncond)
+/// The text conditioning of one img2img pass: every scheduled text of the prompt and of the
+/// negative prompt, read and encoded once, and what the UNet gets at each step.
+///
+/// As A1111 by default: the prompt and the negative prompt are read with A1111's prompt
+/// language (`crate::conditioning`); when their contexts have different lengths (numbers of
+/// 75-token chunks) the UNet runs on each separately, unless the run asks for padding
+/// (`Pad conds`), which appends empty-prompt chunks to the shorter.
+#[derive(Debug)]
+pub struct PassConditioning {
+    cond: Vec<Conditioning>,
+    /// Empty when the pass is unguided (CFG ≤ 1).
+    uncond: Vec<Conditioning>,
+    /// The empty prompt's conditioning, when the run pads.
+    empty: Option<Conditioning>,
+    /// The image size, for SDXL's size ids.
+    size: (u32, u32),
 }
 
-/// The UNet's text context for `p`'s prompts (unconditional row first when `p.cfg` > 1) and,
-/// for SDXL, its added conditioning (pooled embeddings in the same row order, and the size
-/// ids of an image of `width × height` pixels).
-///
-/// Each prompt is encoded once (the model caches the encoders' outputs); a model asked to
-/// release its text encoders after use does so here.
+/// One UNet call's text inputs: the context and, for SDXL, the added conditioning; its rows
+/// are the call's batch.
+pub type UnetText = (Tensor, Option<AddedCond>);
+
+impl PassConditioning {
+    /// Reads and encodes `p`'s prompts for an image of `size` (the model caches what its
+    /// encoders computed; a model asked to release its text encoders after use does so here).
+    pub fn new(
+        model: &SdModel,
+        text: &TextAndSchedule,
+        p: &Img2ImgParams,
+        size: (u32, u32),
+    ) -> Result<Self> {
+        if model.is_sdxl() && text.sdxl.is_none() {
+            return Err(Error::Engine(
+                "an SDXL model needs the folder's SDXL text settings (tokenizer_2)".into(),
+            ));
+        }
+        let sdxl = text.sdxl.filter(|_| model.is_sdxl());
+        let setup = TextSetup {
+            tokenizer: &text.tokenizer,
+            pad: text.pad_token,
+            pad_2: sdxl.map(|x| x.pad_token_2),
+            zero_empty_negative: sdxl.is_some_and(|x| x.zero_empty_negative),
+            clip_skip: p.conditioning.clip_skip,
+        };
+        let (width, width_2) = model.text_widths()?;
+        let embeddings =
+            ModelEmbeddings::new(&text.tokenizer, &p.conditioning.embeddings, width, width_2);
+        let read =
+            |prompt: &str| ReadPrompt::new(&text.tokenizer, prompt, p.steps, &embeddings.index);
+        let encode = |prompt: &str, negative: bool| {
+            encode_prompt(model, &setup, &embeddings, &read(prompt), negative)
+        };
+        let guided = p.cfg > 1.0;
+        let conditioning = PassConditioning {
+            cond: encode(&p.prompt, false)?,
+            uncond: if guided {
+                encode(&p.negative_prompt, true)?
+            } else {
+                Vec::new()
+            },
+            empty: if guided && p.conditioning.pad_conds {
+                encode("", false)?.into_iter().next()
+            } else {
+                None
+            },
+            size,
+        };
+        model.text_encoders.prompts_encoded();
+        Ok(conditioning)
+    }
+
+    /// The UNet calls of denoising step `step` (0-based, counted from the first step the pass
+    /// runs, as A1111 counts): one call with the rows `[uncond, cond]` (or `[cond]` unguided),
+    /// or, when the two contexts differ in length and the run does not pad, one call each.
+    pub fn at_step(&self, model: &SdModel, step: usize) -> Result<Vec<UnetText>> {
+        let cond = at_step(&self.cond, step);
+        if self.uncond.is_empty() {
+            return Ok(vec![self.unet_text(model, &[cond])?]);
+        }
+        let uncond = at_step(&self.uncond, step);
+        let len = |c: &Conditioning| c.context.dim(1).unwrap_or(0);
+        if len(cond) == len(uncond) {
+            return Ok(vec![self.unet_text(model, &[uncond, cond])?]);
+        }
+        match &self.empty {
+            Some(empty) => {
+                let target = len(cond).max(len(uncond));
+                let padded = [pad_to(uncond, empty, target)?, pad_to(cond, empty, target)?];
+                Ok(vec![self.unet_text(model, &[&padded[0], &padded[1]])?])
+            }
+            None => Ok(vec![
+                self.unet_text(model, &[uncond])?,
+                self.unet_text(model, &[cond])?,
+            ]),
+        }
+    }
+
+    /// One call's inputs for `rows`: contexts stacked, and SDXL's pooled embeddings and size
+    /// ids in the same row order.
+    fn unet_text(&self, model: &SdModel, rows: &[&Conditioning]) -> Result<UnetText> {
+        let stack = |ts: Vec<&Tensor>| {
+            Tensor::cat(&ts, 0)
+                .and_then(|t| t.to_dtype(model.dtype))
+                .map_err(engine_err("text embeddings"))
+        };
+        let context = stack(rows.iter().map(|c| &c.context).collect())?;
+        let pooled: Option<Vec<&Tensor>> = rows.iter().map(|c| c.pooled.as_ref()).collect();
+        let Some(pooled) = pooled else {
+            return Ok((context, None));
+        };
+        let text_embeds = Tensor::cat(&pooled, 0).map_err(engine_err("text embeddings"))?;
+        let (w, h) = (self.size.0 as f32, self.size.1 as f32);
+        // Original size, crop top-left, target size: the image itself, uncropped (diffusers'
+        // defaults for the base model; A1111 passes the same with its default crop 0, 0).
+        let ids: Vec<f32> = rows.iter().flat_map(|_| [h, w, 0.0, 0.0, h, w]).collect();
+        let time_ids = Tensor::from_vec(ids, (rows.len(), 6), &model.device)
+            .map_err(engine_err("size ids"))?;
+        Ok((
+            context,
+            Some(AddedCond {
+                text_embeds,
+                time_ids,
+            }),
+        ))
+    }
+}
+
+/// `c` with `empty`'s context appended until it is `target` tokens long (A1111's `pad_cond`).
+fn pad_to(c: &Conditioning, empty: &Conditioning, target: usize) -> Result<Conditioning> {
+    let len = c.context.dim(1).map_err(engine_err("text embeddings"))?;
+    let unit = empty
+        .context
+        .dim(1)
+        .map_err(engine_err("text embeddings"))?;
+    let repeats = target.saturating_sub(len) / unit.max(1);
+    let mut parts = vec![c.context.clone()];
+    parts.extend(std::iter::repeat_n(empty.context.clone(), repeats));
+    Ok(Conditioning {
+        end_at_step: c.end_at_step,
+        context: Tensor::cat(&parts, 1).map_err(engine_err("text embeddings"))?,
+        pooled: c.pooled.clone(),
+    })
+}
+
+/// The UNet's text inputs at the first step, rows `[uncond, cond]` in one call (padded with
+/// empty-prompt chunks if their lengths differ): what a test compares with diffusers.
 pub fn conditioning(
     model: &SdModel,
     text: &TextAndSchedule,
     p: &Img2ImgParams,
     size: (u32, u32),
-) -> Result<(Tensor, Option<AddedCond>)> {
-    let conditioning = encode_conditioning(model, text, p, size)?;
-    model.text_encoders.prompts_encoded();
-    Ok(conditioning)
-}
-
-fn encode_conditioning(
-    model: &SdModel,
-    text: &TextAndSchedule,
-    p: &Img2ImgParams,
-    (width, height): (u32, u32),
-) -> Result<(Tensor, Option<AddedCond>)> {
-    let guided = p.cfg > 1.0;
-    let (cond, uncond) = token_chunks(text, p, text.pad_token);
-    let Some(xl) = text.sdxl.filter(|_| model.is_sdxl()) else {
-        if model.is_sdxl() {
-            return Err(Error::Engine(
-                "an SDXL model needs the folder's SDXL text settings (tokenizer_2)".into(),
-            ));
-        }
-        let cond = model.text_embeddings(&cond)?;
-        if !guided {
-            return Ok((cond, None));
-        }
-        let uncond = model.text_embeddings(&uncond)?;
-        let context = Tensor::cat(&[uncond, cond], 0).map_err(engine_err("text embeddings"))?;
-        return Ok((context, None));
-    };
-    let (cond_2, uncond_2) = token_chunks(text, p, xl.pad_token_2);
-    let (context, pooled) = model.sdxl_conditioning(&cond, &cond_2)?;
-    let (context, pooled) = if guided {
-        let (uncond, uncond_pooled) = if xl.zero_empty_negative && p.negative_prompt.is_empty() {
-            let zeros = |t: &Tensor| t.zeros_like().map_err(engine_err("text embeddings"));
-            (zeros(&context)?, zeros(&pooled)?)
-        } else {
-            model.sdxl_conditioning(&uncond, &uncond_2)?
-        };
-        let cat =
-            |a: Tensor, b: Tensor| Tensor::cat(&[a, b], 0).map_err(engine_err("text embeddings"));
-        (cat(uncond, context)?, cat(uncond_pooled, pooled)?)
-    } else {
-        (context, pooled)
-    };
-    let batch = context.dim(0).map_err(engine_err("text embeddings"))?;
-    let (w, h) = (width as f32, height as f32);
-    // Original size, crop top-left, target size: the image itself, uncropped (diffusers'
-    // defaults for the base model; A1111 passes the same with its default crop 0, 0).
-    let ids: Vec<f32> = (0..batch).flat_map(|_| [h, w, 0.0, 0.0, h, w]).collect();
-    let time_ids =
-        Tensor::from_vec(ids, (batch, 6), &model.device).map_err(engine_err("size ids"))?;
-    Ok((
-        context,
-        Some(AddedCond {
-            text_embeds: pooled,
-            time_ids,
-        }),
-    ))
+) -> Result<UnetText> {
+    let mut padded = p.clone();
+    padded.conditioning.pad_conds = true;
+    let pass = PassConditioning::new(model, text, &padded, size)?;
+    let mut calls = pass.at_step(model, 0)?;
+    Ok(calls.remove(0))
 }
 
 /// An 8-bit RGB image as a `(1, 3, H, W)` f32 tensor in [−1, 1] (`u8/255·2 − 1`).
@@ -309,10 +379,7 @@ pub fn img2img(
     let device = &model.device;
     let guided = p.cfg > 1.0;
 
-    let (context, added) = conditioning(model, text, p, image.dimensions())?;
-    let context = context
-        .to_dtype(model.dtype)
-        .map_err(engine_err("text embeddings"))?;
+    let text_inputs = PassConditioning::new(model, text, p, image.dimensions())?;
 
     // The previous loop's decode and the text encoder left freed buffers in the heap.
     crate::allocator::release_free_memory();
@@ -346,24 +413,27 @@ pub fn img2img(
     let total = range.len();
     for (n, i) in range.enumerate() {
         let t = sched.timesteps()[i];
-        let input = if guided {
-            Tensor::cat(&[&latents, &latents], 0).map_err(engine_err("UNet input"))?
-        } else {
-            latents.clone()
-        };
-        let input = sched.scale_model_input(&input, i)?;
-        let out = model
-            .unet
-            .forward_with(
-                &input
-                    .to_dtype(model.dtype)
-                    .map_err(engine_err("UNet input"))?,
-                t,
-                &context,
-                added.as_ref(),
-            )
-            .and_then(|o| o.to_dtype(DType::F32))
-            .map_err(engine_err("UNet"))?;
+        let mut outs = Vec::with_capacity(2);
+        for (context, added) in text_inputs.at_step(model, n)? {
+            let rows = context.dim(0).map_err(engine_err("UNet input"))?;
+            let input = Tensor::cat(&vec![&latents; rows], 0).map_err(engine_err("UNet input"))?;
+            let input = sched.scale_model_input(&input, i)?;
+            outs.push(
+                model
+                    .unet
+                    .forward_with(
+                        &input
+                            .to_dtype(model.dtype)
+                            .map_err(engine_err("UNet input"))?,
+                        t,
+                        &context,
+                        added.as_ref(),
+                    )
+                    .and_then(|o| o.to_dtype(DType::F32))
+                    .map_err(engine_err("UNet"))?,
+            );
+        }
+        let out = Tensor::cat(&outs, 0).map_err(engine_err("UNet"))?;
         let eps = if guided {
             let uncond = out
                 .get(0)

@@ -15,6 +15,9 @@ use std::time::{Duration, Instant};
 
 use image::{DynamicImage, RgbImage};
 
+use crate::conditioning::encode::{ModelEmbeddings, PromptOptions};
+use crate::conditioning::prompt::ReadPrompt;
+use crate::load::embeddings::Embeddings;
 use crate::load::lora;
 use crate::load::open::LoadedModel;
 use crate::run::pipeline::{Img2ImgParams, img2img};
@@ -22,7 +25,7 @@ use crate::run::preview::{latents_to_rgb, taesd_to_rgb};
 use loopback_core::imageops::color::ColorReference;
 use loopback_core::imageops::{finish, resize};
 use loopback_core::io::to_diffusion_rgb;
-use loopback_core::metadata::{ModelInfo, Recipe};
+use loopback_core::metadata::{EmbeddingRecord, ModelInfo, Recipe};
 use loopback_core::plan::{self, LoopSpec, PlanInput};
 use loopback_core::settings::Settings;
 use loopback_core::{Error, Result};
@@ -102,6 +105,8 @@ pub struct RunRequest {
     pub input: Arc<DynamicImage>,
     /// Every setting.
     pub settings: Settings,
+    /// The textual-inversion embeddings the prompts may call (`Embeddings::scan`).
+    pub embeddings: Arc<Embeddings>,
 }
 
 /// Runs `request` on the calling thread, passing every event except the final one to `sink`;
@@ -203,6 +208,11 @@ impl Job<'_, '_> {
                 cfg: settings.cfg,
                 strength: spec.denoise,
                 seed: spec.seed,
+                conditioning: PromptOptions {
+                    clip_skip: settings.clip_skip as usize,
+                    pad_conds: settings.pad_conds,
+                    embeddings: request.embeddings.clone(),
+                },
             };
             let per_step = f64::from(spec.width) * f64::from(spec.height);
             let model = self.model;
@@ -263,6 +273,7 @@ impl Job<'_, '_> {
         );
         let mut recipe = Recipe::new(settings, &plan, Some(self.model_info()));
         recipe.loras = self.model.loras.clone();
+        recipe.embeddings = self.embeddings_used(&prompt, settings, &request.embeddings)?;
         Ok(Some(RunOutput {
             unfinished: current,
             finished: Arc::new(finished),
@@ -291,6 +302,35 @@ impl Job<'_, '_> {
             }
         }
         Ok(text)
+    }
+
+    /// The embeddings the prompts call, for the recipe's `TI hashes`.
+    fn embeddings_used(
+        &self,
+        prompt: &str,
+        settings: &Settings,
+        embeddings: &Embeddings,
+    ) -> Result<Vec<EmbeddingRecord>> {
+        let text = &self.model.text;
+        let (width, width_2) = self.model.model.text_widths()?;
+        let usable = ModelEmbeddings::new(&text.tokenizer, embeddings, width, width_2);
+        let mut names: Vec<&str> = Vec::new();
+        for p in [prompt, settings.negative_prompt.as_str()] {
+            let read = ReadPrompt::new(&text.tokenizer, p, settings.steps as usize, &usable.index);
+            for name in read.embeddings_used(&usable.index) {
+                if !names.contains(&name) {
+                    names.push(name);
+                }
+            }
+        }
+        Ok(names
+            .into_iter()
+            .filter_map(|name| embeddings.get(name))
+            .map(|e| EmbeddingRecord {
+                name: e.name.clone(),
+                hash: e.short_hash.clone(),
+            })
+            .collect())
     }
 
     fn model_info(&self) -> ModelInfo {

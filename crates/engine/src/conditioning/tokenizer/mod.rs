@@ -13,10 +13,10 @@
 //! 4. each piece's UTF-8 bytes are mapped to printable characters and merged by byte-pair
 //!    encoding (`bpe`), the last symbol carrying the end-of-word mark `</w>`.
 //!
-//! Prompts longer than the 75 tokens a text encoder sees are split as A1111 does
-//! ([`chunk_ranges`], [`ClipTokenizer::encode_chunks`]).
-//! A1111's emphasis syntax (`(word:1.2)`, `[word]`), `BREAK` and textual-inversion embeddings
-//! are **not** interpreted here: brackets and weights are tokenized as plain text.
+//! Prompts longer than the 75 tokens a text encoder sees are split as A1111 does, with their
+//! emphasis weights, `BREAK`s and textual-inversion embeddings ([`chunk_pieces`],
+//! [`ClipTokenizer::chunk_prompt`]); the prompt language itself is read by
+//! `crate::conditioning::syntax`.
 //!
 //! Known differences from the Python tokenizer, all on unusual text: ftfy's mojibake repair
 //! (`fix_encoding`, e.g. `Ã©` → `é`) is not done; Unicode NFC normalisation is approximated
@@ -39,9 +39,13 @@ use std::collections::HashMap;
 use std::io::Read;
 use std::path::Path;
 
+use crate::conditioning::syntax::{BREAK, BREAK_WEIGHT, Weighted};
 use loopback_core::{Error, Result};
 
-pub use chunks::{CHUNK_TOKENS, COMMA_BACKTRACK, CONTEXT_TOKENS, chunk_ranges};
+pub use chunks::{
+    CHUNK_TOKENS, COMMA_BACKTRACK, CONTEXT_TOKENS, Chunked, Found, PLACEHOLDER, Piece, RawChunk,
+    chunk_pieces,
+};
 
 use bpe::Bpe;
 
@@ -154,8 +158,8 @@ impl ClipTokenizer {
         let mut ids = Vec::new();
         for piece in split_special_tokens(text) {
             match piece {
-                Piece::Special(name) => ids.push(self.special_id(name)),
-                Piece::Text(raw) => self.encode_plain(raw, &mut ids),
+                Segment::Special(name) => ids.push(self.special_id(name)),
+                Segment::Text(raw) => self.encode_plain(raw, &mut ids),
             }
         }
         ids
@@ -195,25 +199,46 @@ impl ClipTokenizer {
         out
     }
 
-    /// The 77-token chunks A1111 feeds the text encoder for a prompt of any length: ids split
-    /// into chunks of at most 75 (a chunk boundary moves back to just after the last comma
-    /// when that comma is among the last [`COMMA_BACKTRACK`] tokens), each wrapped in start
-    /// and end tokens and padded. A1111 pads with end tokens and then, where the model's pad
-    /// differs, turns everything after the first end token into `pad_token`; this does the
-    /// same. An empty prompt gives one chunk.
+    /// The 77-token chunks A1111 feeds the text encoder for a prompt of any length, read as
+    /// plain text (no emphasis, no embeddings): see [`ClipTokenizer::chunk_prompt`] and
+    /// [`ClipTokenizer::wrap_chunk`]. An empty prompt gives one chunk.
     pub fn encode_chunks(&self, text: &str, pad_token: u32) -> Vec<[u32; CONTEXT_TOKENS]> {
-        let ids = self.encode(text);
-        chunk_ranges(&ids, self.comma)
-            .into_iter()
-            .map(|range| self.wrap_chunk(&ids[range], pad_token))
+        self.chunk_prompt(&[(text.to_string(), 1.0)], &|_, _| None)
+            .chunks
+            .iter()
+            .map(|chunk| self.wrap_chunk(&chunk.tokens, pad_token))
             .collect()
     }
 
-    /// One A1111 chunk: start token, `ids` (at most 75), end tokens, then the pad rule.
-    fn wrap_chunk(&self, ids: &[u32], pad_token: u32) -> [u32; CONTEXT_TOKENS] {
+    /// A1111's chunks of a prompt read by `parse_attention`: each piece tokenized on its own
+    /// (so a piece boundary is a word boundary, as in A1111), `BREAK` pieces starting new
+    /// chunks, `find` locating textual-inversion embeddings by their names' ids.
+    pub fn chunk_prompt(
+        &self,
+        parsed: &[Weighted],
+        find: &dyn Fn(&[u32], usize) -> Option<Found>,
+    ) -> Chunked {
+        let pieces: Vec<Piece> = parsed
+            .iter()
+            .map(|(text, weight)| {
+                if text == BREAK && *weight == BREAK_WEIGHT {
+                    Piece::Break
+                } else {
+                    Piece::Tokens(self.encode(text), *weight as f32)
+                }
+            })
+            .collect();
+        chunk_pieces(&pieces, self.comma, find)
+    }
+
+    /// One A1111 chunk as the encoder takes it: start token, `ids` (at most 75), end tokens,
+    /// then, where the model's pad token is not the end token, everything after the first end
+    /// token turned into `pad_token` (A1111 pads with end tokens, then applies this rule).
+    pub fn wrap_chunk(&self, ids: &[u32], pad_token: u32) -> [u32; CONTEXT_TOKENS] {
         let mut out = [self.eos; CONTEXT_TOKENS];
+        let kept = ids.len().min(CHUNK_TOKENS);
         out[0] = self.bos;
-        out[1..=ids.len()].copy_from_slice(ids);
+        out[1..=kept].copy_from_slice(&ids[..kept]);
         if pad_token != self.eos
             && let Some(first_end) = out.iter().position(|&id| id == self.eos)
         {
@@ -237,8 +262,8 @@ impl ClipTokenizer {
     }
 }
 
-/// A piece of raw text: plain text or an exact special-token string.
-enum Piece<'a> {
+/// A segment of raw text: plain text or an exact special-token string.
+enum Segment<'a> {
     /// Text to clean and encode.
     Text(&'a str),
     /// `<|startoftext|>` or `<|endoftext|>`.
@@ -247,18 +272,18 @@ enum Piece<'a> {
 
 /// Splits out the exact (case-sensitive) special-token strings, as `transformers` does for its
 /// added tokens before anything else; empty text pieces are dropped.
-fn split_special_tokens(text: &str) -> Vec<Piece<'_>> {
+fn split_special_tokens(text: &str) -> Vec<Segment<'_>> {
     let mut pieces = Vec::new();
     let mut rest = text;
     while let Some((at, name)) = next_special(rest) {
         if at > 0 {
-            pieces.push(Piece::Text(&rest[..at]));
+            pieces.push(Segment::Text(&rest[..at]));
         }
-        pieces.push(Piece::Special(name));
+        pieces.push(Segment::Special(name));
         rest = &rest[at + name.len()..];
     }
     if !rest.is_empty() {
-        pieces.push(Piece::Text(rest));
+        pieces.push(Segment::Text(rest));
     }
     pieces
 }

@@ -1,0 +1,127 @@
+//! The Prompt section: the prompt and the negative prompt, each with A1111's token counter
+//! (`12/75`) and a menu that inserts an embedding's name, and the settings' warnings.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
+
+use loopback_engine::conditioning::prompt::{EmbeddingIndex, ReadPrompt};
+use loopback_engine::conditioning::tokenizer::ClipTokenizer;
+use loopback_engine::load::library::Kind;
+use loopback_engine::load::lora;
+
+use super::fields;
+use crate::gui::state::{Persisted, Session};
+
+/// Draws the section.
+pub fn ui(ui: &mut egui::Ui, persisted: &mut Persisted, session: &Session) {
+    let steps = persisted.settings.steps as usize;
+    let embeddings: Vec<&str> = session
+        .library
+        .iter()
+        .filter(|e| e.kind == Kind::Embedding)
+        .map(|e| e.name.as_str())
+        .collect();
+    for (key, label) in [("prompt", "prompt"), ("negative_prompt", "negative prompt")] {
+        fields::keys_ui(ui, &mut persisted.settings, &[key]);
+        let text = match key {
+            "prompt" => &mut persisted.settings.prompt,
+            _ => &mut persisted.settings.negative_prompt,
+        };
+        ui.horizontal(|ui| {
+            ui.label(egui::RichText::new(session.token_counter.get(text, steps)).small())
+                .on_hover_text(
+                    "Tokens / what the text encoder reads, as A1111 counts them: each 75-token \
+                     chunk is encoded on its own",
+                );
+            ui.add_enabled_ui(!embeddings.is_empty(), |ui| {
+                ui.menu_button("Embedding…", |ui| {
+                    for name in &embeddings {
+                        if ui.button(*name).clicked() {
+                            insert_name(text, name);
+                            ui.close();
+                        }
+                    }
+                })
+                .response
+                .on_hover_text(format!(
+                    "Insert a textual-inversion embedding into the {label} (from \
+                     models/embeddings and embeddings/)"
+                ))
+                .on_disabled_hover_text("No embeddings in models/embeddings or embeddings/");
+            });
+        });
+    }
+    for warning in persisted.settings.warnings() {
+        ui.colored_label(ui.visuals().warn_fg_color, format!("Warning: {warning}"));
+    }
+}
+
+/// Appends `name` to a prompt, after a comma when the prompt has text.
+fn insert_name(prompt: &mut String, name: &str) {
+    let trimmed = prompt.trim_end();
+    *prompt = if trimmed.is_empty() {
+        name.to_string()
+    } else if trimmed.ends_with(',') {
+        format!("{trimmed} {name}")
+    } else {
+        format!("{trimmed}, {name}")
+    };
+}
+
+/// A1111's token counter for the prompts, computed when a prompt or the step count changes
+/// (not every frame).
+#[derive(Default)]
+pub struct TokenCounter {
+    tokenizer: OnceLock<Option<ClipTokenizer>>,
+    cache: Mutex<HashMap<(String, usize), String>>,
+}
+
+impl TokenCounter {
+    /// `count/length` for `prompt` over `steps` steps (the largest of its scheduled texts);
+    /// `<lora:…>` tags are not counted.
+    pub fn get(&self, prompt: &str, steps: usize) -> String {
+        let key = (prompt.to_string(), steps);
+        let Ok(mut cache) = self.cache.lock() else {
+            return String::new();
+        };
+        if let Some(hit) = cache.get(&key) {
+            return hit.clone();
+        }
+        let Some(tokenizer) = self.tokenizer.get_or_init(|| ClipTokenizer::bundled().ok()) else {
+            return String::new();
+        };
+        let text = lora::split_prompt(prompt).map_or_else(|_| prompt.to_string(), |(t, _)| t);
+        let (count, length) =
+            ReadPrompt::new(tokenizer, &text, steps, &EmbeddingIndex::default()).token_counter();
+        let shown = format!("{count}/{length}");
+        if cache.len() > 64 {
+            cache.clear();
+        }
+        cache.insert(key, shown.clone());
+        shown
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counter_counts_as_a1111() {
+        let counter = TokenCounter::default();
+        assert_eq!(counter.get("", 20), "0/75");
+        assert_eq!(counter.get("a cat", 20), "2/75");
+        assert_eq!(counter.get("a cat BREAK a dog", 20), "77/150");
+        assert_eq!(counter.get("(a cat:1.3) <lora:x:1>", 20), "2/75");
+    }
+
+    #[test]
+    fn names_are_appended_after_a_comma() {
+        let mut p = String::from("a cat");
+        insert_name(&mut p, "lbstyle");
+        assert_eq!(p, "a cat, lbstyle");
+        let mut p = String::new();
+        insert_name(&mut p, "x");
+        assert_eq!(p, "x");
+    }
+}
