@@ -87,7 +87,7 @@ pub struct RunArgs {
 /// Runs `run`.
 pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     let base = if args.use_metadata {
-        metadata_settings(&args.input)?
+        metadata_settings(&args.input, &args.embeddings_dirs)?
     } else {
         Default::default()
     };
@@ -242,8 +242,12 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     }
 }
 
-/// Settings from the input image's metadata.
-fn metadata_settings(path: &Path) -> anyhow::Result<loopback_core::Settings> {
+/// Settings from the input image's metadata; warns about embeddings its prompts used that are
+/// not in the embedding folders (`extra_dirs` besides the default ones).
+fn metadata_settings(
+    path: &Path,
+    extra_dirs: &[PathBuf],
+) -> anyhow::Result<loopback_core::Settings> {
     let texts = png_text::read_png_texts_from_path(path).unwrap_or_default();
     let (settings, warnings) = metadata::settings_from_texts(&texts).with_context(|| {
         format!(
@@ -251,7 +255,9 @@ fn metadata_settings(path: &Path) -> anyhow::Result<loopback_core::Settings> {
             path.display()
         )
     })?;
-    for warning in warnings {
+    let names = metadata::embeddings_named(&texts);
+    let missing = embeddings::missing(&names, &embeddings::search_dirs(extra_dirs));
+    for warning in warnings.iter().chain(&missing) {
         eprintln!("warning: {}: {warning}", path.display());
     }
     Ok(settings)

@@ -66,6 +66,11 @@ impl App {
                 }
             }
             JobEvent::Screenshot(image) => self.on_screenshot(ctx, &image),
+            JobEvent::Warnings(lines) => {
+                for line in lines {
+                    self.toasts.warning(line);
+                }
+            }
         }
     }
 

@@ -20,7 +20,7 @@ use super::state::Shown;
 use loopback_core::imageops::finish::{self, Finishing};
 use loopback_core::io::to_diffusion_rgb;
 use loopback_core::metadata::png_text::read_png_texts_from_path;
-use loopback_core::metadata::settings_from_texts;
+use loopback_core::metadata::{embeddings_named, settings_from_texts};
 use loopback_core::plan::rgb_mean;
 use loopback_core::settings::Settings;
 use loopback_engine::load::embeddings::{self, Embeddings};
@@ -124,6 +124,8 @@ pub enum JobEvent {
     Run(u64, Event, Option<ReadyImage>),
     /// A screenshot of the window.
     Screenshot(Arc<ColorImage>),
+    /// Something a job could not use but went on without (one line each, naming the file).
+    Warnings(Vec<String>),
 }
 
 /// Converts an image for a texture, scaling it down when a side exceeds `max_side`.
@@ -336,6 +338,9 @@ impl Jobs {
                 // The embeddings are read here, off the UI thread, for every run (a file added
                 // since the last run is found).
                 let embeddings = Embeddings::scan(&embeddings::search_dirs(&[]));
+                if !embeddings.warnings.is_empty() {
+                    reporter.send(JobEvent::Warnings(embeddings.warnings.clone()));
+                }
                 let request = RunRequest {
                     embeddings: Arc::new(embeddings),
                     ..request
@@ -405,9 +410,12 @@ pub fn scan_library() -> Vec<loopback_engine::load::library::Entry> {
 /// Reads an image file and whatever settings its PNG texts carry.
 fn read_image(path: &Path) -> Result<LoadedImage, String> {
     let image = loopback_core::io::load_image(path).map_err(|e| e.to_string())?;
-    let metadata = read_png_texts_from_path(path)
-        .ok()
-        .and_then(|texts| settings_from_texts(&texts));
+    let texts = read_png_texts_from_path(path).unwrap_or_default();
+    let metadata = settings_from_texts(&texts).map(|(settings, mut warnings)| {
+        let names = embeddings_named(&texts);
+        warnings.extend(embeddings::missing(&names, &embeddings::search_dirs(&[])));
+        (settings, warnings)
+    });
     Ok(prepare(Some(path.to_path_buf()), image, metadata))
 }
 

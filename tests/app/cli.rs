@@ -302,3 +302,67 @@ fn cli_run_with_an_sdxl_folder() {
     let image = image::open(&output).unwrap();
     assert_eq!((image.width(), image.height()), (96, 96));
 }
+
+#[test]
+fn prompt_command_reads_prompts_as_a1111() {
+    // A case of tests/fixtures/prompts/a1111-prompts.json: A1111's own output, byte for byte.
+    let out = cli(&[
+        "prompt",
+        "--json",
+        "--steps",
+        "30",
+        "a (((house:1.3)) [on] a (hill:0.5), sun, (((sky))).",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.starts_with(
+            r#"{"attention":[["a ",1.0],["house",1.5730000000000004],[" ",1.1],["on",1.0],[" a ",1.1],["hill",0.55],[", sun, ",1.1],["sky",1.4641000000000006],[".",1.1]],"schedule":[[30,"a (((house:1.3)) [on] a (hill:0.5), sun, (((sky)))."]]"#
+        ),
+        "{text}"
+    );
+    let out = cli(&[
+        "prompt",
+        "--json",
+        "--steps",
+        "10",
+        "a [cat:dog:0.5] BREAK b",
+    ]);
+    let json: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(
+        json["schedule"],
+        serde_json::json!([[5, "a cat BREAK b"], [10, "a dog BREAK b"]])
+    );
+    assert_eq!(json["token_counter"], "76/150");
+
+    // With a model: the chunks, and an embedding placed as its three vectors.
+    let out = cli(&[
+        "prompt",
+        "--json",
+        "--model",
+        "tests/fixtures/tiny-sd",
+        "--embeddings-dir",
+        "tests/fixtures/prompt-parity/embeddings",
+        "a cup, (LBstyle:1.2) BREAK x",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let json: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let chunks = &json["chunks"][0]["chunks"];
+    assert_eq!(chunks.as_array().unwrap().len(), 2);
+    assert_eq!(
+        chunks[0]["tokens"],
+        serde_json::json!([320, 1937, 267, 0, 0, 0])
+    );
+    assert_eq!(chunks[0]["embeddings"], serde_json::json!([[3, "lbstyle"]]));
+    assert_eq!(json["embeddings"], serde_json::json!(["lbstyle"]));
+    let weights: Vec<f64> = serde_json::from_value(chunks[0]["weights"].clone()).unwrap();
+    assert_eq!(weights[3..], [1.2f32 as f64; 3]);
+
+    // The text form.
+    let out = cli(&["prompt", "(a:1.5) b"]);
+    let text = stdout(&out);
+    assert!(
+        text.contains("tokens: 2/75") && text.contains("1.5  a"),
+        "{text}"
+    );
+}

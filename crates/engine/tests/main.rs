@@ -11,6 +11,7 @@ mod lora_sdxl;
 mod model_parity;
 mod noise;
 mod pipeline_parity;
+mod prompt_parity;
 mod prompts;
 mod random_model;
 mod runner;

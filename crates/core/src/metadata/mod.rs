@@ -13,8 +13,8 @@ use std::path::Path;
 
 pub use keys::{PARAMETERS_KEY, POST_KEY, RECIPE_KEY};
 pub use recipe::{
-    EmbeddingRecord, LoraRecord, ModelInfo, Recipe, VaeInfo, settings_from_infotext,
-    settings_from_texts,
+    EmbeddingRecord, LoraRecord, ModelInfo, Recipe, VaeInfo, embeddings_named,
+    settings_from_infotext, settings_from_texts,
 };
 
 use crate::settings::Finishing;

@@ -235,6 +235,32 @@ pub fn settings_from_texts(texts: &[(String, String)]) -> Option<(Settings, Vec<
     find(PARAMETERS_KEY).map(|text| settings_from_infotext(&Infotext::parse(text)))
 }
 
+/// The textual-inversion embeddings an image's texts say its prompts used: the recipe's, else
+/// the names in A1111's `TI hashes` (`name: hash, name2: hash2`).
+pub fn embeddings_named(texts: &[(String, String)]) -> Vec<String> {
+    let find = |key: &str| {
+        texts
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    };
+    if let Some(recipe) = find(RECIPE_KEY).and_then(|json| Recipe::from_json(json).ok()) {
+        return recipe.embeddings.into_iter().map(|e| e.name).collect();
+    }
+    let Some(info) = find(PARAMETERS_KEY).map(Infotext::parse) else {
+        return Vec::new();
+    };
+    info.get("TI hashes")
+        .map(|v| {
+            v.split(',')
+                .filter_map(|pair| pair.split_once(':'))
+                .map(|(name, _)| name.trim().to_string())
+                .filter(|name| !name.is_empty())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Settings from an A1111 infotext: prompt, negative prompt, sampler, steps, CFG, seed and
 /// denoise, plus the loopback keys this app and the original script write. Everything else
 /// keeps its default; values that cannot be used are reported as warnings.

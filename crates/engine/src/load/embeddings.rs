@@ -129,6 +129,31 @@ impl Embeddings {
     }
 }
 
+/// One warning for each of `names` (embeddings a recipe used) that has no file in `dirs`.
+pub fn missing(names: &[String], dirs: &[PathBuf]) -> Vec<String> {
+    let mut files = Vec::new();
+    for dir in dirs {
+        collect_files(dir, &mut files);
+    }
+    names
+        .iter()
+        .filter(|name| {
+            !files
+                .iter()
+                .any(|f| f.file_stem().and_then(|s| s.to_str()) == Some(name.as_str()))
+        })
+        .map(|name| {
+            format!(
+                "the prompt uses the embedding {name}, which is in none of {}",
+                dirs.iter()
+                    .map(|d| d.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        })
+        .collect()
+}
+
 /// The default folders plus `extra`.
 pub fn search_dirs(extra: &[PathBuf]) -> Vec<PathBuf> {
     DEFAULT_DIRS
@@ -230,4 +255,91 @@ fn vectors_of(mut tensors: HashMap<String, Tensor>) -> std::result::Result<Vecto
     }
     let (name, tensor) = tensors.into_iter().next().ok_or("holds no tensor")?;
     Ok(Vectors::One(matrix(tensor, &name)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, tensors: &[(&str, Tensor)]) -> PathBuf {
+        let path = dir.join(name);
+        let map: HashMap<String, Tensor> = tensors
+            .iter()
+            .map(|(k, t)| (k.to_string(), t.clone()))
+            .collect();
+        candle_core::safetensors::save(&map, &path).unwrap();
+        path
+    }
+
+    fn zeros(shape: &[usize]) -> Tensor {
+        Tensor::zeros(shape, DType::F16, &Device::Cpu).unwrap()
+    }
+
+    #[test]
+    fn every_common_layout_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let one = read_embedding(&write(
+            dir.path(),
+            "a.safetensors",
+            &[("emb_params", zeros(&[3, 768]))],
+        ))
+        .unwrap();
+        assert_eq!(
+            (one.name.as_str(), one.count(), one.family()),
+            ("a", 3, "SD 1.x")
+        );
+        assert_eq!(one.short_hash.len(), 12);
+        assert!(one.for_encoders(768, None).is_some());
+        assert!(one.for_encoders(1024, None).is_none());
+        // diffusers' learned_embeds: one vector under the token's name.
+        let flat = read_embedding(&write(
+            dir.path(),
+            "b.safetensors",
+            &[("<b>", zeros(&[1024]))],
+        ))
+        .unwrap();
+        assert_eq!((flat.count(), flat.family()), (1, "SD 2.x"));
+        let xl = read_embedding(&write(
+            dir.path(),
+            "c.safetensors",
+            &[("clip_l", zeros(&[2, 768])), ("clip_g", zeros(&[2, 1280]))],
+        ))
+        .unwrap();
+        assert_eq!((xl.count(), xl.family()), (2, "SDXL"));
+        let (l, g) = xl.for_encoders(768, Some(1280)).unwrap();
+        assert_eq!(
+            (l.dims(), g.unwrap().dims()),
+            (&[2, 768][..], &[2, 1280][..])
+        );
+        assert!(xl.for_encoders(768, None).is_none());
+    }
+
+    #[test]
+    fn unusable_files_are_one_warning_each() {
+        let dir = tempfile::tempdir().unwrap();
+        write(
+            dir.path(),
+            "good.safetensors",
+            &[("emb_params", zeros(&[1, 8]))],
+        );
+        write(
+            dir.path(),
+            "two.safetensors",
+            &[("a", zeros(&[1, 8])), ("b", zeros(&[1, 8]))],
+        );
+        std::fs::write(dir.path().join("pickled.pt"), b"not opened").unwrap();
+        std::fs::write(dir.path().join("broken.safetensors"), b"garbage").unwrap();
+        std::fs::write(dir.path().join("notes.txt"), b"ignored").unwrap();
+        let found = Embeddings::scan(&[dir.path().to_path_buf(), dir.path().join("missing")]);
+        let names: Vec<&str> = found.list.iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(names, ["good"]);
+        assert_eq!(found.warnings.len(), 3, "{:?}", found.warnings);
+        assert!(
+            found
+                .warnings
+                .iter()
+                .all(|w| w.contains(&*dir.path().to_string_lossy()))
+        );
+        assert!(found.warnings.iter().any(|w| w.contains("pickle")));
+    }
 }

@@ -183,3 +183,66 @@ fn finishing_settings_are_written_and_read_in_a1111_order() {
         ]
     );
 }
+
+#[test]
+fn clip_skip_pad_conds_and_ti_hashes_as_a1111_writes_them() {
+    let mut recipe = sample_recipe();
+    let text = recipe.to_infotext().to_text();
+    // A1111 writes neither at their defaults.
+    assert!(
+        !text.contains("Clip skip") && !text.contains("Pad conds"),
+        "{text}"
+    );
+    assert_eq!(recipe.ti_hashes(), None);
+    recipe.settings.clip_skip = 2;
+    recipe.settings.pad_conds = true;
+    recipe.embeddings = vec![
+        EmbeddingRecord {
+            name: "EasyNegative".into(),
+            hash: "c74b4e810b03".into(),
+        },
+        EmbeddingRecord {
+            name: "bad,hands:5".into(),
+            hash: "aa0123456789".into(),
+        },
+    ];
+    let text = recipe.to_infotext().to_text();
+    assert!(
+        text.contains(
+            "Denoising strength: 0.35, Clip skip: 2, TI hashes: \"EasyNegative: c74b4e810b03, \
+             badhands5: aa0123456789\", Pad conds: True, "
+        ),
+        "{text}"
+    );
+    let (settings, warnings) = settings_from_infotext(&Infotext::parse(&text));
+    assert!(warnings.is_empty(), "{warnings:?}");
+    assert_eq!((settings.clip_skip, settings.pad_conds), (2, true));
+    let back = Recipe::from_json(&recipe.to_json()).unwrap();
+    assert_eq!(back.embeddings, recipe.embeddings);
+    // Out of range: a warning, the default kept.
+    let (settings, warnings) =
+        settings_from_infotext(&Infotext::parse("p\nSteps: 20, Clip skip: 13"));
+    assert_eq!(settings.clip_skip, 1);
+    assert_eq!(warnings, ["ignored Clip skip: \"13\""]);
+}
+
+#[test]
+fn embeddings_named_by_a_recipe_or_ti_hashes() {
+    let a1111 = |text: &str| vec![(PARAMETERS_KEY.to_string(), text.to_string())];
+    assert_eq!(
+        embeddings_named(&a1111(
+            "x\nNegative prompt: EasyNegative\nSteps: 20, TI hashes: \"EasyNegative: c74b4e810b03, bad-hands-5: aa0123456789\", Version: v1.10.1"
+        )),
+        ["EasyNegative", "bad-hands-5"]
+    );
+    assert!(embeddings_named(&a1111("x\nSteps: 20")).is_empty());
+    let mut recipe = sample_recipe();
+    recipe.embeddings = vec![EmbeddingRecord {
+        name: "lbstyle".into(),
+        hash: "0123456789ab".into(),
+    }];
+    assert_eq!(
+        embeddings_named(&[(RECIPE_KEY.to_string(), recipe.to_json())]),
+        ["lbstyle"]
+    );
+}
