@@ -127,6 +127,7 @@ fn report(
 /// The reading as text lines.
 fn print_text(report: &Value) {
     println!("tokens: {}", report["token_counter"].as_str().unwrap_or(""));
+    // Texts are quoted, so that their spaces show.
     println!("emphasis:");
     for piece in report["attention"].as_array().into_iter().flatten() {
         println!("  {:>8}  {}", fmt_weight(&piece[1]), piece[0]);

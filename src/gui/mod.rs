@@ -36,6 +36,7 @@ mod save;
 mod side_panel;
 pub mod state;
 pub mod toasts;
+mod token_counter;
 mod toolbar;
 mod viewer;
 

@@ -363,7 +363,7 @@ pub struct Session {
     /// Models, VAEs and LoRAs found in the search folders and the Hugging Face cache.
     pub library: Vec<loopback_engine::load::library::Entry>,
     /// The prompts' token counters.
-    pub token_counter: super::side_panel::TokenCounter,
+    pub token_counter: super::token_counter::TokenCounter,
 }
 
 impl Session {

@@ -317,8 +317,12 @@ fn prompt_command_reads_prompts_as_a1111() {
     let text = stdout(&out);
     assert!(
         text.starts_with(
-            r#"{"attention":[["a ",1.0],["house",1.5730000000000004],[" ",1.1],["on",1.0],[" a ",1.1],["hill",0.55],[", sun, ",1.1],["sky",1.4641000000000006],[".",1.1]],"schedule":[[30,"a (((house:1.3)) [on] a (hill:0.5), sun, (((sky)))."]]"#
+            r#"{"attention":[["a ",1.0],["house",1.5730000000000004],[" ",1.1],["on",1.0],[" a ",1.1],["hill",0.55],[", sun, ",1.1],["sky",1.4641000000000006],[".",1.1]],"#
         ),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#""schedule":[[30,"a (((house:1.3)) [on] a (hill:0.5), sun, (((sky)))."]]"#),
         "{text}"
     );
     let out = cli(&[
@@ -362,7 +366,9 @@ fn prompt_command_reads_prompts_as_a1111() {
     let out = cli(&["prompt", "(a:1.5) b"]);
     let text = stdout(&out);
     assert!(
-        text.contains("tokens: 2/75") && text.contains("1.5  a"),
+        text.contains("tokens: 2/75")
+            && text.contains("1.5  \"a\"")
+            && text.contains("1.0  \" b\""),
         "{text}"
     );
 }

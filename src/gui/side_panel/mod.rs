@@ -9,8 +9,6 @@ mod model;
 mod prompt;
 mod size;
 
-pub use prompt::TokenCounter;
-
 use super::command::{Command, Commands};
 use super::state::{Persisted, Session};
 use loopback_core::settings::Group;

@@ -2,7 +2,8 @@
 //! one-shot run has encoded its prompts.
 //!
 //! Every loop of a run conditions on the same prompts, so the encoders' outputs are cached
-//! (by token ids) and each prompt is encoded once per run. A run that serves one request and
+//! per 77-token chunk (its ids, weights, embeddings and the clip skip) and each chunk is
+//! encoded once per run. A run that serves one request and
 //! ends (the CLI's `run`) can then free the encoders' weights after the first loop — 0.46 GiB
 //! for SD 1.5 in f32, 3 GiB for SDXL's two — which lowers the peak of the larger loops. The
 //! app keeps them, since its next run may bring a new prompt.
@@ -15,8 +16,12 @@ use candle_core::Tensor;
 use crate::model::clip::ClipText;
 use loopback_core::{Error, Result};
 
-/// Outputs kept in the cache at most (the oldest goes first).
-const CACHE_ENTRIES: usize = 8;
+/// Chunk outputs kept in the cache at most (the oldest goes first). Every loop of a run
+/// encodes the same chunks, and a one-shot run frees the encoders after the first loop, so the
+/// cache must hold every distinct chunk of a run's prompts: their scheduled texts (prompt
+/// editing, alternation) times their chunks. 128 chunks are at most 30 MB (SD 1.x, f32) or
+/// 80 MB (SDXL).
+const CACHE_ENTRIES: usize = 128;
 
 /// What identifies one chunk's output: its ids, its multipliers' bits and its embeddings.
 type ChunkKey = (Vec<u32>, Vec<u32>, Vec<(usize, String)>);

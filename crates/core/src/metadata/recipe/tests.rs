@@ -220,8 +220,9 @@ fn clip_skip_pad_conds_and_ti_hashes_as_a1111_writes_them() {
     let back = Recipe::from_json(&recipe.to_json()).unwrap();
     assert_eq!(back.embeddings, recipe.embeddings);
     // Out of range: a warning, the default kept.
-    let (settings, warnings) =
-        settings_from_infotext(&Infotext::parse("p\nSteps: 20, Clip skip: 13"));
+    let (settings, warnings) = settings_from_infotext(&Infotext::parse(
+        "p\nSteps: 20, CFG scale: 7, Clip skip: 13",
+    ));
     assert_eq!(settings.clip_skip, 1);
     assert_eq!(warnings, ["ignored Clip skip: \"13\""]);
 }
