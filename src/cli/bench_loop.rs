@@ -55,6 +55,7 @@ pub fn run(bench: &LoopBench<'_>) -> anyhow::Result<serde_json::Value> {
         prompt: "a photograph of a cat sitting on a wooden table".into(),
         negative_prompt: String::new(),
         sampler: Sampler::Ddim,
+        schedule: loopback_core::settings::ScheduleType::Automatic,
         steps: bench.steps,
         cfg: 7.0,
         strength: bench.denoise,

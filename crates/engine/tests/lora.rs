@@ -116,6 +116,7 @@ fn components_and_img2img_match_diffusers() {
         prompt: prompt.into(),
         negative_prompt: manifest["negative_prompt"].as_str().unwrap().into(),
         sampler: Sampler::Ddim,
+        schedule: loopback_core::settings::ScheduleType::Automatic,
         steps: manifest["steps"].as_u64().unwrap() as usize,
         cfg: manifest["cfg"].as_f64().unwrap(),
         strength: manifest["strength"].as_f64().unwrap(),

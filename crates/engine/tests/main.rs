@@ -15,6 +15,7 @@ mod prompt_parity;
 mod prompts;
 mod random_model;
 mod runner;
+mod sampler_parity;
 mod schedulers;
 mod sdxl_parity;
 mod sdxl_runner;

@@ -77,6 +77,7 @@ fn img2img_matches_diffusers() {
             prompt: field(case, &manifest, "prompt").into(),
             negative_prompt: field(case, &manifest, "negative_prompt").into(),
             sampler: sampler(case["sampler"].as_str().unwrap()),
+            schedule: loopback_core::settings::ScheduleType::Automatic,
             steps: case["num_inference_steps"].as_u64().unwrap() as usize,
             cfg: case["guidance_scale"].as_f64().unwrap(),
             strength: case["strength"].as_f64().unwrap(),

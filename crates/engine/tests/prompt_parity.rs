@@ -123,6 +123,7 @@ fn conditioning_and_img2img_match_the_reference() {
             prompt: case["prompt"].as_str().unwrap().into(),
             negative_prompt: case["negative_prompt"].as_str().unwrap().into(),
             sampler: Sampler::Ddim,
+            schedule: loopback_core::settings::ScheduleType::Automatic,
             steps,
             cfg: case["cfg"].as_f64().unwrap(),
             strength: case["strength"].as_f64().unwrap(),

@@ -13,7 +13,7 @@ use crate::common;
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use loopback_core::settings::{Choice, Sampler};
+use loopback_core::settings::{Choice, Sampler, ScheduleType};
 use loopback_engine::scheduler::{NoiseSource, Scheduler, SchedulerConfig, TimestepSpacing, build};
 use serde::Deserialize;
 
@@ -94,7 +94,8 @@ fn run_case(fx: &Fixtures, case: &Case) -> (f64, f64) {
         .unwrap_or_else(|e| panic!("{name}: {e}"));
     let sampler = Sampler::parse(&case.sampler).expect("sampler key");
     let mut scheduler: Box<dyn Scheduler<Vec<f32>> + Send> =
-        build(sampler, &config, case.steps).unwrap_or_else(|e| panic!("{name}: {e}"));
+        build(sampler, ScheduleType::Automatic, &config, case.steps)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
 
     let timesteps: Vec<f32> = scheduler.timesteps().iter().map(|&t| t as f32).collect();
     assert_eq!(timesteps, case.timesteps, "{name}: timesteps");
@@ -216,7 +217,7 @@ fn bad_configs_are_clear_errors() {
 fn unsupported_options_are_refused() {
     let build_with = |json: &str, sampler: Sampler, steps: usize| {
         let config = SchedulerConfig::from_json(json).expect("config");
-        build::<Vec<f32>>(sampler, &config, steps).map(|_| ())
+        build::<Vec<f32>>(sampler, ScheduleType::Automatic, &config, steps).map(|_| ())
     };
     let sample = r#"{"prediction_type": "sample"}"#;
     assert!(build_with(sample, Sampler::EulerA, 10).is_err());
@@ -240,7 +241,8 @@ fn unsupported_options_are_refused() {
 fn too_little_strength_runs_no_step() {
     let config = SchedulerConfig::default();
     for sampler in Sampler::ALL {
-        let mut scheduler = build::<Vec<f32>>(*sampler, &config, 4).expect("build");
+        let mut scheduler =
+            build::<Vec<f32>>(*sampler, ScheduleType::Automatic, &config, 4).expect("build");
         let run = scheduler.img2img(0.2).expect("strength");
         assert!(run.is_empty(), "{sampler}");
         assert!(scheduler.img2img(1.5).is_err());

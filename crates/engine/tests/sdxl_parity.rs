@@ -49,6 +49,7 @@ fn params(case: &Value) -> Img2ImgParams {
         // diffusers' `negative_prompt=None` is the app's empty negative prompt.
         negative_prompt: case["negative_prompt"].as_str().unwrap_or("").into(),
         sampler: sampler(case["sampler"].as_str().unwrap()),
+        schedule: loopback_core::settings::ScheduleType::Automatic,
         steps: case["num_inference_steps"].as_u64().unwrap() as usize,
         cfg: case["guidance_scale"].as_f64().unwrap(),
         strength: case["strength"].as_f64().unwrap(),

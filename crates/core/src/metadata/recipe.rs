@@ -6,8 +6,8 @@ use super::infotext::Infotext;
 use super::keys::{PARAMETERS_KEY, RECIPE_KEY};
 use crate::plan::{LoopSpec, Plan};
 use crate::settings::{
-    Choice, Curve, FINISHING_INFOTEXT, Finishing, ResizeMode, Sampler, Settings, Size, TargetMode,
-    ValueKind, py_bool, py_float,
+    Choice, Curve, FINISHING_INFOTEXT, Finishing, ResizeMode, Sampler, ScheduleType, Settings,
+    Size, TargetMode, ValueKind, py_bool, py_float,
 };
 use crate::{Error, Result};
 
@@ -100,12 +100,15 @@ impl Recipe {
         let mut params: Vec<(String, String)> = Vec::new();
         let mut push = |k: &str, v: String| params.push((k.to_string(), v));
         push("Steps", s.steps.to_string());
-        match s.sampler {
-            Sampler::DpmPp2mKarras => {
-                push("Sampler", "DPM++ 2M".into());
-                push("Schedule type", "Karras".into());
-            }
-            other => push("Sampler", other.label().into()),
+        // A1111 ≥ 1.9: the sampler, then its schedule unless that is the model's own.
+        let sampler = match s.sampler {
+            Sampler::DpmPp2mKarras => Sampler::DpmPp2m,
+            other => other,
+        };
+        push("Sampler", sampler.label().into());
+        match (s.schedule, s.sampler.schedule(s.schedule)) {
+            (ScheduleType::Automatic, ScheduleType::Uniform) => {}
+            (_, resolved) => push("Schedule type", resolved.label().into()),
         }
         push("CFG scale", py_float(s.cfg));
         push("Seed", self.seed.to_string());
@@ -325,17 +328,29 @@ pub fn settings_from_infotext(info: &Infotext) -> (Settings, Vec<String>) {
         s.target_mode = TargetMode::Scale;
         parse_into(v, &mut s.scale)
     });
-    take("Sampler", &mut |v| {
-        let karras = info
-            .get("Schedule type")
-            .is_some_and(|t| t.eq_ignore_ascii_case("Karras"));
-        let name = if karras && !v.contains("Karras") {
-            format!("{v} Karras")
-        } else {
-            v.to_string()
-        };
-        choice_into::<Sampler>(&name, &mut s.sampler)
+    // `Sampler: DPM++ 2M, Schedule type: Karras` (A1111 ≥ 1.9) or `Sampler: DPM++ 2M Karras`.
+    let mut named_schedule = None;
+    take("Sampler", &mut |v| match Sampler::parse_a1111(v) {
+        Some((sampler, schedule)) => {
+            s.sampler = sampler;
+            named_schedule = schedule;
+            true
+        }
+        None => false,
     });
+    take("Schedule type", &mut |v| match ScheduleType::parse(v) {
+        Some(schedule) => {
+            named_schedule = Some(schedule);
+            true
+        }
+        None => false,
+    });
+    match (s.sampler, named_schedule) {
+        // The old combined name, which recipes of earlier versions hold.
+        (Sampler::DpmPp2m, Some(ScheduleType::Karras)) => s.sampler = Sampler::DpmPp2mKarras,
+        (_, Some(schedule)) => s.schedule = schedule,
+        (_, None) => {}
+    }
     s.set_finishing(&finishing);
     // Keep only what validates; report the rest and fall back to the default.
     let defaults = Settings::default();

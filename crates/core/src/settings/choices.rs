@@ -109,14 +109,70 @@ choice_enum! {
 }
 
 choice_enum! {
-    /// The diffusion sampler.
+    /// The diffusion sampler (A1111's names as labels). Its noise schedule is the
+    /// [`ScheduleType`] setting.
     Sampler {
         /// DDIM, eta 0.
         Ddim = ("ddim", "DDIM"),
+        /// Euler.
+        Euler = ("euler", "Euler"),
         /// Euler ancestral.
         EulerA = ("euler-a", "Euler a"),
-        /// DPM-Solver++ (2M) with Karras sigmas.
+        /// DPM-Solver++ (2M); A1111's automatic schedule for it is Karras.
+        DpmPp2m = ("dpmpp-2m", "DPM++ 2M"),
+        /// DPM-Solver++ (2M) with Karras sigmas: A1111's name before schedule types were a
+        /// setting of their own (= DPM++ 2M with the Karras schedule).
         DpmPp2mKarras = ("dpmpp-2m-karras", "DPM++ 2M Karras"),
+    }
+}
+
+choice_enum! {
+    /// The noise schedule a sampler steps through (A1111's "Schedule type").
+    ScheduleType {
+        /// The one A1111 names for the sampler: Karras for DPM++ 2M, otherwise the model's own.
+        Automatic = ("automatic", "Automatic"),
+        /// The model's own: its scheduler config's timestep spacing.
+        Uniform = ("uniform", "Uniform"),
+        /// Karras et al.'s sigmas (rho 7).
+        Karras = ("karras", "Karras"),
+        /// Sigmas evenly spaced in log.
+        Exponential = ("exponential", "Exponential"),
+        /// SGM's uniform timesteps (diffusers' `trailing` spacing).
+        SgmUniform = ("sgm-uniform", "SGM Uniform"),
+    }
+}
+
+impl Sampler {
+    /// The schedule `schedule` means for this sampler: `Automatic` resolved as A1111 resolves
+    /// it, and the old combined name DPM++ 2M Karras always Karras.
+    pub fn schedule(self, schedule: ScheduleType) -> ScheduleType {
+        match (self, schedule) {
+            (Sampler::DpmPp2mKarras, _) | (Sampler::DpmPp2m, ScheduleType::Automatic) => {
+                ScheduleType::Karras
+            }
+            (_, ScheduleType::Automatic) => ScheduleType::Uniform,
+            (_, other) => other,
+        }
+    }
+
+    /// An A1111 sampler name with an old-style schedule suffix (`DPM++ 2M Karras`, `Euler a
+    /// Exponential`): the sampler and the schedule it names, if any.
+    pub fn parse_a1111(name: &str) -> Option<(Sampler, Option<ScheduleType>)> {
+        if let Some(sampler) = Sampler::parse(name) {
+            return Some((sampler, None));
+        }
+        let name = name.trim();
+        for schedule in [ScheduleType::Karras, ScheduleType::Exponential] {
+            let suffix = format!(" {}", schedule.label());
+            if name.len() > suffix.len()
+                && name.is_char_boundary(name.len() - suffix.len())
+                && name[name.len() - suffix.len()..].eq_ignore_ascii_case(&suffix)
+            {
+                let base = &name[..name.len() - suffix.len()];
+                return Sampler::parse(base).map(|s| (s, Some(schedule)));
+            }
+        }
+        None
     }
 }
 
@@ -221,5 +277,27 @@ mod tests {
         assert_eq!(Curve::ALL.len(), 14);
         assert_eq!(FilterLevel::High.passes(), 3);
         assert_eq!(ResizeMode::parse("bogus"), None);
+    }
+
+    #[test]
+    fn samplers_resolve_their_schedule_as_a1111() {
+        use ScheduleType::*;
+        assert_eq!(Sampler::DpmPp2m.schedule(Automatic), Karras);
+        assert_eq!(Sampler::DpmPp2m.schedule(Exponential), Exponential);
+        assert_eq!(Sampler::DpmPp2mKarras.schedule(Uniform), Karras);
+        assert_eq!(Sampler::Euler.schedule(Automatic), Uniform);
+        assert_eq!(Sampler::EulerA.schedule(SgmUniform), SgmUniform);
+        // Old combined names.
+        assert_eq!(
+            Sampler::parse_a1111("DPM++ 2M Karras"),
+            Some((Sampler::DpmPp2mKarras, None))
+        );
+        assert_eq!(
+            Sampler::parse_a1111("Euler a Exponential"),
+            Some((Sampler::EulerA, Some(Exponential)))
+        );
+        assert_eq!(Sampler::parse_a1111("Euler"), Some((Sampler::Euler, None)));
+        assert_eq!(Sampler::parse_a1111("UniPC"), None);
+        assert_eq!(ScheduleType::parse("SGM Uniform"), Some(SgmUniform));
     }
 }

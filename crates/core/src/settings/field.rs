@@ -167,6 +167,7 @@ always_valid!(
     super::choices::Curve,
     super::choices::TargetMode,
     super::choices::Sampler,
+    super::choices::ScheduleType,
     super::choices::ResizeMode,
     super::choices::FilterLevel
 );

@@ -24,7 +24,9 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 pub use a1111::{InfotextField, InfotextValue, ValueKind, py_bool, py_float};
-pub use choices::{Choice, Curve, FilterLevel, ResizeMode, Sampler, Size, TargetMode};
+pub use choices::{
+    Choice, Curve, FilterLevel, ResizeMode, Sampler, ScheduleType, Size, TargetMode,
+};
 pub use field::{Control, FieldDef, Group};
 
 use crate::error::{Error, Result};
@@ -240,6 +242,11 @@ define_settings! {
     sampler: Sampler = Sampler::Ddim,
         arg Sampler, flag "sampler", group Img2img, label "Sampler",
         control Control::Choice { options: field::options::<Sampler> };
+    /// The noise schedule the sampler steps through (A1111's "Schedule type"; automatic: the
+    /// one A1111 names for the sampler).
+    schedule: ScheduleType = ScheduleType::Automatic,
+        arg ScheduleType, flag "schedule", group Img2img, label "Schedule type",
+        control Control::Choice { options: field::options::<ScheduleType> };
     /// Scheduled sampling steps; a loop runs the last `steps × denoise` of them.
     steps: u32 = 30,
         arg u32, flag "steps", group Img2img, label "Steps",

@@ -29,7 +29,7 @@ use crate::model::SdModel;
 use crate::model::unet::AddedCond;
 use crate::scheduler::noise::TorchGenerator;
 use crate::scheduler::{self, Scheduler, SchedulerConfig, SchedulerTensor};
-use loopback_core::settings::Sampler;
+use loopback_core::settings::{Sampler, ScheduleType};
 use loopback_core::{Error, Result};
 
 impl SchedulerTensor for Tensor {
@@ -59,6 +59,8 @@ pub struct Img2ImgParams {
     pub negative_prompt: String,
     /// The sampler.
     pub sampler: Sampler,
+    /// Its noise schedule (A1111's schedule type).
+    pub schedule: ScheduleType,
     /// Scheduled steps (the pass runs the last `steps × strength` of them).
     pub steps: usize,
     /// Classifier-free guidance scale; ≤ 1 skips the unconditional pass.
@@ -393,7 +395,7 @@ pub fn img2img(
         .map_err(engine_err("VAE encode"))?;
 
     let mut sched: Box<dyn Scheduler<Tensor> + Send> =
-        scheduler::build(p.sampler, &text.scheduler, p.steps)?;
+        scheduler::build(p.sampler, p.schedule, &text.scheduler, p.steps)?;
     let mut range = sched.img2img(p.strength)?;
     if range.is_empty() {
         // Fewer than one scheduled step: run the last one (the spec's "at least one step").

@@ -204,6 +204,7 @@ impl Job<'_, '_> {
                 prompt: prompt.clone(),
                 negative_prompt: settings.negative_prompt.clone(),
                 sampler: settings.sampler,
+                schedule: settings.schedule,
                 steps: settings.steps as usize,
                 cfg: settings.cfg,
                 strength: spec.denoise,

@@ -1,14 +1,18 @@
-//! DPM-Solver++ 2M with Karras sigmas, as diffusers' `DPMSolverMultistepScheduler` with
-//! `algorithm_type="dpmsolver++"`, `solver_order=2`, `use_karras_sigmas=True`.
+//! DPM-Solver++ 2M, as diffusers' `DPMSolverMultistepScheduler` with
+//! `algorithm_type="dpmsolver++"`, `solver_order=2`, on A1111's schedule types:
+//! `use_karras_sigmas=True`, `use_exponential_sigmas=True`, the config's spacing, or
+//! `trailing` spacing (SGM Uniform).
 
+use crate::scheduler::config::TimestepSpacing;
 use crate::scheduler::config::{
     BetaSchedule, FinalSigmas, PredictionType, SchedulerConfig, SolverType,
 };
 use crate::scheduler::interface::{
     NoiseSource, Scheduler, SchedulerTensor, check_config, check_index, combine,
 };
-use crate::scheduler::{alphas, sigmas};
+use crate::scheduler::{alphas, sigmas, timesteps};
 use loopback_core::Result;
+use loopback_core::settings::ScheduleType;
 
 /// DPM-Solver++ (2M): a multistep solver in log-SNR time on the predicted clean sample, using
 /// the previous step's prediction for second order.
@@ -39,11 +43,14 @@ fn lambda(alpha: f32, sigma: f32) -> f32 {
 }
 
 impl<T> DpmSolverMultistep<T> {
-    /// DPM++ 2M Karras from a model's scheduler config, set to `steps` steps. The spacing and
-    /// offset do not matter (Karras sigmas set the timesteps); `final_sigmas_type`,
-    /// `lower_order_final`, `euler_at_final`, `solver_type`, `sigma_min` and `sigma_max` are
-    /// read with diffusers' defaults.
-    pub fn new(config: &SchedulerConfig, steps: usize) -> Result<Self> {
+    /// DPM++ 2M from a model's scheduler config, set to `steps` steps on `schedule`.
+    /// Karras and exponential sigmas span the whole training range (`sigma_min`, `sigma_max`
+    /// from the config when it has them); their timesteps are the training timesteps of those
+    /// sigmas, rounded (Karras) or truncated (exponential: diffusers casts without rounding).
+    /// Otherwise the timesteps follow the config's spacing (SGM Uniform: `trailing`) and the
+    /// sigmas are interpolated. `final_sigmas_type`, `lower_order_final`, `euler_at_final`,
+    /// `solver_type` are read with diffusers' defaults.
+    pub fn new(config: &SchedulerConfig, steps: usize, schedule: ScheduleType) -> Result<Self> {
         check_config(config, steps)?;
         let alphas_cumprod = alphas::alphas_cumprod(config);
         let train_sigmas = alphas::sigmas_f32(&alphas_cumprod);
@@ -57,18 +64,47 @@ impl<T> DpmSolverMultistep<T> {
         };
         let sigma_min = config.sigma_min.unwrap_or(f64::from(first));
         let sigma_max = config.sigma_max.unwrap_or(f64::from(last));
-        let karras = sigmas::karras(sigma_min, sigma_max, steps);
-        let round = config.beta_schedule != Some(BetaSchedule::SquaredCosCapV2);
-        let timesteps = karras
-            .iter()
-            .map(|&sigma| {
-                let t = sigmas::sigma_to_t(sigma, &log_sigmas);
-                // `.round()` unless cosine, then torch's cast to int64 truncates.
-                (if round { t.round_ties_even() } else { t }).trunc()
-            })
-            .collect();
+        let to_timesteps = |sigmas: &[f64], round: bool| -> Vec<f64> {
+            sigmas
+                .iter()
+                .map(|&sigma| {
+                    let t = sigmas::sigma_to_t(sigma, &log_sigmas);
+                    // `.round()` where diffusers rounds, then the cast to int64 truncates.
+                    (if round { t.round_ties_even() } else { t }).trunc()
+                })
+                .collect()
+        };
+        let (timesteps, inference_sigmas) = match schedule {
+            ScheduleType::Karras => {
+                let karras = sigmas::karras(sigma_min, sigma_max, steps);
+                // Rounded unless cosine, where torch's cast truncates.
+                let round = config.beta_schedule != Some(BetaSchedule::SquaredCosCapV2);
+                (to_timesteps(&karras, round), karras)
+            }
+            ScheduleType::Exponential => {
+                let exponential = sigmas::exponential(sigma_min, sigma_max, steps);
+                (to_timesteps(&exponential, false), exponential)
+            }
+            _ => {
+                let spacing = match schedule {
+                    ScheduleType::SgmUniform => TimestepSpacing::Trailing,
+                    _ => config.timestep_spacing.unwrap_or(TimestepSpacing::Linspace),
+                };
+                let timesteps = timesteps::dpm_spaced(
+                    spacing,
+                    alphas_cumprod.len(),
+                    steps,
+                    config.steps_offset.unwrap_or(0),
+                );
+                let sigmas = timesteps
+                    .iter()
+                    .map(|&t| sigmas::interp(t, &train_sigmas))
+                    .collect();
+                (timesteps, sigmas)
+            }
+        };
         let final_sigmas = config.final_sigmas_type.unwrap_or(FinalSigmas::Zero);
-        let mut sigmas: Vec<f32> = karras.iter().map(|&s| s as f32).collect();
+        let mut sigmas: Vec<f32> = inference_sigmas.iter().map(|&s| s as f32).collect();
         sigmas.push(match final_sigmas {
             FinalSigmas::Zero => 0.0,
             FinalSigmas::SigmaMin => first,

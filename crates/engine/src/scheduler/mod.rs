@@ -1,5 +1,6 @@
-//! The samplers, as schedulers equivalent to diffusers': DDIM (eta 0), Euler ancestral and
-//! DPM-Solver++ 2M with Karras sigmas, with img2img strength handling.
+//! The samplers, as schedulers equivalent to diffusers': DDIM (eta 0), Euler, Euler ancestral
+//! and DPM-Solver++ 2M, on A1111's schedule types (Karras, exponential, the model's spacing,
+//! SGM Uniform), with img2img strength handling.
 //!
 //! # Why not candle's schedulers
 //! candle-transformers 0.11's schedulers deviate from diffusers: they have no `set_timesteps`,
@@ -20,12 +21,12 @@
 //! # Use (img2img, as `StableDiffusionImg2ImgPipeline`)
 //! ```
 //! use crate::scheduler::{build, Scheduler, SchedulerConfig};
-//! use loopback_core::settings::Sampler;
+//! use loopback_core::settings::{Sampler, ScheduleType};
 //!
 //! # fn main() -> loopback_core::Result<()> {
 //! let config = SchedulerConfig::from_json(r#"{"beta_schedule": "scaled_linear",
 //!     "beta_start": 0.00085, "beta_end": 0.012, "steps_offset": 1}"#)?;
-//! let mut scheduler = build::<Vec<f32>>(Sampler::EulerA, &config, 30)?;
+//! let mut scheduler = build::<Vec<f32>>(Sampler::EulerA, ScheduleType::Automatic, &config, 30)?;
 //! let run = scheduler.img2img(0.5)?; // the last 15 of the 30 steps
 //! let (latents, noise) = (vec![0.1f32; 16], vec![0.5f32; 16]);
 //! let mut sample = scheduler.add_noise(&latents, &noise, run.start)?;
@@ -43,7 +44,7 @@ mod alphas;
 mod config;
 mod ddim;
 mod dpm_solver;
-mod euler_ancestral;
+mod euler;
 mod interface;
 pub mod noise;
 mod sigmas;
@@ -54,29 +55,45 @@ pub use config::{
 };
 pub use ddim::Ddim;
 pub use dpm_solver::DpmSolverMultistep;
-pub use euler_ancestral::EulerAncestral;
+pub use euler::Euler;
 pub use interface::{NoiseSource, Scheduler, SchedulerTensor, img2img_start};
 
 use loopback_core::Result;
-use loopback_core::settings::Sampler;
+use loopback_core::settings::{Sampler, ScheduleType};
 
-/// Builds `sampler` for a model whose scheduler config is `config`, with `steps` inference
-/// steps, as `XScheduler.from_config(pipe.scheduler.config, ...)` then `set_timesteps(steps)`
-/// in diffusers: the betas, prediction type, spacing and offset come from the config, missing
-/// keys take the sampler class's defaults, and DPM++ 2M Karras sets `algorithm_type =
-/// "dpmsolver++"`, `solver_order = 2` and `use_karras_sigmas = true`.
+/// Builds `sampler` on `schedule` (A1111's schedule type; `Automatic` resolved as A1111 does,
+/// [`Sampler::schedule`]) for a model whose scheduler config is `config`, with `steps`
+/// inference steps, as `XScheduler.from_config(pipe.scheduler.config, ...)` then
+/// `set_timesteps(steps)` in diffusers: the betas, prediction type, spacing and offset come
+/// from the config, missing keys take the sampler class's defaults; Karras sets
+/// `use_karras_sigmas = true`, Exponential `use_exponential_sigmas = true`, SGM Uniform
+/// `timestep_spacing = "trailing"`; DPM++ 2M is `algorithm_type = "dpmsolver++"`,
+/// `solver_order = 2`. DDIM has no sigmas: it takes the config's spacing, or `trailing` for
+/// SGM Uniform, and ignores Karras and exponential.
 pub fn build<T>(
     sampler: Sampler,
+    schedule: ScheduleType,
     config: &SchedulerConfig,
     steps: usize,
 ) -> Result<Box<dyn Scheduler<T> + Send>>
 where
     T: SchedulerTensor + Send + 'static,
 {
+    let schedule = sampler.schedule(schedule);
     Ok(match sampler {
+        Sampler::Ddim if schedule == ScheduleType::SgmUniform => {
+            let config = SchedulerConfig {
+                timestep_spacing: Some(TimestepSpacing::Trailing),
+                ..config.clone()
+            };
+            Box::new(Ddim::new(&config, steps)?)
+        }
         Sampler::Ddim => Box::new(Ddim::new(config, steps)?),
-        Sampler::EulerA => Box::new(EulerAncestral::new(config, steps)?),
-        Sampler::DpmPp2mKarras => Box::new(DpmSolverMultistep::<T>::new(config, steps)?),
+        Sampler::Euler => Box::new(Euler::new(config, steps, schedule, false)?),
+        Sampler::EulerA => Box::new(Euler::new(config, steps, schedule, true)?),
+        Sampler::DpmPp2m | Sampler::DpmPp2mKarras => {
+            Box::new(DpmSolverMultistep::<T>::new(config, steps, schedule)?)
+        }
     })
 }
 

@@ -39,6 +39,15 @@ pub(crate) fn karras(min: f64, max: f64, steps: usize) -> Vec<f64> {
         .collect()
 }
 
+/// Sigmas evenly spaced in log from `max` down to `min` in `steps` values (float64, as
+/// `_convert_to_exponential`: `exp(linspace(ln max, ln min, steps))`).
+pub(crate) fn exponential(min: f64, max: f64, steps: usize) -> Vec<f64> {
+    np_linspace(max.ln(), min.ln(), steps)
+        .into_iter()
+        .map(f64::exp)
+        .collect()
+}
+
 /// diffusers' `_sigma_to_t`: the fractional training timestep whose sigma is `sigma`, by
 /// linear interpolation in log sigma.
 ///

@@ -74,6 +74,36 @@ pub(crate) fn spaced(
     timesteps
 }
 
+/// The timesteps of DPM-Solver's (and UniPC's) `set_timesteps(steps)` without Karras or
+/// exponential sigmas, largest first: like [`spaced`], but `linspace` and `leading` spread
+/// `steps + 1` points and drop the last (0), and every value is an integer.
+pub(crate) fn dpm_spaced(
+    spacing: TimestepSpacing,
+    train_steps: usize,
+    steps: usize,
+    steps_offset: usize,
+) -> Vec<f64> {
+    match spacing {
+        TimestepSpacing::Linspace => {
+            let mut t: Vec<f64> = np_linspace(0.0, (train_steps - 1) as f64, steps + 1)
+                .into_iter()
+                .map(|t| t.round_ties_even())
+                .collect();
+            t.reverse();
+            t.truncate(steps);
+            t
+        }
+        TimestepSpacing::Leading => {
+            let ratio = train_steps / (steps + 1);
+            (1..=steps)
+                .rev()
+                .map(|i| (i * ratio + steps_offset) as f64)
+                .collect()
+        }
+        TimestepSpacing::Trailing => spaced(spacing, train_steps, steps, steps_offset, true),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -85,6 +115,15 @@ mod tests {
         assert_eq!(t[0], 999.0);
         let t = spaced(TimestepSpacing::Trailing, 1000, 30, 0, true);
         assert_eq!(t.len(), 30);
+    }
+
+    #[test]
+    fn dpm_spacing_spreads_one_more_point() {
+        let t = dpm_spaced(TimestepSpacing::Leading, 1000, 10, 1);
+        assert_eq!(t[..3], [901.0, 811.0, 721.0]);
+        assert_eq!(t[9], 91.0);
+        let t = dpm_spaced(TimestepSpacing::Linspace, 1000, 4, 0);
+        assert_eq!(t, vec![999.0, 749.0, 500.0, 250.0]);
     }
 
     #[test]

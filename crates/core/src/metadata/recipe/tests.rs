@@ -247,3 +247,49 @@ fn embeddings_named_by_a_recipe_or_ti_hashes() {
         ["lbstyle"]
     );
 }
+
+#[test]
+fn sampler_and_schedule_type_as_a1111_writes_them() {
+    let mut recipe = sample_recipe();
+    let params = |r: &Recipe| {
+        let info = r.to_infotext();
+        (
+            info.get("Sampler").map(String::from),
+            info.get("Schedule type").map(String::from),
+        )
+    };
+    // The old combined name is written as A1111 ≥ 1.9 writes it, and read back unchanged.
+    assert_eq!(
+        params(&recipe),
+        (Some("DPM++ 2M".into()), Some("Karras".into()))
+    );
+    recipe.settings.sampler = Sampler::Euler;
+    assert_eq!(params(&recipe), (Some("Euler".into()), None));
+    recipe.settings.schedule = ScheduleType::Exponential;
+    assert_eq!(
+        params(&recipe),
+        (Some("Euler".into()), Some("Exponential".into()))
+    );
+    let text = recipe.to_infotext().to_text();
+    let (s, warnings) = settings_from_infotext(&Infotext::parse(&text));
+    assert!(warnings.is_empty(), "{warnings:?}");
+    assert_eq!(
+        (s.sampler, s.schedule),
+        (Sampler::Euler, ScheduleType::Exponential)
+    );
+    // Unknown names: one warning each, the defaults kept.
+    let (s, warnings) = settings_from_infotext(&Infotext::parse(
+        "p\nSteps: 20, Sampler: UniPC, Schedule type: Beta, CFG scale: 7",
+    ));
+    assert_eq!(
+        (s.sampler, s.schedule),
+        (Sampler::Ddim, ScheduleType::Automatic)
+    );
+    assert_eq!(
+        warnings,
+        [
+            "ignored Sampler: \"UniPC\"",
+            "ignored Schedule type: \"Beta\""
+        ]
+    );
+}

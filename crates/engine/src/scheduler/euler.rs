@@ -1,15 +1,20 @@
-//! Euler ancestral, as diffusers' `EulerAncestralDiscreteScheduler`.
+//! Euler and Euler ancestral, as diffusers' `EulerDiscreteScheduler` and
+//! `EulerAncestralDiscreteScheduler`, with A1111's schedule types (diffusers'
+//! `use_karras_sigmas`, `use_exponential_sigmas`, and `trailing` spacing for SGM Uniform).
 
 use crate::scheduler::config::{PredictionType, SchedulerConfig, TimestepSpacing};
 use crate::scheduler::interface::{
     NoiseSource, Scheduler, SchedulerTensor, check_config, check_index, combine,
 };
 use crate::scheduler::{alphas, sigmas, timesteps};
+use loopback_core::settings::ScheduleType;
 use loopback_core::{Error, Result};
 
-/// Euler ancestral: an Euler step down to `sigma_down`, then fresh noise of `sigma_up`.
+/// Euler: a step along the derivative `(x − x0) / sigma` to the next sigma; ancestral: an
+/// Euler step down to `sigma_down`, then fresh noise of `sigma_up`.
 #[derive(Debug, Clone)]
-pub struct EulerAncestral {
+pub struct Euler {
+    ancestral: bool,
     timesteps: Vec<f64>,
     /// One per timestep plus a final 0 (float32, as diffusers).
     sigmas: Vec<f32>,
@@ -18,21 +23,33 @@ pub struct EulerAncestral {
     init_noise_sigma: f32,
 }
 
-impl EulerAncestral {
-    /// Euler ancestral from a model's scheduler config, with its defaults for missing keys
-    /// (`linspace` spacing), set to `steps` steps. `sample` prediction is refused, as diffusers
-    /// does.
-    pub fn new(config: &SchedulerConfig, steps: usize) -> Result<Self> {
+impl Euler {
+    /// Euler (or, `ancestral`, Euler a) from a model's scheduler config, with its defaults for
+    /// missing keys (`linspace` spacing), set to `steps` steps on `schedule`. `sample`
+    /// prediction is refused, as diffusers does.
+    ///
+    /// Karras and exponential sigmas run between the first and the last of the spaced
+    /// sigmas (not the whole training range, as DPM-Solver's do), and their timesteps are the
+    /// fractional training timesteps of those sigmas, in float32, as in diffusers.
+    pub fn new(
+        config: &SchedulerConfig,
+        steps: usize,
+        schedule: ScheduleType,
+        ancestral: bool,
+    ) -> Result<Self> {
         check_config(config, steps)?;
         let prediction = config.prediction();
         if prediction == PredictionType::Sample {
             return Err(Error::Metadata(
-                "scheduler config: Euler a does not support prediction_type \"sample\"".into(),
+                "scheduler config: Euler does not support prediction_type \"sample\"".into(),
             ));
         }
         let alphas_cumprod = alphas::alphas_cumprod(config);
-        let spacing = config.timestep_spacing.unwrap_or(TimestepSpacing::Linspace);
-        let timesteps = timesteps::spaced(
+        let spacing = match schedule {
+            ScheduleType::SgmUniform => TimestepSpacing::Trailing,
+            _ => config.timestep_spacing.unwrap_or(TimestepSpacing::Linspace),
+        };
+        let mut timesteps = timesteps::spaced(
             spacing,
             alphas_cumprod.len(),
             steps,
@@ -40,17 +57,39 @@ impl EulerAncestral {
             false,
         );
         let train_sigmas = alphas::sigmas_f32(&alphas_cumprod);
-        let mut sigmas: Vec<f32> = timesteps
+        let spaced: Vec<f64> = timesteps
             .iter()
-            .map(|&t| sigmas::interp(t, &train_sigmas) as f32)
+            .map(|&t| sigmas::interp(t, &train_sigmas))
             .collect();
+        let converted = match (spaced.first(), spaced.last(), schedule) {
+            (Some(&max), Some(&min), ScheduleType::Karras) => Some(sigmas::karras(min, max, steps)),
+            (Some(&max), Some(&min), ScheduleType::Exponential) => {
+                Some(sigmas::exponential(min, max, steps))
+            }
+            _ => None,
+        };
+        let mut sigmas: Vec<f32> = match converted {
+            Some(converted) => {
+                let log_sigmas: Vec<f32> = train_sigmas
+                    .iter()
+                    .map(|&s| f64::from(s).ln() as f32)
+                    .collect();
+                timesteps = converted
+                    .iter()
+                    .map(|&s| f64::from(sigmas::sigma_to_t(s, &log_sigmas) as f32))
+                    .collect();
+                converted.iter().map(|&s| s as f32).collect()
+            }
+            None => spaced.iter().map(|&s| s as f32).collect(),
+        };
         sigmas.push(0.0);
         let max = sigmas.iter().copied().fold(0.0f32, f32::max);
         let init_noise_sigma = match spacing {
             TimestepSpacing::Linspace | TimestepSpacing::Trailing => max,
             TimestepSpacing::Leading => (max * max + 1.0).sqrt(),
         };
-        Ok(EulerAncestral {
+        Ok(Euler {
+            ancestral,
             timesteps,
             sigmas,
             steps,
@@ -66,7 +105,7 @@ impl EulerAncestral {
     }
 }
 
-impl<T: SchedulerTensor> Scheduler<T> for EulerAncestral {
+impl<T: SchedulerTensor> Scheduler<T> for Euler {
     fn timesteps(&self) -> &[f64] {
         &self.timesteps
     }
@@ -111,6 +150,14 @@ impl<T: SchedulerTensor> Scheduler<T> for EulerAncestral {
             }
             _ => (1.0, -f64::from(sigma)),
         };
+        if !self.ancestral {
+            // prev = sample + (sample - x0) / sigma * (sigma_to - sigma)
+            let slope = f64::from(sigma_to - sigma) / f64::from(sigma);
+            return combine(&[
+                (1.0 + slope * (1.0 - a), sample),
+                (-slope * b, model_output),
+            ]);
+        }
         let sigma_up =
             (sigma_to * sigma_to * (sigma * sigma - sigma_to * sigma_to) / (sigma * sigma)).sqrt();
         let sigma_down = (sigma_to * sigma_to - sigma_up * sigma_up).sqrt();
