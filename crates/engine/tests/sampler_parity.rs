@@ -1,6 +1,7 @@
 //! Samplers and schedule types against diffusers (`tools/parity/make_sampler_parity.py`,
-//! `tests/fixtures/sampler-parity/`): Euler and DPM++ 2M on the model's own spacing, Karras,
-//! exponential and SGM Uniform sigmas, at several step counts and strengths. Each case checks
+//! `tests/fixtures/sampler-parity/`): Euler, DPM++ 2M and DPM++ 2M SDE on the model's own
+//! spacing, Karras, exponential and SGM Uniform sigmas, and LCM, at several step counts and
+//! strengths (with CFG and without). Each case checks
 //! the whole schedule (integer timesteps exactly, fractional ones within 1e-6 relative),
 //! img2img's start, every scheduler step replayed on diffusers' own model
 //! outputs, and the whole img2img run on the tiny model (image within 1 level).
@@ -26,6 +27,8 @@ fn sampler_of(case: &Value) -> Option<(Sampler, ScheduleType)> {
     let sampler = match case["sampler"].as_str()? {
         "euler" => Sampler::Euler,
         "dpmpp_2m" => Sampler::DpmPp2m,
+        "dpmpp_2m_sde" => Sampler::DpmPp2mSde,
+        "lcm" => Sampler::Lcm,
         _ => return None,
     };
     // The fixture's "automatic" is diffusers' default: the config's own spacing.
@@ -93,8 +96,9 @@ fn samplers_and_schedules_match_diffusers() {
             };
             assert!(ok, "{name}: timesteps {got_t:?} against {want_t:?}");
         }
+        // LCM has no sigmas (null in the manifest).
         let want_s: Vec<f32> =
-            serde_json::from_value(case["scheduler"]["all_sigmas"].clone()).unwrap();
+            serde_json::from_value(case["scheduler"]["all_sigmas"].clone()).unwrap_or_default();
         let d = rel_diff(sched.sigmas(), &want_s);
         worst_sigma = worst_sigma.max(d);
         assert!(d <= 1e-6, "{name}: sigmas differ by {d} (relative)");
@@ -108,13 +112,16 @@ fn samplers_and_schedules_match_diffusers() {
         // Every step on diffusers' own model outputs.
         let (trajectory, _) = reference_f32(&dir(), &case["files"]["latents_trajectory"]);
         let (outputs, _) = reference_f32(&dir(), &case["files"]["model_outputs"]);
+        let (draws, _) = reference_f32(&dir(), &case["files"]["noise_draws"]);
         let per = 4 * 8 * 8;
+        // The steps' noise: every draw after img2img's initial one, in order.
+        let mut step_noise = draws[per..].chunks(per).map(<[f32]>::to_vec);
         let mut sample = trajectory[..per].to_vec();
         for (k, i) in run.enumerate() {
             let output = outputs[k * per..(k + 1) * per].to_vec();
             sample = sched
                 .step(&output, i, &sample, &mut |_: &Vec<f32>| {
-                    unreachable!("no noise")
+                    Ok(step_noise.next().expect("a recorded noise draw"))
                 })
                 .unwrap();
             let want = &trajectory[(k + 1) * per..(k + 2) * per];
@@ -126,7 +133,8 @@ fn samplers_and_schedules_match_diffusers() {
         // The whole img2img run.
         let params = Img2ImgParams {
             prompt: case["prompt"].as_str().unwrap().into(),
-            negative_prompt: case["negative_prompt"].as_str().unwrap().into(),
+            // Null without guidance (no unconditional pass).
+            negative_prompt: case["negative_prompt"].as_str().unwrap_or("").into(),
             sampler,
             schedule,
             steps,
@@ -152,7 +160,7 @@ fn samplers_and_schedules_match_diffusers() {
         worst_u8 = worst_u8.max(diff);
         assert!(diff <= 1, "{name}: image differs by {diff} levels");
     }
-    assert!(cases >= 13, "only {cases} cases ran");
+    assert!(cases >= 23, "only {cases} cases ran");
     eprintln!(
         "sampler parity: {cases} cases; sigmas {worst_sigma:e}, steps {worst_step:e} (relative), \
          images {worst_u8} level(s)"

@@ -123,13 +123,19 @@ choice_enum! {
         /// DPM-Solver++ (2M) with Karras sigmas: A1111's name before schedule types were a
         /// setting of their own (= DPM++ 2M with the Karras schedule).
         DpmPp2mKarras = ("dpmpp-2m-karras", "DPM++ 2M Karras"),
+        /// DPM-Solver++ (2M) SDE: fresh noise every step; A1111's automatic schedule for it is
+        /// exponential.
+        DpmPp2mSde = ("dpmpp-2m-sde", "DPM++ 2M SDE"),
+        /// LCM, for LCM-LoRAs and LCM models: 4–8 steps, CFG 1–2.
+        Lcm = ("lcm", "LCM"),
     }
 }
 
 choice_enum! {
     /// The noise schedule a sampler steps through (A1111's "Schedule type").
     ScheduleType {
-        /// The one A1111 names for the sampler: Karras for DPM++ 2M, otherwise the model's own.
+        /// The one A1111 names for the sampler: Karras for DPM++ 2M, exponential for DPM++ 2M
+        /// SDE, otherwise the model's own.
         Automatic = ("automatic", "Automatic"),
         /// The model's own: its scheduler config's timestep spacing.
         Uniform = ("uniform", "Uniform"),
@@ -150,6 +156,7 @@ impl Sampler {
             (Sampler::DpmPp2mKarras, _) | (Sampler::DpmPp2m, ScheduleType::Automatic) => {
                 ScheduleType::Karras
             }
+            (Sampler::DpmPp2mSde, ScheduleType::Automatic) => ScheduleType::Exponential,
             (_, ScheduleType::Automatic) => ScheduleType::Uniform,
             (_, other) => other,
         }

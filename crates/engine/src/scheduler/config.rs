@@ -118,6 +118,11 @@ pub struct SchedulerConfig {
     pub sigma_min: Option<f64>,
     /// Karras sigmas: upper end instead of the largest training sigma.
     pub sigma_max: Option<f64>,
+    /// LCM: the step count of the distillation schedule its timesteps are taken from
+    /// (default 50).
+    pub original_inference_steps: Option<usize>,
+    /// LCM: the timestep's scale in the boundary conditions (default 10).
+    pub timestep_scaling: Option<f64>,
     /// Dynamic thresholding; not supported (refused when true).
     pub thresholding: Option<bool>,
     /// Zero-terminal-SNR rescaling; not supported (refused when true).

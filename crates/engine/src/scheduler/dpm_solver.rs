@@ -27,6 +27,8 @@ pub struct DpmSolverMultistep<T> {
     lower_order_final: bool,
     euler_at_final: bool,
     final_zero: bool,
+    /// `algorithm_type="sde-dpmsolver++"` (DPM++ 2M SDE): fresh noise every step.
+    sde: bool,
     /// The previous step's predicted clean sample.
     previous: Option<T>,
 }
@@ -50,7 +52,14 @@ impl<T> DpmSolverMultistep<T> {
     /// Otherwise the timesteps follow the config's spacing (SGM Uniform: `trailing`) and the
     /// sigmas are interpolated. `final_sigmas_type`, `lower_order_final`, `euler_at_final`,
     /// `solver_type` are read with diffusers' defaults.
-    pub fn new(config: &SchedulerConfig, steps: usize, schedule: ScheduleType) -> Result<Self> {
+    /// With `sde`, the SDE variant (`algorithm_type="sde-dpmsolver++"`, DPM++ 2M SDE), which
+    /// draws one noise per step (the last step's is multiplied by 0, as in diffusers).
+    pub fn new(
+        config: &SchedulerConfig,
+        steps: usize,
+        schedule: ScheduleType,
+        sde: bool,
+    ) -> Result<Self> {
         check_config(config, steps)?;
         let alphas_cumprod = alphas::alphas_cumprod(config);
         let train_sigmas = alphas::sigmas_f32(&alphas_cumprod);
@@ -118,6 +127,7 @@ impl<T> DpmSolverMultistep<T> {
             lower_order_final: config.lower_order_final.unwrap_or(true),
             euler_at_final: config.euler_at_final.unwrap_or(false),
             final_zero: final_sigmas == FinalSigmas::Zero,
+            sde,
             previous: None,
         })
     }
@@ -167,7 +177,7 @@ impl<T: SchedulerTensor> Scheduler<T> for DpmSolverMultistep<T> {
         model_output: &T,
         step_index: usize,
         sample: &T,
-        _noise: &mut NoiseSource<'_, T>,
+        noise: &mut NoiseSource<'_, T>,
     ) -> Result<T> {
         let i = check_index(step_index, self.timesteps.len())?;
         let (alpha_s0, sigma_s0) = alpha_sigma(self.sigmas[i]);
@@ -186,26 +196,53 @@ impl<T: SchedulerTensor> Scheduler<T> for DpmSolverMultistep<T> {
         };
         let lambda_s0 = lambda(alpha_s0, sigma_s0);
         let h = lambda(alpha_t, sigma_t) - lambda_s0;
-        let to_sample = f64::from(sigma_t / sigma_s0);
-        let em1 = alpha_t * ((-h).exp() - 1.0);
         let previous = match self.previous.take() {
             Some(previous) if i > 0 && !self.first_order_final(i) => Some(previous),
             _ => None,
         };
-        let next = match previous {
-            // First order: x_t = (sigma_t / sigma_s) x - alpha_t (e^-h - 1) x0.
-            None => combine(&[(to_sample, sample), (-f64::from(em1), &x0)])?,
-            // Second order, with D1 = (m0 - m1) / r0.
-            Some(m1) => {
-                let (alpha_s1, sigma_s1) = alpha_sigma(self.sigmas[i - 1]);
-                let r0 = (lambda_s0 - lambda(alpha_s1, sigma_s1)) / h;
-                let inv_r0 = 1.0 / r0;
-                let d1_coef = match self.solver_type {
-                    SolverType::Midpoint => -(0.5 * em1),
-                    SolverType::Heun => alpha_t * (((-h).exp() - 1.0) / h + 1.0),
-                };
-                let d1 = f64::from(d1_coef) * f64::from(inv_r0);
-                combine(&[(to_sample, sample), (-f64::from(em1) + d1, &x0), (-d1, &m1)])?
+        // The second-order term's 1 / r0, r0 = (lambda_s0 - lambda_s1) / h.
+        let inv_r0 = || {
+            let (alpha_s1, sigma_s1) = alpha_sigma(self.sigmas[i - 1]);
+            1.0 / ((lambda_s0 - lambda(alpha_s1, sigma_s1)) / h)
+        };
+        let next = if self.sde {
+            // x_t = (sigma_t / sigma_s) e^-h x + alpha_t (1 - e^-2h) (D0 + D1 / 2)
+            //       + sigma_t sqrt(1 - e^-2h) z, with D1 = (m0 - m1) / r0 at second order.
+            let drawn = noise(model_output)?;
+            let to_sample = f64::from(sigma_t / sigma_s0 * (-h).exp());
+            let a = alpha_t * (1.0 - (-2.0 * h).exp());
+            let z = f64::from(sigma_t * (1.0 - (-2.0 * h).exp()).sqrt());
+            match previous {
+                None => combine(&[(to_sample, sample), (f64::from(a), &x0), (z, &drawn)])?,
+                Some(m1) => {
+                    let d1_coef = match self.solver_type {
+                        SolverType::Midpoint => 0.5 * a,
+                        SolverType::Heun => alpha_t * ((1.0 - (-2.0 * h).exp()) / (-2.0 * h) + 1.0),
+                    };
+                    let d1 = f64::from(d1_coef) * f64::from(inv_r0());
+                    combine(&[
+                        (to_sample, sample),
+                        (f64::from(a) + d1, &x0),
+                        (-d1, &m1),
+                        (z, &drawn),
+                    ])?
+                }
+            }
+        } else {
+            let to_sample = f64::from(sigma_t / sigma_s0);
+            let em1 = alpha_t * ((-h).exp() - 1.0);
+            match previous {
+                // First order: x_t = (sigma_t / sigma_s) x - alpha_t (e^-h - 1) x0.
+                None => combine(&[(to_sample, sample), (-f64::from(em1), &x0)])?,
+                // Second order, with D1 = (m0 - m1) / r0.
+                Some(m1) => {
+                    let d1_coef = match self.solver_type {
+                        SolverType::Midpoint => -(0.5 * em1),
+                        SolverType::Heun => alpha_t * (((-h).exp() - 1.0) / h + 1.0),
+                    };
+                    let d1 = f64::from(d1_coef) * f64::from(inv_r0());
+                    combine(&[(to_sample, sample), (-f64::from(em1) + d1, &x0), (-d1, &m1)])?
+                }
             }
         };
         self.previous = Some(x0);

@@ -1,5 +1,5 @@
-//! The samplers, as schedulers equivalent to diffusers': DDIM (eta 0), Euler, Euler ancestral
-//! and DPM-Solver++ 2M, on A1111's schedule types (Karras, exponential, the model's spacing,
+//! The samplers, as schedulers equivalent to diffusers': DDIM (eta 0), Euler, Euler ancestral,
+//! DPM-Solver++ 2M and its SDE variant, and LCM, on A1111's schedule types (Karras, exponential, the model's spacing,
 //! SGM Uniform), with img2img strength handling.
 //!
 //! # Why not candle's schedulers
@@ -46,6 +46,7 @@ mod ddim;
 mod dpm_solver;
 mod euler;
 mod interface;
+mod lcm;
 pub mod noise;
 mod sigmas;
 mod timesteps;
@@ -57,6 +58,7 @@ pub use ddim::Ddim;
 pub use dpm_solver::DpmSolverMultistep;
 pub use euler::Euler;
 pub use interface::{NoiseSource, Scheduler, SchedulerTensor, img2img_start};
+pub use lcm::Lcm;
 
 use loopback_core::Result;
 use loopback_core::settings::{Sampler, ScheduleType};
@@ -68,7 +70,8 @@ use loopback_core::settings::{Sampler, ScheduleType};
 /// from the config, missing keys take the sampler class's defaults; Karras sets
 /// `use_karras_sigmas = true`, Exponential `use_exponential_sigmas = true`, SGM Uniform
 /// `timestep_spacing = "trailing"`; DPM++ 2M is `algorithm_type = "dpmsolver++"`,
-/// `solver_order = 2`. DDIM has no sigmas: it takes the config's spacing, or `trailing` for
+/// `solver_order = 2` (SDE: `"sde-dpmsolver++"`). DDIM and LCM have no sigmas: LCM ignores
+/// the schedule; it takes the config's spacing, or `trailing` for
 /// SGM Uniform, and ignores Karras and exponential.
 pub fn build<T>(
     sampler: Sampler,
@@ -91,9 +94,13 @@ where
         Sampler::Ddim => Box::new(Ddim::new(config, steps)?),
         Sampler::Euler => Box::new(Euler::new(config, steps, schedule, false)?),
         Sampler::EulerA => Box::new(Euler::new(config, steps, schedule, true)?),
-        Sampler::DpmPp2m | Sampler::DpmPp2mKarras => {
-            Box::new(DpmSolverMultistep::<T>::new(config, steps, schedule)?)
+        Sampler::DpmPp2m | Sampler::DpmPp2mKarras => Box::new(DpmSolverMultistep::<T>::new(
+            config, steps, schedule, false,
+        )?),
+        Sampler::DpmPp2mSde => {
+            Box::new(DpmSolverMultistep::<T>::new(config, steps, schedule, true)?)
         }
+        Sampler::Lcm => Box::new(Lcm::new(config, steps)?),
     })
 }
 

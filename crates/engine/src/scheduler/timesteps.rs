@@ -16,6 +16,13 @@ pub(crate) fn np_linspace(start: f64, stop: f64, num: usize) -> Vec<f64> {
     values
 }
 
+/// `np.linspace(start, stop, num, endpoint=False)`: `i * step + start`, `step = (stop −
+/// start) / num`.
+pub(crate) fn np_linspace_open(start: f64, stop: f64, num: usize) -> Vec<f64> {
+    let step = (stop - start) / num.max(1) as f64;
+    (0..num).map(|i| i as f64 * step + start).collect()
+}
+
 /// `np.arange(start, 0, -step)` for a float step: the length is `ceil(-start / -step)`, the
 /// values are `start + i * ((start - step) - start)`.
 fn np_arange_down(start: f64, step: f64) -> Vec<f64> {
