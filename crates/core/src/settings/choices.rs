@@ -118,6 +118,8 @@ choice_enum! {
         Euler = ("euler", "Euler"),
         /// Euler ancestral.
         EulerA = ("euler-a", "Euler a"),
+        /// Heun: two UNet calls per step.
+        Heun = ("heun", "Heun"),
         /// DPM-Solver++ (2M); A1111's automatic schedule for it is Karras.
         DpmPp2m = ("dpmpp-2m", "DPM++ 2M"),
         /// DPM-Solver++ (2M) with Karras sigmas: A1111's name before schedule types were a

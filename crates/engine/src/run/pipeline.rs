@@ -187,13 +187,16 @@ pub struct PassConditioning {
 pub type UnetText = (Tensor, Option<AddedCond>);
 
 impl PassConditioning {
-    /// Reads and encodes `p`'s prompts for an image of `size` (the model caches what its
-    /// encoders computed; a model asked to release its text encoders after use does so here).
+    /// Reads and encodes `p`'s prompts for an image of `size`, their schedules over
+    /// `schedule_steps` UNet calls (A1111: the steps, doubled for second-order samplers such as
+    /// Heun, whose step counter counts calls). The model caches what its encoders computed; a
+    /// model asked to release its text encoders after use does so here.
     pub fn new(
         model: &SdModel,
         text: &TextAndSchedule,
         p: &Img2ImgParams,
         size: (u32, u32),
+        schedule_steps: usize,
     ) -> Result<Self> {
         if model.is_sdxl() && text.sdxl.is_none() {
             return Err(Error::Engine(
@@ -211,8 +214,9 @@ impl PassConditioning {
         let (width, width_2) = model.text_widths()?;
         let embeddings =
             ModelEmbeddings::new(&text.tokenizer, &p.conditioning.embeddings, width, width_2);
-        let read =
-            |prompt: &str| ReadPrompt::new(&text.tokenizer, prompt, p.steps, &embeddings.index);
+        let read = |prompt: &str| {
+            ReadPrompt::new(&text.tokenizer, prompt, schedule_steps, &embeddings.index)
+        };
         let encode = |prompt: &str, negative: bool| {
             encode_prompt(model, &setup, &embeddings, &read(prompt), negative)
         };
@@ -318,7 +322,7 @@ pub fn conditioning(
 ) -> Result<UnetText> {
     let mut padded = p.clone();
     padded.conditioning.pad_conds = true;
-    let pass = PassConditioning::new(model, text, &padded, size)?;
+    let pass = PassConditioning::new(model, text, &padded, size, p.steps)?;
     let mut calls = pass.at_step(model, 0)?;
     Ok(calls.remove(0))
 }
@@ -381,7 +385,10 @@ pub fn img2img(
     let device = &model.device;
     let guided = p.cfg > 1.0;
 
-    let text_inputs = PassConditioning::new(model, text, p, image.dimensions())?;
+    let mut sched: Box<dyn Scheduler<Tensor> + Send> =
+        scheduler::build(p.sampler, p.schedule, &text.scheduler, p.steps)?;
+    let text_inputs =
+        PassConditioning::new(model, text, p, image.dimensions(), p.steps * sched.order())?;
 
     // The previous loop's decode and the text encoder left freed buffers in the heap.
     crate::allocator::release_free_memory();
@@ -394,8 +401,6 @@ pub fn img2img(
         .and_then(|l| l.to_dtype(DType::F32))
         .map_err(engine_err("VAE encode"))?;
 
-    let mut sched: Box<dyn Scheduler<Tensor> + Send> =
-        scheduler::build(p.sampler, p.schedule, &text.scheduler, p.steps)?;
     let mut range = sched.img2img(p.strength)?;
     if range.is_empty() {
         // Fewer than one scheduled step: run the last one (the spec's "at least one step").

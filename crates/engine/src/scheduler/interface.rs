@@ -32,7 +32,7 @@ pub trait Scheduler<T: SchedulerTensor> {
     fn sigmas(&self) -> &[f32];
     /// The number of inference steps asked for.
     fn num_inference_steps(&self) -> usize;
-    /// Model evaluations per step (diffusers' `order`; 1 for all three).
+    /// Model evaluations per step (diffusers' `order`: 2 for Heun, 1 for the others).
     fn order(&self) -> usize {
         1
     }

@@ -1,4 +1,5 @@
 //! The samplers, as schedulers equivalent to diffusers': DDIM (eta 0), Euler, Euler ancestral,
+//! Heun,
 //! DPM-Solver++ 2M and its SDE variant, and LCM, on A1111's schedule types (Karras, exponential, the model's spacing,
 //! SGM Uniform), with img2img strength handling.
 //!
@@ -45,6 +46,7 @@ mod config;
 mod ddim;
 mod dpm_solver;
 mod euler;
+mod heun;
 mod interface;
 mod lcm;
 pub mod noise;
@@ -57,6 +59,7 @@ pub use config::{
 pub use ddim::Ddim;
 pub use dpm_solver::DpmSolverMultistep;
 pub use euler::Euler;
+pub use heun::Heun;
 pub use interface::{NoiseSource, Scheduler, SchedulerTensor, img2img_start};
 pub use lcm::Lcm;
 
@@ -100,6 +103,7 @@ where
         Sampler::DpmPp2mSde => {
             Box::new(DpmSolverMultistep::<T>::new(config, steps, schedule, true)?)
         }
+        Sampler::Heun => Box::new(Heun::<T>::new(config, steps, schedule)?),
         Sampler::Lcm => Box::new(Lcm::new(config, steps)?),
     })
 }
