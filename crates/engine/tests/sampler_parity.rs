@@ -1,5 +1,5 @@
 //! Samplers and schedule types against diffusers (`tools/parity/make_sampler_parity.py`,
-//! `tests/fixtures/sampler-parity/`): Euler, Heun, DPM++ 2M and DPM++ 2M SDE on the model's own
+//! `tests/fixtures/sampler-parity/`): Euler, Heun, DPM++ 2M, DPM++ 2M SDE and UniPC on the model's own
 //! spacing, Karras, exponential and SGM Uniform sigmas, and LCM, at several step counts and
 //! strengths (with CFG and without). Each case checks
 //! the whole schedule (integer timesteps exactly, fractional ones within 1e-6 relative),
@@ -29,6 +29,7 @@ fn sampler_of(case: &Value) -> Option<(Sampler, ScheduleType)> {
         "dpmpp_2m" => Sampler::DpmPp2m,
         "dpmpp_2m_sde" => Sampler::DpmPp2mSde,
         "heun" => Sampler::Heun,
+        "unipc" => Sampler::UniPc,
         "lcm" => Sampler::Lcm,
         _ => return None,
     };
@@ -161,7 +162,7 @@ fn samplers_and_schedules_match_diffusers() {
         worst_u8 = worst_u8.max(diff);
         assert!(diff <= 1, "{name}: image differs by {diff} levels");
     }
-    assert!(cases >= 29, "only {cases} cases ran");
+    assert!(cases >= 34, "only {cases} cases ran");
     eprintln!(
         "sampler parity: {cases} cases; sigmas {worst_sigma:e}, steps {worst_step:e} (relative), \
          images {worst_u8} level(s)"

@@ -128,6 +128,8 @@ choice_enum! {
         /// DPM-Solver++ (2M) SDE: fresh noise every step; A1111's automatic schedule for it is
         /// exponential.
         DpmPp2mSde = ("dpmpp-2m-sde", "DPM++ 2M SDE"),
+        /// UniPC (bh2, order 2): a predictor–corrector multistep solver.
+        UniPc = ("unipc", "UniPC"),
         /// LCM, for LCM-LoRAs and LCM models: 4–8 steps, CFG 1–2.
         Lcm = ("lcm", "LCM"),
     }

@@ -34,23 +34,19 @@ pub struct DpmSolverMultistep<T> {
 }
 
 /// `(alpha_t, sigma_t)` of a Karras sigma, `alpha_t = 1 / sqrt(sigma² + 1)`, in float32.
-fn alpha_sigma(sigma: f32) -> (f32, f32) {
+pub(crate) fn alpha_sigma(sigma: f32) -> (f32, f32) {
     let alpha = 1.0 / (sigma * sigma + 1.0).sqrt();
     (alpha, sigma * alpha)
 }
 
 /// The half log-SNR `lambda = ln(alpha_t) - ln(sigma_t)` (infinite at sigma 0).
-fn lambda(alpha: f32, sigma: f32) -> f32 {
+pub(crate) fn lambda(alpha: f32, sigma: f32) -> f32 {
     alpha.ln() - sigma.ln()
 }
 
 impl<T> DpmSolverMultistep<T> {
-    /// DPM++ 2M from a model's scheduler config, set to `steps` steps on `schedule`.
-    /// Karras and exponential sigmas span the whole training range (`sigma_min`, `sigma_max`
-    /// from the config when it has them); their timesteps are the training timesteps of those
-    /// sigmas, rounded (Karras) or truncated (exponential: diffusers casts without rounding).
-    /// Otherwise the timesteps follow the config's spacing (SGM Uniform: `trailing`) and the
-    /// sigmas are interpolated. `final_sigmas_type`, `lower_order_final`, `euler_at_final`,
+    /// DPM++ 2M from a model's scheduler config, set to `steps` steps on `schedule`
+    /// ([`dpm_schedule`]). `final_sigmas_type`, `lower_order_final`, `euler_at_final`,
     /// `solver_type` are read with diffusers' defaults.
     /// With `sde`, the SDE variant (`algorithm_type="sde-dpmsolver++"`, DPM++ 2M SDE), which
     /// draws one noise per step (the last step's is multiplied by 0, as in diffusers).
@@ -60,64 +56,8 @@ impl<T> DpmSolverMultistep<T> {
         schedule: ScheduleType,
         sde: bool,
     ) -> Result<Self> {
-        check_config(config, steps)?;
-        let alphas_cumprod = alphas::alphas_cumprod(config);
-        let train_sigmas = alphas::sigmas_f32(&alphas_cumprod);
-        let log_sigmas: Vec<f32> = train_sigmas
-            .iter()
-            .map(|&s| f64::from(s).ln() as f32)
-            .collect();
-        let (first, last) = match (train_sigmas.first(), train_sigmas.last()) {
-            (Some(&first), Some(&last)) => (first, last),
-            _ => (0.0, 0.0), // unreachable: check_config asks for 2+ training timesteps
-        };
-        let sigma_min = config.sigma_min.unwrap_or(f64::from(first));
-        let sigma_max = config.sigma_max.unwrap_or(f64::from(last));
-        let to_timesteps = |sigmas: &[f64], round: bool| -> Vec<f64> {
-            sigmas
-                .iter()
-                .map(|&sigma| {
-                    let t = sigmas::sigma_to_t(sigma, &log_sigmas);
-                    // `.round()` where diffusers rounds, then the cast to int64 truncates.
-                    (if round { t.round_ties_even() } else { t }).trunc()
-                })
-                .collect()
-        };
-        let (timesteps, inference_sigmas) = match schedule {
-            ScheduleType::Karras => {
-                let karras = sigmas::karras(sigma_min, sigma_max, steps);
-                // Rounded unless cosine, where torch's cast truncates.
-                let round = config.beta_schedule != Some(BetaSchedule::SquaredCosCapV2);
-                (to_timesteps(&karras, round), karras)
-            }
-            ScheduleType::Exponential => {
-                let exponential = sigmas::exponential(sigma_min, sigma_max, steps);
-                (to_timesteps(&exponential, false), exponential)
-            }
-            _ => {
-                let spacing = match schedule {
-                    ScheduleType::SgmUniform => TimestepSpacing::Trailing,
-                    _ => config.timestep_spacing.unwrap_or(TimestepSpacing::Linspace),
-                };
-                let timesteps = timesteps::dpm_spaced(
-                    spacing,
-                    alphas_cumprod.len(),
-                    steps,
-                    config.steps_offset.unwrap_or(0),
-                );
-                let sigmas = timesteps
-                    .iter()
-                    .map(|&t| sigmas::interp(t, &train_sigmas))
-                    .collect();
-                (timesteps, sigmas)
-            }
-        };
+        let (timesteps, sigmas) = dpm_schedule(config, steps, schedule)?;
         let final_sigmas = config.final_sigmas_type.unwrap_or(FinalSigmas::Zero);
-        let mut sigmas: Vec<f32> = inference_sigmas.iter().map(|&s| s as f32).collect();
-        sigmas.push(match final_sigmas {
-            FinalSigmas::Zero => 0.0,
-            FinalSigmas::SigmaMin => first,
-        });
         Ok(DpmSolverMultistep {
             timesteps,
             sigmas,
@@ -248,4 +188,79 @@ impl<T: SchedulerTensor> Scheduler<T> for DpmSolverMultistep<T> {
         self.previous = Some(x0);
         Ok(next)
     }
+}
+
+/// DPM-Solver's (and UniPC's) schedule from a model's scheduler config: the timesteps and the
+/// sigmas (one per timestep plus the final one, float32).
+///
+/// Karras and exponential sigmas span the whole training range (`sigma_min`, `sigma_max` from
+/// the config when it has them); their timesteps are the training timesteps of those sigmas,
+/// rounded (Karras) or truncated (exponential: diffusers casts without rounding). Otherwise the
+/// timesteps follow the config's spacing (SGM Uniform: `trailing`) and the sigmas are
+/// interpolated. The final sigma is 0, or the smallest training sigma with
+/// `final_sigmas_type = "sigma_min"`.
+pub(crate) fn dpm_schedule(
+    config: &SchedulerConfig,
+    steps: usize,
+    schedule: ScheduleType,
+) -> Result<(Vec<f64>, Vec<f32>)> {
+    check_config(config, steps)?;
+    let alphas_cumprod = alphas::alphas_cumprod(config);
+    let train_sigmas = alphas::sigmas_f32(&alphas_cumprod);
+    let log_sigmas: Vec<f32> = train_sigmas
+        .iter()
+        .map(|&s| f64::from(s).ln() as f32)
+        .collect();
+    let (first, last) = match (train_sigmas.first(), train_sigmas.last()) {
+        (Some(&first), Some(&last)) => (first, last),
+        _ => (0.0, 0.0), // unreachable: check_config asks for 2+ training timesteps
+    };
+    let sigma_min = config.sigma_min.unwrap_or(f64::from(first));
+    let sigma_max = config.sigma_max.unwrap_or(f64::from(last));
+    let to_timesteps = |sigmas: &[f64], round: bool| -> Vec<f64> {
+        sigmas
+            .iter()
+            .map(|&sigma| {
+                let t = sigmas::sigma_to_t(sigma, &log_sigmas);
+                // `.round()` where diffusers rounds, then the cast to int64 truncates.
+                (if round { t.round_ties_even() } else { t }).trunc()
+            })
+            .collect()
+    };
+    let (timesteps, inference_sigmas) = match schedule {
+        ScheduleType::Karras => {
+            let karras = sigmas::karras(sigma_min, sigma_max, steps);
+            // Rounded unless cosine, where torch's cast truncates.
+            let round = config.beta_schedule != Some(BetaSchedule::SquaredCosCapV2);
+            (to_timesteps(&karras, round), karras)
+        }
+        ScheduleType::Exponential => {
+            let exponential = sigmas::exponential(sigma_min, sigma_max, steps);
+            (to_timesteps(&exponential, false), exponential)
+        }
+        _ => {
+            let spacing = match schedule {
+                ScheduleType::SgmUniform => TimestepSpacing::Trailing,
+                _ => config.timestep_spacing.unwrap_or(TimestepSpacing::Linspace),
+            };
+            let timesteps = timesteps::dpm_spaced(
+                spacing,
+                alphas_cumprod.len(),
+                steps,
+                config.steps_offset.unwrap_or(0),
+            );
+            let sigmas = timesteps
+                .iter()
+                .map(|&t| sigmas::interp(t, &train_sigmas))
+                .collect();
+            (timesteps, sigmas)
+        }
+    };
+    let final_sigmas = config.final_sigmas_type.unwrap_or(FinalSigmas::Zero);
+    let mut sigmas: Vec<f32> = inference_sigmas.iter().map(|&s| s as f32).collect();
+    sigmas.push(match final_sigmas {
+        FinalSigmas::Zero => 0.0,
+        FinalSigmas::SigmaMin => first,
+    });
+    Ok((timesteps, sigmas))
 }

@@ -1,6 +1,6 @@
 //! The samplers, as schedulers equivalent to diffusers': DDIM (eta 0), Euler, Euler ancestral,
 //! Heun,
-//! DPM-Solver++ 2M and its SDE variant, and LCM, on A1111's schedule types (Karras, exponential, the model's spacing,
+//! DPM-Solver++ 2M and its SDE variant, UniPC and LCM, on A1111's schedule types (Karras, exponential, the model's spacing,
 //! SGM Uniform), with img2img strength handling.
 //!
 //! # Why not candle's schedulers
@@ -52,6 +52,7 @@ mod lcm;
 pub mod noise;
 mod sigmas;
 mod timesteps;
+mod unipc;
 
 pub use config::{
     BetaSchedule, FinalSigmas, PredictionType, SchedulerConfig, SolverType, TimestepSpacing,
@@ -62,6 +63,7 @@ pub use euler::Euler;
 pub use heun::Heun;
 pub use interface::{NoiseSource, Scheduler, SchedulerTensor, img2img_start};
 pub use lcm::Lcm;
+pub use unipc::UniPc;
 
 use loopback_core::Result;
 use loopback_core::settings::{Sampler, ScheduleType};
@@ -104,6 +106,7 @@ where
             Box::new(DpmSolverMultistep::<T>::new(config, steps, schedule, true)?)
         }
         Sampler::Heun => Box::new(Heun::<T>::new(config, steps, schedule)?),
+        Sampler::UniPc => Box::new(UniPc::<T>::new(config, steps, schedule)?),
         Sampler::Lcm => Box::new(Lcm::new(config, steps)?),
     })
 }
