@@ -142,29 +142,27 @@ impl<T: SchedulerTensor> Scheduler<T> for UniPc<T> {
                 let (alpha_t, sigma_t) = (alpha_s, sigma_s);
                 let (_, sigma_s0) = alpha_sigma(self.sigmas[i - 1]);
                 let base = f64::from(alpha_t * h_phi_1);
-                let mut terms = vec![(f64::from(sigma_t / sigma_s0), &last), (-base, m0)];
-                let d1 = match (self.this_order, self.outputs.len()) {
+                let to_sample = f64::from(sigma_t / sigma_s0);
+                // x = (σ/σ₀)·x_last − base·m0 − base·(ρ1·D1 + ρt·(m − m0)),
+                // D1 = (m1 − m0)/rk at order 2; ρt = 0.5 at order 1.
+                let corrected = match (self.this_order, self.outputs.len()) {
                     (2, 2) => {
                         let (m1, j1) = &self.outputs[0];
                         let rk = (self.lambda_at(*j1) - lambda_s0) / h;
-                        let (rho1, rho2) = solve2(rk, b1, b2);
-                        // ρ1·D1 with D1 = (m1 − m0)/rk, and ρ2·(m − m0).
-                        let c1 = f64::from(rho1) / f64::from(rk);
-                        Some((c1, m1, f64::from(rho2)))
+                        let (rho1, rho_t) = solve2(rk, b1, b2);
+                        let c1 = base * f64::from(rho1) / f64::from(rk);
+                        let ct = base * f64::from(rho_t);
+                        combine(&[
+                            (to_sample, &last),
+                            (-base + c1 + ct, m0),
+                            (-c1, m1),
+                            (-ct, &m),
+                        ])?
                     }
-                    _ => None,
-                };
-                let rho_t = d1.as_ref().map_or(0.5, |&(_, _, r)| r);
-                let m0_coef = -base + base * rho_t;
-                terms[1] = (m0_coef, m0);
-                let m_term = -base * rho_t;
-                let corrected = match d1 {
-                    Some((c1, m1, _)) => {
-                        let a = -base * c1;
-                        terms[1].0 -= a;
-                        combine(&[terms[0], terms[1], (a, m1), (m_term, &m)])?
+                    _ => {
+                        let ct = base * 0.5;
+                        combine(&[(to_sample, &last), (-base + ct, m0), (-ct, &m)])?
                     }
-                    None => combine(&[terms[0], terms[1], (m_term, &m)])?,
                 };
                 Some(corrected)
             }
