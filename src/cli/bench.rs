@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
+use loopback_core::settings::{Sampler, ScheduleType};
 use loopback_engine::device::{self, DeviceSpec};
 use loopback_engine::model::SdModel;
 use loopback_engine::model::arch::Arch;
@@ -54,7 +55,7 @@ pub struct BenchArgs {
     #[arg(long, default_value = "auto")]
     device: DeviceSpec,
     /// Time one whole img2img loop at --size instead (prompt encoding, VAE encode, the
-    /// denoising steps, VAE decode; DDIM, CFG 7) on --model's folder.
+    /// denoising steps, VAE decode; CFG 7, --sampler, default DDIM) on --model's folder.
     #[arg(long = "loop", requires = "model", conflicts_with_all = ["vae", "vae_only"])]
     whole_loop: bool,
     /// Scheduled steps of --loop (it runs the last steps × denoise of them).
@@ -63,6 +64,12 @@ pub struct BenchArgs {
     /// Denoising strength of --loop.
     #[arg(long, default_value_t = 0.35, requires = "whole_loop")]
     denoise: f64,
+    /// The sampler of --loop.
+    #[arg(long, value_enum, default_value = "ddim", requires = "whole_loop")]
+    sampler: Sampler,
+    /// The schedule type of --loop.
+    #[arg(long, value_enum, default_value = "automatic", requires = "whole_loop")]
+    schedule: ScheduleType,
 }
 
 /// Peak resident memory of this process in MiB (Linux; `None` elsewhere).
@@ -175,6 +182,8 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             size: u32::try_from(args.size)?,
             steps: args.loop_steps,
             denoise: args.denoise,
+            sampler: args.sampler,
+            schedule: args.schedule,
             device: args.device,
         })?;
         println!("{}", serde_json::to_string_pretty(&report)?);

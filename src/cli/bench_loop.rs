@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use image::{Rgb, RgbImage};
-use loopback_core::settings::Sampler;
+use loopback_core::settings::{Choice, Sampler, ScheduleType};
 use loopback_engine::device::{self, DeviceSpec};
 use loopback_engine::model::SdModel;
 use loopback_engine::run::memory;
@@ -25,6 +25,10 @@ pub struct LoopBench<'a> {
     pub steps: usize,
     /// Denoising strength.
     pub denoise: f64,
+    /// The sampler.
+    pub sampler: Sampler,
+    /// Its schedule type.
+    pub schedule: ScheduleType,
     /// Where to run.
     pub device: DeviceSpec,
 }
@@ -50,12 +54,12 @@ pub fn run(bench: &LoopBench<'_>) -> anyhow::Result<serde_json::Value> {
     let load_s = load.elapsed().as_secs_f64();
 
     let image = gradient(bench.size);
-    // The defaults of the app: DDIM, CFG 7, with a prompt and an empty negative prompt.
+    // The defaults of the app: CFG 7, with a prompt and an empty negative prompt.
     let params = Img2ImgParams {
         prompt: "a photograph of a cat sitting on a wooden table".into(),
         negative_prompt: String::new(),
-        sampler: Sampler::Ddim,
-        schedule: loopback_core::settings::ScheduleType::Automatic,
+        sampler: bench.sampler,
+        schedule: bench.schedule,
         steps: bench.steps,
         cfg: 7.0,
         strength: bench.denoise,
@@ -83,6 +87,8 @@ pub fn run(bench: &LoopBench<'_>) -> anyhow::Result<serde_json::Value> {
         "size": bench.size,
         "scheduled_steps": bench.steps,
         "denoise": bench.denoise,
+        "sampler": bench.sampler.label(),
+        "schedule": bench.sampler.schedule(bench.schedule).label(),
         "cfg": params.cfg,
         "threads": candle_core::utils::get_num_threads(),
         "load_s": load_s,

@@ -263,6 +263,33 @@ fn bench_times_a_whole_loop() {
     // Before + 5 steps + after adds up to the whole loop.
     let sum = parts[0] + 5.0 * parts[1] + parts[2];
     assert!((sum - seconds).abs() < 1e-6 * seconds.max(1.0), "{phases}");
+    assert_eq!(json["sampler"], "DDIM");
+    // Heun: two UNet calls per step but the last.
+    let out = cli(&[
+        "bench",
+        "--loop",
+        "--model",
+        model,
+        "--size",
+        "64",
+        "--loop-steps",
+        "10",
+        "--denoise",
+        "0.5",
+        "--device",
+        "cpu",
+        "--sampler",
+        "heun",
+        "--schedule",
+        "karras",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let json: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(
+        (&json["sampler"], &json["schedule"]),
+        (&"Heun".into(), &"Karras".into())
+    );
+    assert_eq!(json["loop"]["steps_run"], 9);
     // A loop needs a model folder.
     let out = cli(&["bench", "--loop", "--size", "64"]);
     assert!(!out.status.success());

@@ -383,6 +383,13 @@ impl Settings {
                 "the prompt is empty: results are usually poor (upstream calls it chaos)".into(),
             );
         }
+        if self.sampler == Sampler::Lcm && (self.steps > 8 || self.cfg > 2.0) {
+            warnings.push(format!(
+                "LCM is made for 4-8 steps and CFG 1-2 (with an LCM-LoRA or an LCM model); \
+                 {} steps at CFG {} will look burnt",
+                self.steps, self.cfg
+            ));
+        }
         warnings
     }
 

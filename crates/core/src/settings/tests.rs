@@ -258,3 +258,18 @@ fn the_finishing_settings_have_their_infotext_keys_in_order() {
     );
     assert!(kinds[4..].iter().all(|k| *k == ValueKind::Number));
 }
+
+#[test]
+fn lcm_outside_its_steps_and_cfg_is_a_warning() {
+    let mut s = Settings {
+        prompt: "a cat".into(),
+        sampler: Sampler::Lcm,
+        steps: 6,
+        cfg: 1.5,
+        ..Settings::default()
+    };
+    assert!(s.warnings().is_empty());
+    s.cfg = 7.0;
+    assert_eq!(s.warnings().len(), 1);
+    assert!(s.warnings()[0].contains("LCM is made for 4-8 steps"));
+}
