@@ -308,7 +308,8 @@ mod tests {
             Some((Sampler::EulerA, Some(Exponential)))
         );
         assert_eq!(Sampler::parse_a1111("Euler"), Some((Sampler::Euler, None)));
-        assert_eq!(Sampler::parse_a1111("UniPC"), None);
+        assert_eq!(Sampler::parse_a1111("UniPC"), Some((Sampler::UniPc, None)));
+        assert_eq!(Sampler::parse_a1111("DPM adaptive"), None);
         assert_eq!(ScheduleType::parse("SGM Uniform"), Some(SgmUniform));
     }
 }

@@ -97,8 +97,7 @@ fn a1111_infotext_gives_settings_and_warnings() {
     );
     assert_eq!(s.sampler, Sampler::EulerA);
 
-    let text =
-        "a photo\nSteps: 500, Sampler: UniPC, CFG scale: 7, Seed: 1, Denoising strength: 0.3";
+    let text = "a photo\nSteps: 500, Sampler: DPM adaptive, CFG scale: 7, Seed: 1, Denoising strength: 0.3";
     let (s, warnings) = settings_from_infotext(&Infotext::parse(text));
     assert_eq!(s.steps, 30);
     assert_eq!(s.sampler, Sampler::Ddim);
@@ -279,7 +278,7 @@ fn sampler_and_schedule_type_as_a1111_writes_them() {
     );
     // Unknown names: one warning each, the defaults kept.
     let (s, warnings) = settings_from_infotext(&Infotext::parse(
-        "p\nSteps: 20, Sampler: UniPC, Schedule type: Beta, CFG scale: 7",
+        "p\nSteps: 20, Sampler: DPM adaptive, Schedule type: Beta, CFG scale: 7",
     ));
     assert_eq!(
         (s.sampler, s.schedule),
@@ -288,7 +287,7 @@ fn sampler_and_schedule_type_as_a1111_writes_them() {
     assert_eq!(
         warnings,
         [
-            "ignored Sampler: \"UniPC\"",
+            "ignored Sampler: \"DPM adaptive\"",
             "ignored Schedule type: \"Beta\""
         ]
     );
