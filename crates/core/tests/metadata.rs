@@ -502,3 +502,18 @@ fn post_records_are_sorted_json() {
         r#"{"blur":"none","brightness":1.0,"color":1.0,"contour":false,"contrast":1.0,"detail":"none","match_colors":null,"sharpness":1.0,"smooth":"none"}"#
     );
 }
+
+/// A PNG that A1111 wrote (`tests/fixtures/a1111/`): its recipe loads whole, UniPC included.
+#[test]
+fn a_real_a1111_png_gives_its_settings() {
+    let path = Path::new(common::ROOT).join("tests/fixtures/a1111/automatic1111_cropped.png");
+    let texts = read_png_texts_from_path(&path).unwrap();
+    let (s, warnings) = loopback_core::metadata::settings_from_texts(&texts).unwrap();
+    assert!(warnings.is_empty(), "{warnings:?}");
+    assert_eq!(
+        (s.prompt.as_str(), s.negative_prompt.as_str()),
+        ("photo of a duck", "monochrome")
+    );
+    assert_eq!((s.steps, s.cfg, s.seed), (15, 5.0, 235284042));
+    assert_eq!(s.sampler, loopback_core::settings::Sampler::UniPc);
+}
