@@ -125,6 +125,9 @@ choice_enum! {
         /// DPM-Solver++ (2M) with Karras sigmas: A1111's name before schedule types were a
         /// setting of their own (= DPM++ 2M with the Karras schedule).
         DpmPp2mKarras = ("dpmpp-2m-karras", "DPM++ 2M Karras"),
+        /// DPM++ SDE: second order, two UNet calls per step, fresh (Brownian) noise; A1111's
+        /// automatic schedule for it is Karras.
+        DpmPpSde = ("dpmpp-sde", "DPM++ SDE"),
         /// DPM-Solver++ (2M) SDE: fresh noise every step; A1111's automatic schedule for it is
         /// exponential.
         DpmPp2mSde = ("dpmpp-2m-sde", "DPM++ 2M SDE"),
@@ -138,8 +141,8 @@ choice_enum! {
 choice_enum! {
     /// The noise schedule a sampler steps through (A1111's "Schedule type").
     ScheduleType {
-        /// The one A1111 names for the sampler: Karras for DPM++ 2M, exponential for DPM++ 2M
-        /// SDE, otherwise the model's own.
+        /// The one A1111 names for the sampler: Karras for DPM++ 2M and DPM++ SDE, exponential
+        /// for DPM++ 2M SDE, otherwise the model's own.
         Automatic = ("automatic", "Automatic"),
         /// The model's own: its scheduler config's timestep spacing.
         Uniform = ("uniform", "Uniform"),
@@ -157,7 +160,8 @@ impl Sampler {
     /// it, and the old combined name DPM++ 2M Karras always Karras.
     pub fn schedule(self, schedule: ScheduleType) -> ScheduleType {
         match (self, schedule) {
-            (Sampler::DpmPp2mKarras, _) | (Sampler::DpmPp2m, ScheduleType::Automatic) => {
+            (Sampler::DpmPp2mKarras, _)
+            | (Sampler::DpmPp2m | Sampler::DpmPpSde, ScheduleType::Automatic) => {
                 ScheduleType::Karras
             }
             (Sampler::DpmPp2mSde, ScheduleType::Automatic) => ScheduleType::Exponential,

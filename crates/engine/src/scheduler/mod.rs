@@ -1,6 +1,6 @@
 //! The samplers, as schedulers equivalent to diffusers': DDIM (eta 0), Euler, Euler ancestral,
 //! Heun,
-//! DPM-Solver++ 2M and its SDE variant, UniPC and LCM, on A1111's schedule types (Karras, exponential, the model's spacing,
+//! DPM-Solver++ 2M and its SDE variant, DPM++ SDE, UniPC and LCM, on A1111's schedule types (Karras, exponential, the model's spacing,
 //! SGM Uniform), with img2img strength handling.
 //!
 //! # Why not candle's schedulers
@@ -44,6 +44,7 @@
 mod alphas;
 mod config;
 mod ddim;
+mod dpm_sde;
 mod dpm_solver;
 mod euler;
 mod heun;
@@ -58,6 +59,7 @@ pub use config::{
     BetaSchedule, FinalSigmas, PredictionType, SchedulerConfig, SolverType, TimestepSpacing,
 };
 pub use ddim::Ddim;
+pub use dpm_sde::DpmSde;
 pub use dpm_solver::DpmSolverMultistep;
 pub use euler::Euler;
 pub use heun::Heun;
@@ -106,6 +108,7 @@ where
             Box::new(DpmSolverMultistep::<T>::new(config, steps, schedule, true)?)
         }
         Sampler::Heun => Box::new(Heun::<T>::new(config, steps, schedule)?),
+        Sampler::DpmPpSde => Box::new(DpmSde::<T>::new(config, steps, schedule)?),
         Sampler::UniPc => Box::new(UniPc::<T>::new(config, steps, schedule)?),
         Sampler::Lcm => Box::new(Lcm::new(config, steps)?),
     })
