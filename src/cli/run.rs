@@ -14,7 +14,7 @@ use loopback_core::plan::{self, PlanInput};
 use loopback_engine::device::DeviceSpec;
 use loopback_engine::load::checkpoint::CheckpointOptions;
 use loopback_engine::load::embeddings::{self, Embeddings};
-use loopback_engine::load::hub::DownloadEvent;
+use loopback_engine::load::hub::{DownloadEvent, Preset};
 use loopback_engine::load::lora::{self, LoraSpec};
 use loopback_engine::load::open::LoadedModel;
 use loopback_engine::load::request::{self, LoadEvent, ModelRequest};
@@ -100,6 +100,11 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     let input = Arc::new(load_image(&args.input)?);
     for warning in settings.warnings() {
         eprintln!("warning: {warning}");
+    }
+    if let Some(advice) =
+        Preset::parse(&args.model).and_then(|p| p.advice(settings.steps, settings.cfg))
+    {
+        eprintln!("note: {advice}");
     }
 
     let seed = plan::resolve_seed(settings.seed);

@@ -255,6 +255,12 @@ fn sdxl_file_lists_add_the_second_tokenizer_and_text_encoder() {
         assert_eq!(preset.arch(), loopback_engine::model::arch::Arch::Sdxl);
     }
     assert_eq!(Preset::SdxlTurbo.recommended_steps_cfg(), (4, 1.0));
+    // Turbo models with the app's usual 30 steps at CFG 7: a suggestion; within 1-4 steps at
+    // CFG 1, or a non-turbo model: none.
+    let advice = Preset::SdTurbo.advice(30, 7.0).expect("advice");
+    assert!(advice.contains("--steps 4 --cfg 1"), "{advice}");
+    assert_eq!(Preset::SdxlTurbo.advice(2, 1.0), None);
+    assert_eq!(Preset::Sd15.advice(30, 7.0), None);
     assert_eq!(
         hub::SDXL_FP16_FIX_VAE.repo_id,
         "madebyollin/sdxl-vae-fp16-fix"

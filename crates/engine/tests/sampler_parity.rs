@@ -206,3 +206,81 @@ fn dpmpp_sde_runs_its_calls_and_follows_its_seed() {
     assert_eq!(run(1234).1, a, "the same seed gives the same image");
     assert_ne!(run(1235).1, a, "the noise follows the seed");
 }
+
+/// LCM with a tiny LCM-LoRA (`tools/parity/make_tiny_lcm_lora.py`, `tests/fixtures/lcm-lora/`:
+/// the layout of the published LCM-LoRAs, merged at weight 1) gives diffusers' LCM img2img
+/// result within 1 level, and differs from the model without it.
+#[test]
+fn lcm_with_an_lcm_lora_matches_diffusers() {
+    use loopback_engine::load::lora::{LoraSet, LoraSpec};
+    let dir = Path::new(ROOT).join("tests/fixtures/lcm-lora");
+    let manifest: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
+    let tiny = Path::new(ROOT).join("tests/fixtures/tiny-sd");
+    let text = TextAndSchedule::load(&tiny).unwrap();
+    let input = image::open(Path::new(ROOT).join("tests/fixtures/parity/in_coffee_64x64.png"))
+        .unwrap()
+        .to_rgb8();
+    let mut outputs = Vec::new();
+    for case in manifest["cases"].as_array().unwrap() {
+        let name = case["name"].as_str().unwrap();
+        let specs: Vec<LoraSpec> = case["lora"]["file"]
+            .as_str()
+            .map(|file| LoraSpec {
+                path: dir.join(file),
+                weight: case["lora"]["weight"].as_f64().unwrap(),
+            })
+            .into_iter()
+            .collect();
+        let set = LoraSet::read(&specs).unwrap();
+        let model = SdModel::load_with_loras(&tiny, &Device::Cpu, DType::F32, &set).unwrap();
+        let params = Img2ImgParams {
+            prompt: case["prompt"].as_str().unwrap().into(),
+            negative_prompt: case["negative_prompt"].as_str().unwrap_or("").into(),
+            sampler: Sampler::Lcm,
+            schedule: ScheduleType::Automatic,
+            steps: case["steps"].as_u64().unwrap() as usize,
+            cfg: case["guidance_scale"].as_f64().unwrap(),
+            strength: case["strength"].as_f64().unwrap(),
+            seed: case["seed"].as_u64().unwrap() as u32,
+            conditioning: Default::default(),
+        };
+        let out = img2img(&model, &text, &input, &params, &mut |_| {
+            ControlFlow::Continue(())
+        })
+        .unwrap()
+        .unwrap();
+        let reference =
+            std::fs::read(dir.join(case["files"]["out_u8"]["file"].as_str().unwrap())).unwrap();
+        let diff = out
+            .as_raw()
+            .iter()
+            .zip(&reference)
+            .map(|(a, b)| a.abs_diff(*b))
+            .max()
+            .unwrap();
+        assert!(diff <= 1, "{name}: image differs by {diff} levels");
+        outputs.push((name.to_string(), out));
+    }
+    let with = &outputs
+        .iter()
+        .find(|(n, _)| n == "lora_n4_s050_cfg1")
+        .unwrap()
+        .1;
+    let without = &outputs
+        .iter()
+        .find(|(n, _)| n == "base_n4_s050_cfg1")
+        .unwrap()
+        .1;
+    let mean = with
+        .as_raw()
+        .iter()
+        .zip(without.as_raw())
+        .map(|(a, b)| f64::from(a.abs_diff(*b)))
+        .sum::<f64>()
+        / with.as_raw().len() as f64;
+    assert!(
+        mean > 5.0,
+        "the LoRA changes the image (mean {mean} levels)"
+    );
+}

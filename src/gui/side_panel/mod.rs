@@ -11,7 +11,8 @@ mod size;
 
 use super::command::{Command, Commands};
 use super::state::{Persisted, Session};
-use loopback_core::settings::Group;
+use loopback_core::settings::{Group, Sampler};
+use loopback_engine::load::hub::Preset;
 
 /// Draws the side panel.
 pub fn ui(
@@ -61,6 +62,8 @@ fn img2img_ui(ui: &mut egui::Ui, persisted: &mut Persisted, commands: &mut Comma
             "color_correction",
         ],
     );
+    suggestion_ui(ui, persisted);
+    let settings = &mut persisted.settings;
     fields::keys_ui(ui, settings, &["seed"]);
     ui.horizontal(|ui| {
         if ui
@@ -87,4 +90,38 @@ fn img2img_ui(ui: &mut egui::Ui, persisted: &mut Persisted, commands: &mut Comma
         &mut persisted.settings,
         &["resize_mode", "color_correction"],
     );
+}
+
+/// The steps and CFG the sampler (LCM) or the model (the turbo presets) is made for, with a
+/// button that sets them, when the settings are far from them.
+fn suggestion_ui(ui: &mut egui::Ui, persisted: &mut Persisted) {
+    let settings = &persisted.settings;
+    let (steps, cfg) = (settings.steps, settings.cfg);
+    let suggestion = if settings.sampler == Sampler::Lcm {
+        (!(4..=8).contains(&steps) || !(1.0..=2.0).contains(&cfg))
+            .then(|| ("LCM".to_string(), 6, 1.5))
+    } else {
+        Preset::parse(&persisted.model).and_then(|p| {
+            let (best_steps, best_cfg) = p.recommended_steps_cfg();
+            p.advice(steps, cfg)
+                .map(|_| (p.name().to_string(), best_steps as u32, best_cfg))
+        })
+    };
+    let Some((what, steps, cfg)) = suggestion else {
+        return;
+    };
+    ui.horizontal(|ui| {
+        ui.colored_label(
+            ui.visuals().warn_fg_color,
+            format!("{what} is made for {steps} steps, CFG {cfg}"),
+        );
+        if ui
+            .button("Use")
+            .on_hover_text(format!("Set {steps} steps and CFG {cfg}"))
+            .clicked()
+        {
+            persisted.settings.steps = steps;
+            persisted.settings.cfg = cfg;
+        }
+    });
 }

@@ -193,6 +193,20 @@ impl Preset {
         }
     }
 
+    /// A one-line suggestion when `steps` and `cfg` are far from what the model is made for
+    /// (the turbo models: at most 4 steps, CFG 1), naming the recommended values.
+    pub fn advice(self, steps: u32, cfg: f64) -> Option<String> {
+        let (best_steps, best_cfg) = self.recommended_steps_cfg();
+        let turbo = best_cfg <= 1.0;
+        (turbo && (steps as usize > best_steps || cfg > best_cfg)).then(|| {
+            format!(
+                "{} is made for 1-{best_steps} steps without guidance: try --steps \
+                 {best_steps} --cfg {best_cfg} (and --sampler euler-a)",
+                self.name()
+            )
+        })
+    }
+
     /// The Hugging Face repository (`owner/name`) the preset is downloaded from.
     pub fn repo_id(self) -> &'static str {
         match self {
