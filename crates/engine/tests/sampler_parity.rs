@@ -284,3 +284,38 @@ fn lcm_with_an_lcm_lora_matches_diffusers() {
         "the LoRA changes the image (mean {mean} levels)"
     );
 }
+
+/// Where `steps × strength` is below 1, diffusers runs nothing (it fails) and A1111 runs one
+/// step; the app runs the schedule's last step (one UNet call) with every sampler.
+#[test]
+fn every_sampler_runs_at_least_one_step() {
+    use loopback_core::settings::Choice;
+    let tiny = Path::new(ROOT).join("tests/fixtures/tiny-sd");
+    let model = SdModel::load(&tiny, &Device::Cpu, DType::F32).unwrap();
+    let text = TextAndSchedule::load(&tiny).unwrap();
+    let input = image::open(Path::new(ROOT).join("tests/fixtures/parity/in_coffee_64x64.png"))
+        .unwrap()
+        .to_rgb8();
+    for &sampler in Sampler::ALL {
+        let params = Img2ImgParams {
+            prompt: "a cup of coffee".into(),
+            negative_prompt: String::new(),
+            sampler,
+            schedule: ScheduleType::Automatic,
+            steps: 4,
+            cfg: 1.0,
+            strength: 0.1,
+            seed: 1,
+            conditioning: Default::default(),
+        };
+        let mut calls = 0;
+        let out = img2img(&model, &text, &input, &params, &mut |_| {
+            calls += 1;
+            ControlFlow::Continue(())
+        })
+        .unwrap()
+        .unwrap();
+        assert_eq!(calls, 1, "{}", sampler.label());
+        assert_ne!(out, input, "{}", sampler.label());
+    }
+}
