@@ -9,7 +9,7 @@ use anyhow::Context as _;
 use image::{DynamicImage, RgbImage};
 use indicatif::{ProgressBar, ProgressStyle};
 use loopback_core::io::{self, load_image};
-use loopback_core::metadata::{self, png_text};
+use loopback_core::metadata;
 use loopback_core::plan::{self, PlanInput};
 use loopback_engine::device::DeviceSpec;
 use loopback_engine::load::checkpoint::CheckpointOptions;
@@ -253,7 +253,7 @@ fn metadata_settings(
     path: &Path,
     extra_dirs: &[PathBuf],
 ) -> anyhow::Result<loopback_core::Settings> {
-    let texts = png_text::read_png_texts_from_path(path).unwrap_or_default();
+    let texts = metadata::read_texts_from_path(path).unwrap_or_default();
     let (settings, warnings) = metadata::settings_from_texts(&texts).with_context(|| {
         format!(
             "{}: no A1111 or loopback-scaler metadata to use",

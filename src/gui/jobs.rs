@@ -19,7 +19,7 @@ use image::{DynamicImage, RgbImage};
 use super::state::Shown;
 use loopback_core::imageops::finish::{self, Finishing};
 use loopback_core::io::to_diffusion_rgb;
-use loopback_core::metadata::png_text::read_png_texts_from_path;
+use loopback_core::metadata::read_texts_from_path;
 use loopback_core::metadata::{embeddings_named, settings_from_texts};
 use loopback_core::plan::rgb_mean;
 use loopback_core::settings::Settings;
@@ -410,7 +410,7 @@ pub fn scan_library() -> Vec<loopback_engine::load::library::Entry> {
 /// Reads an image file and whatever settings its PNG texts carry.
 fn read_image(path: &Path) -> Result<LoadedImage, String> {
     let image = loopback_core::io::load_image(path).map_err(|e| e.to_string())?;
-    let texts = read_png_texts_from_path(path).unwrap_or_default();
+    let texts = read_texts_from_path(path).unwrap_or_default();
     let metadata = settings_from_texts(&texts).map(|(settings, mut warnings)| {
         let names = embeddings_named(&texts);
         warnings.extend(embeddings::missing(&names, &embeddings::search_dirs(&[])));

@@ -9,7 +9,9 @@
 use std::io::{BufReader, Write};
 use std::path::Path;
 
-use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, Limits, RgbImage, RgbaImage};
+use image::{
+    DynamicImage, ImageDecoder, ImageEncoder, ImageFormat, ImageReader, Limits, RgbImage, RgbaImage,
+};
 
 use crate::{Error, Result};
 
@@ -171,7 +173,9 @@ fn parent_dir(path: &Path) -> &Path {
     }
 }
 
-/// Encodes `image` in `format`; PNG carries `texts` as text chunks (other formats drop them).
+/// Encodes `image` in `format` with its metadata: PNG carries `texts` as text chunks; JPEG
+/// and WebP carry the `parameters` text in EXIF as A1111 writes it, and the recipe with it
+/// (other texts are dropped).
 pub fn encode(
     image: &DynamicImage,
     format: OutputFormat,
@@ -183,19 +187,40 @@ pub fn encode(
         OutputFormat::Jpeg => {
             let mut bytes = Vec::new();
             let rgb = to_diffusion_rgb(&image);
-            image::codecs::jpeg::JpegEncoder::new_with_quality(&mut bytes, 95)
+            let mut encoder = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut bytes, 95);
+            if let Some(exif) = exif_of(texts) {
+                // The JPEG encoder always takes EXIF.
+                let _ = encoder.set_exif_metadata(exif);
+            }
+            encoder
                 .encode_image(&rgb)
                 .map_err(|e| Error::ImageOp(format!("JPEG encoding failed: {e}")))?;
             Ok(bytes)
         }
         OutputFormat::WebP => {
             let mut bytes = Vec::new();
+            let mut encoder = image::codecs::webp::WebPEncoder::new_lossless(&mut bytes);
+            if let Some(exif) = exif_of(texts) {
+                // The WebP encoder always takes EXIF.
+                let _ = encoder.set_exif_metadata(exif);
+            }
             image
-                .write_with_encoder(image::codecs::webp::WebPEncoder::new_lossless(&mut bytes))
+                .write_with_encoder(encoder)
                 .map_err(|e| Error::ImageOp(format!("WebP encoding failed: {e}")))?;
             Ok(bytes)
         }
     }
+}
+
+/// The EXIF block for `texts`: `parameters` as A1111 writes it, the recipe beside it; `None`
+/// without a `parameters` text.
+fn exif_of(texts: &[(&str, &str)]) -> Option<Vec<u8>> {
+    let find = |key: &str| texts.iter().find(|(k, _)| *k == key).map(|(_, v)| *v);
+    let parameters = find(crate::metadata::PARAMETERS_KEY)?;
+    Some(crate::metadata::exif::user_comment_exif(
+        parameters,
+        find(crate::metadata::RECIPE_KEY),
+    ))
 }
 
 /// Writes `bytes` to `path` atomically: a temporary file in the same folder, then a rename.

@@ -4,6 +4,7 @@
 
 mod color_correction;
 mod common;
+mod exif;
 mod filters;
 mod io;
 mod metadata;

@@ -1,17 +1,24 @@
-//! Image metadata: A1111's `parameters` infotext and this app's recipe, in PNG text chunks.
+//! Image metadata: A1111's `parameters` infotext and this app's recipe.
 //!
-//! A saved result carries two text chunks: `parameters`, the A1111 infotext that A1111,
-//! ComfyUI-style readers and image sites understand, and `loopback-scaler`, the full
-//! [`Recipe`] as JSON, from which the app restores every setting exactly.
+//! A saved result carries both: `parameters`, the A1111 infotext that A1111, ComfyUI-style
+//! readers and image sites understand, and `loopback-scaler`, the full [`Recipe`] as JSON,
+//! from which the app restores every setting exactly. PNG keeps them in text chunks
+//! ([`png_text`]); JPEG and WebP in EXIF, as A1111 writes them ([`exif`]). Reading also takes
+//! A1111's "stealth" alpha-channel text ([`stealth`]); [`read_texts_from_path`] reads any of
+//! them.
 
+pub mod exif;
 pub mod infotext;
 mod keys;
 pub mod png_text;
+mod read;
 mod recipe;
+pub mod stealth;
 
 use std::path::Path;
 
 pub use keys::{PARAMETERS_KEY, POST_KEY, RECIPE_KEY};
+pub use read::{read_texts, read_texts_from_path};
 pub use recipe::{
     EmbeddingRecord, LoraRecord, ModelInfo, Recipe, VaeInfo, embeddings_named,
     settings_from_infotext, settings_from_texts,
