@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use image::DynamicImage;
 use loopback_core::imageops::{color::ColorReference, finish};
 use loopback_core::io::{self, load_image};
-use loopback_core::metadata::{self, png_text};
+use loopback_core::metadata;
 
 use super::SettingsSource;
 
@@ -68,12 +68,10 @@ fn match_colors(image: &DynamicImage, reference: &DynamicImage) -> DynamicImage 
     }
 }
 
-/// The metadata texts of a PNG input, kept in the output (an earlier `post` record is dropped).
+/// The metadata texts of the input (PNG text chunks, JPEG/WebP EXIF, stealth PNG), kept in the
+/// output (an earlier `post` record is dropped).
 fn carried_texts(input: &Path) -> Vec<(String, String)> {
-    let Ok(bytes) = std::fs::read(input) else {
-        return Vec::new();
-    };
-    png_text::read_png_texts(&bytes)
+    metadata::read_texts_from_path(input)
         .unwrap_or_default()
         .into_iter()
         .filter(|(k, _)| k != metadata::POST_KEY)
