@@ -100,3 +100,54 @@ fn jpeg_and_webp_outputs_carry_parameters_and_recipe() {
         std::fs::write(exif_dir().join("from_rust/expected.json"), json).unwrap();
     }
 }
+
+/// ComfyUI, InvokeAI and NovelAI files are recognised, and say what was taken from them.
+#[test]
+fn other_tools_files_give_prompt_and_seed() {
+    let read = |name: &str| {
+        let texts = read_texts_from_path(&a1111(name)).unwrap();
+        loopback_core::metadata::settings_from_texts(&texts).expect(name)
+    };
+    let (s, warnings) = read("img2img_cropped.png");
+    assert!(
+        warnings[0].starts_with("ComfyUI metadata: took prompt, negative prompt, seed"),
+        "{warnings:?}"
+    );
+    assert!(
+        s.prompt
+            .starts_with("photograph of victorian woman with wings")
+    );
+    assert_eq!(s.negative_prompt, "watermark, text");
+    assert_eq!(
+        (s.steps, s.cfg, s.sampler),
+        (20, 8.0, loopback_core::settings::Sampler::DpmPp2m)
+    );
+    assert!((s.denoise - 0.87).abs() < 1e-9);
+    // Its seed (280823642470253) is wider than A1111's 32 bits: reported, not taken.
+    assert!(
+        warnings.iter().any(|w| w.contains("ignored seed")),
+        "{warnings:?}"
+    );
+
+    let (s, warnings) = read("invokeai_dream1.png");
+    assert!(
+        warnings[0].starts_with("InvokeAI metadata: took prompt, steps, seed, CFG"),
+        "{warnings:?}"
+    );
+    assert!(s.prompt.starts_with("professional full body photo"));
+    assert_eq!((s.steps, s.seed, s.cfg), (50, 2980747362, 5.0));
+    assert!(warnings.iter().any(|w| w.contains("k_lms")), "{warnings:?}");
+
+    let (s, warnings) = read("novelai1_cropped.png");
+    assert!(
+        warnings[0].starts_with("NovelAI metadata: took prompt, negative prompt, seed"),
+        "{warnings:?}"
+    );
+    assert_eq!(s.prompt, "masterpiece, best quality,  cat, space, icon");
+    assert!(s.negative_prompt.starts_with("lowres, bad anatomy"));
+    assert_eq!(
+        (s.steps, s.seed, s.cfg, s.denoise),
+        (50, 2253955223, 10.0, 0.4)
+    );
+    assert_eq!(s.sampler, loopback_core::settings::Sampler::EulerA);
+}

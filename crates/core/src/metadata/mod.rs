@@ -10,6 +10,7 @@
 pub mod exif;
 pub mod infotext;
 mod keys;
+mod other_tools;
 pub mod png_text;
 mod read;
 mod recipe;

@@ -221,8 +221,9 @@ impl Recipe {
 }
 
 /// Settings from an image's texts: the app's recipe when present (exact), else A1111's
-/// `parameters`. Returns `None` when neither is there; the strings are warnings about values
-/// that could not be taken over.
+/// `parameters`, else what ComfyUI, InvokeAI or NovelAI wrote (the first warning then says
+/// which tool and what was taken). Returns `None` when none is there; the strings are
+/// warnings about values that could not be taken over.
 pub fn settings_from_texts(texts: &[(String, String)]) -> Option<(Settings, Vec<String>)> {
     let find = |key: &str| {
         texts
@@ -235,7 +236,9 @@ pub fn settings_from_texts(texts: &[(String, String)]) -> Option<(Settings, Vec<
         settings.seed = i64::from(recipe.seed);
         return Some((settings, Vec::new()));
     }
-    find(PARAMETERS_KEY).map(|text| settings_from_infotext(&Infotext::parse(text)))
+    find(PARAMETERS_KEY)
+        .map(|text| settings_from_infotext(&Infotext::parse(text)))
+        .or_else(|| super::other_tools::settings_from_other_tools(texts))
 }
 
 /// The textual-inversion embeddings an image's texts say its prompts used: the recipe's, else
@@ -352,7 +355,13 @@ pub fn settings_from_infotext(info: &Infotext) -> (Settings, Vec<String>) {
         (_, None) => {}
     }
     s.set_finishing(&finishing);
-    // Keep only what validates; report the rest and fall back to the default.
+    let s = keep_valid(s, &mut warnings);
+    (s, warnings)
+}
+
+/// `s` with every value that does not validate reported in `warnings` and reset to its
+/// default.
+pub(super) fn keep_valid(mut s: Settings, warnings: &mut Vec<String>) -> Settings {
     let defaults = Settings::default();
     for _ in crate::settings::FIELDS {
         match s.validate() {
@@ -367,7 +376,7 @@ pub fn settings_from_infotext(info: &Infotext) -> (Settings, Vec<String>) {
             _ => break,
         }
     }
-    (s, warnings)
+    s
 }
 
 /// Sets `key` back to its default (by round-tripping through JSON).
