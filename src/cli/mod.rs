@@ -8,6 +8,7 @@ mod plan;
 mod post;
 mod prompt;
 mod run;
+mod run_folder;
 mod settings;
 
 use std::path::PathBuf;

@@ -29,9 +29,10 @@ use super::SettingsSource;
 /// Arguments of `run`.
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
-    /// The input image (PNG, JPEG or WebP).
-    #[arg(long, value_name = "IMAGE")]
-    input: PathBuf,
+    /// The input image (PNG, JPEG or WebP), or a folder: every image in it is run, each to
+    /// `-o FOLDER/<name>.png` (finished ones are skipped unless --overwrite).
+    #[arg(long, value_name = "IMAGE|FOLDER")]
+    pub(super) input: PathBuf,
     /// The model: a preset (sd15, sd21, sd-turbo, sdxl, sdxl-turbo; downloaded once into the
     /// Hugging Face cache), a diffusers folder, a single-file .safetensors checkpoint (SD 1.x /
     /// 2.x), or the name of either in ./models (or ./models/Stable-diffusion).
@@ -55,27 +56,28 @@ pub struct RunArgs {
     /// Where to run: auto, cpu, cuda, cuda:N or metal.
     #[arg(long, default_value = "auto", value_name = "DEVICE")]
     device: DeviceSpec,
-    /// Where to write the final PNG (with the recipe in its metadata).
-    #[arg(short = 'o', long = "output", value_name = "OUT.png")]
-    output: PathBuf,
+    /// Where to write the final image (with the recipe in its metadata): a file, or with a
+    /// folder `--input`, a folder.
+    #[arg(short = 'o', long = "output", value_name = "OUT.png|FOLDER")]
+    pub(super) output: PathBuf,
     /// Also save every loop's image into this folder.
     #[arg(long, value_name = "DIR")]
-    save_loops: Option<PathBuf>,
+    pub(super) save_loops: Option<PathBuf>,
     /// Take prompt and settings from the input's metadata (A1111 `parameters` or this app's
     /// recipe); settings files and flags still override them.
     #[arg(long)]
-    use_metadata: bool,
+    pub(super) use_metadata: bool,
     /// Replace existing output files.
     #[arg(long)]
-    overwrite: bool,
+    pub(super) overwrite: bool,
     /// A LoRA to merge into the model, with its weight (default 1); repeatable. The prompt's
     /// `<lora:NAME:WEIGHT>` tags are found by name in ./models/Lora and ./models and added.
     #[arg(long = "lora", value_name = "FILE[:WEIGHT]", value_parser = LoraSpec::parse_cli)]
-    loras: Vec<LoraSpec>,
+    pub(super) loras: Vec<LoraSpec>,
     /// A folder of textual-inversion embeddings, besides ./models/embeddings and
     /// ./embeddings; repeatable. A prompt calls an embedding by its file name.
     #[arg(long = "embeddings-dir", value_name = "DIR")]
-    embeddings_dirs: Vec<PathBuf>,
+    pub(super) embeddings_dirs: Vec<PathBuf>,
     /// Memory the run may use (e.g. 8G). Default on the CPU: what is available now; on a GPU
     /// the check is skipped unless this is given.
     #[arg(long, value_name = "SIZE", value_parser = memory::parse_bytes)]
@@ -84,20 +86,91 @@ pub struct RunArgs {
     settings: SettingsSource,
 }
 
-/// Runs `run`.
+/// Runs `run`: one image, or every image of a folder (`run_folder`).
 pub fn run(args: &RunArgs) -> anyhow::Result<()> {
+    if args.input.is_dir() {
+        return super::run_folder::run(args);
+    }
+    let job = prepare(
+        args,
+        &args.input,
+        &args.output,
+        args.save_loops.clone(),
+        true,
+    )?;
+    // Refuse a plan that cannot fit before loading (or downloading) anything.
+    let shape = model_shape(args)?;
+    check_memory(args, &shape, &job)?;
+    let cancel = ctrl_c_flag();
+    let loras = lora::specs_for_prompt(
+        &job.settings.prompt,
+        &args.loras,
+        &resolve::default_search_dirs(),
+    )?;
+    let model = load_model(args, loras, &cancel)?;
+    // One run with fixed prompts: the text encoders are freed once the prompts are encoded.
+    model.model.text_encoders.set_release_after_use(true);
+    limit_vae(args, &shape, &model);
+    let embeddings = Arc::new(scan_embeddings(args));
+    match execute(args, &model, &job, embeddings, &cancel)? {
+        Ran::Finished => Ok(()),
+        Ran::Cancelled => Ok(()),
+    }
+}
+
+/// One image to run: its settings (seed resolved), pixels, plan and where its results go.
+pub(super) struct Job {
+    /// The input file.
+    pub input_path: PathBuf,
+    /// The final image's path.
+    pub output: PathBuf,
+    /// Where each loop's image is saved, if anywhere.
+    pub save_loops: Option<PathBuf>,
+    /// The settings, the seed resolved.
+    pub settings: loopback_core::Settings,
+    /// The input image.
+    pub input: Arc<DynamicImage>,
+    /// The loop plan.
+    pub plan: plan::Plan,
+}
+
+/// How a job ended without an error.
+pub(super) enum Ran {
+    /// The final image was written.
+    Finished,
+    /// Ctrl-C: the finished loops were kept.
+    Cancelled,
+}
+
+/// Reads `input` and its settings (its metadata with `--use-metadata`, then the settings file
+/// and flags), checks that `output` can be written, and plans the loops. An input without
+/// metadata is an error when `require_metadata`, else a note (the settings given are used).
+pub(super) fn prepare(
+    args: &RunArgs,
+    input: &Path,
+    output: &Path,
+    save_loops: Option<PathBuf>,
+    require_metadata: bool,
+) -> anyhow::Result<Job> {
     let base = if args.use_metadata {
-        metadata_settings(&args.input, &args.embeddings_dirs)?
+        match metadata_settings(input, &args.embeddings_dirs) {
+            Ok(settings) => settings,
+            Err(e) if !require_metadata => {
+                eprintln!("note: {e:#}; using the settings given");
+                Default::default()
+            }
+            Err(e) => return Err(e),
+        }
     } else {
         Default::default()
     };
     let settings = args.settings.resolve_over(base)?;
-    io::check_output(&args.output, args.overwrite)?;
-    if let Some(dir) = &args.save_loops {
+    io::check_output(output, args.overwrite)?;
+    if let Some(dir) = &save_loops {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("{}: cannot create folder", dir.display()))?;
     }
-    let input = Arc::new(load_image(&args.input)?);
+    let image = Arc::new(load_image(input)?);
     for warning in settings.warnings() {
         eprintln!("warning: {warning}");
     }
@@ -106,70 +179,108 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     {
         eprintln!("note: {advice}");
     }
-
     let seed = plan::resolve_seed(settings.seed);
     let settings = loopback_core::Settings {
         seed: i64::from(seed),
         ..settings
     };
-    let plan = plan::plan_for(&settings, PlanInput::of_image(&input), seed)?;
+    let plan = plan::plan_for(&settings, PlanInput::of_image(&image), seed)?;
+    Ok(Job {
+        input_path: input.to_path_buf(),
+        output: output.to_path_buf(),
+        save_loops,
+        settings,
+        input: image,
+        plan,
+    })
+}
 
-    // Refuse a plan that cannot fit before loading (or downloading) anything.
-    // A checkpoint given with --model-config is described by that folder's configs.
-    let shape_spec = match &args.model_config {
+/// The model's shape from its configs, without loading weights (a checkpoint given with
+/// `--model-config` is described by that folder's configs).
+pub(super) fn model_shape(args: &RunArgs) -> anyhow::Result<ModelShape> {
+    let spec = match &args.model_config {
         Some(folder) => folder.display().to_string(),
         None => args.model.clone(),
     };
-    let shape = ModelShape::resolve(&shape_spec, &resolve::default_search_dirs())?;
+    Ok(ModelShape::resolve(&spec, &resolve::default_search_dirs())?)
+}
+
+/// Refuses a job whose plan cannot fit the memory available.
+pub(super) fn check_memory(args: &RunArgs, shape: &ModelShape, job: &Job) -> anyhow::Result<()> {
     let limit = memory::run_limit(args.device, args.memory_limit);
     let dtype = memory::device_dtype(args.device);
-    let batch = memory::unet_batch(settings.cfg);
-    memory::check_plan(&shape, &plan, dtype, batch, limit, EncoderWeights::Released)
-        .map_err(loopback_core::Error::from)?;
+    let batch = memory::unet_batch(job.settings.cfg);
+    memory::check_plan(
+        shape,
+        &job.plan,
+        dtype,
+        batch,
+        limit,
+        EncoderWeights::Released,
+    )
+    .map_err(loopback_core::Error::from)?;
+    Ok(())
+}
 
-    // One flag for Ctrl-C, shared by the download and the run.
+/// One flag for Ctrl-C, shared by the download and the runs.
+pub(super) fn ctrl_c_flag() -> Arc<AtomicBool> {
     let cancel = Arc::new(AtomicBool::new(false));
     let flag = Arc::clone(&cancel);
     let _ = ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst));
-    let loras = lora::specs_for_prompt(
-        &settings.prompt,
-        &args.loras,
-        &resolve::default_search_dirs(),
-    )?;
-    let model = load_model(args, loras, &cancel)?;
-    // One run with fixed prompts: the text encoders are freed once the prompts are encoded.
-    model.model.text_encoders.set_release_after_use(true);
+    cancel
+}
+
+/// With `--memory-limit`, the VAE's automatic tiling plans for the same limit (minus the
+/// loaded weights).
+pub(super) fn limit_vae(args: &RunArgs, shape: &ModelShape, model: &LoadedModel) {
     if args.memory_limit.is_some() {
-        // The VAE's automatic tiling plans for the same limit (minus the loaded weights).
+        let dtype = memory::device_dtype(args.device);
         let weights = shape.resident_weight_bytes(dtype, EncoderWeights::Released);
         model.model.vae.set_options(VaeOptions {
             memory_limit: args.memory_limit.map(|l| l.saturating_sub(weights)),
             ..model.model.vae.options()
         });
     }
-    let total_steps: u64 = plan.loops.iter().map(|l| u64::from(l.steps)).sum();
+}
 
-    // The run reports from a thread of its own; this one draws the progress bar.
-    let (tx, events) = channel();
+/// The textual-inversion embeddings of the default folders and `--embeddings-dir`, with a
+/// warning per file that cannot be used.
+pub(super) fn scan_embeddings(args: &RunArgs) -> Embeddings {
     let embeddings = Embeddings::scan(&embeddings::search_dirs(&args.embeddings_dirs));
     for warning in &embeddings.warnings {
         eprintln!("warning: {warning}");
     }
+    embeddings
+}
+
+/// Runs `job` on `model` with a progress bar, and writes its result (or, after a cancel or a
+/// failure, keeps its finished loops).
+pub(super) fn execute(
+    args: &RunArgs,
+    model: &Arc<LoadedModel>,
+    job: &Job,
+    embeddings: Arc<Embeddings>,
+    cancel: &Arc<AtomicBool>,
+) -> anyhow::Result<Ran> {
+    let total_steps: u64 = job.plan.loops.iter().map(|l| u64::from(l.steps)).sum();
+    // The run reports from a thread of its own; this one draws the progress bar.
+    let (tx, events) = channel();
     let request = RunRequest {
-        input,
-        settings,
-        embeddings: Arc::new(embeddings),
+        input: Arc::clone(&job.input),
+        settings: job.settings.clone(),
+        embeddings,
     };
+    let (model_ref, cancel_ref) = (Arc::clone(model), Arc::clone(cancel));
     let worker = std::thread::Builder::new()
         .name("loopback-runner".into())
         .spawn(move || {
             runner::run_and_report(
-                &model,
+                &model_ref,
                 &request,
                 &mut |event| {
                     let _ = tx.send(event);
                 },
-                &cancel,
+                &cancel_ref,
             );
         })
         .ok();
@@ -197,7 +308,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
                 }
             }
             Event::LoopFinished { index, image } => {
-                if let Some(dir) = &args.save_loops {
+                if let Some(dir) = &job.save_loops {
                     save_loop(dir, index, &image, args.overwrite)?;
                 }
                 finished_loops.push(image);
@@ -220,25 +331,25 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
                 .iter()
                 .map(|(k, v)| (k.as_str(), v.as_str()))
                 .collect();
-            io::save_image(&args.output, &output.finished, &texts, args.overwrite)?;
+            io::save_image(&job.output, &output.finished, &texts, args.overwrite)?;
             eprintln!(
                 "wrote {} ({}x{}, seed {})",
-                args.output.display(),
+                job.output.display(),
                 output.finished.width(),
                 output.finished.height(),
                 output.recipe.seed
             );
-            Ok(())
+            Ok(Ran::Finished)
         }
         Some(Err(message)) => {
-            let kept = keep_loops(args, &finished_loops)?;
+            let kept = keep_loops(args, job, &finished_loops)?;
             match message {
                 None => {
                     eprintln!(
                         "cancelled after {} finished loop(s){kept}",
                         finished_loops.len()
                     );
-                    Ok(())
+                    Ok(Ran::Cancelled)
                 }
                 Some(message) => anyhow::bail!("{message}{kept}"),
             }
@@ -249,7 +360,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
 
 /// Settings from the input image's metadata; warns about embeddings its prompts used that are
 /// not in the embedding folders (`extra_dirs` besides the default ones).
-fn metadata_settings(
+pub(super) fn metadata_settings(
     path: &Path,
     extra_dirs: &[PathBuf],
 ) -> anyhow::Result<loopback_core::Settings> {
@@ -270,7 +381,7 @@ fn metadata_settings(
 
 /// Gets the model ready through the engine's loader, with a download progress bar for
 /// presets not yet cached.
-fn load_model(
+pub(super) fn load_model(
     args: &RunArgs,
     loras: Vec<LoraSpec>,
     cancel: &Arc<AtomicBool>,
@@ -328,19 +439,19 @@ fn save_loop(dir: &Path, index: u32, image: &RgbImage, overwrite: bool) -> anyho
 
 /// After a cancel or failure: keeps the finished loops next to the output when no
 /// `--save-loops` folder already has them; returns a note saying where they are.
-fn keep_loops(args: &RunArgs, loops: &[Arc<RgbImage>]) -> anyhow::Result<String> {
+fn keep_loops(args: &RunArgs, job: &Job, loops: &[Arc<RgbImage>]) -> anyhow::Result<String> {
     if loops.is_empty() {
         return Ok(String::new());
     }
-    if let Some(dir) = &args.save_loops {
+    if let Some(dir) = &job.save_loops {
         return Ok(format!("; finished loops are in {}", dir.display()));
     }
-    let stem = args
+    let stem = job
         .output
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let dir = args
+    let dir = job
         .output
         .parent()
         .filter(|p| !p.as_os_str().is_empty())

@@ -399,3 +399,70 @@ fn prompt_command_reads_prompts_as_a1111() {
         "{text}"
     );
 }
+
+/// `run` on a folder: each image (PNG and JPEG, one with an A1111 recipe in its EXIF) to its
+/// own output, a broken file reported by name while the batch goes on, and a second run that
+/// skips what is done.
+#[test]
+fn cli_run_on_a_folder_resumes_and_reports_bad_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let (inputs, outputs) = (dir.path().join("in"), dir.path().join("out"));
+    std::fs::create_dir_all(&inputs).unwrap();
+    std::fs::copy(data("coffee.png"), inputs.join("a.png")).unwrap();
+    // A JPEG carrying an A1111 recipe in EXIF (written by the app's own encoder).
+    let jpeg = loopback_core::io::encode(
+        &image::open(data("chelsea.png")).unwrap(),
+        loopback_core::io::OutputFormat::Jpeg,
+        &[(
+            "parameters",
+            "a cat\nSteps: 4, Sampler: Euler, CFG scale: 5, Seed: 9",
+        )],
+    )
+    .unwrap();
+    std::fs::write(inputs.join("b.jpg"), jpeg).unwrap();
+    std::fs::write(inputs.join("c.png"), b"not an image").unwrap();
+    std::fs::write(inputs.join("notes.txt"), b"ignored").unwrap();
+    let run = || {
+        cli(&[
+            "run",
+            "--input",
+            inputs.to_str().unwrap(),
+            "-o",
+            outputs.to_str().unwrap(),
+            "--model",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tiny-sd"),
+            "--device",
+            "cpu",
+            "--use-metadata",
+            "--start-size",
+            "64x64",
+            "--target-mode",
+            "scale",
+            "--scale",
+            "1.0",
+            "--loops",
+            "1",
+            "--prompt",
+            "a photo",
+        ])
+    };
+    let out = run();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("c.png") && err.contains("1 image(s) failed"),
+        "{err}"
+    );
+    assert_eq!(files_in(&outputs), ["a.png", "b.png"]);
+    // b.jpg's recipe came through: its seed and sampler are in the output's metadata.
+    let texts = loopback_core::metadata::read_texts_from_path(&outputs.join("b.png")).unwrap();
+    let parameters = &texts.iter().find(|(k, _)| k == "parameters").unwrap().1;
+    assert!(
+        parameters.contains("Sampler: Euler, ") && parameters.contains("Seed: 9"),
+        "{parameters}"
+    );
+    // Again: the finished ones are skipped.
+    let out = run();
+    let err = stderr(&out);
+    assert!(err.contains("0 of 3 image(s) done, 2 skipped"), "{err}");
+}
