@@ -1231,7 +1231,7 @@ fn bare_names_are_looked_up_in_the_search_folders() {
 }
 
 #[test]
-fn single_file_checkpoints_resolve_and_pickles_are_refused() {
+fn single_file_checkpoints_resolve_and_bad_pickles_are_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let models_dir = tmp.path().join("models");
     std::fs::create_dir_all(models_dir.join("Stable-diffusion")).unwrap();
@@ -1247,8 +1247,8 @@ fn single_file_checkpoints_resolve_and_pickles_are_refused() {
     assert_eq!(
         err,
         format!(
-            "{}: is a PyTorch pickle (.ckpt): pickle files can run code when loaded, so they \
-             are never opened; convert it to .safetensors",
+            "{}: is not a zip-format PyTorch file: truncated, or the legacy pre-1.6 format, \
+             which is not read (convert it to .safetensors)",
             direct.display()
         )
     );

@@ -6,16 +6,16 @@
 //! file name without extension. A `.safetensors` file holds either one tensor of shape
 //! `(vectors, width)` or `(width)` under any name (`emb_params` from A1111 and kohya,
 //! `<token>` from diffusers), or SDXL's pair `clip_l` + `clip_g`. `.pt` and `.bin`
-//! embeddings are PyTorch pickles, which can run code when loaded: they are listed but never
-//! opened (one warning each). A file that cannot be read is one warning naming it; the run
-//! goes on without it.
+//! embeddings (PyTorch pickles, A1111's `string_to_param` layout) are checked and read without
+//! running anything (`checkpoint::pickle`). A file that cannot be read is one warning naming
+//! it; the run goes on without it.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 
-use crate::load::checkpoint::pickle::PICKLE_EXTENSIONS;
+use crate::load::checkpoint::pickle::{PICKLE_EXTENSIONS, as_safetensors};
 use crate::load::weights::hash::sha256_file;
 use loopback_core::{Error, Result};
 
@@ -197,21 +197,9 @@ pub fn read_embedding(path: &Path) -> Result<Embedding> {
         .and_then(|s| s.to_str())
         .ok_or_else(|| Error::input(path, "the file name is not valid UTF-8"))?
         .to_string();
-    let ext = path
-        .extension()
-        .and_then(|e| e.to_str())
-        .map(str::to_ascii_lowercase)
-        .unwrap_or_default();
-    if ext != "safetensors" {
-        return Err(Error::input(
-            path,
-            format!(
-                "is a PyTorch pickle (.{ext}): pickle files can run code when loaded, so they \
-                 are never opened; convert it to .safetensors"
-            ),
-        ));
-    }
-    let tensors = candle_core::safetensors::load(path, &Device::Cpu)
+    // A pickle is checked and read without running anything (`checkpoint::pickle`).
+    let readable = as_safetensors(path, &["string_to_param"])?;
+    let tensors = candle_core::safetensors::load(&readable, &Device::Cpu)
         .map_err(|e| Error::input(path, format!("not a readable safetensors file: {e}")))?;
     let vectors = vectors_of(tensors).map_err(|reason| Error::input(path, reason))?;
     let short_hash = sha256_file(path)?[..12].to_string();

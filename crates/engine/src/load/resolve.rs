@@ -109,14 +109,16 @@ pub fn resolve(spec: &str, search_dirs: &[PathBuf]) -> Result<ModelSource> {
 }
 
 /// What an existing path is: a diffusers folder, a `.safetensors` checkpoint, or an error
-/// (pickles are refused without being opened).
+/// (a pickle whose globals are not a state dict's is refused; `checkpoint::pickle`).
 fn classify(path: &Path) -> Result<ModelSource> {
     if path.is_dir() {
         check_diffusers_folder(path)?;
         return Ok(ModelSource::Folder(path.to_path_buf()));
     }
     if is_checkpoint(path) {
-        crate::load::checkpoint::refuse_pickle(path)?;
+        if crate::load::checkpoint::pickle::is_pickle(path) {
+            crate::load::checkpoint::pickle::check_pickle(path)?;
+        }
         return Ok(ModelSource::Checkpoint(path.to_path_buf()));
     }
     Err(Error::input(

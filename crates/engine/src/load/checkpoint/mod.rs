@@ -5,8 +5,8 @@
 //! and shapes ([`detect`]), builds the configs the engine needs ([`configs`]) and maps every
 //! tensor to the diffusers name the engine's modules ask for ([`unet_names`],
 //! [`vae_names`], [`clip_names`]). The weights are read per tensor when the model is built
-//! ([`crate::load::weights`]). Pickle files are refused without being opened
-//! ([`refuse_pickle`]).
+//! ([`crate::load::weights`]). PyTorch pickles (`.ckpt`) are checked against an allowlist and
+//! read without running anything, then opened as a safetensors copy ([`pickle`]).
 
 pub mod clip_names;
 pub mod configs;
@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use detect::{Detected, Family};
-pub use pickle::{PICKLE_EXTENSIONS, refuse_pickle};
+pub use pickle::{PICKLE_EXTENSIONS, as_safetensors, check_pickle};
 pub use unet_names::{LdmUnetLayout, ldm_unet_name};
 pub use vae_file::{CustomVae, VaeSource};
 
@@ -107,11 +107,14 @@ impl Builder {
 }
 
 impl Checkpoint {
-    /// Opens the checkpoint `path`: header, detection, configs and name mapping. Pickles are
-    /// refused unopened; a truncated or foreign file is a one-line error naming it.
+    /// Opens the checkpoint `path`: header, detection, configs and name mapping. A pickle
+    /// (`.ckpt`) is checked and read without running anything (`pickle`); a truncated or
+    /// foreign file is a one-line error naming it.
     pub fn open(path: &Path, options: &CheckpointOptions) -> Result<Self> {
-        refuse_pickle(path)?;
-        let file = Arc::new(SafetensorsFile::open(path)?);
+        let file = Arc::new(SafetensorsFile::open(&as_safetensors(
+            path,
+            &["state_dict"],
+        )?)?);
         let detected = detect::detect(&file)?;
         let family = detected.family;
 

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use crate::load::checkpoint::configs;
 use crate::load::checkpoint::detect::{VaeShape, vae_shape};
-use crate::load::checkpoint::pickle::refuse_pickle;
+use crate::load::checkpoint::pickle::as_safetensors;
 use crate::load::checkpoint::vae_names::{VAE_PREFIX, ldm_vae_name, linear_reshape};
 use crate::load::weights::{Derive, SafetensorsFile, WeightSource};
 use crate::model::config::{VaeFile, read_json};
@@ -108,8 +108,10 @@ impl CustomVae {
         if path.is_dir() {
             return Self::open_folder(path);
         }
-        refuse_pickle(path)?;
-        let file = Arc::new(SafetensorsFile::open(path)?);
+        let file = Arc::new(SafetensorsFile::open(&as_safetensors(
+            path,
+            &["state_dict"],
+        )?)?);
         let has = |name: &str| file.info(name).is_some();
         let name = path
             .file_stem()
