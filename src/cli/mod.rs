@@ -96,6 +96,8 @@ pub fn run() -> anyhow::Result<()> {
     match command {
         Command::Gui(args) => gui::run(&args),
         Command::Plan(args) => plan::run(&args),
+        // A folder of images is a batch.
+        Command::Run(args) if args.input.is_dir() => run_folder::run(&args),
         Command::Run(args) => run::run(&args),
         Command::Bench(args) => bench::run(&args),
         Command::Post(args) => {

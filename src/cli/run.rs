@@ -86,11 +86,8 @@ pub struct RunArgs {
     settings: SettingsSource,
 }
 
-/// Runs `run`: one image, or every image of a folder (`run_folder`).
+/// Runs `run` on one image (a folder `--input` goes to `run_folder`).
 pub fn run(args: &RunArgs) -> anyhow::Result<()> {
-    if args.input.is_dir() {
-        return super::run_folder::run(args);
-    }
     let job = prepare(
         args,
         &args.input,

@@ -188,7 +188,7 @@ pub fn encode(
             let mut bytes = Vec::new();
             let rgb = to_diffusion_rgb(&image);
             let mut encoder = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut bytes, 95);
-            if let Some(exif) = exif_of(texts) {
+            if let Some(exif) = crate::metadata::exif::exif_for_texts(texts) {
                 // The JPEG encoder always takes EXIF.
                 let _ = encoder.set_exif_metadata(exif);
             }
@@ -200,7 +200,7 @@ pub fn encode(
         OutputFormat::WebP => {
             let mut bytes = Vec::new();
             let mut encoder = image::codecs::webp::WebPEncoder::new_lossless(&mut bytes);
-            if let Some(exif) = exif_of(texts) {
+            if let Some(exif) = crate::metadata::exif::exif_for_texts(texts) {
                 // The WebP encoder always takes EXIF.
                 let _ = encoder.set_exif_metadata(exif);
             }
@@ -210,17 +210,6 @@ pub fn encode(
             Ok(bytes)
         }
     }
-}
-
-/// The EXIF block for `texts`: `parameters` as A1111 writes it, the recipe beside it; `None`
-/// without a `parameters` text.
-fn exif_of(texts: &[(&str, &str)]) -> Option<Vec<u8>> {
-    let find = |key: &str| texts.iter().find(|(k, _)| *k == key).map(|(_, v)| *v);
-    let parameters = find(crate::metadata::PARAMETERS_KEY)?;
-    Some(crate::metadata::exif::user_comment_exif(
-        parameters,
-        find(crate::metadata::RECIPE_KEY),
-    ))
 }
 
 /// Writes `bytes` to `path` atomically: a temporary file in the same folder, then a rename.

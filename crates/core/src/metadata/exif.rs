@@ -8,6 +8,8 @@
 //! is given, an `ImageDescription` (UTF-8) in the first IFD. [`read_exif_texts`] reads
 //! either byte order and the `UNICODE`, `ASCII` and undefined prefixes.
 
+use super::keys::{PARAMETERS_KEY, RECIPE_KEY};
+
 /// The EXIF IFD pointer tag (in IFD0).
 const EXIF_IFD: u16 = 0x8769;
 /// `ImageDescription` (in IFD0).
@@ -103,6 +105,13 @@ fn write_ifd(out: &mut Vec<u8>, entries: &[Entry], at: usize, next: bool) {
     out.extend_from_slice(&values);
 }
 
+/// The EXIF block for an image's metadata `texts` (PNG-style `(key, text)` pairs):
+/// `parameters` as A1111 writes it, the recipe beside it; `None` without a `parameters` text.
+pub fn exif_for_texts(texts: &[(&str, &str)]) -> Option<Vec<u8>> {
+    let find = |key: &str| texts.iter().find(|(k, _)| *k == key).map(|(_, v)| *v);
+    Some(user_comment_exif(find(PARAMETERS_KEY)?, find(RECIPE_KEY)))
+}
+
 /// What an EXIF block says: A1111's `parameters` (`UserComment`) and the recipe
 /// (`ImageDescription`, when it is this app's JSON), as `(key, text)` pairs like PNG text
 /// chunks. Accepts the bytes with or without the `Exif\0\0` header; anything malformed gives
@@ -124,7 +133,7 @@ pub fn read_exif_texts(exif: &[u8]) -> Vec<(String, String)> {
             .trim_end_matches('\0')
             .to_string();
         if text.starts_with('{') {
-            texts.push((super::RECIPE_KEY.to_string(), text));
+            texts.push((RECIPE_KEY.to_string(), text));
         }
     }
     let exif_ifd = ifd0
@@ -139,7 +148,7 @@ pub fn read_exif_texts(exif: &[u8]) -> Vec<(String, String)> {
             .and_then(|e| reader.value(e))
             .and_then(decode_user_comment)
     {
-        texts.push((super::PARAMETERS_KEY.to_string(), comment));
+        texts.push((PARAMETERS_KEY.to_string(), comment));
     }
     texts
 }

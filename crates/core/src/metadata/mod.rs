@@ -15,6 +15,7 @@ pub mod png_text;
 mod read;
 mod recipe;
 pub mod stealth;
+mod validate;
 
 use std::path::Path;
 

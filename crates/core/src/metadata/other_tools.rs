@@ -4,7 +4,7 @@
 
 use serde_json::Value;
 
-use super::recipe::keep_valid;
+use super::validate::keep_valid;
 use crate::settings::{Choice, Sampler, ScheduleType, Settings};
 
 /// The settings of an image written by ComfyUI, InvokeAI or NovelAI; the first warning names

@@ -6,7 +6,8 @@ use std::path::Path;
 
 use image::{ImageDecoder, ImageReader};
 
-use super::{PARAMETERS_KEY, RECIPE_KEY, exif, png_text, stealth};
+use super::keys::{PARAMETERS_KEY, RECIPE_KEY};
+use super::{exif, png_text, stealth};
 use crate::{Error, Result};
 
 /// The `(key, text)` pairs an image file carries, as PNG text chunks would give them

@@ -2,7 +2,7 @@
 //! `models` command and the app's pickers.
 //!
 //! Searched, in each search folder (`models/` by default), as A1111 arranges them:
-//! - checkpoints: `*.safetensors` directly in it and in `Stable-diffusion/`;
+//! - checkpoints: `*.safetensors` and `*.ckpt` directly in it and in `Stable-diffusion/`;
 //! - diffusers folders: its sub-folders that are complete diffusers models;
 //! - VAEs: `VAE/`; LoRAs: `Lora/` and `LyCORIS/`; TAESD decoders: `VAE-taesd/`;
 //! - textual-inversion embeddings: `embeddings/`, and `embeddings/` beside the search folder
@@ -89,6 +89,10 @@ pub fn scan(
                     checkpoint_family(&file),
                     hashes,
                 ));
+            }
+            // PyTorch checkpoints: listed by name (their family shows once loaded).
+            for file in files_in(&folder, &["ckpt"]) {
+                entries.push(file_entry(Kind::Checkpoint, &file, None, hashes));
             }
         }
         for sub in subfolders(dir) {
@@ -202,6 +206,11 @@ fn hf_cache_models(cache: &Path) -> Vec<Entry> {
 
 /// `.safetensors` files directly in `dir`, sorted.
 fn safetensors_in(dir: &Path) -> Vec<PathBuf> {
+    files_in(dir, &["safetensors"])
+}
+
+/// The files of `dir` with one of `extensions` (case-insensitive), sorted.
+fn files_in(dir: &Path, extensions: &[&str]) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .into_iter()
         .flatten()
@@ -209,7 +218,8 @@ fn safetensors_in(dir: &Path) -> Vec<PathBuf> {
         .filter(|p| {
             p.is_file()
                 && p.extension()
-                    .is_some_and(|e| e.eq_ignore_ascii_case("safetensors"))
+                    .and_then(|e| e.to_str())
+                    .is_some_and(|e| extensions.iter().any(|x| e.eq_ignore_ascii_case(x)))
         })
         .collect();
     files.sort();
