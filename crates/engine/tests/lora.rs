@@ -248,7 +248,7 @@ fn unmatched_modules_and_bad_files_name_the_file() {
         .to_string();
     assert!(err.contains("LoRA shape") && err.contains("to_q"), "{err}");
 
-    // Not safetensors; a pickle; a file that does not exist; keys of no LoRA style.
+    // Not safetensors; a broken pickle; a file that does not exist; keys of no LoRA style.
     let junk = dir.path().join("junk.safetensors");
     std::fs::write(&junk, b"not a safetensors file").unwrap();
     let pickle = dir.path().join("old.pt");
@@ -262,7 +262,8 @@ fn unmatched_modules_and_bad_files_name_the_file() {
     .unwrap();
     for (path, want) in [
         (junk, "not a safetensors LoRA"),
-        (pickle, "pickle"),
+        // A "pickle" that is no PyTorch file: refused by the safe reader, nothing run.
+        (pickle, "not a zip-format PyTorch file"),
         (dir.path().join("missing.safetensors"), "no such LoRA"),
         (other, "no known style"),
     ] {

@@ -162,21 +162,16 @@ fn lycoris_kind(key: &str) -> Option<&'static str> {
 }
 
 impl LoraFile {
-    /// Reads `path`. Errors name the file: not a safetensors file, keys of no LoRA style,
+    /// Reads `path` (`.safetensors`, or a PyTorch pickle read without running anything).
+    /// Errors name the file: not a safetensors file, keys of no LoRA style,
     /// unsupported LyCORIS variants, modules missing a matrix, or mismatched ranks.
     pub fn read(path: &Path) -> Result<Self> {
-        let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
-        if matches!(ext, "pt" | "ckpt" | "bin" | "pth") {
-            return Err(Error::input(
-                path,
-                "pickle LoRA files are not loaded (loading them would run code); use the \
-                 .safetensors version",
-            ));
-        }
         if !path.is_file() {
             return Err(Error::input(path, "no such LoRA file"));
         }
-        let tensors = candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| {
+        // A pickle (`.pt`, `.ckpt`) is checked and read without running anything.
+        let readable = crate::load::checkpoint::as_safetensors(path, &["state_dict"])?;
+        let tensors = candle_core::safetensors::load(&readable, &Device::Cpu).map_err(|e| {
             Error::input(
                 path,
                 format!("not a safetensors LoRA file: {}", candle_msg(&e)),
