@@ -166,6 +166,6 @@ fn empty_ui(ui: &mut egui::Ui, session: &Session, commands: &mut Commands) {
             ui.spinner();
         }
         ui.add_space(8.0);
-        ui.weak("PNG, JPEG or WebP. A PNG made by this app or A1111 can bring its settings.");
+        ui.weak("PNG, JPEG or WebP. An image made by this app, A1111, ComfyUI, InvokeAI or NovelAI brings its settings.");
     });
 }
