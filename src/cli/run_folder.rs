@@ -19,23 +19,6 @@ use super::run::{
     prepare, scan_embeddings,
 };
 
-/// The image files of `dir` (PNG, JPEG, WebP), in name order.
-pub fn images_in(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .with_context(|| format!("{}: cannot read the folder", dir.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.is_file()
-                && p.extension()
-                    .and_then(|e| e.to_str())
-                    .map(str::to_ascii_lowercase)
-                    .is_some_and(|e| matches!(e.as_str(), "png" | "jpg" | "jpeg" | "webp"))
-        })
-        .collect();
-    files.sort();
-    Ok(files)
-}
-
 /// Prints a failed image's error, naming the file unless the message already does.
 fn report(file: &Path, e: &anyhow::Error) {
     let message = format!("{e:#}");
@@ -58,7 +41,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     }
     std::fs::create_dir_all(out_dir)
         .with_context(|| format!("{}: cannot create folder", out_dir.display()))?;
-    let files = images_in(&args.input)?;
+    let files = loopback_core::io::images_in(&args.input)?;
     if files.is_empty() {
         anyhow::bail!("{}: no PNG, JPEG or WebP images", args.input.display());
     }

@@ -122,18 +122,27 @@ impl App {
         });
     }
 
-    /// Files dropped on the window and images pasted become the input.
+    /// A file dropped on the window and an image pasted become the input; several files or a
+    /// folder become a batch.
     fn dropped_and_pasted(&mut self, ctx: &egui::Context) {
         let (dropped, pasted) = ctx.input(|i| {
-            let dropped = i.raw.dropped_files.first().map(|f| f.path().to_path_buf());
+            let dropped: Vec<std::path::PathBuf> = i
+                .raw
+                .dropped_files
+                .iter()
+                .map(|f| f.path().to_path_buf())
+                .filter(|p| !p.as_os_str().is_empty())
+                .collect();
             let pasted = i.events.iter().find_map(|e| match e {
                 egui::Event::PasteImage(image) => Some(std::sync::Arc::clone(image)),
                 _ => None,
             });
             (dropped, pasted)
         });
-        if let Some(path) = dropped {
-            self.commands.push(Command::OpenPath(path));
+        match dropped.as_slice() {
+            [] => {}
+            [one] if !one.is_dir() => self.commands.push(Command::OpenPath(one.clone())),
+            _ => self.commands.push(Command::Batch(dropped)),
         }
         if let Some(image) = pasted {
             self.commands.push(Command::PasteImage(image));

@@ -14,6 +14,8 @@ pub enum Command {
     OpenDialog,
     /// Read this image file (off the UI thread).
     OpenPath(PathBuf),
+    /// Run these images (and folders' images) one after another.
+    Batch(Vec<PathBuf>),
     /// Ask the system for the clipboard's contents (an image arrives as a paste event).
     RequestPaste,
     /// Use this pasted image as the input.

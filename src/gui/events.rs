@@ -6,6 +6,7 @@ use std::sync::Arc;
 use egui::TextureOptions;
 
 use super::app::App;
+use super::batch::RunEnd;
 use super::command::{Command, FileTarget};
 use super::jobs::{JobEvent, LoadedImage, Picked, ReadyImage};
 use super::save::with_png_extension;
@@ -21,8 +22,14 @@ impl App {
             JobEvent::Image(result) => {
                 self.session.loading_image = false;
                 match result {
-                    Ok(image) => self.on_image(ctx, *image),
-                    // The current work is untouched.
+                    Ok(image) => {
+                        self.on_image(ctx, *image);
+                        self.batch_image_loaded();
+                    }
+                    // The current work is untouched (a batch goes on with its next image).
+                    Err(message) if self.session.batch.is_some() => {
+                        self.batch_image_failed(&message)
+                    }
                     Err(message) => self.toasts.error("Cannot open the image", Some(message)),
                 }
             }
@@ -219,7 +226,9 @@ impl App {
                 self.jobs.load_done(id);
                 self.load_id = None;
                 self.toasts
-                    .error("The model could not be loaded", Some(message));
+                    .error("The model could not be loaded", Some(message.clone()));
+                // A batch cannot go on without its model.
+                self.batch_run_ended(RunEnd::Cancelled);
             }
             LoadEvent::Cancelled => {
                 model.status = None;
@@ -319,6 +328,7 @@ impl App {
                 });
                 self.end_run(id);
                 self.view.shown = Shown::Final;
+                self.batch_run_ended(RunEnd::Finished);
                 self.toasts.info(format!(
                     "Finished {} loops in {:.1} s",
                     self.session.loops.len(),
@@ -334,10 +344,15 @@ impl App {
                     "Cancelled; {} finished loop(s) kept",
                     self.session.loops.len()
                 ));
+                self.batch_run_ended(RunEnd::Cancelled);
             }
             Event::Failed { message, .. } => {
                 self.end_run(id);
-                self.toasts.error("The run failed", Some(message));
+                if self.session.batch.is_some() {
+                    self.batch_run_ended(RunEnd::Failed(message));
+                } else {
+                    self.toasts.error("The run failed", Some(message));
+                }
             }
         }
     }

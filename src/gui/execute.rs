@@ -22,6 +22,7 @@ impl App {
                 self.session.loading_image = true;
                 self.jobs.open(path);
             }
+            Command::Batch(paths) => self.queue_batch(paths),
             Command::RequestPaste => ctx.send_viewport_cmd(egui::ViewportCommand::RequestPaste),
             Command::PasteImage(image) => {
                 self.session.loading_image = true;

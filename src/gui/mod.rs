@@ -20,6 +20,7 @@
 //! See `docs/gui.md` for the architecture and how it is tested.
 
 mod app;
+mod batch;
 pub mod command;
 mod dialogs;
 mod events;

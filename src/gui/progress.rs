@@ -1,4 +1,5 @@
-//! The progress row: loop k/N, step s/S, elapsed and ETA; or the model download/load.
+//! The progress row: (in a batch, image i/n,) loop k/N, step s/S, elapsed and ETA; or the
+//! model download/load.
 
 use std::time::Duration;
 
@@ -41,8 +42,18 @@ pub fn ui(ui: &mut egui::Ui, session: &Session, commands: &mut Commands) {
                 .spec
                 .map(|s| format!(" at {}x{}", s.width, s.height))
                 .unwrap_or_default();
+            // In a batch: which image, of how many.
+            let batch = session
+                .batch
+                .as_ref()
+                .and_then(|b| {
+                    let i = b.current?;
+                    let name = b.items[i].input.file_name()?.to_string_lossy().into_owned();
+                    Some(format!("Image {}/{} {name} · ", i + 1, b.items.len()))
+                })
+                .unwrap_or_default();
             format!(
-                "Loop {}/{}{size} · step {}/{} · {} elapsed{eta}",
+                "{batch}Loop {}/{}{size} · step {}/{} · {} elapsed{eta}",
                 p.loop_index,
                 p.loops,
                 p.step,

@@ -364,6 +364,47 @@ pub struct Session {
     pub library: Vec<loopback_engine::load::library::Entry>,
     /// The prompts' token counters.
     pub token_counter: super::token_counter::TokenCounter,
+    /// The batch being run (several images dropped, or a folder), if any.
+    pub batch: Option<Batch>,
+}
+
+/// Several images run one after another (`super::batch`).
+#[derive(Debug, Clone)]
+pub struct Batch {
+    /// The images, in order, with where each stands.
+    pub items: Vec<BatchItem>,
+    /// Where the results go: `<name>.png` each.
+    pub out_dir: PathBuf,
+    /// The item being loaded or run.
+    pub current: Option<usize>,
+    /// The settings at the start, for images that carry none.
+    pub base: Settings,
+}
+
+/// One image of a batch.
+#[derive(Debug, Clone)]
+pub struct BatchItem {
+    /// The input file.
+    pub input: PathBuf,
+    /// Where it stands.
+    pub status: ItemStatus,
+}
+
+/// Where a batch item stands.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ItemStatus {
+    /// Not started.
+    Pending,
+    /// Being read.
+    Loading,
+    /// Its loops are running.
+    Running,
+    /// Its result was saved here.
+    Done(PathBuf),
+    /// Its result existed already (a batch run again resumes).
+    Skipped,
+    /// It could not be read or run: why.
+    Failed(String),
 }
 
 impl Session {

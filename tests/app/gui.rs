@@ -632,3 +632,56 @@ fn picked_lora_and_vae_are_loaded_and_recorded_and_a_new_weight_reloads() {
     h.step();
     assert!(h.state().persisted.loras.is_empty());
 }
+
+/// Several files dropped at once: a batch. Each image runs and is saved to
+/// `loopback-output/`, a broken file is reported by name while the batch goes on, and
+/// dropping the same files again skips what is done.
+#[test]
+fn dropping_several_files_runs_a_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = small_photo(dir.path());
+    let second = dir.path().join("second.png");
+    std::fs::copy(&first, &second).unwrap();
+    let broken = dir.path().join("broken.png");
+    std::fs::write(&broken, b"not an image").unwrap();
+    let mut h = harness();
+    let drop_all = |h: &mut Harness<'_, App>| {
+        for path in [&first, &broken, &second] {
+            h.input_mut()
+                .dropped_files
+                .push(Arc::new(FakeDrop(path.to_path_buf())));
+        }
+        h.step();
+        step_until(h, "the batch to finish", |app| app.session.batch.is_none());
+    };
+    let toasts = |h: &Harness<'_, App>| -> Vec<String> {
+        h.state()
+            .toasts
+            .list
+            .iter()
+            .map(|t| format!("{} {}", t.text, t.detail.clone().unwrap_or_default()))
+            .collect()
+    };
+    drop_all(&mut h);
+    let out = dir.path().join("loopback-output");
+    step_until(&mut h, "the saves", |_| {
+        out.join("coffee-small.png").exists() && out.join("second.png").exists()
+    });
+    let said = toasts(&h);
+    assert!(
+        said.iter()
+            .any(|t| t.contains("Batch finished: 2 done, 0 skipped (already done), 1 failed")),
+        "{said:?}"
+    );
+    assert!(said.iter().any(|t| t.contains("broken.png")), "{said:?}");
+    let saved = image::open(out.join("second.png")).unwrap();
+    assert_eq!((saved.width(), saved.height()), (96, 96));
+    // Again: the finished ones are skipped.
+    drop_all(&mut h);
+    let said = toasts(&h);
+    assert!(
+        said.iter()
+            .any(|t| t.contains("0 done, 2 skipped (already done), 1 failed")),
+        "{said:?}"
+    );
+}

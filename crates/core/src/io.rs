@@ -262,6 +262,23 @@ pub fn save_image(
     write_atomic(path, &bytes, overwrite)
 }
 
+/// The image files of `dir` (PNG, JPEG, WebP by extension), in name order.
+pub fn images_in(dir: &Path) -> Result<Vec<std::path::PathBuf>> {
+    let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| Error::input(dir, format!("cannot read the folder: {e}")))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.is_file()
+                && p.extension()
+                    .and_then(|e| e.to_str())
+                    .map(str::to_ascii_lowercase)
+                    .is_some_and(|e| matches!(e.as_str(), "png" | "jpg" | "jpeg" | "webp"))
+        })
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
 /// Builds an RGBA image from RGB colours and a separate alpha plane of the same size.
 pub fn with_alpha(rgb: &RgbImage, alpha_from: &RgbaImage) -> RgbaImage {
     RgbaImage::from_fn(rgb.width(), rgb.height(), |x, y| {
