@@ -12,8 +12,8 @@ Writes `tests/fixtures/pickles/`:
 - `lbstyle.pt`: the prompt-parity embedding in A1111's textual-inversion layout
   (`string_to_param: {"*": Parameter}`, `name`, `step`, ...);
 - refused files: `system.pt` (a reduce of `os.system`; never run), `nested.pt` (`builtins.eval`
-  deep inside a state dict), `truncated.pt` (a cut zip), `legacy.pt` (the pre-1.6 tar/pickle
-  format, `_use_new_zipfile_serialization=False`).
+  deep inside a state dict), `truncated.pt` (a cut zip); `legacy.pt`: the pre-1.6 format
+  (`_use_new_zipfile_serialization=False`), which must be read (its bytes differ from run to run).
 """
 import os
 from pathlib import Path
@@ -56,7 +56,7 @@ def main():
     torch.save({"state_dict": {"w": torch.zeros(2), "meta": [1, {"deep": Eval()}]}}, OUT / "nested.pt")
     data = (OUT / "lbstyle.pt").read_bytes()
     (OUT / "truncated.pt").write_bytes(data[: len(data) // 2])
-    torch.save({"state_dict": {"w": torch.zeros(2)}}, OUT / "legacy.pt", _use_new_zipfile_serialization=False)
+    torch.save({"state_dict": {"w": torch.tensor([1.5, -2.0, 0.25])}}, OUT / "legacy.pt", _use_new_zipfile_serialization=False)
     for p in sorted(OUT.iterdir()):
         print(f"{p.name}: {p.stat().st_size} bytes")
 

@@ -823,6 +823,17 @@ fn ckpt_checkpoint_equals_its_safetensors_twin() {
     }
 }
 
+/// The legacy (pre-1.6) format, which candle does not read, is read too.
+#[test]
+fn legacy_format_pickles_are_read() {
+    use loopback_engine::load::checkpoint::{as_safetensors, check_pickle};
+    check_pickle(&pickle("legacy.pt")).unwrap();
+    let converted = as_safetensors(&pickle("legacy.pt"), &["state_dict"]).unwrap();
+    let tensors = candle_core::safetensors::load(&converted, &Device::Cpu).unwrap();
+    let w = &tensors["w"];
+    assert_eq!(w.to_vec1::<f32>().unwrap(), [1.5, -2.0, 0.25]);
+}
+
 /// A1111's `.pt` textual-inversion layout reads as the same vectors as the safetensors one.
 #[test]
 fn pt_embedding_equals_its_safetensors_twin() {
@@ -848,7 +859,6 @@ fn malicious_and_broken_pickles_are_refused() {
         // candle's reader spells Python 3's `builtins` as Python 2's `__builtin__`.
         ("nested.pt", "__builtin__.eval"),
         ("truncated.pt", "not a zip-format PyTorch file"),
-        ("legacy.pt", "not a zip-format PyTorch file"),
     ] {
         let err = check_pickle(&pickle(name)).unwrap_err().to_string();
         assert!(err.contains(name) && err.contains(says), "{name}: {err}");

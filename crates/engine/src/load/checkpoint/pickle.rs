@@ -6,8 +6,10 @@
 //! the file names must be on the allowlist of what a PyTorch state dict needs (the tensor and
 //! storage rebuild functions, `OrderedDict`, a few NumPy and Lightning names, as A1111's
 //! `safe.py` allows); anything else — `os.system`, `builtins.eval`, an unknown class —
-//! refuses the file with one line naming the global. Only the zip format (PyTorch ≥ 1.6) is
-//! read; the legacy tar format is refused.
+//! refuses the file with one line naming the global. Both PyTorch formats are read: the zip
+//! format (PyTorch ≥ 1.6) through candle's `PthTensors`, and the legacy stream of pickles
+//! followed by the raw storages ([`legacy`], which candle does not read). The older tar
+//! format (PyTorch < 0.4) is refused.
 //!
 //! A checked pickle's tensors are copied once into a safetensors file in the app's cache
 //! (named by the pickle's SHA-256), which the loaders then open like any other.
@@ -17,6 +19,8 @@ use std::io::BufReader;
 use std::path::{Path, PathBuf};
 
 use candle_core::pickle::{Object, PthTensors, Stack};
+
+mod legacy;
 
 use crate::load::weights::hash::{default_cache_dir, sha256_file};
 use loopback_core::{Error, Result};
@@ -54,6 +58,13 @@ const ALLOWED: [(&str, &str); 22] = [
     ("builtins", "set"),
 ];
 
+/// Whether `path` is a zip archive (PyTorch's format since 1.6).
+fn is_zip(path: &Path) -> bool {
+    std::fs::File::open(path)
+        .ok()
+        .is_some_and(|f| zip::ZipArchive::new(BufReader::new(f)).is_ok())
+}
+
 /// Whether `path` is named like a PyTorch pickle.
 pub fn is_pickle(path: &Path) -> bool {
     let ext = path
@@ -67,14 +78,27 @@ pub fn is_pickle(path: &Path) -> bool {
 /// Checks that the pickle `path` names nothing but what a state dict needs (see the module
 /// documentation); the error names the file and the first global that is not allowed.
 pub fn check_pickle(path: &Path) -> Result<()> {
+    for object in pickles_of(path)? {
+        if let Some((module, class)) = first_disallowed(&object) {
+            return Err(Error::input(
+                path,
+                format!(
+                    "refused: the pickle names {module}.{class}, which a state dict never needs \
+                     (nothing was run)"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The pickled objects of a PyTorch file: every `data.pkl` of the zip format, or the main
+/// object of the legacy format.
+fn pickles_of(path: &Path) -> Result<Vec<Object>> {
     let file = std::fs::File::open(path).map_err(|e| Error::input(path, e.to_string()))?;
-    let mut zip = zip::ZipArchive::new(BufReader::new(file)).map_err(|_| {
-        Error::input(
-            path,
-            "is not a zip-format PyTorch file: truncated, or the legacy pre-1.6 format, which \
-             is not read (convert it to .safetensors)",
-        )
-    })?;
+    let Ok(mut zip) = zip::ZipArchive::new(BufReader::new(file)) else {
+        return legacy::read(path).map(|legacy| vec![legacy.main]);
+    };
     let names: Vec<String> = zip
         .file_names()
         .filter_map(|n| n.ok().map(|n| n.into_owned()))
@@ -83,28 +107,23 @@ pub fn check_pickle(path: &Path) -> Result<()> {
     if pickles.is_empty() {
         return Err(Error::input(path, "holds no data.pkl: not a PyTorch file"));
     }
+    let mut objects = Vec::new();
     for name in pickles {
         let entry = zip
             .by_name(name)
             .map_err(|e| Error::input(path, format!("cannot read {name}: {e}")))?;
-        let mut stack = Stack::empty();
-        stack
-            .read_loop(&mut BufReader::new(entry))
-            .and_then(|()| stack.finalize())
-            .map_err(|e| Error::input(path, format!("not a PyTorch state dict: {e}")))
-            .and_then(|object| {
-                first_disallowed(&object).map_or(Ok(()), |(module, class)| {
-                    Err(Error::input(
-                        path,
-                        format!(
-                            "refused: the pickle names {module}.{class}, which a state dict never \
-                             needs (nothing was run)"
-                        ),
-                    ))
-                })
-            })?;
+        let object = legacy::parse_guarded(|| {
+            let mut stack = Stack::empty();
+            stack
+                .read_loop(&mut BufReader::new(entry))
+                .and_then(|()| stack.finalize())
+                .map_err(|e| e.to_string())
+        })
+        .unwrap_or_else(|| Err("the pickle is malformed".to_string()))
+        .map_err(|e| Error::input(path, format!("not a PyTorch state dict: {e}")))?;
+        objects.push(object);
     }
-    Ok(())
+    Ok(objects)
 }
 
 /// The first global of `object` that is not allowed.
@@ -150,19 +169,27 @@ pub fn as_safetensors(path: &Path, keys: &[&str]) -> Result<PathBuf> {
     if converted.is_file() {
         return Ok(converted);
     }
-    let read = |key: Option<&str>| {
-        PthTensors::new(path, key)
-            .ok()
-            .filter(|t| !t.tensor_infos().is_empty())
-    };
-    let tensors = read(None)
-        .or_else(|| keys.iter().find_map(|k| read(Some(k))))
-        .ok_or_else(|| Error::input(path, "holds no tensors this app can read"))?;
-    let mut all = HashMap::new();
-    for name in tensors.tensor_infos().keys() {
-        if let Ok(Some(t)) = tensors.get(name) {
-            all.insert(name.clone(), t);
+    let all = if is_zip(path) {
+        let read = |key: Option<&str>| {
+            PthTensors::new(path, key)
+                .ok()
+                .filter(|t| !t.tensor_infos().is_empty())
+        };
+        let tensors = read(None)
+            .or_else(|| keys.iter().find_map(|k| read(Some(k))))
+            .ok_or_else(|| Error::input(path, "holds no tensors this app can read"))?;
+        let mut all = HashMap::new();
+        for name in tensors.tensor_infos().keys() {
+            if let Ok(Some(t)) = tensors.get(name) {
+                all.insert(name.clone(), t);
+            }
         }
+        all
+    } else {
+        legacy::read(path)?.tensors(path, keys)?
+    };
+    if all.is_empty() {
+        return Err(Error::input(path, "holds no tensors this app can read"));
     }
     std::fs::create_dir_all(&dir).map_err(|e| Error::output(&dir, e.to_string()))?;
     let temp = tempfile::Builder::new()
