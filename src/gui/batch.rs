@@ -3,7 +3,8 @@
 //! first image; an image whose result exists is skipped (dropping the same images again
 //! resumes), an image that cannot be read or run is reported by name and the batch goes on,
 //! and Cancel stops it. An image that carries settings (A1111, this app, ComfyUI, …) runs with
-//! them, the others with the settings the batch started with.
+//! them, the others with the settings the batch started with. Each result appears in the
+//! filmstrip under its name.
 
 use std::path::PathBuf;
 
@@ -58,6 +59,7 @@ impl App {
             inputs.len(),
             out_dir.display()
         ));
+        self.session.batch_results.clear();
         self.session.batch = Some(Batch {
             items: inputs
                 .into_iter()
@@ -153,6 +155,17 @@ impl App {
                 };
                 let output = Self::batch_output(batch, &batch.items[i].input);
                 self.save(vec![(Shown::Final, output.clone())], false);
+                if let Some(outcome) = &self.session.outcome {
+                    let name = output
+                        .file_stem()
+                        .unwrap_or_default()
+                        .to_string_lossy()
+                        .into_owned();
+                    let texture = outcome.finished.texture.clone();
+                    self.session
+                        .batch_results
+                        .push((name, output.clone(), texture));
+                }
                 self.set_status(i, ItemStatus::Done(output));
                 self.batch_next();
             }

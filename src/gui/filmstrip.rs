@@ -1,5 +1,5 @@
-//! The strip at the bottom: the original, each loop as it finishes, the final image. Click to
-//! view; right-click to save one or to start a new run from it.
+//! The strip at the bottom: the original, each loop as it finishes, the final image (and a
+//! batch's results). Click to view; right-click to save one or to start a new run from it.
 
 use egui::{TextureHandle, Vec2};
 
@@ -37,8 +37,29 @@ pub fn ui(ui: &mut egui::Ui, session: &Session, view: &ViewState, commands: &mut
                         entry_ui(ui, shown, texture, view.shown == shown, session, commands);
                     }
                 }
+                if !session.batch_results.is_empty() {
+                    ui.separator();
+                    ui.weak("Batch");
+                }
+                for (name, path, texture) in &session.batch_results {
+                    let image = egui::Image::new((texture.id(), thumb_size(texture)));
+                    if ui
+                        .add(egui::Button::image_and_text(image, name.as_str()))
+                        .on_hover_text(format!("Saved as {}; click to open it", path.display()))
+                        .clicked()
+                    {
+                        commands.push(Command::OpenPath(path.clone()));
+                    }
+                }
             });
         });
+}
+
+/// A thumbnail's size: `THUMB` high, at most 1.6 × as wide, the texture's aspect kept.
+fn thumb_size(texture: &TextureHandle) -> Vec2 {
+    let size = texture.size_vec2();
+    let thumb = size * (THUMB / size.y.max(1.0)).min(THUMB * 1.6 / size.x.max(1.0));
+    Vec2::new(thumb.x.max(1.0), thumb.y.max(1.0))
 }
 
 /// One thumbnail with its menu.
@@ -50,10 +71,7 @@ fn entry_ui(
     session: &Session,
     commands: &mut Commands,
 ) {
-    let size = texture.size_vec2();
-    let thumb = size * (THUMB / size.y.max(1.0)).min(THUMB * 1.6 / size.x.max(1.0));
-    let image = egui::Image::new((texture.id(), thumb))
-        .fit_to_exact_size(Vec2::new(thumb.x.max(1.0), thumb.y.max(1.0)));
+    let image = egui::Image::new((texture.id(), thumb_size(texture)));
     let response = ui
         .add(egui::Button::image_and_text(image, shown.label()).selected(selected))
         .on_hover_text("Click to view; right-click to save or run from here");

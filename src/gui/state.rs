@@ -366,6 +366,8 @@ pub struct Session {
     pub token_counter: super::token_counter::TokenCounter,
     /// The batch being run (several images dropped, or a folder), if any.
     pub batch: Option<Batch>,
+    /// The results of the last batch, in order: each saved image's name, file and thumbnail.
+    pub batch_results: Vec<(String, PathBuf, TextureHandle)>,
 }
 
 /// Several images run one after another (`super::batch`).

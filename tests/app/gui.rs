@@ -676,6 +676,16 @@ fn dropping_several_files_runs_a_batch() {
     assert!(said.iter().any(|t| t.contains("broken.png")), "{said:?}");
     let saved = image::open(out.join("second.png")).unwrap();
     assert_eq!((saved.width(), saved.height()), (96, 96));
+    // Each result is in the filmstrip under its name.
+    let names: Vec<&str> = h
+        .state()
+        .session
+        .batch_results
+        .iter()
+        .map(|(n, _, _)| n.as_str())
+        .collect();
+    assert_eq!(names, ["coffee-small", "second"]);
+    assert!(h.query_all_by_label_contains("second").next().is_some());
     // Again: the finished ones are skipped.
     drop_all(&mut h);
     let said = toasts(&h);
