@@ -1247,8 +1247,8 @@ fn single_file_checkpoints_resolve_and_bad_pickles_are_refused() {
     assert_eq!(
         err,
         format!(
-            "{}: is not a zip-format PyTorch file: truncated, or the legacy pre-1.6 format, \
-             which is not read (convert it to .safetensors)",
+            "{}: is not a PyTorch file this app reads (no PyTorch magic number): truncated, or \
+             the pre-0.4 format (convert it to .safetensors)",
             direct.display()
         )
     );

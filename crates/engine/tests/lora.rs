@@ -263,7 +263,7 @@ fn unmatched_modules_and_bad_files_name_the_file() {
     for (path, want) in [
         (junk, "not a safetensors LoRA"),
         // A "pickle" that is no PyTorch file: refused by the safe reader, nothing run.
-        (pickle, "not a zip-format PyTorch file"),
+        (pickle, "not a PyTorch file this app reads"),
         (dir.path().join("missing.safetensors"), "no such LoRA"),
         (other, "no known style"),
     ] {

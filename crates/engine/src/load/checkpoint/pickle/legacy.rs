@@ -35,8 +35,8 @@ pub fn read(path: &Path) -> Result<Legacy> {
         Error::input(
             path,
             format!(
-                "is not a zip-format PyTorch file ({what}): truncated, or an old format that is \
-                 not read (convert it to .safetensors)"
+                "is not a PyTorch file this app reads ({what}): truncated, or the pre-0.4 \
+                 format (convert it to .safetensors)"
             ),
         )
     };
