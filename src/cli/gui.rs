@@ -8,8 +8,9 @@ use loopback_scaler::gui::{self, GuiOptions};
 /// Flags of the `gui` command.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct GuiArgs {
-    /// Model: a preset (sd15, sd21, sd-turbo, sdxl, sdxl-turbo), a diffusers folder, or a folder name in models/;
-    /// default: the one used last.
+    /// Model: a preset (sd15, sd21, sd-turbo, sdxl, sdxl-turbo), a diffusers folder, a
+    /// single-file checkpoint (.safetensors or .ckpt), or a name in models/; default: the one
+    /// used last.
     #[arg(long)]
     pub model: Option<String>,
     /// Device: auto, cpu, cuda, cuda:N or metal; default: the one used last.

@@ -34,8 +34,9 @@ pub struct RunArgs {
     #[arg(long, value_name = "IMAGE|FOLDER")]
     pub(super) input: PathBuf,
     /// The model: a preset (sd15, sd21, sd-turbo, sdxl, sdxl-turbo; downloaded once into the
-    /// Hugging Face cache), a diffusers folder, a single-file .safetensors checkpoint (SD 1.x /
-    /// 2.x), or the name of either in ./models (or ./models/Stable-diffusion).
+    /// Hugging Face cache), a diffusers folder, a single-file checkpoint (.safetensors or a
+    /// PyTorch .ckpt; SD 1.x, 2.x or SDXL), or the name of either in ./models (or
+    /// ./models/Stable-diffusion).
     #[arg(long, value_name = "PRESET|PATH")]
     model: String,
     /// A replacement VAE: a .safetensors file (original or diffusers layout) or a diffusers
