@@ -65,6 +65,7 @@ pub fn run(bench: &LoopBench<'_>) -> anyhow::Result<serde_json::Value> {
         strength: bench.denoise,
         seed: 1,
         conditioning: Default::default(),
+        tiling: None,
     };
     let before = memory::process_rss().unwrap_or(0);
     let reset = memory::reset_peak_rss();

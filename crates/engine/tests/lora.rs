@@ -122,6 +122,7 @@ fn components_and_img2img_match_diffusers() {
         strength: manifest["strength"].as_f64().unwrap(),
         seed: manifest["seed"].as_u64().unwrap() as u32,
         conditioning: Default::default(),
+        tiling: None,
     };
     let base_latents = read_f32(&manifest["base"]["final_latents"]);
     for case in manifest["cases"].as_array().unwrap() {

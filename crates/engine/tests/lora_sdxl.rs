@@ -114,6 +114,7 @@ fn sdxl_components_and_img2img_match_diffusers() {
         strength: manifest["strength"].as_f64().unwrap(),
         seed: manifest["seed"].as_u64().unwrap() as u32,
         conditioning: Default::default(),
+        tiling: None,
     };
     let size = (input.width(), input.height());
     let base_latents = tensor(&manifest["base"]["final_latents"]);

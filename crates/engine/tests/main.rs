@@ -20,5 +20,6 @@ mod schedulers;
 mod sdxl_parity;
 mod sdxl_runner;
 mod taesd;
+mod tiling;
 mod tokenizer;
 mod vae;

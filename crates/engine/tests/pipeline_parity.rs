@@ -83,6 +83,7 @@ fn img2img_matches_diffusers() {
             strength: case["strength"].as_f64().unwrap(),
             seed: case["seed"].as_u64().unwrap() as u32,
             conditioning: Default::default(),
+            tiling: None,
         };
         let text = if case["prediction_type"] == "v_prediction" {
             &v_pred

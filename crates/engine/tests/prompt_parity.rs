@@ -133,6 +133,7 @@ fn conditioning_and_img2img_match_the_reference() {
                 pad_conds: false,
                 embeddings: embeddings.clone(),
             },
+            tiling: None,
         };
         let mut ran = 0;
         let out = img2img(&model, &text, &input, &params, &mut |_| {

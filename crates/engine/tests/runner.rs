@@ -285,3 +285,28 @@ fn text_encoders_freed_after_the_prompts_give_the_same_run() {
     assert!(err.contains("text encoders were freed"), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
 }
+
+/// Tiled diffusion in a whole run (the tiny model's native size is 64 px): with tiles smaller
+/// than the loops, the run finishes with the planned sizes and another image than untiled;
+/// `auto` tiles these loops (all past 1.5 × 64 px) exactly as `on` does.
+#[test]
+fn tiled_runs_finish_and_auto_tiles_big_loops() {
+    use loopback_core::settings::Tiling;
+    let model = model();
+    let with = |tile: Tiling, tile_size: u32| {
+        let settings = Settings {
+            loops: 2,
+            tile,
+            tile_size,
+            tile_overlap: 16,
+            ..settings(5)
+        };
+        final_png_bytes(&run_all(&model, settings, None))
+    };
+    let off = with(Tiling::Off, 0);
+    let on = with(Tiling::On, 0);
+    assert_ne!(on, off);
+    assert_eq!(on.len(), off.len(), "the same final size");
+    assert_eq!(with(Tiling::Auto, 0), on);
+    assert_ne!(with(Tiling::On, 80), on, "another tile size, another grid");
+}

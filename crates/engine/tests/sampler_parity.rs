@@ -144,6 +144,7 @@ fn samplers_and_schedules_match_diffusers() {
             strength,
             seed: case["seed"].as_u64().unwrap() as u32,
             conditioning: Default::default(),
+            tiling: None,
         };
         let out = img2img(&model, &text, &input, &params, &mut |_| {
             ControlFlow::Continue(())
@@ -191,6 +192,7 @@ fn dpmpp_sde_runs_its_calls_and_follows_its_seed() {
             strength: 0.5,
             seed,
             conditioning: Default::default(),
+            tiling: None,
         };
         let mut calls = 0;
         let out = img2img(&model, &text, &input, &params, &mut |_| {
@@ -244,6 +246,7 @@ fn lcm_with_an_lcm_lora_matches_diffusers() {
             strength: case["strength"].as_f64().unwrap(),
             seed: case["seed"].as_u64().unwrap() as u32,
             conditioning: Default::default(),
+            tiling: None,
         };
         let out = img2img(&model, &text, &input, &params, &mut |_| {
             ControlFlow::Continue(())
@@ -307,6 +310,7 @@ fn every_sampler_runs_at_least_one_step() {
             strength: 0.1,
             seed: 1,
             conditioning: Default::default(),
+            tiling: None,
         };
         let mut calls = 0;
         let out = img2img(&model, &text, &input, &params, &mut |_| {

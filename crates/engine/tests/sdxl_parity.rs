@@ -55,6 +55,7 @@ fn params(case: &Value) -> Img2ImgParams {
         strength: case["strength"].as_f64().unwrap(),
         seed: case["seed"].as_u64().unwrap() as u32,
         conditioning: Default::default(),
+        tiling: None,
     }
 }
 

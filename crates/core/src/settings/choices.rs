@@ -192,6 +192,18 @@ impl Sampler {
 }
 
 choice_enum! {
+    /// Tiled diffusion: whether a loop denoises in overlapping tiles.
+    Tiling {
+        /// For loops past 1.5 × the model's native size.
+        Auto = ("auto", "Auto"),
+        /// Never.
+        Off = ("off", "Off"),
+        /// Every loop larger than one tile.
+        On = ("on", "Always"),
+    }
+}
+
+choice_enum! {
     /// How an image is fitted to a size of another aspect ratio (A1111's resize modes).
     ResizeMode {
         /// Stretch to the size.

@@ -168,6 +168,7 @@ always_valid!(
     super::choices::TargetMode,
     super::choices::Sampler,
     super::choices::ScheduleType,
+    super::choices::Tiling,
     super::choices::ResizeMode,
     super::choices::FilterLevel
 );

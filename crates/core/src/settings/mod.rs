@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 
 pub use a1111::{InfotextField, InfotextValue, ValueKind, py_bool, py_float};
 pub use choices::{
-    Choice, Curve, FilterLevel, ResizeMode, Sampler, ScheduleType, Size, TargetMode,
+    Choice, Curve, FilterLevel, ResizeMode, Sampler, ScheduleType, Size, TargetMode, Tiling,
 };
 pub use field::{Control, FieldDef, Group};
 
@@ -230,6 +230,19 @@ define_settings! {
     scale: f64 = 2.0,
         arg f64, flag "scale", group Size, label "Scale",
         control Control::Float { min: 0.5, max: 4.0, step: 0.1 };
+    /// Tiled diffusion (MultiDiffusion): a loop denoises overlapping tiles and blends them.
+    /// Auto: for loops past 1.5 × the model's native size.
+    tile: Tiling = Tiling::Auto,
+        arg Tiling, flag "tile", group Size, label "Tiled diffusion",
+        control Control::Choice { options: field::options::<Tiling> };
+    /// Tile side in pixels (multiple of 8); 0: the model's native size (512 for SD 1.5).
+    tile_size: u32 = 0,
+        arg u32, flag "tile-size", group Size, label "Tile size",
+        control Control::Int { min: 0, max: 2048, step: 64 };
+    /// How much neighbouring tiles overlap, in pixels (multiple of 8; blended over it).
+    tile_overlap: u32 = 128,
+        arg u32, flag "tile-overlap", group Size, label "Tile overlap",
+        control Control::Int { min: 16, max: 512, step: 16 };
     /// What the image should show; an empty prompt gives chaotic results.
     prompt: String = String::new(),
         arg String, flag "prompt", group Img2img, label "Prompt",

@@ -9,3 +9,4 @@ pub mod memory;
 pub mod pipeline;
 pub mod preview;
 pub mod runner;
+pub mod tiling;

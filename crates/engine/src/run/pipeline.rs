@@ -27,6 +27,7 @@ use crate::conditioning::tokenizer::ClipTokenizer;
 use crate::error::engine_err;
 use crate::model::SdModel;
 use crate::model::unet::AddedCond;
+use crate::run::tiling::{TileSpec, Tiles};
 use crate::scheduler::noise::TorchGenerator;
 use crate::scheduler::{self, Scheduler, SchedulerConfig, SchedulerTensor};
 use loopback_core::settings::{Sampler, ScheduleType};
@@ -71,6 +72,9 @@ pub struct Img2ImgParams {
     pub seed: u32,
     /// How the prompts are read and encoded: clip skip, padding, embeddings.
     pub conditioning: PromptOptions,
+    /// Tiled diffusion (latent tiles blended at every step), or `None` for one UNet pass over
+    /// the whole image.
+    pub tiling: Option<TileSpec>,
 }
 
 /// Progress after a denoising step.
@@ -418,30 +422,35 @@ pub fn img2img(
     let mut latents = sched.add_noise(&latents, &noise, range.start)?;
 
     let total = range.len();
+    let (_, _, lat_h, lat_w) = latents.dims4().map_err(engine_err("latents"))?;
+    let tiles = p
+        .tiling
+        .map(|spec| Tiles::new(lat_h, lat_w, &spec, device))
+        .transpose()?;
     for (n, i) in range.enumerate() {
         let t = sched.timesteps()[i];
-        let mut outs = Vec::with_capacity(2);
-        for (context, added) in text_inputs.at_step(model, n)? {
-            let rows = context.dim(0).map_err(engine_err("UNet input"))?;
-            let input = Tensor::cat(&vec![&latents; rows], 0).map_err(engine_err("UNet input"))?;
-            let input = sched.scale_model_input(&input, i)?;
-            outs.push(
-                model
-                    .unet
-                    .forward_with(
-                        &input
-                            .to_dtype(model.dtype)
-                            .map_err(engine_err("UNet input"))?,
-                        t,
-                        &context,
-                        added.as_ref(),
-                    )
-                    .and_then(|o| o.to_dtype(DType::F32))
-                    .map_err(engine_err("UNet"))?,
-            );
-        }
-        let out = Tensor::cat(&outs, 0).map_err(engine_err("UNet"))?;
-        let eps = if guided {
+        let calls = text_inputs.at_step(model, n)?;
+        let scaled = sched.scale_model_input(&latents, i)?;
+        // The guided noise prediction for (a crop of) the scaled latents.
+        let predict = |input: &Tensor| -> Result<Tensor> {
+            let mut outs = Vec::with_capacity(2);
+            for (context, added) in &calls {
+                let rows = context.dim(0).map_err(engine_err("UNet input"))?;
+                let input = Tensor::cat(&vec![input; rows], 0)
+                    .and_then(|t| t.to_dtype(model.dtype))
+                    .map_err(engine_err("UNet input"))?;
+                outs.push(
+                    model
+                        .unet
+                        .forward_with(&input, t, context, added.as_ref())
+                        .and_then(|o| o.to_dtype(DType::F32))
+                        .map_err(engine_err("UNet"))?,
+                );
+            }
+            let out = Tensor::cat(&outs, 0).map_err(engine_err("UNet"))?;
+            if !guided {
+                return Ok(out);
+            }
             let uncond = out
                 .get(0)
                 .and_then(|t| t.unsqueeze(0))
@@ -453,9 +462,11 @@ pub fn img2img(
             // diffusers' order of operations: uncond + g·(cond − uncond).
             (&uncond
                 + ((&cond - &uncond).and_then(|d| d * p.cfg)).map_err(engine_err("guidance"))?)
-            .map_err(engine_err("guidance"))?
-        } else {
-            out
+            .map_err(engine_err("guidance"))
+        };
+        let eps = match &tiles {
+            Some(tiles) => tiles.blend(&latents, predict, &scaled)?,
+            None => predict(&scaled)?,
         };
         latents = sched.step(&eps, i, &latents, &mut draw)?;
         if on_step(StepProgress {

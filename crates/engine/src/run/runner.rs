@@ -22,12 +22,13 @@ use crate::load::lora;
 use crate::load::open::LoadedModel;
 use crate::run::pipeline::{Img2ImgParams, img2img};
 use crate::run::preview::{latents_to_rgb, taesd_to_rgb};
+use crate::run::tiling::TileSpec;
 use loopback_core::imageops::color::ColorReference;
 use loopback_core::imageops::{finish, resize};
 use loopback_core::io::to_diffusion_rgb;
 use loopback_core::metadata::{EmbeddingRecord, ModelInfo, Recipe};
 use loopback_core::plan::{self, LoopSpec, PlanInput};
-use loopback_core::settings::Settings;
+use loopback_core::settings::{Settings, Tiling};
 use loopback_core::{Error, Result};
 
 /// What a run reports, in order: per loop `LoopStarted`, `StepFinished` + `Preview` per step,
@@ -214,6 +215,7 @@ impl Job<'_, '_> {
                     pad_conds: settings.pad_conds,
                     embeddings: request.embeddings.clone(),
                 },
+                tiling: self.tiling(settings, &spec, k),
             };
             let per_step = f64::from(spec.width) * f64::from(spec.height);
             let model = self.model;
@@ -303,6 +305,38 @@ impl Job<'_, '_> {
             }
         }
         Ok(text)
+    }
+
+    /// The tiling of loop `k` (1-based): with tiled diffusion on (or automatic and the loop
+    /// past 1.5 × the model's native size), tiles of the tile size (the native size when 0)
+    /// overlapping by the tile overlap, in latent pixels; the grid's offset moves by a third
+    /// of a tile from loop to loop, so seams never fall in the same place twice.
+    fn tiling(&self, settings: &Settings, spec: &LoopSpec, k: u32) -> Option<TileSpec> {
+        let model = &self.model.model;
+        let down = model.vae.downscale.max(1);
+        let native = model.files.unet.sample_size.unwrap_or(64) * down;
+        let largest = spec.width.max(spec.height) as usize;
+        let wanted = match settings.tile {
+            Tiling::Off => false,
+            Tiling::On => true,
+            Tiling::Auto => largest * 2 > native * 3,
+        };
+        let tile_px = if settings.tile_size == 0 {
+            native
+        } else {
+            settings.tile_size as usize
+        };
+        let tile = (tile_px / down).max(8);
+        let overlap = (settings.tile_overlap as usize / down).min(tile / 2);
+        if !wanted || largest <= tile_px {
+            return None;
+        }
+        let stride = (tile - overlap).max(1);
+        Some(TileSpec {
+            tile,
+            overlap,
+            offset: (k as usize - 1) * (tile / 3).max(1) % stride,
+        })
     }
 
     /// The embeddings the prompts call, for the recipe's `TI hashes`.
