@@ -11,6 +11,16 @@ pub fn data(name: &str) -> PathBuf {
     Path::new(ROOT).join("tests/data").join(name)
 }
 
+/// The largest difference, in levels, between two images' bytes (of the same length).
+pub fn max_level_diff(a: &[u8], b: &[u8]) -> u8 {
+    assert_eq!(a.len(), b.len(), "images of different sizes");
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| x.abs_diff(*y))
+        .max()
+        .unwrap_or(0)
+}
+
 /// Max abs difference of two tensors of the same shape.
 pub fn max_abs_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
     assert_eq!(a.dims(), b.dims());

@@ -111,13 +111,7 @@ fn img2img_matches_diffusers() {
                 .join(case["files"]["out_u8"]["file"].as_str().unwrap()),
         )
         .unwrap();
-        let diff_u8 = out
-            .as_raw()
-            .iter()
-            .zip(&reference)
-            .map(|(a, b)| a.abs_diff(*b))
-            .max()
-            .unwrap();
+        let diff_u8 = crate::common::max_level_diff(out.as_raw(), &reference);
         let reference_f = read_f32(case["files"]["out"]["file"].as_str().unwrap());
         // The reference's float output against our u8 output: within one level plus rounding.
         let diff_f = out

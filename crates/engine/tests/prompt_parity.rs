@@ -149,13 +149,7 @@ fn conditioning_and_img2img_match_the_reference() {
         );
         let reference =
             std::fs::read(parity.join(case["out_u8"]["file"].as_str().unwrap())).unwrap();
-        let diff = out
-            .as_raw()
-            .iter()
-            .zip(&reference)
-            .map(|(a, b)| a.abs_diff(*b))
-            .max()
-            .unwrap();
+        let diff = crate::common::max_level_diff(out.as_raw(), &reference);
         worst_u8 = worst_u8.max(diff);
         assert!(diff <= 1, "{name}: image differs by {diff} levels");
     }

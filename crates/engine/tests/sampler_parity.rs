@@ -153,13 +153,7 @@ fn samplers_and_schedules_match_diffusers() {
         .unwrap();
         let reference =
             std::fs::read(dir().join(case["files"]["out_u8"]["file"].as_str().unwrap())).unwrap();
-        let diff = out
-            .as_raw()
-            .iter()
-            .zip(&reference)
-            .map(|(a, b)| a.abs_diff(*b))
-            .max()
-            .unwrap();
+        let diff = crate::common::max_level_diff(out.as_raw(), &reference);
         worst_u8 = worst_u8.max(diff);
         assert!(diff <= 1, "{name}: image differs by {diff} levels");
     }
@@ -255,13 +249,7 @@ fn lcm_with_an_lcm_lora_matches_diffusers() {
         .unwrap();
         let reference =
             std::fs::read(dir.join(case["files"]["out_u8"]["file"].as_str().unwrap())).unwrap();
-        let diff = out
-            .as_raw()
-            .iter()
-            .zip(&reference)
-            .map(|(a, b)| a.abs_diff(*b))
-            .max()
-            .unwrap();
+        let diff = crate::common::max_level_diff(out.as_raw(), &reference);
         assert!(diff <= 1, "{name}: image differs by {diff} levels");
         outputs.push((name.to_string(), out));
     }

@@ -184,13 +184,7 @@ fn sdxl_img2img_matches_diffusers() {
         )
         .unwrap();
         assert_eq!(out.as_raw().len(), reference.len(), "{name}: image size");
-        let d_u8 = out
-            .as_raw()
-            .iter()
-            .zip(&reference)
-            .map(|(a, b)| a.abs_diff(*b))
-            .max()
-            .unwrap();
+        let d_u8 = crate::common::max_level_diff(out.as_raw(), &reference);
         assert!(d_u8 <= 2, "{name}: image differs by {d_u8} levels");
 
         let draws = tensor(case, "noise_draws")

@@ -84,13 +84,7 @@ fn tiled_loops_match_the_reference() {
         let out = run(&model, &text, &input, &params(tiling));
         let reference =
             std::fs::read(dir.join(case["files"]["out_u8"]["file"].as_str().unwrap())).unwrap();
-        let diff = out
-            .as_raw()
-            .iter()
-            .zip(&reference)
-            .map(|(a, b)| a.abs_diff(*b))
-            .max()
-            .unwrap();
+        let diff = crate::common::max_level_diff(out.as_raw(), &reference);
         worst = worst.max(diff);
         assert!(diff <= 1, "{name}: differs by {diff} levels");
     }
