@@ -2,7 +2,8 @@
 
 use crate::scheduler::config::{PredictionType, SchedulerConfig, TimestepSpacing};
 use crate::scheduler::interface::{
-    NoiseSource, Scheduler, SchedulerTensor, check_config, check_index, combine,
+    NoiseSource, Scheduler, SchedulerTensor, add_vp_noise, check_config, check_index, combine,
+    unscaled,
 };
 use crate::scheduler::{alphas, timesteps};
 use loopback_core::{Error, Result};
@@ -101,16 +102,12 @@ impl<T: SchedulerTensor> Scheduler<T> for Ddim {
 
     fn add_noise(&self, original: &T, noise: &T, step_index: usize) -> Result<T> {
         let alpha = self.alpha_at(step_index)?;
-        let (signal, noise_level) = (alpha.sqrt(), (1.0 - alpha).sqrt());
-        combine(&[
-            (f64::from(signal), original),
-            (f64::from(noise_level), noise),
-        ])
+        add_vp_noise(original, noise, alpha.sqrt(), (1.0 - alpha).sqrt())
     }
 
     fn scale_model_input(&self, sample: &T, step_index: usize) -> Result<T> {
         check_index(step_index, self.timesteps.len())?;
-        combine(&[(1.0, sample)])
+        unscaled(sample)
     }
 
     fn step(

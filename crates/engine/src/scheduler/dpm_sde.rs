@@ -13,7 +13,10 @@
 
 use crate::scheduler::config::{PredictionType, SchedulerConfig};
 use crate::scheduler::euler::{euler_schedule, x0_coefficients};
-use crate::scheduler::interface::{NoiseSource, Scheduler, SchedulerTensor, check_index, combine};
+use crate::scheduler::interface::{
+    NoiseSource, Scheduler, SchedulerTensor, add_sigma_noise, check_index, combine, scale_by_sigma,
+    unscaled,
+};
 use crate::scheduler::{alphas, sigmas};
 use loopback_core::Result;
 use loopback_core::settings::ScheduleType;
@@ -137,7 +140,7 @@ impl<T: SchedulerTensor> Scheduler<T> for DpmSde<T> {
 
     fn add_noise(&self, original: &T, noise: &T, step_index: usize) -> Result<T> {
         let i = check_index(step_index, self.timesteps.len())?;
-        combine(&[(1.0, original), (f64::from(self.sigmas[i]), noise)])
+        add_sigma_noise(original, noise, self.sigmas[i])
     }
 
     fn scale_model_input(&self, sample: &T, step_index: usize) -> Result<T> {
@@ -147,7 +150,7 @@ impl<T: SchedulerTensor> Scheduler<T> for DpmSde<T> {
             Some(m) => m.mid,
             None => self.sigmas[i],
         };
-        combine(&[(1.0 / f64::from((sigma * sigma + 1.0).sqrt()), sample)])
+        scale_by_sigma(sample, sigma)
     }
 
     fn step(
@@ -176,7 +179,7 @@ impl<T: SchedulerTensor> Scheduler<T> for DpmSde<T> {
                 let (r, xa, eb, up) = dpm_move(sigma, mid, a, b);
                 let x2 = combine(&[(r + xa, sample), (eb, model_output), (up, &first_noise)])?;
                 self.pending = Some(Midpoint {
-                    start: combine(&[(1.0, sample)])?,
+                    start: unscaled(sample)?,
                     first_noise,
                     sigma,
                     mid,

@@ -8,7 +8,8 @@ use crate::scheduler::config::{
     BetaSchedule, FinalSigmas, PredictionType, SchedulerConfig, SolverType,
 };
 use crate::scheduler::interface::{
-    NoiseSource, Scheduler, SchedulerTensor, check_config, check_index, combine,
+    NoiseSource, Scheduler, SchedulerTensor, add_vp_noise, check_config, check_index, combine,
+    data_prediction, unscaled,
 };
 use crate::scheduler::{alphas, sigmas, timesteps};
 use loopback_core::Result;
@@ -104,12 +105,12 @@ impl<T: SchedulerTensor> Scheduler<T> for DpmSolverMultistep<T> {
     fn add_noise(&self, original: &T, noise: &T, step_index: usize) -> Result<T> {
         let i = check_index(step_index, self.timesteps.len())?;
         let (alpha, sigma) = alpha_sigma(self.sigmas[i]);
-        combine(&[(f64::from(alpha), original), (f64::from(sigma), noise)])
+        add_vp_noise(original, noise, alpha, sigma)
     }
 
     fn scale_model_input(&self, sample: &T, step_index: usize) -> Result<T> {
         check_index(step_index, self.timesteps.len())?;
-        combine(&[(1.0, sample)])
+        unscaled(sample)
     }
 
     fn step(
@@ -123,17 +124,7 @@ impl<T: SchedulerTensor> Scheduler<T> for DpmSolverMultistep<T> {
         let (alpha_s0, sigma_s0) = alpha_sigma(self.sigmas[i]);
         let (alpha_t, sigma_t) = alpha_sigma(self.sigmas[i + 1]);
         // The predicted clean sample (`convert_model_output`).
-        let x0 = match self.prediction {
-            PredictionType::Epsilon => combine(&[
-                (1.0 / f64::from(alpha_s0), sample),
-                (-f64::from(sigma_s0) / f64::from(alpha_s0), model_output),
-            ])?,
-            PredictionType::VPrediction => combine(&[
-                (f64::from(alpha_s0), sample),
-                (-f64::from(sigma_s0), model_output),
-            ])?,
-            PredictionType::Sample => combine(&[(1.0, model_output)])?,
-        };
+        let x0 = data_prediction(self.prediction, sample, model_output, (alpha_s0, sigma_s0))?;
         let lambda_s0 = lambda(alpha_s0, sigma_s0);
         let h = lambda(alpha_t, sigma_t) - lambda_s0;
         let previous = match self.previous.take() {

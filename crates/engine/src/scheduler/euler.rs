@@ -4,7 +4,8 @@
 
 use crate::scheduler::config::{PredictionType, SchedulerConfig, TimestepSpacing};
 use crate::scheduler::interface::{
-    NoiseSource, Scheduler, SchedulerTensor, check_config, check_index, combine,
+    NoiseSource, Scheduler, SchedulerTensor, add_sigma_noise, check_config, check_index, combine,
+    scale_by_sigma,
 };
 use crate::scheduler::{alphas, sigmas, timesteps};
 use loopback_core::settings::ScheduleType;
@@ -78,12 +79,12 @@ impl<T: SchedulerTensor> Scheduler<T> for Euler {
 
     fn add_noise(&self, original: &T, noise: &T, step_index: usize) -> Result<T> {
         let (sigma, _) = self.sigma_pair(step_index)?;
-        combine(&[(1.0, original), (f64::from(sigma), noise)])
+        add_sigma_noise(original, noise, sigma)
     }
 
     fn scale_model_input(&self, sample: &T, step_index: usize) -> Result<T> {
         let (sigma, _) = self.sigma_pair(step_index)?;
-        combine(&[(1.0 / f64::from((sigma * sigma + 1.0).sqrt()), sample)])
+        scale_by_sigma(sample, sigma)
     }
 
     fn step(

@@ -2,7 +2,10 @@
 
 use crate::scheduler::config::{PredictionType, SchedulerConfig};
 use crate::scheduler::euler::{euler_schedule, x0_coefficients};
-use crate::scheduler::interface::{NoiseSource, Scheduler, SchedulerTensor, check_index, combine};
+use crate::scheduler::interface::{
+    NoiseSource, Scheduler, SchedulerTensor, add_sigma_noise, check_index, combine, scale_by_sigma,
+    unscaled,
+};
 use loopback_core::Result;
 use loopback_core::settings::ScheduleType;
 
@@ -81,13 +84,12 @@ impl<T: SchedulerTensor> Scheduler<T> for Heun<T> {
 
     fn add_noise(&self, original: &T, noise: &T, step_index: usize) -> Result<T> {
         let i = check_index(step_index, self.timesteps.len())?;
-        combine(&[(1.0, original), (f64::from(self.sigmas[i]), noise)])
+        add_sigma_noise(original, noise, self.sigmas[i])
     }
 
     fn scale_model_input(&self, sample: &T, step_index: usize) -> Result<T> {
         let i = check_index(step_index, self.timesteps.len())?;
-        let sigma = self.sigmas[i];
-        combine(&[(1.0 / f64::from((sigma * sigma + 1.0).sqrt()), sample)])
+        scale_by_sigma(sample, self.sigmas[i])
     }
 
     fn step(
@@ -108,7 +110,7 @@ impl<T: SchedulerTensor> Scheduler<T> for Heun<T> {
                 let dt = sigma_next - sigma;
                 let next = combine(&[(1.0, sample), (f64::from(dt), &derivative)])?;
                 if sigma_next > 0.0 {
-                    self.pending = Some((derivative, combine(&[(1.0, sample)])?, dt));
+                    self.pending = Some((derivative, unscaled(sample)?, dt));
                 }
                 Ok(next)
             }

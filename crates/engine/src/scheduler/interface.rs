@@ -3,7 +3,7 @@
 
 use std::ops::Range;
 
-use crate::scheduler::config::SchedulerConfig;
+use crate::scheduler::config::{PredictionType, SchedulerConfig};
 use loopback_core::{Error, Result};
 
 /// The tensor operations the schedulers need; the engine implements it for its tensors.
@@ -102,6 +102,61 @@ pub(super) fn combine<T: SchedulerTensor>(terms: &[(f64, &T)]) -> Result<T> {
         T::lin_comb(&terms[..terms.len().min(1)])
     } else {
         T::lin_comb(&kept)
+    }
+}
+
+/// `original + sigma·noise`: the noised latents of the sigma-parameterised samplers (Euler,
+/// Heun, DPM++ SDE).
+pub(super) fn add_sigma_noise<T: SchedulerTensor>(
+    original: &T,
+    noise: &T,
+    sigma: f32,
+) -> Result<T> {
+    combine(&[(1.0, original), (f64::from(sigma), noise)])
+}
+
+/// `sample / sqrt(sigma² + 1)`: the UNet input of the sigma-parameterised samplers.
+pub(super) fn scale_by_sigma<T: SchedulerTensor>(sample: &T, sigma: f32) -> Result<T> {
+    combine(&[(1.0 / f64::from((sigma * sigma + 1.0).sqrt()), sample)])
+}
+
+/// `sqrt(a)·original + sqrt(1 − a)·noise` for the alpha product `a` (DDIM, LCM; DPM-Solver
+/// and UniPC in their `alpha_t`, `sigma_t` form).
+pub(super) fn add_vp_noise<T: SchedulerTensor>(
+    original: &T,
+    noise: &T,
+    signal: f32,
+    noise_level: f32,
+) -> Result<T> {
+    combine(&[
+        (f64::from(signal), original),
+        (f64::from(noise_level), noise),
+    ])
+}
+
+/// A copy of `sample` (the UNet input of samplers that do not scale it).
+pub(super) fn unscaled<T: SchedulerTensor>(sample: &T) -> Result<T> {
+    combine(&[(1.0, sample)])
+}
+
+/// The predicted clean sample of DPM-Solver and UniPC (`convert_model_output` with
+/// `predict_x0`) at `(alpha, sigma)`.
+pub(super) fn data_prediction<T: SchedulerTensor>(
+    prediction: PredictionType,
+    sample: &T,
+    model_output: &T,
+    (alpha, sigma): (f32, f32),
+) -> Result<T> {
+    match prediction {
+        PredictionType::Epsilon => combine(&[
+            (1.0 / f64::from(alpha), sample),
+            (-f64::from(sigma) / f64::from(alpha), model_output),
+        ]),
+        PredictionType::VPrediction => combine(&[
+            (f64::from(alpha), sample),
+            (-f64::from(sigma), model_output),
+        ]),
+        PredictionType::Sample => combine(&[(1.0, model_output)]),
     }
 }
 

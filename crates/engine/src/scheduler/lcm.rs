@@ -3,7 +3,8 @@
 
 use crate::scheduler::config::{PredictionType, SchedulerConfig};
 use crate::scheduler::interface::{
-    NoiseSource, Scheduler, SchedulerTensor, check_config, check_index, combine,
+    NoiseSource, Scheduler, SchedulerTensor, add_vp_noise, check_config, check_index, combine,
+    unscaled,
 };
 use crate::scheduler::{alphas, timesteps};
 use loopback_core::{Error, Result};
@@ -83,15 +84,12 @@ impl<T: SchedulerTensor> Scheduler<T> for Lcm {
 
     fn add_noise(&self, original: &T, noise: &T, step_index: usize) -> Result<T> {
         let alpha = self.alpha_at(step_index)?;
-        combine(&[
-            (f64::from(alpha.sqrt()), original),
-            (f64::from((1.0 - alpha).sqrt()), noise),
-        ])
+        add_vp_noise(original, noise, alpha.sqrt(), (1.0 - alpha).sqrt())
     }
 
     fn scale_model_input(&self, sample: &T, step_index: usize) -> Result<T> {
         check_index(step_index, self.timesteps.len())?;
-        combine(&[(1.0, sample)])
+        unscaled(sample)
     }
 
     fn step(

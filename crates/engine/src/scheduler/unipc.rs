@@ -4,7 +4,10 @@
 
 use crate::scheduler::config::{PredictionType, SchedulerConfig};
 use crate::scheduler::dpm_solver::{alpha_sigma, dpm_schedule, lambda};
-use crate::scheduler::interface::{NoiseSource, Scheduler, SchedulerTensor, check_index, combine};
+use crate::scheduler::interface::{
+    NoiseSource, Scheduler, SchedulerTensor, add_vp_noise, check_index, combine, data_prediction,
+    unscaled,
+};
 use loopback_core::Result;
 use loopback_core::settings::ScheduleType;
 
@@ -104,12 +107,12 @@ impl<T: SchedulerTensor> Scheduler<T> for UniPc<T> {
     fn add_noise(&self, original: &T, noise: &T, step_index: usize) -> Result<T> {
         let i = check_index(step_index, self.timesteps.len())?;
         let (alpha, sigma) = alpha_sigma(self.sigmas[i]);
-        combine(&[(f64::from(alpha), original), (f64::from(sigma), noise)])
+        add_vp_noise(original, noise, alpha, sigma)
     }
 
     fn scale_model_input(&self, sample: &T, step_index: usize) -> Result<T> {
         check_index(step_index, self.timesteps.len())?;
-        combine(&[(1.0, sample)])
+        unscaled(sample)
     }
 
     fn step(
@@ -122,17 +125,7 @@ impl<T: SchedulerTensor> Scheduler<T> for UniPc<T> {
         let i = check_index(step_index, self.timesteps.len())?;
         let (alpha_s, sigma_s) = alpha_sigma(self.sigmas[i]);
         // The predicted clean sample m.
-        let m = match self.prediction {
-            PredictionType::Epsilon => combine(&[
-                (1.0 / f64::from(alpha_s), sample),
-                (-f64::from(sigma_s) / f64::from(alpha_s), model_output),
-            ])?,
-            PredictionType::VPrediction => combine(&[
-                (f64::from(alpha_s), sample),
-                (-f64::from(sigma_s), model_output),
-            ])?,
-            PredictionType::Sample => combine(&[(1.0, model_output)])?,
-        };
+        let m = data_prediction(self.prediction, sample, model_output, (alpha_s, sigma_s))?;
         // UniC: correct the sample the model just saw, from the last predictor's start.
         let corrected = match (self.last_sample.take(), self.outputs.last()) {
             (Some(last), Some((m0, j))) if i > 0 && *j + 1 == i => {
