@@ -204,6 +204,32 @@ choice_enum! {
 }
 
 choice_enum! {
+    /// How a ControlNet's residuals are weighted against the prompt (the sd-webui-controlnet
+    /// extension's "Control Mode").
+    ControlMode {
+        /// Every residual at the weight, on both guidance rows.
+        Balanced = ("balanced", "Balanced"),
+        /// "My prompt is more important": residuals fade towards the UNet's input (the
+        /// weight × 0.825^(12 − i) of SD 1.5's 13), on both rows.
+        Prompt = ("prompt", "My prompt is more important"),
+        /// "ControlNet is more important": those faded residuals on the prompt's row only,
+        /// so guidance pushes towards the control.
+        ControlNet = ("controlnet", "ControlNet is more important"),
+    }
+}
+
+choice_enum! {
+    /// What becomes a loop's control image (the extension's preprocessor, "Module").
+    ControlPreprocess {
+        /// The loop's input as it is.
+        None = ("none", "none"),
+        /// The tile model's preprocessor: the input shrunk by the resample rate (area
+        /// average), then brought back to the loop's size.
+        TileResample = ("tile-resample", "tile_resample"),
+    }
+}
+
+choice_enum! {
     /// How an image is fitted to a size of another aspect ratio (A1111's resize modes).
     ResizeMode {
         /// Stretch to the size.

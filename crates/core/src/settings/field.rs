@@ -12,6 +12,8 @@ pub enum Group {
     Size,
     /// The img2img settings.
     Img2img,
+    /// The ControlNet that guides each loop with its own input.
+    ControlNet,
     /// The finishing chain applied after the last loop.
     Finish,
 }
@@ -23,6 +25,7 @@ impl Group {
             Group::Loop => "Loop",
             Group::Size => "Size",
             Group::Img2img => "img2img",
+            Group::ControlNet => "ControlNet",
             Group::Finish => "Finishing",
         }
     }
@@ -169,6 +172,8 @@ always_valid!(
     super::choices::Sampler,
     super::choices::ScheduleType,
     super::choices::Tiling,
+    super::choices::ControlMode,
+    super::choices::ControlPreprocess,
     super::choices::ResizeMode,
     super::choices::FilterLevel
 );

@@ -25,7 +25,8 @@ use serde::{Deserialize, Serialize};
 
 pub use a1111::{InfotextField, InfotextValue, ValueKind, py_bool, py_float};
 pub use choices::{
-    Choice, Curve, FilterLevel, ResizeMode, Sampler, ScheduleType, Size, TargetMode, Tiling,
+    Choice, ControlMode, ControlPreprocess, Curve, FilterLevel, ResizeMode, Sampler, ScheduleType,
+    Size, TargetMode, Tiling,
 };
 pub use field::{Control, FieldDef, Group};
 
@@ -296,6 +297,37 @@ define_settings! {
     color_correction: bool = false,
         arg bool [num_args = 0..=1, require_equals = true, default_missing_value = "true"], flag "color-correction", group Img2img, label "Colour correction",
         control Control::Toggle;
+    /// A ControlNet that guides every loop with the loop's own input (e.g. ControlNet Tile,
+    /// `control_v11f1e_sd15_tile`): a file or diffusers folder, or its name in
+    /// `models/ControlNet/`. Empty: none.
+    controlnet: String = String::new(),
+        arg String, flag "controlnet", group ControlNet, label "ControlNet model",
+        control Control::Text { multiline: false };
+    /// How strongly the ControlNet steers (its residuals' multiplier).
+    control_weight: f64 = 1.0,
+        arg f64, flag "control-weight", group ControlNet, label "Control weight",
+        control Control::Float { min: 0.0, max: 2.0, step: 0.05 };
+    /// The fraction of a loop's steps at which the ControlNet starts steering.
+    control_start: f64 = 0.0,
+        arg f64, flag "control-start", group ControlNet, label "Starting control step",
+        control Control::Float { min: 0.0, max: 1.0, step: 0.01 };
+    /// The fraction of a loop's steps at which the ControlNet stops steering.
+    control_end: f64 = 1.0,
+        arg f64, flag "control-end", group ControlNet, label "Ending control step",
+        control Control::Float { min: 0.0, max: 1.0, step: 0.01 };
+    /// Balanced, or the prompt or the ControlNet more important (as the A1111 extension).
+    control_mode: ControlMode = ControlMode::Balanced,
+        arg ControlMode, flag "control-mode", group ControlNet, label "Control mode",
+        control Control::Choice { options: field::options::<ControlMode> };
+    /// The control image: the loop's input as it is, or the tile preprocessor's resample.
+    control_preprocess: ControlPreprocess = ControlPreprocess::None,
+        arg ControlPreprocess, flag "control-preprocess", group ControlNet, label "Preprocessor",
+        control Control::Choice { options: field::options::<ControlPreprocess> };
+    /// tile-resample's down-sampling rate: the control image is the input shrunk this many
+    /// times and brought back (1: unchanged; higher: blurrier, more freedom).
+    control_resample_rate: f64 = 1.0,
+        arg f64, flag "control-resample-rate", group ControlNet, label "Down sampling rate",
+        control Control::Float { min: 1.0, max: 8.0, step: 0.1 };
     // The finishing chain (group Finish): each setting's A1111 infotext key, and its place
     // among these keys in the infotext.
     finishing {

@@ -3,6 +3,7 @@
 //! - [`hub`]: built-in presets fetched into the standard Hugging Face cache;
 //! - [`library`]: the models, VAEs, LoRAs and TAESD decoders on disk, with family and size;
 //! - [`checkpoint`]: single-file checkpoints (original layout) and replacement VAEs;
+//! - [`controlnet`]: ControlNets (diffusers folders, single files in the original layout);
 //! - [`embeddings`]: textual-inversion embeddings, found by name in prompts;
 //! - [`weights`]: safetensors weights read per tensor on demand, renamed and derived; hashes;
 //! - [`lora`]: LoRA files merged into the weights as they load, and `<lora:…>` prompt tags;
@@ -11,6 +12,7 @@
 //! - [`request`]: a model request resolved, fetched and loaded, with progress events.
 
 pub mod checkpoint;
+pub mod controlnet;
 pub mod embeddings;
 pub mod hub;
 pub mod library;

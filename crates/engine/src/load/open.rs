@@ -37,6 +37,8 @@ pub struct LoadedModel {
     pub vae_path: Option<PathBuf>,
     /// The LoRAs merged into the weights, in order, with their A1111 hashes.
     pub loras: Vec<LoraRecord>,
+    /// The ControlNet loaded with the model (`--controlnet`), if any.
+    pub controlnet: Option<crate::load::controlnet::LoadedControlNet>,
     /// The TAESD decoder for previews, when its weights were found ([`taesd_find::find`]);
     /// `None`: previews use the latent→RGB projection.
     pub taesd: Option<TaesdDecoder>,
@@ -101,6 +103,8 @@ pub struct LoadOptions {
     pub search_dirs: Vec<PathBuf>,
     /// The Hugging Face cache searched for a TAESD decoder; `None`: the standard one.
     pub hf_cache: Option<PathBuf>,
+    /// A ControlNet (file or folder) loaded beside the model; checked against its family.
+    pub controlnet: Option<PathBuf>,
 }
 
 /// The name a model is recorded under: a folder's name (a Hugging Face cache snapshot's
@@ -168,6 +172,12 @@ impl LoadedModel {
             )?),
             None => None,
         };
+        // A ControlNet of another family is refused before the model's weights are read.
+        let controlnet = options
+            .controlnet
+            .as_deref()
+            .map(|path| crate::load::controlnet::open(path, &files.unet, device, dtype))
+            .transpose()?;
         let set = LoraSet::read(&options.loras)?;
         let sd = SdModel::from_parts(files, weights, &unet_config, device, dtype, &set)?;
         let loras = options
@@ -209,6 +219,7 @@ impl LoadedModel {
             }),
             vae_path: custom.map(|v| v.weights_path),
             loras,
+            controlnet,
             taesd,
         })
     }

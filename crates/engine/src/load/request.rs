@@ -48,6 +48,9 @@ pub struct ModelRequest {
     /// LoRAs merged into the weights at load (a different set means another load); see
     /// [`crate::load::lora::specs_for_prompt`] for the prompt's `<lora:…>` tags.
     pub loras: Vec<LoraSpec>,
+    /// A ControlNet loaded with the model: a file or folder, or its name in the
+    /// `ControlNet/` folder of a search folder (the `controlnet` setting); `None`: none.
+    pub controlnet: Option<String>,
 }
 
 impl ModelRequest {
@@ -63,6 +66,7 @@ impl ModelRequest {
             checkpoint: CheckpointOptions::default(),
             hash_cache: None,
             loras: Vec::new(),
+            controlnet: None,
         }
     }
 }
@@ -174,6 +178,12 @@ pub fn load_blocking(
         loras: request.loras.clone(),
         search_dirs: request.search_dirs.clone(),
         hf_cache: request.cache_dir.clone(),
+        controlnet: request
+            .controlnet
+            .as_deref()
+            .filter(|spec| !spec.trim().is_empty())
+            .map(|spec| crate::load::controlnet::resolve(spec, &request.search_dirs))
+            .transpose()?,
     };
     let mut model = LoadedModel::load_with(&model_path, &options, &device, dtype)?;
     // Hashing a multi-GB checkpoint takes seconds: done here, after loading, and only for

@@ -7,6 +7,7 @@
 pub mod arch;
 pub mod clip;
 pub mod config;
+pub mod controlnet;
 pub mod taesd;
 pub mod text;
 pub mod unet;
