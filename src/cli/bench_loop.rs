@@ -66,6 +66,7 @@ pub fn run(bench: &LoopBench<'_>) -> anyhow::Result<serde_json::Value> {
         seed: 1,
         conditioning: Default::default(),
         tiling: None,
+        control: None,
     };
     let before = memory::process_rss().unwrap_or(0);
     let reset = memory::reset_peak_rss();

@@ -62,3 +62,23 @@ pub fn reference_tensor(dir: &Path, entry: &serde_json::Value) -> candle_core::T
     let (values, shape) = reference_f32(dir, entry);
     candle_core::Tensor::from_vec(values, shape, &candle_core::Device::Cpu).unwrap()
 }
+
+/// The img2img pass of the tiled and ControlNet references on the tiny model: the coffee
+/// prompts, DDIM, 10 steps at strength 0.5 (5 run), CFG 7.5, seed 1234, with `tiling`.
+pub fn reference_params(
+    tiling: Option<loopback_engine::run::tiling::TileSpec>,
+) -> loopback_engine::run::pipeline::Img2ImgParams {
+    loopback_engine::run::pipeline::Img2ImgParams {
+        prompt: "a cup of coffee on a wooden table".into(),
+        negative_prompt: "blurry, lowres".into(),
+        sampler: loopback_core::settings::Sampler::Ddim,
+        schedule: loopback_core::settings::ScheduleType::Automatic,
+        steps: 10,
+        cfg: 7.5,
+        strength: 0.5,
+        seed: 1234,
+        conditioning: Default::default(),
+        tiling,
+        control: None,
+    }
+}

@@ -123,6 +123,7 @@ fn components_and_img2img_match_diffusers() {
         seed: manifest["seed"].as_u64().unwrap() as u32,
         conditioning: Default::default(),
         tiling: None,
+        control: None,
     };
     let base_latents = read_f32(&manifest["base"]["final_latents"]);
     for case in manifest["cases"].as_array().unwrap() {

@@ -115,6 +115,7 @@ fn sdxl_components_and_img2img_match_diffusers() {
         seed: manifest["seed"].as_u64().unwrap() as u32,
         conditioning: Default::default(),
         tiling: None,
+        control: None,
     };
     let size = (input.width(), input.height());
     let base_latents = tensor(&manifest["base"]["final_latents"]);

@@ -4,6 +4,7 @@
 
 mod checkpoint;
 mod common;
+mod controlnet;
 mod hub;
 mod loader;
 mod lora;

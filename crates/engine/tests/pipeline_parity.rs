@@ -84,6 +84,7 @@ fn img2img_matches_diffusers() {
             seed: case["seed"].as_u64().unwrap() as u32,
             conditioning: Default::default(),
             tiling: None,
+            control: None,
         };
         let text = if case["prediction_type"] == "v_prediction" {
             &v_pred

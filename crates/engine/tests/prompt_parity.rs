@@ -134,6 +134,7 @@ fn conditioning_and_img2img_match_the_reference() {
                 embeddings: embeddings.clone(),
             },
             tiling: None,
+            control: None,
         };
         let mut ran = 0;
         let out = img2img(&model, &text, &input, &params, &mut |_| {

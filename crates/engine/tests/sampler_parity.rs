@@ -145,6 +145,7 @@ fn samplers_and_schedules_match_diffusers() {
             seed: case["seed"].as_u64().unwrap() as u32,
             conditioning: Default::default(),
             tiling: None,
+            control: None,
         };
         let out = img2img(&model, &text, &input, &params, &mut |_| {
             ControlFlow::Continue(())
@@ -187,6 +188,7 @@ fn dpmpp_sde_runs_its_calls_and_follows_its_seed() {
             seed,
             conditioning: Default::default(),
             tiling: None,
+            control: None,
         };
         let mut calls = 0;
         let out = img2img(&model, &text, &input, &params, &mut |_| {
@@ -241,6 +243,7 @@ fn lcm_with_an_lcm_lora_matches_diffusers() {
             seed: case["seed"].as_u64().unwrap() as u32,
             conditioning: Default::default(),
             tiling: None,
+            control: None,
         };
         let out = img2img(&model, &text, &input, &params, &mut |_| {
             ControlFlow::Continue(())
@@ -299,6 +302,7 @@ fn every_sampler_runs_at_least_one_step() {
             seed: 1,
             conditioning: Default::default(),
             tiling: None,
+            control: None,
         };
         let mut calls = 0;
         let out = img2img(&model, &text, &input, &params, &mut |_| {

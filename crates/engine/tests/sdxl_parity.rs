@@ -56,6 +56,7 @@ fn params(case: &Value) -> Img2ImgParams {
         seed: case["seed"].as_u64().unwrap() as u32,
         conditioning: Default::default(),
         tiling: None,
+        control: None,
     }
 }
 

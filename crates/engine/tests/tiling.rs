@@ -7,7 +7,6 @@ use std::path::Path;
 
 use candle_core::{DType, Device};
 use image::RgbImage;
-use loopback_core::settings::{Sampler, ScheduleType};
 use loopback_engine::model::SdModel;
 use loopback_engine::run::pipeline::{Img2ImgParams, TextAndSchedule, img2img};
 use loopback_engine::run::tiling::TileSpec;
@@ -16,18 +15,7 @@ use serde_json::Value;
 use crate::common::ROOT;
 
 fn params(tiling: Option<TileSpec>) -> Img2ImgParams {
-    Img2ImgParams {
-        prompt: "a cup of coffee on a wooden table".into(),
-        negative_prompt: "blurry, lowres".into(),
-        sampler: Sampler::Ddim,
-        schedule: ScheduleType::Automatic,
-        steps: 10,
-        cfg: 7.5,
-        strength: 0.5,
-        seed: 1234,
-        conditioning: Default::default(),
-        tiling,
-    }
+    crate::common::reference_params(tiling)
 }
 
 fn run(model: &SdModel, text: &TextAndSchedule, input: &RgbImage, p: &Img2ImgParams) -> RgbImage {

@@ -26,7 +26,9 @@ use crate::conditioning::prompt::ReadPrompt;
 use crate::conditioning::tokenizer::ClipTokenizer;
 use crate::error::engine_err;
 use crate::model::SdModel;
+use crate::model::controlnet::ControlNet;
 use crate::model::unet::AddedCond;
+use crate::run::control::{ActiveControl, ControlParams};
 use crate::run::tiling::{TileSpec, Tiles};
 use crate::scheduler::noise::TorchGenerator;
 use crate::scheduler::{self, Scheduler, SchedulerConfig, SchedulerTensor};
@@ -75,6 +77,8 @@ pub struct Img2ImgParams {
     /// Tiled diffusion (latent tiles blended at every step), or `None` for one UNet pass over
     /// the whole image.
     pub tiling: Option<TileSpec>,
+    /// How a ControlNet steers the pass, when one is given to [`img2img_controlled`].
+    pub control: Option<ControlParams>,
 }
 
 /// Progress after a denoising step.
@@ -375,6 +379,20 @@ pub fn img2img(
     p: &Img2ImgParams,
     on_step: &mut dyn FnMut(StepProgress<'_>) -> ControlFlow<()>,
 ) -> Result<Option<RgbImage>> {
+    img2img_controlled(model, None, text, image, p, on_step)
+}
+
+/// [`img2img`] steered by `controlnet` with `p.control` (diffusers'
+/// `StableDiffusionControlNetImg2ImgPipeline`, with the extension's control modes): the
+/// control image is `image` (preprocessed as `p.control` says), each tile gets its crop.
+pub fn img2img_controlled(
+    model: &SdModel,
+    controlnet: Option<&ControlNet>,
+    text: &TextAndSchedule,
+    image: &RgbImage,
+    p: &Img2ImgParams,
+    on_step: &mut dyn FnMut(StepProgress<'_>) -> ControlFlow<()>,
+) -> Result<Option<RgbImage>> {
     let down = model.vae.downscale as u32;
     if !image.width().is_multiple_of(down) || !image.height().is_multiple_of(down) {
         return Err(Error::Engine(format!(
@@ -427,22 +445,46 @@ pub fn img2img(
         .tiling
         .map(|spec| Tiles::new(lat_h, lat_w, &spec, device))
         .transpose()?;
+    let control = match (controlnet, p.control) {
+        (Some(net), Some(params)) => {
+            let active = ActiveControl::new(net, params, image, device)?;
+            active.check_size(lat_h, lat_w)?;
+            Some(active)
+        }
+        _ => None,
+    };
     for (n, i) in range.enumerate() {
         let t = sched.timesteps()[i];
         let calls = text_inputs.at_step(model, n)?;
         let scaled = sched.scale_model_input(&latents, i)?;
-        // The guided noise prediction for (a crop of) the scaled latents.
-        let predict = |input: &Tensor| -> Result<Tensor> {
+        // The guided noise prediction for (a crop of) the scaled latents lying at `rect`.
+        let predict = |input: &Tensor, rect: (usize, usize, usize, usize)| -> Result<Tensor> {
             let mut outs = Vec::with_capacity(2);
+            // Rows across the calls: with guidance the first is the negative prompt's.
+            let mut row = 0;
             for (context, added) in &calls {
                 let rows = context.dim(0).map_err(engine_err("UNet input"))?;
                 let input = Tensor::cat(&vec![input; rows], 0)
                     .and_then(|t| t.to_dtype(model.dtype))
                     .map_err(engine_err("UNet input"))?;
+                let uncond_rows: Vec<bool> = (row..row + rows).map(|r| guided && r == 0).collect();
+                row += rows;
+                let residuals = match &control {
+                    Some(c) => c.residuals(
+                        &input,
+                        t,
+                        context,
+                        added.as_ref(),
+                        rect,
+                        &uncond_rows,
+                        (n, total),
+                    )?,
+                    None => None,
+                };
                 outs.push(
                     model
                         .unet
-                        .forward_with(&input, t, context, added.as_ref())
+                        .forward_controlled(&input, t, context, added.as_ref(), residuals.as_ref())
                         .and_then(|o| o.to_dtype(DType::F32))
                         .map_err(engine_err("UNet"))?,
                 );
@@ -466,7 +508,7 @@ pub fn img2img(
         };
         let eps = match &tiles {
             Some(tiles) => tiles.blend(&latents, predict, &scaled)?,
-            None => predict(&scaled)?,
+            None => predict(&scaled, (0, 0, lat_h, lat_w))?,
         };
         latents = sched.step(&eps, i, &latents, &mut draw)?;
         if on_step(StepProgress {

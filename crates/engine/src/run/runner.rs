@@ -9,6 +9,7 @@
 //! already been sent, and [`Event::Cancelled`] carries them again.
 
 use std::ops::ControlFlow;
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -20,7 +21,9 @@ use crate::conditioning::prompt::ReadPrompt;
 use crate::load::embeddings::Embeddings;
 use crate::load::lora;
 use crate::load::open::LoadedModel;
-use crate::run::pipeline::{Img2ImgParams, img2img};
+use crate::model::controlnet::ControlNet;
+use crate::run::control::ControlParams;
+use crate::run::pipeline::{Img2ImgParams, img2img_controlled};
 use crate::run::preview::{latents_to_rgb, taesd_to_rgb};
 use crate::run::tiling::TileSpec;
 use loopback_core::imageops::color::ColorReference;
@@ -168,7 +171,7 @@ fn cost(spec: &LoopSpec) -> f64 {
     f64::from(spec.width) * f64::from(spec.height) * spec.steps as f64
 }
 
-impl Job<'_, '_> {
+impl<'a> Job<'a, '_> {
     fn send(&mut self, event: Event) {
         (self.sink)(event);
     }
@@ -177,6 +180,7 @@ impl Job<'_, '_> {
         let settings = &request.settings;
         settings.validate()?;
         let prompt = self.prompt_text(&settings.prompt)?;
+        let controlnet = self.controlnet(&settings.controlnet)?;
         let original = to_diffusion_rgb(&request.input);
         let input = PlanInput::of_rgb(&original);
         let seed = plan::resolve_seed(settings.seed);
@@ -216,6 +220,14 @@ impl Job<'_, '_> {
                     embeddings: request.embeddings.clone(),
                 },
                 tiling: self.tiling(settings, &spec, k),
+                control: controlnet.is_some().then_some(ControlParams {
+                    weight: settings.control_weight,
+                    start: settings.control_start,
+                    end: settings.control_end,
+                    mode: settings.control_mode,
+                    preprocess: settings.control_preprocess,
+                    resample_rate: settings.control_resample_rate,
+                }),
             };
             let per_step = f64::from(spec.width) * f64::from(spec.height);
             let model = self.model;
@@ -249,8 +261,14 @@ impl Job<'_, '_> {
                     ControlFlow::Continue(())
                 }
             };
-            let Some(mut out) =
-                img2img(&model.model, &model.text, &resized, &params, &mut on_step)?
+            let Some(mut out) = img2img_controlled(
+                &model.model,
+                controlnet,
+                &model.text,
+                &resized,
+                &params,
+                &mut on_step,
+            )?
             else {
                 return Ok(None);
             };
@@ -283,6 +301,35 @@ impl Job<'_, '_> {
             loops: self.loops.clone(),
             recipe,
         }))
+    }
+
+    /// The ControlNet the `controlnet` setting names: the one loaded with the model (whose
+    /// name must match), or none when the setting is empty.
+    fn controlnet(&self, setting: &str) -> Result<Option<&'a ControlNet>> {
+        let setting = setting.trim();
+        if setting.is_empty() {
+            return Ok(None);
+        }
+        let wanted = Path::new(setting)
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        match &self.model.controlnet {
+            Some(loaded) if loaded.name == wanted => Ok(Some(&loaded.net)),
+            Some(loaded) => Err(Error::setting(
+                "controlnet",
+                setting,
+                format!(
+                    "the model was loaded with the ControlNet {}; load it again with this one",
+                    loaded.name
+                ),
+            )),
+            None => Err(Error::setting(
+                "controlnet",
+                setting,
+                "the model was loaded without a ControlNet; load it again with this one",
+            )),
+        }
     }
 
     /// The prompt without its `<lora:…>` tags (what the tokenizer gets); fails when a tag asks

@@ -105,11 +105,12 @@ impl Tiles {
     }
 
     /// The blended prediction over `like`'s shape `(1, c, h, w)`: `predict` gives each tile's
-    /// prediction for its crop of the input.
+    /// prediction for its crop of the input, told where the crop lies (`(y, x, h, w)` in
+    /// latent pixels).
     pub fn blend(
         &self,
         like: &Tensor,
-        mut predict: impl FnMut(&Tensor) -> Result<Tensor>,
+        mut predict: impl FnMut(&Tensor, (usize, usize, usize, usize)) -> Result<Tensor>,
         input: &Tensor,
     ) -> Result<Tensor> {
         let err = || engine_err("tiled prediction");
@@ -123,7 +124,7 @@ impl Tiles {
                 .narrow(2, y, h)
                 .and_then(|t| t.narrow(3, x, w))
                 .map_err(err())?;
-            let predicted = predict(&crop)?;
+            let predicted = predict(&crop, (y, x, h, w))?;
             let region = canvas
                 .narrow(2, y, h)
                 .and_then(|t| t.narrow(3, x, w))

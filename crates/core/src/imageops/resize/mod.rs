@@ -10,14 +10,17 @@
 //! - `resample`: [`lanczos`] and [`resize_box`], Pillow's `Image.resize`;
 //! - `kernel`: the filters, the fixed-point coefficients and the portable row kernels;
 //! - `pass`: the two separable passes; `avx2`: their AVX2 kernels;
-//! - `modes`: [`resize_image`], A1111's resize modes on top of the resampler.
+//! - `modes`: [`resize_image`], A1111's resize modes on top of the resampler;
+//! - `area`: [`area_downscale`], shrinking by area averaging (OpenCV's `INTER_AREA`).
 
+mod area;
 mod avx2;
 mod kernel;
 mod modes;
 mod pass;
 mod resample;
 
+pub use area::area_downscale;
 pub use kernel::Filter;
 pub use modes::resize_image;
 pub use resample::{lanczos, resize_box};
