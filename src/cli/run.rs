@@ -105,7 +105,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         &args.loras,
         &resolve::default_search_dirs(),
     )?;
-    let model = load_model(args, loras, &cancel)?;
+    let model = load_model(args, loras, &job.settings.controlnet, &cancel)?;
     // One run with fixed prompts: the text encoders are freed once the prompts are encoded.
     model.model.text_encoders.set_release_after_use(true);
     limit_vae(args, &shape, &model);
@@ -377,11 +377,12 @@ pub(super) fn metadata_settings(
     Ok(settings)
 }
 
-/// Gets the model ready through the engine's loader, with a download progress bar for
-/// presets not yet cached.
+/// Gets the model (with `loras` merged and the ControlNet `controlnet` names, if any) ready
+/// through the engine's loader, with a download progress bar for presets not yet cached.
 pub(super) fn load_model(
     args: &RunArgs,
     loras: Vec<LoraSpec>,
+    controlnet: &str,
     cancel: &Arc<AtomicBool>,
 ) -> anyhow::Result<Arc<LoadedModel>> {
     let request = ModelRequest {
@@ -392,6 +393,7 @@ pub(super) fn load_model(
             prediction: args.prediction.map(Prediction::to_engine),
         },
         loras,
+        controlnet: (!controlnet.trim().is_empty()).then(|| controlnet.to_string()),
         ..ModelRequest::new(args.model.clone(), args.device)
     };
     let bar = ProgressBar::new(0);

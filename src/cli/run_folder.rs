@@ -116,7 +116,10 @@ fn run_jobs(
             }
         }
     }
-    let model = load_model(args, specs, &cancel)?;
+    // One model for every image: the first one's ControlNet (an image whose settings name
+    // another fails with a message saying so).
+    let controlnet = jobs.first().map_or("", |j| j.settings.controlnet.as_str());
+    let model = load_model(args, specs, controlnet, &cancel)?;
     limit_vae(args, shape, &model);
     let embeddings = Arc::new(scan_embeddings(args));
     for (i, job) in jobs.iter().enumerate() {

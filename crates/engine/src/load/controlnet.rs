@@ -66,7 +66,7 @@ impl Family {
             (true, _) => "SDXL".into(),
             (false, 768) => "SD 1.x".into(),
             (false, 1024) => "SD 2.x".into(),
-            (false, d) => format!("a {d}-wide text encoder"),
+            (false, d) => format!("a model with {d}-wide text embeddings"),
         }
     }
 }
@@ -203,7 +203,7 @@ fn check_family(path: &Path, found: Family, want: Family) -> Result<()> {
     Err(Error::input(
         path,
         format!(
-            "is a ControlNet for {} and does not fit this {} model",
+            "is a ControlNet for {}; the model is {} (a ControlNet fits only its own family)",
             found.label(),
             want.label()
         ),
@@ -431,6 +431,6 @@ mod tests {
         assert_eq!(f(768, false).label(), "SD 1.x");
         assert_eq!(f(1024, false).label(), "SD 2.x");
         assert_eq!(f(2048, true).label(), "SDXL");
-        assert_eq!(f(8, false).label(), "a 8-wide text encoder");
+        assert_eq!(f(8, false).label(), "a model with 8-wide text embeddings");
     }
 }
