@@ -5,8 +5,10 @@
 //! from which the app restores every setting exactly. PNG keeps them in text chunks
 //! ([`png_text`]); JPEG and WebP in EXIF, as A1111 writes them ([`exif`]). Reading also takes
 //! A1111's "stealth" alpha-channel text ([`stealth`]); [`read_texts_from_path`] reads any of
-//! them.
+//! them. A ControlNet goes into the infotext as the sd-webui-controlnet extension writes it
+//! (`ControlNet 0: "Module: …, Model: name [hash], Weight: …"`), and is read back from it.
 
+mod controlnet;
 pub mod exif;
 pub mod infotext;
 mod keys;
@@ -22,7 +24,7 @@ use std::path::Path;
 pub use keys::{PARAMETERS_KEY, POST_KEY, RECIPE_KEY};
 pub use read::{read_texts, read_texts_from_path};
 pub use recipe::{
-    EmbeddingRecord, LoraRecord, ModelInfo, Recipe, VaeInfo, embeddings_named,
+    ControlNetRecord, EmbeddingRecord, LoraRecord, ModelInfo, Recipe, VaeInfo, embeddings_named,
     settings_from_infotext, settings_from_texts,
 };
 

@@ -1,7 +1,13 @@
 //! The recipe of a run, and its mapping to and from A1111's infotext.
+//!
+//! The infotext holds A1111's keys in A1111's order, with the ControlNet unit where the
+//! sd-webui-controlnet extension puts it (`ControlNet 0`, after `Clip skip` and before `Lora
+//! hashes`), then the loopback script's keys and this app's. Reading an
+//! infotext takes back every setting these keys carry; the recipe (JSON) carries all of them.
 
 use serde::{Deserialize, Serialize};
 
+use super::controlnet::{UNIT_KEY, read_controlnet, unit_text};
 use super::infotext::Infotext;
 use super::keys::{PARAMETERS_KEY, RECIPE_KEY};
 use crate::plan::{LoopSpec, Plan};
@@ -10,6 +16,8 @@ use crate::settings::{
     Size, TargetMode, ValueKind, py_bool, py_float,
 };
 use crate::{Error, Result};
+
+pub use super::controlnet::ControlNetRecord;
 
 /// The model a run used.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -76,6 +84,10 @@ pub struct Recipe {
     /// The textual-inversion embeddings the prompts used, in order of first use.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub embeddings: Vec<EmbeddingRecord>,
+    /// The ControlNet that guided the loops, when one did (set by the engine, which knows
+    /// its file and hash).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub controlnet: Option<ControlNetRecord>,
 }
 
 impl Recipe {
@@ -91,6 +103,7 @@ impl Recipe {
             loops: plan.loops.clone(),
             loras: Vec::new(),
             embeddings: Vec::new(),
+            controlnet: None,
         }
     }
 
@@ -130,6 +143,9 @@ impl Recipe {
         if s.clip_skip > 1 {
             push("Clip skip", s.clip_skip.to_string());
         }
+        if let Some(unit) = self.controlnet_unit() {
+            push(UNIT_KEY, unit);
+        }
         if let Some(hashes) = self.lora_hashes() {
             push("Lora hashes", hashes);
         }
@@ -168,6 +184,14 @@ impl Recipe {
             negative_prompt: s.negative_prompt.clone(),
             params,
         }
+    }
+
+    /// The sd-webui-controlnet extension's `ControlNet 0` value, e.g. `Module: tile_resample,
+    /// Model: control_v11f1e_sd15_tile [a371b31b], Weight: 0.8, …`; `None` without a
+    /// ControlNet (no record, or the setting empty).
+    pub fn controlnet_unit(&self) -> Option<String> {
+        let record = self.controlnet.as_ref()?;
+        (!self.settings.controlnet.is_empty()).then(|| unit_text(&self.settings, record))
     }
 
     /// A1111's `Lora hashes` value, `name: hash, name2: hash2` (names without `:` and `,`,
@@ -268,8 +292,10 @@ pub fn embeddings_named(texts: &[(String, String)]) -> Vec<String> {
 }
 
 /// Settings from an A1111 infotext: prompt, negative prompt, sampler, steps, CFG, seed and
-/// denoise, plus the loopback keys this app and the original script write. Everything else
-/// keeps its default; values that cannot be used are reported as warnings.
+/// denoise, the ControlNet unit (`ControlNet 0` as the sd-webui-controlnet extension writes
+/// it, or its older separate keys), plus the loopback keys this app and the original script
+/// write. Everything else keeps its default; values
+/// that cannot be used are reported as warnings.
 pub fn settings_from_infotext(info: &Infotext) -> (Settings, Vec<String>) {
     let mut s = Settings {
         prompt: info.prompt.clone(),
@@ -355,6 +381,7 @@ pub fn settings_from_infotext(info: &Infotext) -> (Settings, Vec<String>) {
         (_, None) => {}
     }
     s.set_finishing(&finishing);
+    read_controlnet(info, &mut s, &mut warnings);
     let s = super::validate::keep_valid(s, &mut warnings);
     (s, warnings)
 }
