@@ -48,7 +48,8 @@ pub fn run(args: &PlanArgs) -> anyhow::Result<()> {
     let shape = match &args.model {
         Some(spec) => ModelShape::resolve(spec, &resolve::default_search_dirs())?,
         None => ModelShape::from_arch(loopback_engine::model::arch::Arch::Sd15)?,
-    };
+    }
+    .with_run(&settings);
     let dtype = memory::device_dtype(args.device);
     let batch = memory::unet_batch(settings.cfg);
     let limit = memory::run_limit(args.device, args.memory_limit);
@@ -105,21 +106,22 @@ fn table(settings: &Settings, plan: &Plan, estimates: &[Estimate]) -> String {
     );
     let _ = writeln!(
         out,
-        "{:>4}  {:>11}  {:>7}  {:>10}  {:>5}  {:>9}  VAE",
-        "loop", "size", "denoise", "seed", "steps", "memory"
+        "{:>4}  {:>11}  {:>7}  {:>10}  {:>5}  {:>9}  {:>6}  VAE",
+        "loop", "size", "denoise", "seed", "steps", "memory", "tiles"
     );
     for (l, e) in plan.loops.iter().zip(estimates) {
         let size = format!("{}{}", l.size(), if l.estimated { "*" } else { "" });
         let fits = if e.fits { "" } else { " (too big)" };
         let _ = writeln!(
             out,
-            "{:>4}  {:>11}  {:>7.4}  {:>10}  {:>5}  {:>9}  {}{fits}",
+            "{:>4}  {:>11}  {:>7.4}  {:>10}  {:>5}  {:>9}  {:>6}  {}{fits}",
             l.index,
             size,
             l.denoise,
             l.seed,
             l.steps,
             memory::gib(e.peak_bytes),
+            e.tiles.map_or("-".to_string(), |(r, c)| format!("{r}x{c}")),
             e.vae_label()
         );
     }

@@ -97,7 +97,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         true,
     )?;
     // Refuse a plan that cannot fit before loading (or downloading) anything.
-    let shape = model_shape(args)?;
+    let shape = model_shape(args)?.with_run(&job.settings);
     check_memory(args, &shape, &job)?;
     let cancel = ctrl_c_flag();
     let loras = lora::specs_for_prompt(

@@ -72,14 +72,16 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         }
     }
     let shape = model_shape(args)?;
-    jobs.retain(|job| match check_memory(args, &shape, job) {
-        Ok(()) => true,
-        Err(e) => {
-            report(&job.input_path, &e);
-            failed.push(job.input_path.clone());
-            false
-        }
-    });
+    jobs.retain(
+        |job| match check_memory(args, &shape.clone().with_run(&job.settings), job) {
+            Ok(()) => true,
+            Err(e) => {
+                report(&job.input_path, &e);
+                failed.push(job.input_path.clone());
+                false
+            }
+        },
+    );
     if !jobs.is_empty() {
         run_jobs(args, &shape, &jobs, &mut failed)?;
     }

@@ -225,3 +225,72 @@ fn controlled_img2img_matches_the_reference() {
     }
     eprintln!("ControlNet img2img parity: images within {worst} level(s)");
 }
+
+/// A whole run with the ControlNet loaded beside the model: it steers every loop (tiled ones
+/// included), the recipe names it with its hash, and a setting naming another ControlNet (or
+/// none loaded) is refused with one line.
+#[test]
+fn runs_with_a_controlnet_record_it_and_refuse_another() {
+    use loopback_core::Settings;
+    use loopback_engine::load::open::{LoadOptions, LoadedModel, ModelPath};
+    use loopback_engine::run::runner::{RunRequest, run_blocking};
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicBool;
+
+    let options = LoadOptions {
+        controlnet: Some(fixture("tiny-controlnet")),
+        ..Default::default()
+    };
+    let folder = ModelPath::Folder(fixture("tiny-sd"));
+    let model = LoadedModel::load_with(&folder, &options, &Device::Cpu, DType::F32).unwrap();
+    let plain = LoadedModel::load(&fixture("tiny-sd"), &Device::Cpu, DType::F32).unwrap();
+    let input = image::open(fixture("parity/in_coffee_64x64.png")).unwrap();
+    let run = |model: &LoadedModel, controlnet: &str| {
+        let settings = Settings {
+            loops: 2,
+            target_mode: loopback_core::settings::TargetMode::Scale,
+            scale: 2.0,
+            tile_size: 64,
+            tile_overlap: 16,
+            steps: 6,
+            denoise: 0.5,
+            seed: 3,
+            prompt: "a cup of coffee".into(),
+            controlnet: controlnet.into(),
+            control_weight: 0.8,
+            ..Settings::default()
+        };
+        let request = RunRequest {
+            embeddings: Default::default(),
+            input: Arc::new(input.clone()),
+            settings,
+        };
+        run_blocking(model, &request, &mut |_| {}, &AtomicBool::new(false))
+    };
+    let controlled = run(&model, "tiny-controlnet").unwrap().unwrap();
+    let free = run(&model, "").unwrap().unwrap();
+    assert_ne!(
+        controlled.finished.to_rgb8().into_raw(),
+        free.finished.to_rgb8().into_raw()
+    );
+    assert_eq!(free.recipe.controlnet, None);
+    let record = controlled.recipe.controlnet.clone().unwrap();
+    assert_eq!(record.name, "tiny-controlnet");
+    assert_eq!(record.hash.as_deref().map(str::len), Some(8));
+    let text = controlled.recipe.to_infotext().to_text();
+    assert!(
+        text.contains("ControlNet 0: \"Module: none, Model: tiny-controlnet ["),
+        "{text}"
+    );
+    assert!(text.contains("Weight: 0.8"), "{text}");
+
+    let other = run(&model, "control_v11f1e_sd15_tile")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        other.contains("loaded with the ControlNet tiny-controlnet"),
+        "{other}"
+    );
+    let none = run(&plain, "tiny-controlnet").unwrap_err().to_string();
+    assert!(none.contains("without a ControlNet"), "{none}");
+}

@@ -241,6 +241,12 @@ impl SdModel {
         })
     }
 
+    /// The size in pixels the model was trained at: the UNet's `sample_size` (64 when the
+    /// config has none) times the VAE's downscale (512 for SD 1.5, 1024 for SDXL).
+    pub fn native_size(&self) -> usize {
+        self.files.unet.sample_size.unwrap_or(64) * self.vae.downscale.max(1)
+    }
+
     /// Text embeddings for prompt chunks of 77 token ids each (A1111's chunking), read as
     /// plain text: each chunk's hidden states ([`SdModel::encode_chunks`], no clip skip)
     /// concatenated along the sequence, `(1, 77 × chunks, hidden)`.

@@ -25,13 +25,13 @@ use crate::model::controlnet::ControlNet;
 use crate::run::control::ControlParams;
 use crate::run::pipeline::{Img2ImgParams, img2img_controlled};
 use crate::run::preview::{latents_to_rgb, taesd_to_rgb};
-use crate::run::tiling::TileSpec;
+use crate::run::tiling::{TileSettings, TileSpec};
 use loopback_core::imageops::color::ColorReference;
 use loopback_core::imageops::{finish, resize};
 use loopback_core::io::to_diffusion_rgb;
-use loopback_core::metadata::{EmbeddingRecord, ModelInfo, Recipe};
+use loopback_core::metadata::{ControlNetRecord, EmbeddingRecord, ModelInfo, Recipe};
 use loopback_core::plan::{self, LoopSpec, PlanInput};
-use loopback_core::settings::{Settings, Tiling};
+use loopback_core::settings::Settings;
 use loopback_core::{Error, Result};
 
 /// What a run reports, in order: per loop `LoopStarted`, `StepFinished` + `Preview` per step,
@@ -219,7 +219,7 @@ impl<'a> Job<'a, '_> {
                     pad_conds: settings.pad_conds,
                     embeddings: request.embeddings.clone(),
                 },
-                tiling: self.tiling(settings, &spec, k),
+                tiling: self.tiling(settings, &spec),
                 control: controlnet.is_some().then_some(ControlParams {
                     weight: settings.control_weight,
                     start: settings.control_start,
@@ -294,6 +294,13 @@ impl<'a> Job<'a, '_> {
         );
         let mut recipe = Recipe::new(settings, &plan, Some(self.model_info()));
         recipe.loras = self.model.loras.clone();
+        recipe.controlnet =
+            controlnet
+                .and(self.model.controlnet.as_ref())
+                .map(|c| ControlNetRecord {
+                    name: c.name.clone(),
+                    hash: Some(c.hash.clone()),
+                });
         recipe.embeddings = self.embeddings_used(&prompt, settings, &request.embeddings)?;
         Ok(Some(RunOutput {
             unfinished: current,
@@ -354,36 +361,10 @@ impl<'a> Job<'a, '_> {
         Ok(text)
     }
 
-    /// The tiling of loop `k` (1-based): with tiled diffusion on (or automatic and the loop
-    /// past 1.5 × the model's native size), tiles of the tile size (the native size when 0)
-    /// overlapping by the tile overlap, in latent pixels; the grid's offset moves by a third
-    /// of a tile from loop to loop, so seams never fall in the same place twice.
-    fn tiling(&self, settings: &Settings, spec: &LoopSpec, k: u32) -> Option<TileSpec> {
+    /// The tiling of loop `spec` ([`TileSettings::for_loop`]).
+    fn tiling(&self, settings: &Settings, spec: &LoopSpec) -> Option<TileSpec> {
         let model = &self.model.model;
-        let down = model.vae.downscale.max(1);
-        let native = model.files.unet.sample_size.unwrap_or(64) * down;
-        let largest = spec.width.max(spec.height) as usize;
-        let wanted = match settings.tile {
-            Tiling::Off => false,
-            Tiling::On => true,
-            Tiling::Auto => largest * 2 > native * 3,
-        };
-        let tile_px = if settings.tile_size == 0 {
-            native
-        } else {
-            settings.tile_size as usize
-        };
-        let tile = (tile_px / down).max(8);
-        let overlap = (settings.tile_overlap as usize / down).min(tile / 2);
-        if !wanted || largest <= tile_px {
-            return None;
-        }
-        let stride = (tile - overlap).max(1);
-        Some(TileSpec {
-            tile,
-            overlap,
-            offset: (k as usize - 1) * (tile / 3).max(1) % stride,
-        })
+        TileSettings::of(settings).for_loop(spec, model.native_size(), model.vae.downscale)
     }
 
     /// The embeddings the prompts call, for the recipe's `TI hashes`.

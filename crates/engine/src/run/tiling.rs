@@ -14,6 +14,67 @@ use candle_core::{DType, Device, Tensor};
 
 use crate::error::engine_err;
 use loopback_core::Result;
+use loopback_core::plan::LoopSpec;
+use loopback_core::settings::{Settings, Tiling};
+
+/// The tiled-diffusion settings of a run (the `tile*` settings).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TileSettings {
+    /// Auto, off or always.
+    pub mode: Tiling,
+    /// Tile side in pixels; 0: the model's native size.
+    pub size: u32,
+    /// Overlap in pixels.
+    pub overlap: u32,
+}
+
+impl TileSettings {
+    /// The tiling settings of `settings`.
+    pub fn of(settings: &Settings) -> Self {
+        TileSettings {
+            mode: settings.tile,
+            size: settings.tile_size,
+            overlap: settings.tile_overlap,
+        }
+    }
+
+    /// The tiling of loop `spec` for a model whose native size is `native` pixels (the UNet's
+    /// `sample_size` × the VAE's `downscale`), or `None` when the loop runs untiled. Auto
+    /// tiles loops whose larger side is past 1.5 × native; a loop no larger than one tile is
+    /// never tiled. Tiles are at least 8 latent pixels, the overlap at most half a tile, and
+    /// the grid's offset moves by a third of a tile each loop (modulo the stride), so seams
+    /// do not fall in the same place twice.
+    pub fn for_loop(&self, spec: &LoopSpec, native: usize, downscale: usize) -> Option<TileSpec> {
+        let down = downscale.max(1);
+        let largest = spec.width.max(spec.height) as usize;
+        let wanted = match self.mode {
+            Tiling::Off => false,
+            Tiling::On => true,
+            Tiling::Auto => largest * 2 > native * 3,
+        };
+        let tile_px = if self.size == 0 {
+            native
+        } else {
+            self.size as usize
+        };
+        let tile = (tile_px / down).max(8);
+        let overlap = (self.overlap as usize / down).min(tile / 2);
+        if !wanted || largest <= tile_px {
+            return None;
+        }
+        let stride = (tile - overlap).max(1);
+        Some(TileSpec {
+            tile,
+            overlap,
+            offset: (spec.index.max(1) as usize - 1) * (tile / 3).max(1) % stride,
+        })
+    }
+}
+
+/// A tiling's grid over `(h, w)` latent pixels: (rows, columns) of tiles.
+pub fn grid(h: usize, w: usize, spec: &TileSpec) -> (usize, usize) {
+    (starts(h, spec).0.len(), starts(w, spec).0.len())
+}
 
 /// A tiling in latent pixels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

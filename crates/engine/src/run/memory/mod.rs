@@ -29,7 +29,7 @@ use loopback_core::{Error, Result};
 
 use budget::MIB;
 pub use budget::{HEADROOM, gib};
-pub use params::{clip_parameters, unet_parameters, vae_parameters};
+pub use params::{clip_parameters, controlnet_parameters, unet_parameters, vae_parameters};
 pub use shape::{EncoderWeights, ModelShape};
 pub use system::{
     available_bytes, device_dtype, parse_bytes, process_peak_rss, process_rss, reset_peak_rss,
@@ -93,6 +93,28 @@ pub fn unet_step_bytes(
     (UNET_ACTIVATION_FACTOR * batch as f64 * width * s + scores) as u64
 }
 
+/// Bytes of a ControlNet's residuals, alive while the UNet runs: one tensor per skip
+/// connection and one for the mid block, at the skip connections' sizes. The ControlNet's
+/// own pass (the UNet's encoder half) peaks below the UNet's and is over before it.
+pub fn controlnet_residual_bytes(
+    cfg: &UNetFile,
+    dtype: DType,
+    batch: usize,
+    (h, w): (usize, usize),
+) -> u64 {
+    let s = dtype.size_in_bytes();
+    let skips = params::skip_channels(cfg);
+    let last = skips.last().map_or(0, |&(_, level)| level);
+    let mid = cfg.block_out_channels.last().copied().unwrap_or(0);
+    let area = |level: usize| (h >> level).max(1) * (w >> level).max(1);
+    let total: usize = skips
+        .iter()
+        .map(|&(c, level)| c * area(level))
+        .sum::<usize>()
+        + mid * area(last);
+    (batch * total * s) as u64
+}
+
 /// The estimate for one loop.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Estimate {
@@ -121,6 +143,8 @@ pub struct Estimate {
     pub vae_decode_tile: Option<usize>,
     /// Attention score budget (bytes) chosen for the UNet.
     pub score_budget: usize,
+    /// The tile grid (rows, columns) when the loop runs tiled diffusion.
+    pub tiles: Option<(usize, usize)>,
     /// Whether the loop fits the memory limit (true without a limit).
     pub fits: bool,
 }
@@ -177,13 +201,29 @@ pub fn estimate_loop(
     // `vae_tiling` keeps its own headroom; hand it the room before that.
     let vae_limit = room.map(|r| (r as f64 / HEADROOM) as u64);
     let latents = (batch * 4 * latent.0 * latent.1 * 4 * 4) as u64;
+    // A tiled loop runs the UNet (and ControlNet) on one tile at a time.
+    let tiling = shape
+        .tiling
+        .and_then(|t| t.for_loop(spec, shape.native_size(), d));
+    let unet_area = match tiling {
+        Some(t) => (t.tile.min(latent.0), t.tile.min(latent.1)),
+        None => latent,
+    };
+    let step = |b: usize| {
+        let unet = unet_step_bytes(&shape.unet, dtype, batch, unet_area, b);
+        if shape.controlnet {
+            unet + controlnet_residual_bytes(&shape.unet, dtype, batch, unet_area)
+        } else {
+            unet
+        }
+    };
 
     let mut budget = SCORE_BUDGETS[0];
-    let mut unet = unet_step_bytes(&shape.unet, dtype, batch, latent, budget);
+    let mut unet = step(budget);
     if let Some(room) = room {
         for b in SCORE_BUDGETS {
             budget = b;
-            unet = unet_step_bytes(&shape.unet, dtype, batch, latent, b);
+            unet = step(b);
             if unet + latents <= room {
                 break;
             }
@@ -224,6 +264,7 @@ pub fn estimate_loop(
         vae_encode_tile: enc.tiling.map(|t| t.tile),
         vae_decode_tile: dec.tiling.map(|t| t.tile),
         score_budget: budget,
+        tiles: tiling.map(|t| crate::run::tiling::grid(latent.0, latent.1, &t)),
         fits,
     }
 }

@@ -68,12 +68,61 @@ pub fn clip_parameters(cfg: &ClipFile) -> u64 {
         + cfg.projection_dim.map_or(0, |p| p as u64 * h)
 }
 
+/// What the UNet's parameter count is made of: its encoder (time and added embeddings,
+/// `conv_in`, down and mid blocks: also a ControlNet's) and the rest.
+struct UnetParts {
+    encoder: u64,
+    decoder: u64,
+}
+
 /// Parameters of a UNet (the diffusers `UNet2DConditionModel` layouts the engine supports).
 pub fn unet_parameters(cfg: &UNetFile) -> u64 {
+    let parts = unet_parts(cfg);
+    parts.encoder + parts.decoder
+}
+
+/// The channels of every skip connection of the UNet's encoder, with its resolution level
+/// (0: the latents' size, each level a quarter of the pixels).
+pub(super) fn skip_channels(cfg: &UNetFile) -> Vec<(usize, usize)> {
+    let ch = &cfg.block_out_channels;
+    let Some(&first) = ch.first() else {
+        return Vec::new();
+    };
+    let mut out = vec![(first, 0)];
+    for (i, &c) in ch.iter().enumerate() {
+        out.extend(std::iter::repeat_n((c, i), cfg.layers_per_block));
+        if i + 1 < ch.len() {
+            out.push((c, i + 1));
+        }
+    }
+    out
+}
+
+/// Parameters of a ControlNet for a model with this UNet config: the UNet's encoder, the
+/// conditioning embedding of every released ControlNet (widths 16, 32, 96, 256) and the zero
+/// convolutions of every skip connection and of the mid block.
+pub fn controlnet_parameters(cfg: &UNetFile) -> u64 {
+    let ch = &cfg.block_out_channels;
+    let (Some(&first), Some(&last)) = (ch.first(), ch.last()) else {
+        return 0;
+    };
+    let widths = [16, 32, 96, 256];
+    let mut embedding = conv3(3, widths[0]) + conv3(widths[3], first);
+    for pair in widths.windows(2) {
+        embedding += conv3(pair[0], pair[0]) + conv3(pair[0], pair[1]);
+    }
+    let zero: u64 = skip_channels(cfg).iter().map(|&(c, _)| conv1(c, c)).sum();
+    unet_parts(cfg).encoder + embedding + zero + conv1(last, last)
+}
+
+fn unet_parts(cfg: &UNetFile) -> UnetParts {
     let ch = &cfg.block_out_channels;
     let n = ch.len();
     if n == 0 {
-        return 0;
+        return UnetParts {
+            encoder: 0,
+            decoder: 0,
+        };
     }
     let temb = 4 * ch[0];
     let d = cfg.cross_attention_dim;
@@ -101,11 +150,8 @@ pub fn unet_parameters(cfg: &UNetFile) -> u64 {
         (Some("text_time"), Some(input)) => (input * temb + temb + temb * temb + temb) as u64,
         _ => 0,
     };
-    let mut total = (ch[0] * temb + temb + temb * temb + temb) as u64
-        + added
-        + conv3(cfg.in_channels, ch[0])
-        + norm(ch[0])
-        + conv3(ch[0], cfg.out_channels);
+    let mut total =
+        (ch[0] * temb + temb + temb * temb + temb) as u64 + added + conv3(cfg.in_channels, ch[0]);
     for i in 0..n {
         let cin = if i == 0 { ch[0] } else { ch[i - 1] };
         for j in 0..cfg.layers_per_block {
@@ -119,6 +165,8 @@ pub fn unet_parameters(cfg: &UNetFile) -> u64 {
         }
     }
     total += 2 * res(ch[n - 1], ch[n - 1]) + transformer(ch[n - 1], layers(n - 1));
+    let encoder = total;
+    total = norm(ch[0]) + conv3(ch[0], cfg.out_channels);
     let rev: Vec<usize> = ch.iter().rev().copied().collect();
     for i in 0..n {
         let prev = if i == 0 { rev[0] } else { rev[i - 1] };
@@ -139,5 +187,8 @@ pub fn unet_parameters(cfg: &UNetFile) -> u64 {
             total += conv3(rev[i], rev[i]);
         }
     }
-    total
+    UnetParts {
+        encoder,
+        decoder: total,
+    }
 }

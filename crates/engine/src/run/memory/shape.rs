@@ -5,10 +5,11 @@ use std::path::PathBuf;
 
 use candle_core::DType;
 
-use super::params::{clip_parameters, unet_parameters, vae_parameters};
+use super::params::{clip_parameters, controlnet_parameters, unet_parameters, vae_parameters};
 use crate::load::resolve::{self, ModelSource};
 use crate::model::arch::Arch;
 use crate::model::config::{ClipFile, ModelFiles, UNetFile, VaeFile};
+use crate::run::tiling::TileSettings;
 use loopback_core::Result;
 
 /// The shape of a model, enough to estimate its memory: the three configs.
@@ -24,6 +25,10 @@ pub struct ModelShape {
     pub clip: ClipFile,
     /// SDXL's second text encoder config (with its text projection); `None` for SD 1.x/2.x.
     pub clip2: Option<ClipFile>,
+    /// Whether a ControlNet runs beside the UNet (its weights and residuals count).
+    pub controlnet: bool,
+    /// The run's tiled-diffusion settings; `None`: no loop is tiled.
+    pub tiling: Option<TileSettings>,
 }
 
 impl ModelShape {
@@ -35,7 +40,22 @@ impl ModelShape {
             vae: files.vae.clone(),
             clip: files.clip.clone(),
             clip2: files.clip2.clone(),
+            controlnet: false,
+            tiling: None,
         }
+    }
+
+    /// This shape for a run of `settings`: with its ControlNet (when the `controlnet` setting
+    /// names one) and its tiled diffusion.
+    pub fn with_run(mut self, settings: &loopback_core::Settings) -> Self {
+        self.controlnet = !settings.controlnet.trim().is_empty();
+        self.tiling = Some(TileSettings::of(settings));
+        self
+    }
+
+    /// The model's native size in pixels (`sample_size` × the VAE's downscale).
+    pub fn native_size(&self) -> usize {
+        self.unet.sample_size.unwrap_or(64) * self.vae.downscale().max(1)
     }
 
     /// A published architecture.
@@ -46,6 +66,8 @@ impl ModelShape {
             vae: arch.vae()?,
             clip: arch.clip(),
             clip2: arch.clip2(),
+            controlnet: false,
+            tiling: None,
         })
     }
 
@@ -73,9 +95,17 @@ impl ModelShape {
         }
     }
 
-    /// Parameters of the three networks.
+    /// Parameters of the three networks (and of the ControlNet, when one runs).
     pub fn parameters(&self) -> u64 {
-        unet_parameters(&self.unet) + vae_parameters(&self.vae) + self.text_parameters()
+        let controlnet = if self.controlnet {
+            controlnet_parameters(&self.unet)
+        } else {
+            0
+        };
+        unet_parameters(&self.unet)
+            + vae_parameters(&self.vae)
+            + self.text_parameters()
+            + controlnet
     }
 
     /// Parameters of the text encoder(s).

@@ -139,3 +139,61 @@ fn plans_are_checked_in_one_call() {
     assert!(matches!(Error::from(refusal), Error::Memory(_)));
     assert_eq!((unet_batch(7.0), unet_batch(1.0)), (2, 1));
 }
+
+#[test]
+fn controlnets_count_their_weights_and_residuals() {
+    let sd15 = ModelShape::from_arch(Arch::Sd15).unwrap();
+    // diffusers 0.42: the parameters of ControlNetModel(block_out_channels=(320, 640, 1280,
+    // 1280), cross_attention_dim=768, attention_head_dim=8), the layout of every SD 1.5
+    // ControlNet (e.g. lllyasviel/control_v11f1e_sd15_tile).
+    assert_eq!(controlnet_parameters(&sd15.unet), 361_279_120);
+    let mut settings = loopback_core::Settings {
+        controlnet: "control_v11f1e_sd15_tile".into(),
+        ..Default::default()
+    };
+    settings.tile = loopback_core::settings::Tiling::Off;
+    let with = sd15.clone().with_run(&settings);
+    let plain = estimate_loop(&sd15, &spec(512), DType::F32, 2, None, KEPT);
+    let controlled = estimate_loop(&with, &spec(512), DType::F32, 2, None, KEPT);
+    assert_eq!(
+        controlled.weights_bytes - plain.weights_bytes,
+        361_279_120 * 4
+    );
+    // The residuals: about a third of the UNet step's activations.
+    let extra = controlled.unet_bytes - plain.unet_bytes;
+    assert!(
+        extra > plain.unet_bytes / 5 && extra < plain.unet_bytes / 2,
+        "{extra}"
+    );
+}
+
+#[test]
+fn tiled_loops_stay_within_the_native_loops_memory() {
+    let sd15 = ModelShape::from_arch(Arch::Sd15).unwrap();
+    let untiled = loopback_core::Settings {
+        tile: loopback_core::settings::Tiling::Off,
+        ..Default::default()
+    };
+    let at_1024 = estimate_loop(
+        &sd15.clone().with_run(&untiled),
+        &spec(1024),
+        DType::F32,
+        2,
+        None,
+        KEPT,
+    );
+    assert_eq!(at_1024.tiles, None);
+    // 2048² with automatic tiling (512-pixel tiles overlapping by 128) and the 1024² loop's
+    // peak as the limit: the UNet sees one tile, the VAE tiles to fit.
+    let limit = (at_1024.peak_bytes as f64 / HEADROOM) as u64;
+    let tiled = sd15.with_run(&loopback_core::Settings::default());
+    let at_2048 = estimate_loop(&tiled, &spec(2048), DType::F32, 2, Some(limit), KEPT);
+    // 256 latent pixels, 64-pixel tiles with a stride of 48: starts 0, 48, 96, 144, 192.
+    assert_eq!(at_2048.tiles, Some((5, 5)), "{at_2048:?}");
+    assert!(at_2048.fits, "{at_2048:?}");
+    assert!(
+        at_2048.peak_bytes <= at_1024.peak_bytes,
+        "{at_2048:?} {at_1024:?}"
+    );
+    assert!(at_2048.unet_bytes < at_1024.unet_bytes / 3);
+}
