@@ -1,5 +1,6 @@
-//! `loopback-scaler models`: list the models, VAEs, LoRAs and TAESD decoders found in the
-//! search folders (`models/`, as A1111 arranges it) and in the Hugging Face cache.
+//! `loopback-scaler models`: list the models, VAEs, LoRAs, ControlNets, TAESD decoders and
+//! embeddings found in the search folders (`models/`, as A1111 arranges it) and in the
+//! Hugging Face cache.
 
 use std::path::PathBuf;
 
@@ -8,8 +9,17 @@ use loopback_engine::load::library::{self, human_bytes};
 use loopback_engine::load::resolve::default_search_dirs;
 use loopback_engine::load::weights::hash::HashCache;
 
+/// What `models --help` says of the folders searched.
+const FOLDERS_HELP: &str = "Searched in each models folder: checkpoints (.safetensors, .ckpt) \
+in it and in Stable-diffusion/, diffusers folders in it, VAEs in VAE/, LoRAs in Lora/ and \
+LyCORIS/, ControlNets (.safetensors, .pth, diffusers ControlNet folders) in ControlNet/ and \
+controlnet/, TAESD decoders in VAE-taesd/, embeddings in embeddings/; and the diffusers models \
+in the Hugging Face cache. The KIND column: checkpoint, diffusers, vae, lora, controlnet, \
+taesd, embedding.";
+
 /// Arguments of `models`.
 #[derive(Debug, clap::Args)]
+#[command(after_help = FOLDERS_HELP)]
 pub struct ModelsArgs {
     /// Folders to search (default: ./models).
     #[arg(long = "models-dir", value_name = "DIR")]

@@ -26,7 +26,7 @@ pub enum Command {
     DismissMetadata,
     /// Show the folder dialog for a local model.
     BrowseModel,
-    /// Show the file dialog for a model file (checkpoint, VAE or LoRA).
+    /// Show the file (or folder) dialog for a model file: checkpoint, VAE, LoRA or ControlNet.
     BrowseFile(FileTarget),
     /// Remove the LoRA at this index from the picked ones.
     RemoveLora(usize),
@@ -81,7 +81,7 @@ impl Commands {
     }
 }
 
-/// What a picked `.safetensors` file is for.
+/// What a picked model file (or folder) is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FileTarget {
     /// A single-file checkpoint: the model.
@@ -90,6 +90,10 @@ pub enum FileTarget {
     Vae,
     /// A LoRA to add.
     Lora,
+    /// A single-file ControlNet (`.safetensors` or `.pth`).
+    ControlNet,
+    /// A diffusers ControlNet folder.
+    ControlNetFolder,
 }
 
 impl FileTarget {
@@ -99,6 +103,17 @@ impl FileTarget {
             FileTarget::Checkpoint => "Choose a checkpoint (.safetensors)",
             FileTarget::Vae => "Choose a VAE (.safetensors)",
             FileTarget::Lora => "Choose a LoRA (.safetensors)",
+            FileTarget::ControlNet => "Choose a ControlNet (.safetensors, .pth)",
+            FileTarget::ControlNetFolder => "Choose a diffusers ControlNet folder",
+        }
+    }
+
+    /// The file extensions the dialog offers; empty for a folder.
+    pub fn extensions(self) -> &'static [&'static str] {
+        match self {
+            FileTarget::Checkpoint | FileTarget::Vae | FileTarget::Lora => &["safetensors"],
+            FileTarget::ControlNet => &loopback_engine::load::controlnet::CONTROLNET_EXTENSIONS,
+            FileTarget::ControlNetFolder => &[],
         }
     }
 }

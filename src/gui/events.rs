@@ -113,6 +113,9 @@ impl App {
                 FileTarget::Checkpoint => self.persisted.model = path.display().to_string(),
                 FileTarget::Vae => self.persisted.vae = path.display().to_string(),
                 FileTarget::Lora => self.persisted.loras.push(LoraChoice { path, weight: 1.0 }),
+                FileTarget::ControlNet | FileTarget::ControlNetFolder => {
+                    self.persisted.settings.controlnet = path.display().to_string();
+                }
             },
             Picked::Open(None)
             | Picked::Save(_, None)

@@ -42,13 +42,16 @@ impl App {
                 self.jobs.dialog(dialog, Picked::Model);
             }
             Command::BrowseFile(target) => {
-                let dialog = rfd::AsyncFileDialog::new()
-                    .set_title(target.title())
-                    .add_filter("safetensors", &["safetensors"])
-                    .pick_file();
+                let dialog = rfd::AsyncFileDialog::new().set_title(target.title());
+                let wrap = move |path| Picked::File(target, path);
                 self.session.dialog_open = true;
-                self.jobs
-                    .dialog(dialog, move |path| Picked::File(target, path));
+                match target.extensions() {
+                    [] => self.jobs.dialog(dialog.pick_folder(), wrap),
+                    extensions => self.jobs.dialog(
+                        dialog.add_filter("model files", extensions).pick_file(),
+                        wrap,
+                    ),
+                }
             }
             Command::RemoveLora(index) => {
                 if index < self.persisted.loras.len() {

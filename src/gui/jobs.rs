@@ -60,7 +60,7 @@ pub enum Picked {
     SaveAll(Option<PathBuf>),
     /// A model folder.
     Model(Option<PathBuf>),
-    /// A model file (checkpoint, VAE or LoRA).
+    /// A model file or folder (checkpoint, VAE, LoRA or ControlNet).
     File(super::command::FileTarget, Option<PathBuf>),
 }
 

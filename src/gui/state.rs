@@ -73,9 +73,9 @@ impl Persisted {
         self.device.parse().unwrap_or(DeviceSpec::Auto)
     }
 
-    /// The load request for the chosen model, VAE and LoRAs (the picked ones and the
-    /// prompt's `<lora:NAME:WEIGHT>` tags, looked up in `models/`). Errors: a tag naming a
-    /// LoRA that cannot be found.
+    /// The load request for the chosen model, VAE, LoRAs (the picked ones and the prompt's
+    /// `<lora:NAME:WEIGHT>` tags, looked up in `models/`) and ControlNet (the `controlnet`
+    /// setting, loaded with the model). Errors: a tag naming a LoRA that cannot be found.
     pub fn model_request(&self) -> loopback_core::Result<ModelRequest> {
         let picked: Vec<LoraSpec> = self
             .loras
@@ -93,6 +93,8 @@ impl Persisted {
         )?;
         let vae = self.vae.trim();
         request.vae = (!vae.is_empty()).then(|| PathBuf::from(vae));
+        let controlnet = self.settings.controlnet.trim();
+        request.controlnet = (!controlnet.is_empty()).then(|| controlnet.to_string());
         Ok(request)
     }
 
@@ -221,7 +223,7 @@ pub struct ModelState {
 }
 
 /// The load key the settings ask for, remembered with what it was worked out from (the
-/// model, VAE, LoRAs and prompt): working it out looks the prompt's `<lora:…>` tags up in
+/// model, VAE, LoRAs, prompt and ControlNet): working it out looks the prompt's `<lora:…>` tags up in
 /// the model folders, so it is done again only when one of these changes, or after
 /// [`WantedKey::forget`] (a rescan of the library), not on every frame.
 #[derive(Debug, Default)]
@@ -234,6 +236,7 @@ struct KeyInputs {
     vae: String,
     loras: Vec<LoraChoice>,
     prompt: String,
+    controlnet: String,
 }
 
 impl KeyInputs {
@@ -243,6 +246,7 @@ impl KeyInputs {
             vae: persisted.vae.clone(),
             loras: persisted.loras.clone(),
             prompt: persisted.settings.prompt.clone(),
+            controlnet: persisted.settings.controlnet.clone(),
         }
     }
 
@@ -251,12 +255,13 @@ impl KeyInputs {
             && self.vae == persisted.vae
             && self.loras == persisted.loras
             && self.prompt == persisted.settings.prompt
+            && self.controlnet == persisted.settings.controlnet
     }
 }
 
 impl WantedKey {
-    /// The key `persisted` asks for: the one remembered when the model, VAE, LoRAs and
-    /// prompt are as they were, else `work_out(persisted)` (`None`: the settings name a model
+    /// The key `persisted` asks for: the one remembered when the model, VAE, LoRAs, prompt
+    /// and ControlNet are as they were, else `work_out(persisted)` (`None`: the settings name a model
     /// that cannot be had), remembered for next time.
     pub fn get(
         &self,
@@ -452,20 +457,22 @@ mod tests {
         let work_out = |p: &Persisted| {
             calls.set(calls.get() + 1);
             Some(format!(
-                "{}|{}|{}|{}",
+                "{}|{}|{}|{}|{}",
                 p.model,
                 p.vae,
                 p.loras.len(),
-                p.settings.prompt
+                p.settings.prompt,
+                p.settings.controlnet
             ))
         };
         let expected = |p: &Persisted| {
             Some(format!(
-                "{}|{}|{}|{}",
+                "{}|{}|{}|{}|{}",
                 p.model,
                 p.vae,
                 p.loras.len(),
-                p.settings.prompt
+                p.settings.prompt,
+                p.settings.controlnet
             ))
         };
         // Every frame asks; the folders are walked once.
@@ -479,7 +486,7 @@ mod tests {
         wanted.get(&persisted, work_out);
         assert_eq!(calls.get(), 1);
         // Each input does.
-        let changes: [fn(&mut Persisted); 5] = [
+        let changes: [fn(&mut Persisted); 6] = [
             |p| p.settings.prompt = "a cat <lora:tiny_a:0.5>".into(),
             |p| p.model = "sd21".into(),
             |p| p.vae = "vae.safetensors".into(),
@@ -490,6 +497,7 @@ mod tests {
                 })
             },
             |p| p.loras[0].weight = 0.5,
+            |p| p.settings.controlnet = "tile".into(),
         ];
         for (n, change) in changes.into_iter().enumerate() {
             change(&mut persisted);
@@ -500,6 +508,6 @@ mod tests {
         // A rescan forgets it.
         wanted.forget();
         wanted.get(&persisted, work_out);
-        assert_eq!(calls.get(), 7);
+        assert_eq!(calls.get(), 8);
     }
 }

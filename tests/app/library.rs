@@ -15,7 +15,13 @@ fn fixtures() -> PathBuf {
 /// A `models/` folder laid out as A1111 does, plus a Hugging Face cache with one model.
 fn library_dirs(root: &Path) -> (PathBuf, PathBuf) {
     let models = root.join("models");
-    for sub in ["Stable-diffusion", "VAE", "Lora", "VAE-taesd"] {
+    for sub in [
+        "Stable-diffusion",
+        "VAE",
+        "Lora",
+        "VAE-taesd",
+        "ControlNet/tile",
+    ] {
         std::fs::create_dir_all(models.join(sub)).unwrap();
     }
     let copy = |from: PathBuf, to: PathBuf| {
@@ -37,6 +43,13 @@ fn library_dirs(root: &Path) -> (PathBuf, PathBuf) {
         fixtures().join("taesd/taesd_decoder.safetensors"),
         models.join("VAE-taesd/taesd_decoder.safetensors"),
     );
+    // ControlNets: a diffusers folder (its family from its config) and a `.pth` file.
+    std::fs::write(
+        models.join("ControlNet/tile/config.json"),
+        r#"{"_class_name": "ControlNetModel", "cross_attention_dim": 768}"#,
+    )
+    .unwrap();
+    std::fs::write(models.join("ControlNet/openpose.pth"), b"a pickle").unwrap();
     // A damaged checkpoint is listed without a family rather than hiding the others.
     std::fs::write(models.join("broken.safetensors"), b"not a safetensors file").unwrap();
     // A diffusers folder, copied whole.
@@ -93,7 +106,10 @@ fn lists_every_kind_with_family_size_and_cached_hash() {
     find(&entries, Kind::Vae, "tiny-vae");
     find(&entries, Kind::Lora, "tiny_a");
     find(&entries, Kind::Taesd, "taesd_decoder");
-    assert_eq!(entries.len(), 7, "{entries:#?}");
+    let tile = find(&entries, Kind::ControlNet, "tile");
+    assert_eq!(tile.family.as_deref(), Some("SD 1.x"));
+    assert_eq!(find(&entries, Kind::ControlNet, "openpose").family, None);
+    assert_eq!(entries.len(), 9, "{entries:#?}");
 
     // Once hashed (as loading does), the short hash is listed.
     let full = hashes.sha256(&ckpt).unwrap();
@@ -130,14 +146,16 @@ fn the_models_command_prints_a_table_and_json() {
     };
     let table = run(false);
     assert!(table.starts_with("KIND"), "{table}");
-    let line = table
-        .lines()
-        .find(|l| l.contains("tiny-ckpt"))
-        .unwrap_or_else(|| panic!("{table}"));
-    assert!(
-        line.starts_with("checkpoint") && line.contains("SD 1.x"),
-        "{line}"
-    );
+    for (what, kind) in [
+        ("tiny-ckpt", "checkpoint"),
+        ("ControlNet/tile", "controlnet"),
+    ] {
+        let line = table
+            .lines()
+            .find(|l| l.contains(what))
+            .unwrap_or_else(|| panic!("{table}"));
+        assert!(line.starts_with(kind) && line.contains("SD 1.x"), "{line}");
+    }
     assert!(table.contains("someone/tiny-xl"), "{table}");
     let json: serde_json::Value = serde_json::from_str(&run(true)).unwrap();
     let kinds: Vec<&str> = json
@@ -146,7 +164,14 @@ fn the_models_command_prints_a_table_and_json() {
         .iter()
         .map(|e| e["kind"].as_str().unwrap())
         .collect();
-    for kind in ["checkpoint", "diffusers", "vae", "lora", "taesd"] {
+    for kind in [
+        "checkpoint",
+        "diffusers",
+        "vae",
+        "lora",
+        "controlnet",
+        "taesd",
+    ] {
         assert!(kinds.contains(&kind), "{kinds:?}");
     }
 }

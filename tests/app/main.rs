@@ -5,6 +5,7 @@
 mod cli;
 mod common;
 mod gui;
+mod gui_controlnet;
 mod layout;
 mod library;
 mod memory_cli;

@@ -18,7 +18,13 @@ pub fn ui(ui: &mut egui::Ui) {
         "After the last loop the finishing chain (detail, smooth, blur, contour, then \
          sharpness, brightness, colour and contrast) runs exactly as Pillow would.",
     );
-    for group in [Group::Img2img, Group::Loop, Group::Size, Group::Finish] {
+    for group in [
+        Group::Img2img,
+        Group::ControlNet,
+        Group::Loop,
+        Group::Size,
+        Group::Finish,
+    ] {
         ui.add_space(4.0);
         ui.strong(group.heading());
         for field in FIELDS.iter().filter(|f| f.group == group) {

@@ -1,7 +1,8 @@
 //! The settings side panel, grouped like the original script and collapsible: Model, Prompt,
-//! img2img, Loops, Size and Info. The finishing settings have their own panel
+//! img2img, ControlNet, Loops, Size and Info. The finishing settings have their own panel
 //! ([`super::finishing`]).
 
+mod controlnet;
 pub mod fields;
 mod info;
 mod loops;
@@ -34,6 +35,9 @@ pub fn ui(
             egui::CollapsingHeader::new("img2img")
                 .default_open(true)
                 .show(ui, |ui| img2img_ui(ui, persisted, commands));
+            egui::CollapsingHeader::new("ControlNet")
+                .default_open(!persisted.settings.controlnet.trim().is_empty())
+                .show(ui, |ui| controlnet::ui(ui, persisted, session, commands));
             egui::CollapsingHeader::new("Loops")
                 .default_open(true)
                 .show(ui, |ui| loops::ui(ui, persisted, session));

@@ -131,6 +131,9 @@ pub fn ui(
             if !model.loras.is_empty() {
                 text.push_str(&format!(", {} LoRA(s)", model.loras.len()));
             }
+            if let Some(controlnet) = &model.controlnet {
+                text.push_str(&format!(", ControlNet {}", controlnet.name));
+            }
             ui.label(text);
         }
         _ => {
@@ -145,7 +148,7 @@ pub fn ui(
 }
 
 /// A library entry's family, size, hash and place, for hover texts.
-fn describe(entry: &Entry) -> String {
+pub(super) fn describe(entry: &Entry) -> String {
     let mut text = format!(
         "{}, {}",
         entry.family.as_deref().unwrap_or("family unknown"),
@@ -261,7 +264,7 @@ fn lora_ui(
 }
 
 /// A file's stem (or the text itself when it has none), for compact labels.
-fn short_name(path: &str) -> String {
+pub(super) fn short_name(path: &str) -> String {
     std::path::Path::new(path)
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
