@@ -48,6 +48,10 @@ pub struct BenchArgs {
     /// Memory the automatic VAE tiling may plan for (e.g. 3G); default: what is available.
     #[arg(long, value_name = "SIZE", value_parser = memory::parse_bytes)]
     memory_limit: Option<u64>,
+    /// Time each UNet step with a ControlNet (random weights of the architecture's) run before
+    /// it and its residuals added, as a ControlNet loop runs.
+    #[arg(long)]
+    controlnet: bool,
     /// A diffusers folder to time instead of random weights.
     #[arg(long, value_name = "PATH")]
     model: Option<PathBuf>,
@@ -266,12 +270,27 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             }),
             None => None,
         };
+        let controlnet = if args.controlnet {
+            Some(loopback_engine::model::arch::random_controlnet(
+                &unet_file, dtype, &device,
+            )?)
+        } else {
+            None
+        };
+        let hint = Tensor::rand(0f32, 1.0, (args.batch, 3, args.size, args.size), &device)?
+            .to_dtype(dtype)?;
         let unet_times = time(args.steps, || {
-            let out = unet.forward_with(&x, 500.0, &context, added.as_ref())?;
+            let residuals = match &controlnet {
+                Some(net) => Some(net.forward(&x, 500.0, &context, added.as_ref(), &hint)?),
+                None => None,
+            };
+            let out =
+                unet.forward_controlled(&x, 500.0, &context, added.as_ref(), residuals.as_ref())?;
             device.synchronize()?;
             drop(out);
             Ok(())
         })?;
+        report["controlnet"] = json!(args.controlnet);
         report["unet_step"] = summary(&unet_times);
         report["unet_peak_rss_mib"] = json!(peak_rss_mib());
     }

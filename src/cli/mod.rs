@@ -38,7 +38,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Print the resolved settings as JSON (defaults, then --settings FILE, then flags).
     Settings(settings::SettingsCmdArgs),
-    /// List the models, VAEs, LoRAs and TAESD decoders in ./models and the Hugging Face cache.
+    /// List the models, VAEs, LoRAs, ControlNets, embeddings and TAESD decoders in ./models and
+    /// the Hugging Face cache.
     Models(models::ModelsArgs),
     /// Show how a prompt is read (A1111's emphasis, BREAK, prompt editing, alternation,
     /// embeddings): its weights, its schedule, its token count and, with --model, its chunks.

@@ -79,7 +79,7 @@ impl App {
             }
         };
         // Refuse a plan that cannot fit the memory available (CPU) before starting.
-        let shape = ModelShape::from_files(&model.model.files);
+        let shape = ModelShape::from_files(&model.model.files).with_run(&settings);
         let limit = if model.model.device.is_cpu() {
             memory::available_bytes()
         } else {

@@ -72,14 +72,16 @@ pub fn ui(ui: &mut egui::Ui, persisted: &mut Persisted, session: &Session) {
         ui.weak(note);
     }
     let seconds_per_unit = session.seconds_per_mpstep;
-    let shape = model_shape(session);
+    let shape = model_shape(session).map(|(shape, dtype)| (shape.with_run(settings), dtype));
     let batch = memory::unet_batch(settings.cfg);
     let limit = memory::available_bytes();
     egui::Grid::new("plan_table")
         .striped(true)
-        .num_columns(6)
+        .num_columns(7)
         .show(ui, |ui| {
-            for heading in ["Loop", "Size", "Denoise", "Seed", "Steps", "Estimate"] {
+            for heading in [
+                "Loop", "Size", "Denoise", "Seed", "Steps", "Tiles", "Estimate",
+            ] {
                 ui.strong(heading);
             }
             ui.end_row();
@@ -101,12 +103,20 @@ pub fn ui(ui: &mut egui::Ui, persisted: &mut Persisted, session: &Session) {
                     .map(|s| format!("{:.0} s", s * mp_steps))
                     .unwrap_or_default();
                 let Some((shape, dtype)) = &shape else {
+                    ui.label("");
                     ui.label(time);
                     ui.end_row();
                     continue;
                 };
                 let estimate =
                     memory::estimate_loop(shape, l, *dtype, batch, limit, EncoderWeights::Kept);
+                // The tiled-diffusion grid (rows × columns), or "–" for one pass.
+                match estimate.tiles {
+                    Some((rows, cols)) => ui
+                        .label(format!("{rows}×{cols}"))
+                        .on_hover_text("tiled diffusion: the UNet denoises this grid of tiles"),
+                    None => ui.label("–"),
+                };
                 let sep = if time.is_empty() { "" } else { ", " };
                 let label = format!("{time}{sep}{}", memory::gib(estimate.peak_bytes));
                 let hover = format!(
@@ -126,6 +136,7 @@ pub fn ui(ui: &mut egui::Ui, persisted: &mut Persisted, session: &Session) {
                 ui.end_row();
             }
             if let Some(s) = seconds_per_unit {
+                ui.label("");
                 ui.label("");
                 ui.label("");
                 ui.label("");

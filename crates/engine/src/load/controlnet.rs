@@ -190,8 +190,7 @@ fn build(
     let (source, embedding) = single_file_names(&file, path, base)?;
     let found = single_file_family(&file, &source, path)?;
     check_family(path, found, want)?;
-    let mut json = base_config(base, embedding);
-    let cfg = ControlNetFile::from_json(&mut json, path)?;
+    let cfg = ControlNetFile::for_unet(base, embedding, path)?;
     let vb = source.into_var_builder(dtype, device);
     Ok((ControlNet::new(vb, &cfg, path)?, path.to_path_buf()))
 }
@@ -208,61 +207,6 @@ fn check_family(path: &Path, found: Family, want: Family) -> Result<()> {
             want.label()
         ),
     ))
-}
-
-/// The ControlNet config of a single file: the base UNet's keys and the embedding widths.
-fn base_config(base: &UNetFile, embedding: Vec<usize>) -> serde_json::Value {
-    let mut json = serde_json::json!({
-        "block_out_channels": base.block_out_channels,
-        "down_block_types": base.down_block_types,
-        "up_block_types": base.up_block_types,
-        "in_channels": base.in_channels,
-        "layers_per_block": base.layers_per_block,
-        "cross_attention_dim": base.cross_attention_dim,
-        "norm_num_groups": base.norm_num_groups,
-        "norm_eps": base.norm_eps,
-        "use_linear_projection": base.use_linear_projection,
-        "flip_sin_to_cos": base.flip_sin_to_cos,
-        "freq_shift": base.freq_shift,
-        "downsample_padding": base.downsample_padding,
-        "conditioning_embedding_out_channels": embedding,
-    });
-    let extra = [
-        (
-            "attention_head_dim",
-            serde_json::to_value(&base.attention_head_dim),
-        ),
-        (
-            "num_attention_heads",
-            serde_json::to_value(&base.num_attention_heads),
-        ),
-        (
-            "transformer_layers_per_block",
-            serde_json::to_value(&base.transformer_layers_per_block),
-        ),
-        (
-            "addition_embed_type",
-            serde_json::to_value(&base.addition_embed_type),
-        ),
-        (
-            "addition_time_embed_dim",
-            serde_json::to_value(base.addition_time_embed_dim),
-        ),
-        (
-            "projection_class_embeddings_input_dim",
-            serde_json::to_value(base.projection_class_embeddings_input_dim),
-        ),
-    ];
-    if let Some(map) = json.as_object_mut() {
-        for (key, value) in extra {
-            if let Ok(value) = value
-                && !value.is_null()
-            {
-                map.insert(key.into(), value);
-            }
-        }
-    }
-    json
 }
 
 /// The diffusers name of a single-file ControlNet tensor in the original layout (prefix

@@ -175,6 +175,29 @@ impl Arch {
     }
 }
 
+/// A ControlNet for a model with the UNet config `unet` (its encoder, the released models'
+/// conditioning embedding) with random weights, for benchmarks.
+pub fn random_controlnet(
+    unet: &UNetFile,
+    dtype: candle_core::DType,
+    device: &candle_core::Device,
+) -> Result<crate::model::controlnet::ControlNet> {
+    use crate::model::controlnet::{ControlNet, ControlNetFile, DEFAULT_EMBEDDING};
+    let cfg = ControlNetFile::for_unet(unet, DEFAULT_EMBEDDING.to_vec(), "built-in".as_ref())?;
+    let map = candle_nn::VarMap::new();
+    // Once to create the random variables, then again detached from autograd.
+    drop(ControlNet::new(
+        candle_nn::VarBuilder::from_varmap(&map, dtype, device),
+        &cfg,
+        "built-in".as_ref(),
+    )?);
+    ControlNet::new(
+        frozen_builder(&map, dtype, device),
+        &cfg,
+        "built-in".as_ref(),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -47,8 +47,11 @@ struct ControlKeys {
     global_pool_conditions: bool,
 }
 
+/// The conditioning embedding's widths in every released ControlNet.
+pub const DEFAULT_EMBEDDING: [usize; 4] = [16, 32, 96, 256];
+
 fn default_embedding() -> Vec<usize> {
-    vec![16, 32, 96, 256]
+    DEFAULT_EMBEDDING.to_vec()
 }
 fn three() -> usize {
     3
@@ -103,6 +106,67 @@ impl ControlNetFile {
             bgr,
             global_pool_conditions: keys.global_pool_conditions,
         })
+    }
+
+    /// The configuration of a ControlNet for a model with the UNet config `base` (whose
+    /// encoder it copies) and a conditioning embedding of `embedding` widths (`path`, named
+    /// in errors, is where the weights come from).
+    pub fn for_unet(
+        base: &UNetFile,
+        embedding: Vec<usize>,
+        path: &Path,
+    ) -> loopback_core::Result<Self> {
+        let mut json = serde_json::json!({
+            "block_out_channels": base.block_out_channels,
+            "down_block_types": base.down_block_types,
+            "up_block_types": base.up_block_types,
+            "in_channels": base.in_channels,
+            "layers_per_block": base.layers_per_block,
+            "cross_attention_dim": base.cross_attention_dim,
+            "norm_num_groups": base.norm_num_groups,
+            "norm_eps": base.norm_eps,
+            "use_linear_projection": base.use_linear_projection,
+            "flip_sin_to_cos": base.flip_sin_to_cos,
+            "freq_shift": base.freq_shift,
+            "downsample_padding": base.downsample_padding,
+            "conditioning_embedding_out_channels": embedding,
+        });
+        let optional = [
+            (
+                "attention_head_dim",
+                serde_json::to_value(&base.attention_head_dim),
+            ),
+            (
+                "num_attention_heads",
+                serde_json::to_value(&base.num_attention_heads),
+            ),
+            (
+                "transformer_layers_per_block",
+                serde_json::to_value(&base.transformer_layers_per_block),
+            ),
+            (
+                "addition_embed_type",
+                serde_json::to_value(&base.addition_embed_type),
+            ),
+            (
+                "addition_time_embed_dim",
+                serde_json::to_value(base.addition_time_embed_dim),
+            ),
+            (
+                "projection_class_embeddings_input_dim",
+                serde_json::to_value(base.projection_class_embeddings_input_dim),
+            ),
+        ];
+        if let Some(map) = json.as_object_mut() {
+            for (key, value) in optional {
+                if let Ok(value) = value
+                    && !value.is_null()
+                {
+                    map.insert(key.into(), value);
+                }
+            }
+        }
+        Self::from_json(&mut json, path)
     }
 
     /// How many times the conditioning embedding halves the control image (3: pixels to
