@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Proves the CUDA build compiles (`--features cuda`: candle's CUDA backend, its kernels and
-# this crate's device-generic paths) on a machine with neither a GPU nor a CUDA toolkit.
+# Proves the CUDA build compiles (`--features cuda,cudnn`: candle's CUDA backend, its kernels,
+# its cuDNN convolutions and this crate's device-generic paths) on a machine with neither a
+# GPU nor a CUDA toolkit (cudarc loads libcudnn at run time, so none is needed to build).
 # NVIDIA's CUDA 13.0 compiler wheels (nvcc, cicc, the CUDA headers) are fetched from PyPI and
 # unpacked, not installed, into a cache folder, so candle-kernels' build script can compile
 # its kernels; then clippy checks every target with the feature on. Nothing runs on a GPU.
@@ -35,4 +36,4 @@ export CUDA_HOME CUDA_PATH="$CUDA_HOME" PATH="$CUDA_HOME/bin:$PATH"
 # No GPU to ask: compile for Ampere (sm_80) and tell cudarc the toolkit's version.
 export CUDA_COMPUTE_CAP=${CUDA_COMPUTE_CAP:-80} CUDARC_CUDA_VERSION=13000
 nvcc --version | tail -n 1
-cargo clippy --features cuda --all-targets -- -D warnings
+cargo clippy --features cuda,cudnn --all-targets -- -D warnings
