@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use loopback_core::settings::{Sampler, ScheduleType};
-use loopback_engine::device::{self, DeviceSpec};
+use loopback_engine::device::{self, DeviceSpec, Precision};
 use loopback_engine::model::SdModel;
 use loopback_engine::model::arch::Arch;
 use loopback_engine::model::unet::AddedCond;
@@ -58,6 +58,11 @@ pub struct BenchArgs {
     /// Where to run: auto, cpu, cuda, cuda:N or metal.
     #[arg(long, default_value = "auto")]
     device: DeviceSpec,
+    /// Precision of the weights and compute: auto (f16 on GPUs, f32 on the CPU), f32, bf16 or
+    /// f16. On the CPU, f16 and bf16 run the device-generic code CUDA and Metal run (slower
+    /// than the CPU's own f32 kernels; half the weights' memory).
+    #[arg(long, default_value = "auto", value_name = "PRECISION")]
+    precision: Precision,
     /// Time one whole img2img loop at --size instead (prompt encoding, VAE encode, the
     /// denoising steps, VAE decode; CFG 7, --sampler, default DDIM) on --model's folder.
     #[arg(long = "loop", requires = "model", conflicts_with_all = ["vae", "vae_only"])]
@@ -189,12 +194,13 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             sampler: args.sampler,
             schedule: args.schedule,
             device: args.device,
+            precision: args.precision,
         })?;
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());
     }
     let tile = tile_mode(&args.vae_tile)?;
-    let (device, dtype) = device::select(args.device)?;
+    let (device, dtype) = device::select_with(args.device, args.precision)?;
     let load = Instant::now();
     let (unet, unet_file, vae, name) = match &args.model {
         Some(path) => {

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use image::{Rgb, RgbImage};
 use loopback_core::settings::{Choice, Sampler, ScheduleType};
-use loopback_engine::device::{self, DeviceSpec};
+use loopback_engine::device::{self, DeviceSpec, Precision};
 use loopback_engine::model::SdModel;
 use loopback_engine::run::memory;
 use loopback_engine::run::pipeline::{self, Img2ImgParams, TextAndSchedule};
@@ -31,6 +31,8 @@ pub struct LoopBench<'a> {
     pub schedule: ScheduleType,
     /// Where to run.
     pub device: DeviceSpec,
+    /// At which precision.
+    pub precision: Precision,
 }
 
 /// The input image: a smooth colour gradient (the time does not depend on the content).
@@ -47,7 +49,7 @@ pub fn gradient(size: u32) -> RgbImage {
 /// peak resident memory (the peak is reset after loading, where Linux allows it).
 /// `bench.size` must be a multiple of the VAE's downscale (`bench` checks for 8).
 pub fn run(bench: &LoopBench<'_>) -> anyhow::Result<serde_json::Value> {
-    let (device, dtype) = device::select(bench.device)?;
+    let (device, dtype) = device::select_with(bench.device, bench.precision)?;
     let load = Instant::now();
     let model = SdModel::load(bench.model, &device, dtype)?;
     let text = TextAndSchedule::load(bench.model)?;

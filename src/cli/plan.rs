@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use loopback_core::io::load_image;
 use loopback_core::plan::{self, Plan, PlanInput};
 use loopback_core::settings::{Choice, Settings};
-use loopback_engine::device::DeviceSpec;
+use loopback_engine::device::{DeviceSpec, Precision};
 use loopback_engine::load::resolve;
 use loopback_engine::run::memory::{self, EncoderWeights, Estimate, ModelShape};
 
@@ -30,6 +30,11 @@ pub struct PlanArgs {
     /// CPU the memory available).
     #[arg(long, default_value = "auto", value_name = "DEVICE")]
     device: DeviceSpec,
+    /// Precision of the weights and compute: auto (f16 on GPUs, f32 on the CPU), f32, bf16 or
+    /// f16. On the CPU, f16 and bf16 run the device-generic code CUDA and Metal run (slower
+    /// than the CPU's own f32 kernels; half the weights' memory).
+    #[arg(long, default_value = "auto", value_name = "PRECISION")]
+    precision: Precision,
     /// Memory to plan for (e.g. 8G); default on the CPU: what is available now.
     #[arg(long, value_name = "SIZE", value_parser = memory::parse_bytes)]
     memory_limit: Option<u64>,
@@ -50,7 +55,7 @@ pub fn run(args: &PlanArgs) -> anyhow::Result<()> {
         None => ModelShape::from_arch(loopback_engine::model::arch::Arch::Sd15)?,
     }
     .with_run(&settings);
-    let dtype = memory::device_dtype(args.device);
+    let dtype = memory::device_dtype(args.device, args.precision);
     let batch = memory::unet_batch(settings.cfg);
     let limit = memory::run_limit(args.device, args.memory_limit);
     // The plan `run` would carry out, which frees the text encoders after loop 1's prompts.

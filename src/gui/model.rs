@@ -22,7 +22,7 @@ pub fn load_key(request: &ModelRequest) -> String {
         .map(|l| format!("{}:{}", l.path.display(), l.weight))
         .collect();
     format!(
-        "{}|vae={}|loras={}|controlnet={}",
+        "{}|vae={}|loras={}|controlnet={}|precision={}",
         request.spec,
         request
             .vae
@@ -30,7 +30,8 @@ pub fn load_key(request: &ModelRequest) -> String {
             .map(|v| v.display().to_string())
             .unwrap_or_default(),
         loras.join(","),
-        request.controlnet.as_deref().unwrap_or_default()
+        request.controlnet.as_deref().unwrap_or_default(),
+        request.precision.label()
     )
 }
 

@@ -31,6 +31,8 @@ pub struct Persisted {
     pub model: String,
     /// The device: `auto`, `cpu`, `cuda`, `cuda:N` or `metal`.
     pub device: String,
+    /// The precision: `auto`, `f32`, `bf16` or `f16` (what `--precision` takes).
+    pub precision: String,
     /// The last images opened, newest first.
     pub recent_files: Vec<PathBuf>,
     /// Light, dark or follow the system.
@@ -58,6 +60,7 @@ impl Default for Persisted {
             settings: Settings::default(),
             model: "sd15".into(),
             device: "auto".into(),
+            precision: "auto".into(),
             recent_files: Vec::new(),
             theme: egui::ThemePreference::System,
             last_seed: None,
@@ -86,6 +89,7 @@ impl Persisted {
             })
             .collect();
         let mut request = ModelRequest::new(self.model.trim(), self.device_spec());
+        request.precision = self.precision.parse().unwrap_or_default();
         request.loras = lora::specs_for_prompt(
             &self.settings.prompt,
             &picked,

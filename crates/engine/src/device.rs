@@ -36,8 +36,83 @@ impl std::str::FromStr for DeviceSpec {
     }
 }
 
-/// The device and the dtype for weights on it: f16 on GPUs, f32 on the CPU.
+/// The precision weights are stored and computed in (`--precision`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Precision {
+    /// f16 on CUDA and Metal; f32 on the CPU (the CPU's fast kernels are f32; bf16 becomes
+    /// the CPU's choice where its own fast kernels exist).
+    #[default]
+    Auto,
+    /// 32-bit floats.
+    F32,
+    /// bfloat16 (f32's range, 8 bits of mantissa).
+    Bf16,
+    /// IEEE half precision.
+    F16,
+}
+
+impl std::str::FromStr for Precision {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "auto" => Ok(Precision::Auto),
+            "f32" | "fp32" | "float32" | "full" => Ok(Precision::F32),
+            "bf16" | "bfloat16" => Ok(Precision::Bf16),
+            "f16" | "fp16" | "float16" | "half" => Ok(Precision::F16),
+            _ => Err(format!(
+                "unknown precision {s:?} (use auto, f32, bf16 or f16)"
+            )),
+        }
+    }
+}
+
+impl Precision {
+    /// The weights' dtype on `device`.
+    pub fn dtype_on(self, device: &Device) -> DType {
+        match self {
+            Precision::Auto if device.is_cpu() => DType::F32,
+            Precision::Auto | Precision::F16 => DType::F16,
+            Precision::F32 => DType::F32,
+            Precision::Bf16 => DType::BF16,
+        }
+    }
+
+    /// The name `--precision` takes.
+    pub fn label(self) -> &'static str {
+        match self {
+            Precision::Auto => "auto",
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+            Precision::F16 => "f16",
+        }
+    }
+}
+
+/// The device and the dtype for weights on it at the default precision: f16 on GPUs, f32 on
+/// the CPU.
 pub fn select(spec: DeviceSpec) -> Result<(Device, DType)> {
+    select_with(spec, Precision::Auto)
+}
+
+/// The device `spec` names and the dtype `precision` gives on it. On the CPU, f32 takes the
+/// engine's own kernels; f16 and bf16 take the device-generic tensor code that CUDA and Metal
+/// run (no CPU-only kernel), which is how that path is tested without a GPU.
+pub fn select_with(spec: DeviceSpec, precision: Precision) -> Result<(Device, DType)> {
+    let (device, _) = select_device(spec)?;
+    let dtype = precision.dtype_on(&device);
+    if device.is_cpu() && dtype == DType::BF16 {
+        // candle 0.11's CPU matrix multiply (gemm) has f16, f32 and f64 but no bf16.
+        return Err(Error::Engine(
+            "bf16 on the CPU is not available yet: candle's CPU matrix multiply has no bf16; \
+             use --precision f16 or f32"
+                .into(),
+        ));
+    }
+    Ok((device, dtype))
+}
+
+fn select_device(spec: DeviceSpec) -> Result<(Device, DType)> {
     let unavailable = |what: &str, e: candle_core::Error| {
         Error::Engine(format!(
             "{what} is not available: {} (this build's features: {})",
@@ -55,11 +130,11 @@ pub fn select(spec: DeviceSpec) -> Result<(Device, DType)> {
             .map_err(|e| unavailable("Metal", e)),
         DeviceSpec::Auto => {
             if candle_core::utils::cuda_is_available() {
-                select(DeviceSpec::Cuda(0))
+                select_device(DeviceSpec::Cuda(0))
             } else if candle_core::utils::metal_is_available() {
-                select(DeviceSpec::Metal)
+                select_device(DeviceSpec::Metal)
             } else {
-                select(DeviceSpec::Cpu)
+                select_device(DeviceSpec::Cpu)
             }
         }
     }
@@ -95,6 +170,26 @@ mod tests {
         assert_eq!("cuda:1".parse(), Ok(DeviceSpec::Cuda(1)));
         assert_eq!("metal".parse(), Ok(DeviceSpec::Metal));
         assert!("tpu".parse::<DeviceSpec>().is_err());
+    }
+
+    #[test]
+    fn precisions_parse_and_choose_dtypes() {
+        assert_eq!("fp16".parse(), Ok(Precision::F16));
+        assert_eq!("BF16".parse(), Ok(Precision::Bf16));
+        assert!("int8".parse::<Precision>().is_err());
+        let (cpu, auto) = select_with(DeviceSpec::Cpu, Precision::Auto).unwrap();
+        assert!(cpu.is_cpu() && auto == DType::F32);
+        assert_eq!(
+            select_with(DeviceSpec::Cpu, Precision::F16).unwrap().1,
+            DType::F16
+        );
+        let bf16 = select_with(DeviceSpec::Cpu, Precision::Bf16)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            bf16.contains("bf16 on the CPU") && !bf16.contains('\n'),
+            "{bf16}"
+        );
     }
 
     #[test]

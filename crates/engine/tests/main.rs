@@ -5,6 +5,7 @@
 mod checkpoint;
 mod common;
 mod controlnet;
+mod half;
 mod hub;
 mod loader;
 mod lora;

@@ -18,6 +18,14 @@ const DEVICES: [(&str, &str); 4] = [
     ("metal", "Apple GPU (Metal)"),
 ];
 
+/// The precision choices (what `--precision` takes).
+const PRECISIONS: [(&str, &str); 4] = [
+    ("auto", "Auto (f16 on a GPU, f32 on the CPU)"),
+    ("f32", "f32"),
+    ("f16", "f16 (half the memory)"),
+    ("bf16", "bf16 (GPU only for now)"),
+];
+
 /// Draws the Model section.
 pub fn ui(
     ui: &mut egui::Ui,
@@ -105,6 +113,23 @@ pub fn ui(
                 ui.selectable_value(&mut persisted.device, key.to_string(), label);
             }
         });
+    let precision = PRECISIONS
+        .iter()
+        .find(|(key, _)| *key == persisted.precision)
+        .map_or(persisted.precision.as_str(), |(_, label)| label)
+        .to_string();
+    egui::ComboBox::from_label("Precision")
+        .selected_text(precision)
+        .show_ui(ui, |ui| {
+            for (key, label) in PRECISIONS {
+                ui.selectable_value(&mut persisted.precision, key.to_string(), label);
+            }
+        })
+        .response
+        .on_hover_text(
+            "Weights and compute: f16 halves the weights' memory; on the CPU, f16 runs the \
+             GPU's generic code, slower than the CPU's own f32 kernels",
+        );
     match (&session.model.loaded, &session.model.status) {
         (_, Some(status)) => {
             ui.horizontal_wrapped(|ui| {

@@ -33,6 +33,8 @@ pub struct ModelRequest {
     pub spec: String,
     /// Where to run it.
     pub device: DeviceSpec,
+    /// The precision of the weights and the compute (`--precision`).
+    pub precision: device::Precision,
     /// Never download; use the Hugging Face cache only (also set by `HF_HUB_OFFLINE`).
     pub offline: bool,
     /// Folders searched for local models by name ([`resolve::default_search_dirs`]).
@@ -59,6 +61,7 @@ impl ModelRequest {
         ModelRequest {
             spec: spec.into(),
             device,
+            precision: device::Precision::Auto,
             offline: false,
             search_dirs: resolve::default_search_dirs(),
             cache_dir: None,
@@ -126,7 +129,7 @@ pub fn load_blocking(
     cancel: &Arc<AtomicBool>,
     sink: &mut dyn FnMut(LoadEvent),
 ) -> Result<Arc<LoadedModel>> {
-    let (device, dtype) = device::select(request.device)?;
+    let (device, dtype) = device::select_with(request.device, request.precision)?;
     let f16 = dtype == DType::F16;
     // An SDXL preset in f16 gets the fp16-fix VAE unless the user chose a VAE.
     let mut vae = request.vae.clone();

@@ -169,6 +169,22 @@ impl UNet {
         added: Option<&AddedCond>,
         control: Option<&ControlResiduals>,
     ) -> Result<Tensor> {
+        self.forward_observed(sample, timestep, context, added, control, &mut |_, _| {})
+    }
+
+    /// [`UNet::forward_controlled`], showing `observe` every block's output as it is made:
+    /// `skip.N` (the encoder's skip connections: `conv_in` and every down block's resnets and
+    /// downsamplers), `mid`, `up.N` (each up block) and `out` (for tests that look for
+    /// overflow).
+    pub fn forward_observed(
+        &self,
+        sample: &Tensor,
+        timestep: f64,
+        context: &Tensor,
+        added: Option<&AddedCond>,
+        control: Option<&ControlResiduals>,
+        observe: &mut dyn FnMut(&str, &Tensor),
+    ) -> Result<Tensor> {
         let (_, _, height, width) = sample.dims4()?;
         let budget = self.score_budget;
         let Encoded {
@@ -192,8 +208,12 @@ impl UNet {
             mid = mid.broadcast_add(&control.mid.to_dtype(sample.dtype())?)?;
         }
 
+        for (i, skip) in skips.iter().enumerate() {
+            observe(&format!("skip.{i}"), skip);
+        }
+        observe("mid", &mid);
         let mut xs = mid;
-        for stage in &self.up {
+        for (i, stage) in self.up.iter().enumerate() {
             for (j, resnet) in stage.resnets.iter().enumerate() {
                 let skip = skips.pop().ok_or_else(|| {
                     candle_core::Error::Msg("UNet skip connections ran out".into())
@@ -209,10 +229,14 @@ impl UNet {
                 })?;
                 xs = up.forward(&xs, (size.0?, size.1?))?;
             }
+            observe(&format!("up.{i}"), &xs);
         }
         debug_assert_eq!(xs.dims4()?.2, height);
         debug_assert_eq!(xs.dims4()?.3, width);
         let out = self.conv_out.forward(&self.norm_out.forward_silu(&xs)?);
+        if let Ok(out) = &out {
+            observe("out", out);
+        }
         // The transformed kernels are kept from one convolution to the next within a pass,
         // not between passes (the VAE and the rest of a run get the memory back).
         crate::kernels::winograd::release_scratch();

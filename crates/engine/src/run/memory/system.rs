@@ -57,18 +57,21 @@ pub fn run_limit(device: DeviceSpec, limit: Option<u64>) -> Option<u64> {
     Some(available_bytes()? + process_rss().unwrap_or(0))
 }
 
-/// The weights' dtype `device` will use (f16 on GPUs, f32 on the CPU), without opening it.
-pub fn device_dtype(device: DeviceSpec) -> DType {
-    match device {
-        DeviceSpec::Cpu => DType::F32,
-        DeviceSpec::Cuda(_) | DeviceSpec::Metal => DType::F16,
+/// The weights' dtype `device` will use at `precision` (auto: f16 on GPUs, f32 on the CPU),
+/// without opening it.
+pub fn device_dtype(device: DeviceSpec, precision: crate::device::Precision) -> DType {
+    use crate::device::Precision;
+    let gpu = match device {
+        DeviceSpec::Cpu => false,
+        DeviceSpec::Cuda(_) | DeviceSpec::Metal => true,
         DeviceSpec::Auto => {
-            if candle_core::utils::cuda_is_available() || candle_core::utils::metal_is_available() {
-                DType::F16
-            } else {
-                DType::F32
-            }
+            candle_core::utils::cuda_is_available() || candle_core::utils::metal_is_available()
         }
+    };
+    match (precision, gpu) {
+        (Precision::Auto, true) | (Precision::F16, _) => DType::F16,
+        (Precision::Auto, false) | (Precision::F32, _) => DType::F32,
+        (Precision::Bf16, _) => DType::BF16,
     }
 }
 
