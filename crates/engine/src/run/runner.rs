@@ -261,6 +261,8 @@ impl<'a> Job<'a, '_> {
                     ControlFlow::Continue(())
                 }
             };
+            // An engine failure (out of GPU memory, say) names the loop and its size; the
+            // loops finished before it are kept by the caller.
             let Some(mut out) = img2img_controlled(
                 &model.model,
                 controlnet,
@@ -268,7 +270,14 @@ impl<'a> Job<'a, '_> {
                 &resized,
                 &params,
                 &mut on_step,
-            )?
+            )
+            .map_err(|e| match e {
+                Error::Engine(message) => Error::Engine(format!(
+                    "loop {k} at {}x{}: {message}",
+                    spec.width, spec.height
+                )),
+                other => other,
+            })?
             else {
                 return Ok(None);
             };

@@ -38,23 +38,36 @@ pub fn reset_peak_rss() -> bool {
 }
 
 /// The memory a run on `device` may plan for: `limit` when given; on the CPU what is
-/// available plus what this process already holds; `None` on a GPU without a limit (the
-/// planner then does not refuse anything).
+/// available plus what this process already holds; on a CUDA GPU its free memory (CUDA's
+/// mem-info); `None` on Metal without a limit (the planner then does not refuse anything).
 pub fn run_limit(device: DeviceSpec, limit: Option<u64>) -> Option<u64> {
     if limit.is_some() {
         return limit;
     }
-    let cpu = match device {
-        DeviceSpec::Cpu => true,
-        DeviceSpec::Auto => {
-            !candle_core::utils::cuda_is_available() && !candle_core::utils::metal_is_available()
-        }
-        DeviceSpec::Cuda(_) | DeviceSpec::Metal => false,
-    };
-    if !cpu {
-        return None;
+    let cuda = candle_core::utils::cuda_is_available();
+    match device {
+        DeviceSpec::Cuda(n) => cuda_free_bytes(n),
+        DeviceSpec::Auto if cuda => cuda_free_bytes(0),
+        DeviceSpec::Metal => None,
+        DeviceSpec::Auto if candle_core::utils::metal_is_available() => None,
+        DeviceSpec::Cpu | DeviceSpec::Auto => Some(available_bytes()? + process_rss().unwrap_or(0)),
     }
-    Some(available_bytes()? + process_rss().unwrap_or(0))
+}
+
+/// The free memory of CUDA device `ordinal` (CUDA's `cuMemGetInfo`), before anything of the
+/// run is loaded on it; `None` without CUDA or when the device cannot be asked.
+#[cfg(feature = "cuda")]
+pub fn cuda_free_bytes(ordinal: usize) -> Option<u64> {
+    use candle_core::cuda::cudarc::driver::CudaContext;
+    let context = CudaContext::new(ordinal).ok()?;
+    let (free, _total) = context.mem_get_info().ok()?;
+    Some(free as u64)
+}
+
+/// Without the `cuda` feature there is no CUDA device to ask.
+#[cfg(not(feature = "cuda"))]
+pub fn cuda_free_bytes(_ordinal: usize) -> Option<u64> {
+    None
 }
 
 /// The weights' dtype `device` will use at `precision` (auto: f16 on GPUs, f32 on the CPU),
