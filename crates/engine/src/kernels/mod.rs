@@ -1,6 +1,7 @@
 //! The CPU compute kernels under the networks, each with candle's device-generic operation as
 //! the path for other devices and dtypes:
 //! - [`gemm`]: the one f32 matrix product the others use;
+//! - [`bf16`]: bf16 matrix products (AMX, AVX512-BF16 or emulated, chosen at run time);
 //! - [`conv`]: 2-D convolution layers (im2col in bands, 1×1 as one product);
 //! - [`winograd`]: Winograd F(4×4, 3×3) and F(2×2, 3×3) for 3×3 convolutions;
 //! - [`attention`]: scaled dot-product attention in blocks, never the whole score matrix;
@@ -10,6 +11,7 @@
 //! - [`scratch`]: buffers reused between calls.
 
 pub mod attention;
+pub mod bf16;
 pub mod conv;
 pub mod fastmath;
 pub mod gemm;

@@ -1,0 +1,470 @@
+//! bf16 matrix products on the CPU: the contract of [`gemm_f32`], but with both operands
+//! rounded to bf16 (round to nearest even) as they are packed and the products summed in f32.
+//!
+//! Three paths, chosen once at run time ([`isa`]), never from build flags:
+//! - [`Bf16Isa::Amx`]: AMX tiles (`tdpbf16ps`), 32 × 32 blocks of C (`amx.rs`);
+//! - [`Bf16Isa::Avx512Bf16`]: `vdpbf16ps` in an 8 × 48 register block (`avx512.rs`);
+//! - [`Bf16Isa::Emulated`]: operands rounded to bf16 and back, then [`gemm_f32`] (the same
+//!   numbers up to the order of the sums), for CPUs with neither.
+//!
+//! The fast paths pack the left operand into row tiles and the right one into strips of 16
+//! columns (`pack.rs`; weights can be packed once, [`PackedRhs`]), then split C into regions
+//! that run on candle's threads, each walking `k` in cache-sized blocks. The packed operands
+//! live in per-thread scratch buffers kept between calls.
+
+#[cfg(target_arch = "x86_64")]
+mod amx;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
+mod isa;
+mod pack;
+#[cfg(target_arch = "x86_64")]
+mod simd;
+#[cfg(test)]
+mod tests;
+
+pub use pack::{PackedRhs, bf16_bits, round_bf16};
+
+use crate::kernels::gemm::{View, gemm_f32};
+use std::cell::Cell;
+#[cfg(target_arch = "x86_64")]
+use std::ops::Range;
+
+/// Which bf16 instructions the products use on this CPU (detected once, at run time).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Bf16Isa {
+    /// AMX-TILE + AMX-BF16 tiles (Sapphire Rapids and later; on Linux once the kernel grants
+    /// the tile state).
+    Amx,
+    /// AVX-512 with the BF16 extension (`vdpbf16ps`; Cooper Lake, Zen 4 and later).
+    Avx512Bf16,
+    /// No bf16 instructions: bf16-rounded operands multiplied in f32.
+    Emulated,
+}
+
+impl Bf16Isa {
+    /// Every path, best first.
+    pub const ALL: [Bf16Isa; 3] = [Bf16Isa::Amx, Bf16Isa::Avx512Bf16, Bf16Isa::Emulated];
+
+    /// The name `LOOPBACK_BF16_ISA` and [`isa_named`] take: `amx`, `avx512bf16`, `emulated`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Bf16Isa::Amx => "amx",
+            Bf16Isa::Avx512Bf16 => "avx512bf16",
+            Bf16Isa::Emulated => "emulated",
+        }
+    }
+
+    /// The path with this [`name`](Self::name) (case-insensitive), whether or not the CPU
+    /// has it.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|isa| isa.name().eq_ignore_ascii_case(name.trim()))
+    }
+
+    /// Whether this CPU (and OS) can run the path.
+    pub fn available(self) -> bool {
+        isa::available(self)
+    }
+
+    /// 0 for the best path, higher for slower ones.
+    fn rank(self) -> usize {
+        self as usize
+    }
+}
+
+impl std::fmt::Display for Bf16Isa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The path the products use: the best this CPU has, detected once; the environment
+/// variable `LOOPBACK_BF16_ISA` (`amx`, `avx512bf16`, `emulated`) can only lower it.
+pub fn isa() -> Bf16Isa {
+    use std::sync::OnceLock;
+    static ISA: OnceLock<Bf16Isa> = OnceLock::new();
+    *ISA.get_or_init(|| isa::chosen(std::env::var("LOOPBACK_BF16_ISA").ok().as_deref()))
+}
+
+/// The path named `name` if this CPU has it (for tests and benchmarks that run each path).
+pub fn isa_named(name: &str) -> Option<Bf16Isa> {
+    Bf16Isa::from_name(name).filter(|isa| isa.available())
+}
+
+/// Same contract as [`gemm_f32`], but both operands rounded to bf16 (round to nearest even)
+/// while packing, products accumulated in f32; on the path [`isa`] chose.
+#[allow(clippy::too_many_arguments, dead_code)] // The network's callers come separately.
+pub(crate) fn gemm_bf16(
+    dims: (usize, usize, usize),
+    dst: &mut [f32],
+    dst_rs: usize,
+    lhs: View,
+    rhs: View,
+    accumulate: bool,
+    parallel: bool,
+) {
+    gemm_bf16_with(isa(), dims, dst, dst_rs, lhs, rhs, accumulate, parallel);
+}
+
+/// [`gemm_bf16`] with the right operand packed beforehand (`rhs.k()` × `rhs.n()` must be
+/// `k` × `n`); the same numbers, bit for bit.
+#[allow(clippy::too_many_arguments, dead_code)] // The network's callers come separately.
+pub(crate) fn gemm_bf16_packed(
+    dims: (usize, usize, usize),
+    dst: &mut [f32],
+    dst_rs: usize,
+    lhs: View,
+    rhs: &PackedRhs,
+    accumulate: bool,
+    parallel: bool,
+) {
+    gemm_bf16_packed_with(isa(), dims, dst, dst_rs, lhs, rhs, accumulate, parallel);
+}
+
+/// [`gemm_bf16`] on the path `isa`, which this CPU must have.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm_bf16_with(
+    isa: Bf16Isa,
+    (m, n, k): (usize, usize, usize),
+    dst: &mut [f32],
+    dst_rs: usize,
+    lhs: View,
+    rhs: View,
+    accumulate: bool,
+    parallel: bool,
+) {
+    check(isa, (m, n, k), dst, dst_rs, lhs, Some(rhs));
+    if m == 0 || n == 0 {
+        return;
+    }
+    if isa == Bf16Isa::Emulated {
+        let b = pack::rounded_matrix(k, n, rhs);
+        return emulated((m, n, k), dst, dst_rs, lhs, &b, accumulate, parallel);
+    }
+    let packed = PackedRhs::with_buffer(take(&RHS_SCRATCH), k, n, rhs, parallel);
+    fast(
+        isa,
+        (m, n, k),
+        dst,
+        dst_rs,
+        lhs,
+        &packed,
+        accumulate,
+        parallel,
+    );
+    give(&RHS_SCRATCH, packed.into_buffer());
+}
+
+/// [`gemm_bf16_packed`] on the path `isa`, which this CPU must have.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm_bf16_packed_with(
+    isa: Bf16Isa,
+    (m, n, k): (usize, usize, usize),
+    dst: &mut [f32],
+    dst_rs: usize,
+    lhs: View,
+    rhs: &PackedRhs,
+    accumulate: bool,
+    parallel: bool,
+) {
+    assert_eq!((rhs.k, rhs.n), (k, n), "packed operand of another shape");
+    check(isa, (m, n, k), dst, dst_rs, lhs, None);
+    if m == 0 || n == 0 {
+        return;
+    }
+    if isa == Bf16Isa::Emulated {
+        let b = rhs.unpack();
+        return emulated((m, n, k), dst, dst_rs, lhs, &b, accumulate, parallel);
+    }
+    fast(isa, (m, n, k), dst, dst_rs, lhs, rhs, accumulate, parallel);
+}
+
+/// The bounds [`gemm_f32`] asserts, plus the path's availability and rows of `dst` that do
+/// not overlap (regions of it are written from several threads).
+fn check(
+    isa: Bf16Isa,
+    (m, n, k): (usize, usize, usize),
+    dst: &[f32],
+    dst_rs: usize,
+    (lhs, lhs_rs, lhs_cs): View,
+    rhs: Option<View>,
+) {
+    assert!(isa.available(), "bf16 path {isa} not available on this CPU");
+    if m == 0 || n == 0 {
+        return;
+    }
+    let last = |rows: usize, rs: usize, cols: usize, cs: usize| {
+        (rows.max(1) - 1) * rs + (cols.max(1) - 1) * cs + 1
+    };
+    assert!(dst.len() >= last(m, dst_rs, n, 1));
+    assert!(m == 1 || dst_rs >= n, "rows of dst overlap");
+    assert!(k == 0 || lhs.len() >= last(m, lhs_rs, k, lhs_cs));
+    if let Some((rhs, rhs_rs, rhs_cs)) = rhs {
+        assert!(k == 0 || rhs.len() >= last(k, rhs_rs, n, rhs_cs));
+    }
+}
+
+/// The emulated path: `lhs` rounded, times `b` (already rounded, row-major k × n), in f32.
+#[allow(clippy::too_many_arguments)]
+fn emulated(
+    (m, n, k): (usize, usize, usize),
+    dst: &mut [f32],
+    dst_rs: usize,
+    lhs: View,
+    b: &[f32],
+    accumulate: bool,
+    parallel: bool,
+) {
+    let a = pack::rounded_matrix(m, k, lhs);
+    gemm_f32(
+        (m, n, k),
+        dst,
+        dst_rs,
+        (&a, k, 1),
+        (b, n, 1),
+        accumulate,
+        parallel,
+    );
+}
+
+thread_local! {
+    /// The packed left operand of the calls on this thread.
+    static LHS_SCRATCH: Cell<Vec<u16>> = const { Cell::new(Vec::new()) };
+    /// The packed right operand of the unpacked calls on this thread.
+    static RHS_SCRATCH: Cell<Vec<u16>> = const { Cell::new(Vec::new()) };
+}
+
+/// Takes a scratch buffer out of its slot (a call nested by rayon's work stealing finds the
+/// slot empty and allocates its own).
+fn take(slot: &'static std::thread::LocalKey<Cell<Vec<u16>>>) -> Vec<u16> {
+    slot.with(Cell::take)
+}
+
+/// Puts a scratch buffer back, keeping the larger of it and whatever the slot holds.
+fn give(slot: &'static std::thread::LocalKey<Cell<Vec<u16>>>, buffer: Vec<u16>) {
+    slot.with(|cell| {
+        let old = cell.take();
+        cell.set(if old.capacity() > buffer.capacity() {
+            old
+        } else {
+            buffer
+        });
+    });
+}
+
+/// The fast paths (`isa` is AMX or AVX512-BF16, checked available).
+#[allow(clippy::too_many_arguments)]
+fn fast(
+    isa: Bf16Isa,
+    dims: (usize, usize, usize),
+    dst: &mut [f32],
+    dst_rs: usize,
+    lhs: View,
+    rhs: &PackedRhs,
+    accumulate: bool,
+    parallel: bool,
+) {
+    #[cfg(target_arch = "x86_64")]
+    run(isa, dims, dst, dst_rs, lhs, rhs, accumulate, parallel);
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (dims, dst, dst_rs, lhs, rhs, accumulate, parallel);
+        unreachable!("no {isa} path on this architecture");
+    }
+}
+
+/// One product as the block kernels see it: the packed right operand and the destination.
+#[cfg(target_arch = "x86_64")]
+pub(crate) struct Problem<'a> {
+    /// Rows of C.
+    m: usize,
+    /// Columns of C.
+    n: usize,
+    /// The shared dimension.
+    k: usize,
+    /// `k` padded to a multiple of 32.
+    kp: usize,
+    /// The packed right operand (strips).
+    b: &'a [u16],
+    /// C's first element.
+    dst: *mut f32,
+    /// C's row stride.
+    dst_rs: usize,
+}
+
+// SAFETY: the regions of `dst` the threads write are disjoint (`run`), and `dst` is borrowed
+// mutably for the whole call.
+#[cfg(target_arch = "x86_64")]
+unsafe impl Sync for Problem<'_> {}
+
+#[cfg(target_arch = "x86_64")]
+impl Problem<'_> {
+    /// `C[row0.., col0..] (+)= out` for `rows` × `cols` elements of `out` (row stride
+    /// `out_rs`).
+    ///
+    /// # Safety
+    /// The block lies inside C and no other thread touches it.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    unsafe fn write_back(
+        &self,
+        row0: usize,
+        col0: usize,
+        rows: usize,
+        cols: usize,
+        out: &[f32],
+        out_rs: usize,
+        add: bool,
+    ) {
+        debug_assert!(row0 + rows <= self.m && col0 + cols <= self.n);
+        for r in 0..rows {
+            // SAFETY: inside C (caller; `check` bounded C), not aliased (caller).
+            let dst = unsafe {
+                std::slice::from_raw_parts_mut(self.dst.add((row0 + r) * self.dst_rs + col0), cols)
+            };
+            let src = &out[r * out_rs..][..cols];
+            if add {
+                for (d, s) in dst.iter_mut().zip(src) {
+                    *d += s;
+                }
+            } else {
+                dst.copy_from_slice(src);
+            }
+        }
+    }
+}
+
+/// A block kernel: `C[rows, cols] (+)= A · B` for one k block (`(first chunk, chunks)`), `A`
+/// packed.
+#[cfg(target_arch = "x86_64")]
+type BlockKernel = unsafe fn(&Problem, &[u16], Range<usize>, Range<usize>, (usize, usize), bool);
+
+/// Splits C into regions and runs them (on candle's threads when `parallel`). Each region
+/// walks `k` in blocks; for each it packs its rows of that block of `lhs` (so the packed
+/// block is still in cache when the kernel reads it, and `lhs` is read once) and runs the
+/// kernel over its columns.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+fn run(
+    isa: Bf16Isa,
+    (m, n, k): (usize, usize, usize),
+    dst: &mut [f32],
+    dst_rs: usize,
+    lhs: View,
+    rhs: &PackedRhs,
+    accumulate: bool,
+    parallel: bool,
+) {
+    use rayon::prelude::*;
+    if k == 0 {
+        if !accumulate {
+            for row in 0..m {
+                dst[row * dst_rs..][..n].fill(0.0);
+            }
+        }
+        return;
+    }
+    let threads = if parallel {
+        candle_core::utils::get_num_threads()
+    } else {
+        1
+    };
+    let (row_unit, col_unit, kc, kernel): (usize, usize, usize, BlockKernel) = match isa {
+        Bf16Isa::Amx => (32, 32, amx::KC_CHUNKS, amx::block),
+        _ => (16, avx512::NR, avx512::KC_CHUNKS, avx512::block),
+    };
+    let (rb, cb) = blocks((m, n), (row_unit, col_unit), threads);
+    let problem = Problem {
+        m,
+        n,
+        k,
+        kp: rhs.kp,
+        b: rhs.data(),
+        dst: dst.as_mut_ptr(),
+        dst_rs,
+    };
+    let chunks = rhs.kp / 32;
+    let regions: Vec<(usize, usize)> = (0..m)
+        .step_by(rb)
+        .flat_map(|r0| (0..n).step_by(cb).map(move |c0| (r0, c0)))
+        .collect();
+    let work = |&(r0, c0): &(usize, usize)| {
+        let (rows, cols) = (r0..(r0 + rb).min(m), c0..(c0 + cb).min(n));
+        // SAFETY: the path is available (`check`).
+        let _tiles = (isa == Bf16Isa::Amx).then(|| unsafe { amx::Tiles::configure() });
+        let mut scratch = take(&LHS_SCRATCH);
+        for kb in (0..chunks).step_by(kc) {
+            let kc = kc.min(chunks - kb);
+            let (_, a) = pack::aligned(&mut scratch, rows.len().div_ceil(16) * 16 * 32 * kc);
+            pack::pack_lhs(a, rows.clone(), (m, k), (kb, kc), lhs);
+            let add = accumulate || kb > 0;
+            // SAFETY: the path is available and its tiles configured; regions are disjoint
+            // blocks of C.
+            unsafe { kernel(&problem, a, rows.clone(), cols.clone(), (kb, kc), add) };
+        }
+        give(&LHS_SCRATCH, scratch);
+    };
+    if threads > 1 && regions.len() > 1 {
+        regions.par_iter().for_each(work);
+    } else {
+        regions.iter().for_each(work);
+    }
+}
+
+/// Region size (rows, columns): 256 rows (multiples of the kernel's units) by all of `n`, so
+/// each region packs its rows of `lhs` once; with more threads, smaller regions until there
+/// are four per thread (rows split first: a column split packs the rows again).
+#[cfg(target_arch = "x86_64")]
+fn blocks(
+    (m, n): (usize, usize),
+    (row_unit, col_unit): (usize, usize),
+    threads: usize,
+) -> (usize, usize) {
+    let mut rb = (256 / row_unit).max(1) * row_unit;
+    let mut cb = n.div_ceil(col_unit) * col_unit;
+    let halve = |size: usize, unit: usize| (size / 2).div_ceil(unit) * unit;
+    while threads > 1 && m.div_ceil(rb) * n.div_ceil(cb) < 4 * threads {
+        if rb >= 2 * row_unit && m.div_ceil(rb) < m.div_ceil(row_unit) {
+            rb = halve(rb, row_unit);
+        } else if cb >= 2 * col_unit && n.div_ceil(cb) < n.div_ceil(col_unit) {
+            cb = halve(cb, col_unit);
+        } else {
+            break;
+        }
+    }
+    (rb, cb)
+}
+
+/// What [`bench_entry`] runs.
+#[doc(hidden)]
+pub enum BenchPath<'a> {
+    /// [`gemm_f32`].
+    F32,
+    /// [`gemm_bf16`] on a path.
+    Bf16(Bf16Isa),
+    /// [`gemm_bf16_packed`] on a path, with this packed right operand.
+    Packed(Bf16Isa, &'a PackedRhs),
+}
+
+/// The products for the `gemm_bf16` example (they are crate-private): `dst (m × n, row
+/// stride n) ← lhs · rhs` on `path`.
+#[doc(hidden)]
+pub fn bench_entry(
+    path: BenchPath,
+    dims: (usize, usize, usize),
+    dst: &mut [f32],
+    lhs: (&[f32], usize, usize),
+    rhs: (&[f32], usize, usize),
+    parallel: bool,
+) {
+    let n = dims.1;
+    match path {
+        BenchPath::F32 => gemm_f32(dims, dst, n, lhs, rhs, false, parallel),
+        BenchPath::Bf16(isa) => gemm_bf16_with(isa, dims, dst, n, lhs, rhs, false, parallel),
+        BenchPath::Packed(isa, packed) => {
+            gemm_bf16_packed_with(isa, dims, dst, n, lhs, packed, false, parallel)
+        }
+    }
+}

@@ -1,0 +1,273 @@
+//! bf16 rounding and the packed operand layouts the kernels read.
+//!
+//! Both layouts are built from 64-byte rows (one cache line, one AMX tile row):
+//! - left operand (`lhs`, m × k): row tiles of 16 rows; tile `t` holds rows `16t..16t + 16`
+//!   as `[k chunk of 32][16 rows][32 k]`, so one AMX A tile (16 × 32 bf16) is 1 KiB of
+//!   consecutive memory, and the AVX-512 kernel broadcasts pairs out of the same bytes;
+//! - right operand (`rhs`, k × n): strips of 16 columns; strip `s` holds columns
+//!   `16s..16s + 16` as `[k pair][16 columns][2 k]` (the VNNI layout of `tdpbf16ps` and
+//!   `vdpbf16ps`), so 16 consecutive pairs are one AMX B tile and one pair is one zmm.
+//!
+//! `k` is padded with zeros to a multiple of 32, the rows and columns to multiples of 16.
+
+#[cfg(target_arch = "x86_64")]
+use super::simd;
+use crate::kernels::gemm::View;
+use rayon::prelude::*;
+use std::ops::Range;
+
+/// `x` rounded to bf16 (round to nearest, ties to even), as its 16 bits. NaN stays NaN (made
+/// quiet, sign kept); values past bf16's largest finite round to infinity.
+#[inline(always)]
+pub fn bf16_bits(x: f32) -> u16 {
+    let bits = x.to_bits();
+    let rounded = bits.wrapping_add(0x7fff + ((bits >> 16) & 1)) >> 16;
+    let quiet_nan = (bits >> 16) | 0x40;
+    let is_nan = bits & 0x7fff_ffff > 0x7f80_0000;
+    (if is_nan { quiet_nan } else { rounded }) as u16
+}
+
+/// `x` rounded to bf16 (as [`bf16_bits`]) and widened back to f32.
+#[inline(always)]
+pub fn round_bf16(x: f32) -> f32 {
+    f32::from_bits(u32::from(bf16_bits(x)) << 16)
+}
+
+/// Elements of a bf16 k chunk (32) times the 16 rows or columns of a tile.
+pub(super) const TILE: usize = 512;
+
+/// `k` padded to whole 32-element chunks.
+pub(super) fn padded_k(k: usize) -> usize {
+    k.div_ceil(32) * 32
+}
+
+/// A `len`-element stretch of `buffer` that starts on a 64-byte boundary, growing the buffer
+/// when it is short (contents are left over from earlier use).
+pub(super) fn aligned(buffer: &mut Vec<u16>, len: usize) -> (usize, &mut [u16]) {
+    if buffer.len() < len + 32 {
+        *buffer = Vec::new();
+        *buffer = vec![0; len + 32];
+    }
+    let offset = buffer.as_ptr().align_offset(64);
+    (offset, &mut buffer[offset..offset + len])
+}
+
+/// A right-hand operand (weights) packed once into bf16 in the layout the kernels read (half
+/// the memory of f32): strips of 16 columns, pairs of `k` interleaved, zero padded.
+pub struct PackedRhs {
+    pub(super) k: usize,
+    pub(super) n: usize,
+    /// `k` padded to a multiple of 32.
+    pub(super) kp: usize,
+    buffer: Vec<u16>,
+    offset: usize,
+}
+
+impl PackedRhs {
+    /// Packs `rhs` (k × n, a strided view) on candle's threads.
+    pub fn new(k: usize, n: usize, rhs: View) -> Self {
+        Self::with_buffer(Vec::new(), k, n, rhs, true)
+    }
+
+    /// Packs `rhs` into `buffer` (reused when long enough).
+    pub(super) fn with_buffer(
+        mut buffer: Vec<u16>,
+        k: usize,
+        n: usize,
+        rhs: View,
+        parallel: bool,
+    ) -> Self {
+        let kp = padded_k(k);
+        let strip_len = 16 * kp;
+        let (offset, data) = aligned(&mut buffer, n.div_ceil(16) * strip_len);
+        if k > 0 && n > 0 {
+            let (values, rs, cs) = rhs;
+            assert!(
+                values.len() > (k - 1) * rs + (n - 1) * cs,
+                "rhs view out of bounds"
+            );
+            let work = |(s, strip): (usize, &mut [u16])| pack_rhs_strip(strip, 16 * s, n, k, rhs);
+            if parallel {
+                data.par_chunks_mut(strip_len).enumerate().for_each(work);
+            } else {
+                data.chunks_mut(strip_len).enumerate().for_each(work);
+            }
+        }
+        Self {
+            k,
+            n,
+            kp,
+            buffer,
+            offset,
+        }
+    }
+
+    /// The bytes its bf16 values take (about `k · n · 2`, plus the padding).
+    pub fn bytes(&self) -> usize {
+        2 * self.n.div_ceil(16) * 16 * self.kp
+    }
+
+    /// Rows (`k`) of the operand.
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    /// Columns (`n`) of the operand.
+    pub fn n(&self) -> usize {
+        self.n
+    }
+
+    /// The packed values, strip after strip.
+    pub(super) fn data(&self) -> &[u16] {
+        &self.buffer[self.offset..self.offset + self.bytes() / 2]
+    }
+
+    /// Gives the buffer back for reuse.
+    pub(super) fn into_buffer(self) -> Vec<u16> {
+        self.buffer
+    }
+
+    /// The operand as rounded f32 values, row-major k × n.
+    pub(super) fn unpack(&self) -> Vec<f32> {
+        let data = self.data();
+        let mut out = vec![0f32; self.k * self.n];
+        for (kk, row) in out.chunks_exact_mut(self.n.max(1)).enumerate() {
+            for (col, v) in row.iter_mut().enumerate() {
+                let bits =
+                    data[(col / 16) * 16 * self.kp + (kk / 2) * 32 + (col % 16) * 2 + kk % 2];
+                *v = f32::from_bits(u32::from(bits) << 16);
+            }
+        }
+        out
+    }
+}
+
+/// Rows `rows` × columns `cols` of a view, rounded to bf16, as a row-major f32 matrix.
+pub(super) fn rounded_matrix(rows: usize, cols: usize, (values, rs, cs): View) -> Vec<f32> {
+    let mut out = vec![0f32; rows * cols];
+    for (r, row) in out.chunks_exact_mut(cols.max(1)).enumerate() {
+        for (c, v) in row.iter_mut().enumerate() {
+            *v = round_bf16(values[r * rs + c * cs]);
+        }
+    }
+    out
+}
+
+/// Packs rows `rows` × k chunks `chunks` (of 32, from chunk `chunk0`) of the left operand
+/// (m × k) into row tiles of 16 rows, `[tile][chunk][16 rows][32 k]` (zero past `m` and `k`);
+/// `out` holds `rows.len().div_ceil(16)` tiles of `16 · 32 · chunks` elements.
+pub(super) fn pack_lhs(
+    out: &mut [u16],
+    rows: Range<usize>,
+    (m, k): (usize, usize),
+    (chunk0, chunks): (usize, usize),
+    lhs: View,
+) {
+    let tile_len = TILE * chunks;
+    let tiles = rows.len().div_ceil(16);
+    for (t, tile) in out[..tiles * tile_len].chunks_mut(tile_len).enumerate() {
+        let row0 = rows.start + 16 * t;
+        #[cfg(target_arch = "x86_64")]
+        if simd::available() {
+            // SAFETY: the CPU has the features.
+            unsafe { simd::pack_lhs_tile(tile, row0, m, k, chunk0, lhs) };
+            continue;
+        }
+        pack_lhs_tile(tile, row0, m, k, chunk0, lhs);
+    }
+}
+
+/// One strip of the right operand: columns `col0..col0 + 16` (zero past `n`), all of `k`
+/// (zero past it).
+fn pack_rhs_strip(strip: &mut [u16], col0: usize, n: usize, k: usize, rhs: View) {
+    #[cfg(target_arch = "x86_64")]
+    if simd::available() {
+        // SAFETY: the CPU has the features.
+        return unsafe { simd::pack_rhs_strip(strip, col0, n, k, rhs) };
+    }
+    let pairs = strip.len() / 32;
+    let cols = (n - col0).min(16);
+    rhs_pairs(strip, col0, cols, k, 0..pairs, rhs);
+}
+
+/// `dst[e] ← bf16(lhs[row][kk0 + e])` for the 32 `e` (zero past `k`).
+#[inline(always)]
+pub(super) fn lhs_segment(dst: &mut [u16], row: usize, kk0: usize, k: usize, lhs: View) {
+    let (values, rs, cs) = lhs;
+    for (e, d) in dst[..32].iter_mut().enumerate() {
+        let kk = kk0 + e;
+        *d = if kk < k {
+            bf16_bits(values[row * rs + kk * cs])
+        } else {
+            0
+        };
+    }
+}
+
+/// One row tile of the left operand: rows `row0..row0 + 16` (zero past `m`), the chunks of
+/// `tile` from `chunk0` (zero past `k`).
+#[inline(always)]
+pub(super) fn pack_lhs_tile(
+    tile: &mut [u16],
+    row0: usize,
+    m: usize,
+    k: usize,
+    chunk0: usize,
+    lhs: View,
+) {
+    let rows = (m - row0).min(16);
+    let chunks = tile.len() / TILE;
+    for c in 0..chunks {
+        for r in 0..16 {
+            let dst = &mut tile[c * TILE + r * 32..][..32];
+            if r < rows {
+                lhs_segment(dst, row0 + r, (chunk0 + c) * 32, k, lhs);
+            } else {
+                dst.fill(0);
+            }
+        }
+    }
+}
+
+/// Pairs `pairs` of a strip of the right operand (`cols` columns from `col0`, zero past
+/// them and past `k`).
+#[inline(always)]
+pub(super) fn rhs_pairs(
+    strip: &mut [u16],
+    col0: usize,
+    cols: usize,
+    k: usize,
+    pairs: Range<usize>,
+    (values, rs, cs): View,
+) {
+    for p in pairs {
+        let dst = &mut strip[p * 32..][..32];
+        for col in 0..16 {
+            for e in 0..2 {
+                let kk = 2 * p + e;
+                dst[2 * col + e] = if kk < k && col < cols {
+                    bf16_bits(values[kk * rs + (col0 + col) * cs])
+                } else {
+                    0
+                };
+            }
+        }
+    }
+}
+
+/// Asks for `values[start..start + len]` in L1 ahead of use (row segments of a k block are
+/// too short for the hardware prefetchers to catch up).
+#[inline(always)]
+pub(super) fn prefetch(values: &[f32], start: usize, len: usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+        let end = (start + len).min(values.len());
+        for i in (start..end).step_by(16) {
+            // SAFETY: prefetching never faults; the address is inside `values`.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(values.as_ptr().add(i).cast()) };
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (values, start, len);
+}
