@@ -8,7 +8,8 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use loopback_core::settings::{Sampler, ScheduleType};
-use loopback_engine::device::{self, DeviceSpec, Precision};
+use loopback_engine::device;
+use loopback_engine::kernels::compute::Compute;
 use loopback_engine::model::SdModel;
 use loopback_engine::model::arch::Arch;
 use loopback_engine::model::unet::AddedCond;
@@ -55,14 +56,8 @@ pub struct BenchArgs {
     /// A diffusers folder to time instead of random weights.
     #[arg(long, value_name = "PATH")]
     model: Option<PathBuf>,
-    /// Where to run: auto, cpu, cuda, cuda:N or metal.
-    #[arg(long, default_value = "auto")]
-    device: DeviceSpec,
-    /// Precision of the weights and compute: auto (f16 on GPUs, f32 on the CPU), f32, bf16 or
-    /// f16. On the CPU, f16 and bf16 run the device-generic code CUDA and Metal run (slower
-    /// than the CPU's own f32 kernels; half the weights' memory).
-    #[arg(long, default_value = "auto", value_name = "PRECISION")]
-    precision: Precision,
+    #[command(flatten)]
+    pub(super) target: super::target::Target,
     /// Time one whole img2img loop at --size instead (prompt encoding, VAE encode, the
     /// denoising steps, VAE decode; CFG 7, --sampler, default DDIM) on --model's folder.
     #[arg(long = "loop", requires = "model", conflicts_with_all = ["vae", "vae_only"])]
@@ -193,18 +188,20 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             denoise: args.denoise,
             sampler: args.sampler,
             schedule: args.schedule,
-            device: args.device,
-            precision: args.precision,
+            device: args.target.device,
+            precision: args.target.precision,
         })?;
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());
     }
     let tile = tile_mode(&args.vae_tile)?;
-    let (device, dtype) = device::select_with(args.device, args.precision)?;
+    let (device, weights_dtype) = device::select_with(args.target.device, args.target.precision)?;
+    // The tensors' dtype (bf16 on the CPU computes bf16 products on f32 tensors).
+    let (compute, dtype) = Compute::for_weights(&device, weights_dtype);
     let load = Instant::now();
     let (unet, unet_file, vae, name) = match &args.model {
         Some(path) => {
-            let model = SdModel::load(path, &device, dtype)?;
+            let model = SdModel::load(path, &device, weights_dtype)?;
             let files = model.files.clone();
             (
                 Some(model.unet),
@@ -217,7 +214,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             let nets = args.arch.random_networks(
                 !args.vae_only,
                 args.vae || args.vae_only,
-                dtype,
+                weights_dtype,
                 &device,
             )?;
             (
@@ -235,6 +232,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         "model": name,
         "device": device::describe(&device),
         "dtype": format!("{dtype:?}"),
+        "compute": format!("{compute:?}"),
         "size": args.size,
         "batch": args.batch,
         "threads": candle_core::utils::get_num_threads(),

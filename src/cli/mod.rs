@@ -10,6 +10,7 @@ mod prompt;
 mod run;
 mod run_folder;
 mod settings;
+mod target;
 
 use std::path::PathBuf;
 

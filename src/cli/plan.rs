@@ -6,7 +6,6 @@ use std::path::PathBuf;
 use loopback_core::io::load_image;
 use loopback_core::plan::{self, Plan, PlanInput};
 use loopback_core::settings::{Choice, Settings};
-use loopback_engine::device::{DeviceSpec, Precision};
 use loopback_engine::load::resolve;
 use loopback_engine::run::memory::{self, EncoderWeights, Estimate, ModelShape};
 
@@ -26,15 +25,8 @@ pub struct PlanArgs {
     /// are read). Default: the SD 1.5 architecture.
     #[arg(long, value_name = "PRESET|PATH")]
     model: Option<String>,
-    /// Where the run would go: auto, cpu, cuda, cuda:N or metal (sets the dtype, and on the
-    /// CPU the memory available).
-    #[arg(long, default_value = "auto", value_name = "DEVICE")]
-    device: DeviceSpec,
-    /// Precision of the weights and compute: auto (f16 on GPUs, f32 on the CPU), f32, bf16 or
-    /// f16. On the CPU, f16 and bf16 run the device-generic code CUDA and Metal run (slower
-    /// than the CPU's own f32 kernels; half the weights' memory).
-    #[arg(long, default_value = "auto", value_name = "PRECISION")]
-    precision: Precision,
+    #[command(flatten)]
+    pub(super) target: super::target::Target,
     /// Memory to plan for (e.g. 8G); default on the CPU: what is available now.
     #[arg(long, value_name = "SIZE", value_parser = memory::parse_bytes)]
     memory_limit: Option<u64>,
@@ -55,9 +47,9 @@ pub fn run(args: &PlanArgs) -> anyhow::Result<()> {
         None => ModelShape::from_arch(loopback_engine::model::arch::Arch::Sd15)?,
     }
     .with_run(&settings);
-    let dtype = memory::device_dtype(args.device, args.precision);
+    let dtype = memory::device_dtype(args.target.device, args.target.precision);
     let batch = memory::unet_batch(settings.cfg);
-    let limit = memory::run_limit(args.device, args.memory_limit);
+    let limit = memory::run_limit(args.target.device, args.memory_limit);
     // The plan `run` would carry out, which frees the text encoders after loop 1's prompts.
     let (estimates, refusal) =
         match memory::check_plan(&shape, &plan, dtype, batch, limit, EncoderWeights::Released) {

@@ -11,7 +11,6 @@ use indicatif::{ProgressBar, ProgressStyle};
 use loopback_core::io::{self, load_image};
 use loopback_core::metadata;
 use loopback_core::plan::{self, PlanInput};
-use loopback_engine::device::{DeviceSpec, Precision};
 use loopback_engine::load::checkpoint::CheckpointOptions;
 use loopback_engine::load::embeddings::{self, Embeddings};
 use loopback_engine::load::hub::{DownloadEvent, Preset};
@@ -54,14 +53,8 @@ pub struct RunArgs {
     /// Use only models already in the Hugging Face cache; never download.
     #[arg(long)]
     offline: bool,
-    /// Where to run: auto, cpu, cuda, cuda:N or metal.
-    #[arg(long, default_value = "auto", value_name = "DEVICE")]
-    device: DeviceSpec,
-    /// Precision of the weights and compute: auto (f16 on GPUs, f32 on the CPU), f32, bf16 or
-    /// f16. On the CPU, f16 and bf16 run the device-generic code CUDA and Metal run (slower
-    /// than the CPU's own f32 kernels; half the weights' memory).
-    #[arg(long, default_value = "auto", value_name = "PRECISION")]
-    precision: Precision,
+    #[command(flatten)]
+    pub(super) target: super::target::Target,
     /// Where to write the final image (with the recipe in its metadata): a file, or with a
     /// folder `--input`, a folder.
     #[arg(short = 'o', long = "output", value_name = "OUT.png|FOLDER")]
@@ -210,8 +203,8 @@ pub(super) fn model_shape(args: &RunArgs) -> anyhow::Result<ModelShape> {
 
 /// Refuses a job whose plan cannot fit the memory available.
 pub(super) fn check_memory(args: &RunArgs, shape: &ModelShape, job: &Job) -> anyhow::Result<()> {
-    let limit = memory::run_limit(args.device, args.memory_limit);
-    let dtype = memory::device_dtype(args.device, args.precision);
+    let limit = memory::run_limit(args.target.device, args.memory_limit);
+    let dtype = memory::device_dtype(args.target.device, args.target.precision);
     let batch = memory::unet_batch(job.settings.cfg);
     memory::check_plan(
         shape,
@@ -237,7 +230,7 @@ pub(super) fn ctrl_c_flag() -> Arc<AtomicBool> {
 /// loaded weights).
 pub(super) fn limit_vae(args: &RunArgs, shape: &ModelShape, model: &LoadedModel) {
     if args.memory_limit.is_some() {
-        let dtype = memory::device_dtype(args.device, args.precision);
+        let dtype = memory::device_dtype(args.target.device, args.target.precision);
         let weights = shape.resident_weight_bytes(dtype, EncoderWeights::Released);
         model.model.vae.set_options(VaeOptions {
             memory_limit: args.memory_limit.map(|l| l.saturating_sub(weights)),
@@ -399,8 +392,8 @@ pub(super) fn load_model(
         },
         loras,
         controlnet: (!controlnet.trim().is_empty()).then(|| controlnet.to_string()),
-        precision: args.precision,
-        ..ModelRequest::new(args.model.clone(), args.device)
+        precision: args.target.precision,
+        ..ModelRequest::new(args.model.clone(), args.target.device)
     };
     let bar = ProgressBar::new(0);
     bar.set_style(

@@ -96,20 +96,12 @@ pub fn select(spec: DeviceSpec) -> Result<(Device, DType)> {
 }
 
 /// The device `spec` names and the dtype `precision` gives on it. On the CPU, f32 takes the
-/// engine's own kernels; f16 and bf16 take the device-generic tensor code that CUDA and Metal
-/// run (no CPU-only kernel), which is how that path is tested without a GPU.
+/// engine's own kernels; f16 takes the device-generic tensor code that CUDA and Metal run (no
+/// CPU-only kernel), which is how that path is tested without a GPU; bf16 keeps f32 tensors
+/// and runs the UNet's products in bf16 (the model's [`crate::kernels::compute::Compute`]).
 pub fn select_with(spec: DeviceSpec, precision: Precision) -> Result<(Device, DType)> {
     let (device, _) = select_device(spec)?;
-    let dtype = precision.dtype_on(&device);
-    if device.is_cpu() && dtype == DType::BF16 {
-        // candle 0.11's CPU matrix multiply (gemm) has f16, f32 and f64 but no bf16.
-        return Err(Error::Engine(
-            "bf16 on the CPU is not available yet: candle's CPU matrix multiply has no bf16; \
-             use --precision f16 or f32"
-                .into(),
-        ));
-    }
-    Ok((device, dtype))
+    Ok((device.clone(), precision.dtype_on(&device)))
 }
 
 fn select_device(spec: DeviceSpec) -> Result<(Device, DType)> {
@@ -183,12 +175,9 @@ mod tests {
             select_with(DeviceSpec::Cpu, Precision::F16).unwrap().1,
             DType::F16
         );
-        let bf16 = select_with(DeviceSpec::Cpu, Precision::Bf16)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            bf16.contains("bf16 on the CPU") && !bf16.contains('\n'),
-            "{bf16}"
+        assert_eq!(
+            select_with(DeviceSpec::Cpu, Precision::Bf16).unwrap().1,
+            DType::BF16
         );
     }
 

@@ -43,20 +43,33 @@ fn diff(a: &Tensor, b: &Tensor) -> (f32, f32) {
 
 #[test]
 fn f16_on_the_cpu_stays_as_close_to_f32_as_pytorchs_f16() {
+    // PyTorch's distance to its f32 run: the worse of its f16 UNet and its all-f16 pipeline.
+    stays_as_close_as_pytorch(DType::F16, &["unet_f16", "all_f16"]);
+}
+
+/// bf16 on the CPU: f32 tensors, the UNet's products in bf16 (the engine's bf16 kernels),
+/// against PyTorch's bf16 UNet (weights and activations in bf16).
+#[test]
+fn bf16_on_the_cpu_stays_as_close_to_f32_as_pytorchs_bf16_unet() {
+    stays_as_close_as_pytorch(DType::BF16, &["unet_bf16"]);
+}
+
+/// Runs the tiny model's img2img with weights loaded in `dtype` and requires its distance to
+/// the f32 reference to be within PyTorch's own for the fixture's `torch_cases` (the worst).
+fn stays_as_close_as_pytorch(dtype: DType, torch_cases: &[&str]) {
     let dir = fixture("half-parity");
     let manifest: Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
     let cases = manifest["cases"].as_array().unwrap();
     let case = |name: &str| cases.iter().find(|c| c["name"] == name).unwrap();
-    // PyTorch's distance to its f32 run: the worse of its f16 UNet and its all-f16 pipeline.
     let torch = |key: &str| {
-        ["unet_f16", "all_f16"]
+        torch_cases
             .iter()
             .map(|n| case(n)["diff_to_f32"][key].as_f64().unwrap())
             .fold(0.0, f64::max)
     };
     let model_dir = fixture("tiny-sd");
-    let model = SdModel::load(&model_dir, &Device::Cpu, DType::F16).unwrap();
+    let model = SdModel::load(&model_dir, &Device::Cpu, dtype).unwrap();
     let text = TextAndSchedule::load(&model_dir).unwrap();
     let input = image::open(fixture("parity/in_coffee_64x64.png"))
         .unwrap()
@@ -76,7 +89,7 @@ fn f16_on_the_cpu_stays_as_close_to_f32_as_pytorchs_f16() {
     )
     .unwrap()
     .unwrap();
-    assert!(all_finite, "non-finite latents in f16");
+    assert!(all_finite, "non-finite latents in {dtype:?}");
     let reference = reference_tensor(&dir, &case("f32")["files"]["latents"]);
     let (lat_max, lat_mean) = diff(&last.unwrap(), &reference);
     let f32_u8 = std::fs::read(dir.join("f32.out_u8.u8")).unwrap();
@@ -89,9 +102,9 @@ fn f16_on_the_cpu_stays_as_close_to_f32_as_pytorchs_f16() {
     let u8_max = levels.iter().copied().max().unwrap_or(0);
     let u8_mean = levels.iter().map(|&d| f64::from(d)).sum::<f64>() / levels.len() as f64;
     eprintln!(
-        "f16 on the CPU vs the f32 reference: latents max {lat_max:.4} mean {lat_mean:.4} \
-         (PyTorch f16: {:.4} / {:.4}); image max {u8_max} mean {u8_mean:.3} levels \
-         (PyTorch f16: {} / {:.3})",
+        "{dtype:?} on the CPU vs the f32 reference: latents max {lat_max:.4} mean {lat_mean:.4} \
+         (PyTorch {torch_cases:?}: {:.4} / {:.4}); image max {u8_max} mean {u8_mean:.3} levels \
+         (PyTorch: {} / {:.3})",
         torch("latents_max_abs"),
         torch("latents_mean_abs"),
         torch("out_u8_max_abs"),

@@ -29,6 +29,10 @@ pub struct ModelInfo {
     /// The replacement VAE, if one was used.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vae: Option<VaeInfo>,
+    /// The precision the UNet computed in (`f32`, `bf16` or `f16`; `--precision`), where
+    /// known. Recorded in the recipe only: A1111's infotext has no key for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub precision: Option<String>,
 }
 
 /// A replacement VAE a run used (A1111's `VAE hash` and `VAE`).

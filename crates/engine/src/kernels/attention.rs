@@ -18,8 +18,8 @@
 use candle_core::{D, DType, Device, Result, Tensor};
 use rayon::prelude::*;
 
+use crate::kernels::compute::{Compute, gemm};
 use crate::kernels::fastmath::exp_row;
-use crate::kernels::gemm::gemm_f32;
 use crate::kernels::storage::f32_slice;
 
 /// Default bytes of scores held at once (per attention call).
@@ -30,10 +30,18 @@ pub const DEFAULT_SCORE_BUDGET: usize = 32 << 20;
 const MIN_QUERY_CHUNK: usize = 64;
 
 /// `softmax(q kᵀ · scale) v` for `q: (heads, n_q, d)`, `k, v: (heads, n_k, d)` (any leading
-/// batch × heads flattened into `heads`), holding at most about `budget` bytes of scores.
-pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, budget: usize) -> Result<Tensor> {
+/// batch × heads flattened into `heads`), holding at most about `budget` bytes of scores;
+/// on the CPU in f32 with the two products in `compute`'s arithmetic (the softmax in f32).
+pub fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    scale: f64,
+    budget: usize,
+    compute: Compute,
+) -> Result<Tensor> {
     if matches!(q.device(), Device::Cpu) && q.dtype() == DType::F32 {
-        return attention_cpu(q, k, v, scale, budget);
+        return attention_cpu(q, k, v, scale, (budget, compute));
     }
     attention_tensors(q, k, v, scale, budget)
 }
@@ -100,7 +108,13 @@ thread_local! {
 
 /// The f32 CPU attention of [`attention`]: at most about `budget` bytes of scores in all
 /// the threads' scratch buffers together.
-fn attention_cpu(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, budget: usize) -> Result<Tensor> {
+fn attention_cpu(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    scale: f64,
+    (budget, compute): (usize, Compute),
+) -> Result<Tensor> {
     let (heads, n_q, d) = q.dims3()?;
     let (_, n_k, dv) = v.dims3()?;
     if k.dims3()? != (heads, n_k, d) || v.dim(0)? != heads || n_k == 0 {
@@ -143,7 +157,8 @@ fn attention_cpu(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, budget: usize) 
                         let scores = &mut scores[..rows * n_k];
                         let norms = &mut norms[..rows];
                         // scores = q · kᵀ (k read as a d × n_k matrix).
-                        gemm_f32(
+                        gemm(
+                            compute,
                             (rows, n_k, d),
                             scores,
                             n_k,
@@ -157,7 +172,8 @@ fn attention_cpu(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, budget: usize) 
                         for (row, norm) in scores.chunks_mut(n_k).zip(norms.iter_mut()) {
                             *norm = exp_row(row, scale);
                         }
-                        gemm_f32(
+                        gemm(
+                            compute,
                             (rows, dv, n_k),
                             out_rows,
                             dv,
@@ -295,7 +311,7 @@ mod tests {
         ] {
             for blocked in [
                 attention_tensors(&q, &k, &v, scale, budget).unwrap(),
-                attention_cpu(&q, &k, &v, scale, budget).unwrap(),
+                attention_cpu(&q, &k, &v, scale, (budget, Compute::F32)).unwrap(),
             ] {
                 assert_eq!(blocked.dims(), reference.dims());
                 let diff = crate::test_util::max_abs_diff(&blocked, &reference);

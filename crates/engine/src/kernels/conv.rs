@@ -20,7 +20,7 @@ use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::{Conv2dConfig, VarBuilder};
 use rayon::prelude::*;
 
-use crate::kernels::gemm::gemm_f32;
+use crate::kernels::compute::{Compute, gemm};
 use crate::kernels::storage::f32_slice;
 use crate::kernels::winograd;
 
@@ -36,10 +36,11 @@ pub struct Conv2d {
     kernel: usize,
     stride: usize,
     padding: usize,
+    compute: Compute,
 }
 
 impl Conv2d {
-    /// Loads `weight` (and `bias`) from `vb`.
+    /// Loads `weight` (and `bias`) from `vb`; products in f32.
     pub fn new(
         vb: VarBuilder,
         cin: usize,
@@ -47,6 +48,18 @@ impl Conv2d {
         kernel: usize,
         stride: usize,
         padding: usize,
+    ) -> Result<Self> {
+        Self::with_compute(vb, (cin, cout), kernel, stride, padding, Compute::F32)
+    }
+
+    /// [`Conv2d::new`] with the CPU products in `compute`'s arithmetic.
+    pub fn with_compute(
+        vb: VarBuilder,
+        (cin, cout): (usize, usize),
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+        compute: Compute,
     ) -> Result<Self> {
         let cfg = Conv2dConfig {
             padding,
@@ -60,6 +73,7 @@ impl Conv2d {
             kernel,
             stride,
             padding,
+            compute,
         })
     }
 
@@ -304,13 +318,14 @@ impl Conv2d {
         let dims = (g.batch, g.cin, g.height, g.width);
         match winograd {
             Some(variant) => variant.with_transformed_kernel(w, self.cout, g.cin, |u| {
-                variant.convolve_batch(x, dims, u, self.cout, out)
+                variant.convolve_batch(x, dims, u, self.cout, out, self.compute)
             }),
             None => {
                 let image_len = g.cin * g.height * g.width;
                 let plane = g.out_h * g.out_w;
                 for (b, out_image) in out.chunks_mut(self.cout * plane).enumerate() {
-                    g.convolve(&x[b * image_len..][..image_len], w, self.cout, out_image);
+                    let image = &x[b * image_len..][..image_len];
+                    g.convolve(image, w, self.cout, out_image, self.compute);
                 }
             }
         }
@@ -371,12 +386,13 @@ impl Geometry {
 
     /// Accumulates the convolution of one image (`cin × height × width`) with the OIHW
     /// kernel `w` into `out` (`cout × out_h × out_w`, already holding the bias).
-    fn convolve(&self, image: &[f32], w: &[f32], cout: usize, out: &mut [f32]) {
+    fn convolve(&self, image: &[f32], w: &[f32], cout: usize, out: &mut [f32], compute: Compute) {
         let plane = self.out_h * self.out_w;
         let depth = self.cin * self.k * self.k;
         if self.k == 1 && self.s == 1 && self.top == 0 && self.left == 0 {
             // The input is already the (cin, plane) right-hand matrix.
-            gemm_f32(
+            gemm(
+                compute,
                 (cout, plane, depth),
                 out,
                 plane,
@@ -397,7 +413,8 @@ impl Geometry {
             col.par_chunks_mut(n)
                 .enumerate()
                 .for_each(|(row, dst)| self.patch_row(image, row, y0, band, dst));
-            gemm_f32(
+            gemm(
+                compute,
                 (cout, n, depth),
                 &mut out[y0 * self.out_w..],
                 plane,

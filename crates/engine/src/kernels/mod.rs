@@ -1,6 +1,8 @@
 //! The CPU compute kernels under the networks, each with candle's device-generic operation as
 //! the path for other devices and dtypes:
 //! - [`gemm`]: the one f32 matrix product the others use;
+//! - [`compute`]: the choice between it and the bf16 products ([`compute::Compute`]);
+//! - [`linear`]: linear layers whose CPU product can be bf16;
 //! - [`bf16`]: bf16 matrix products (AMX, AVX512-BF16 or emulated, chosen at run time);
 //! - [`conv`]: 2-D convolution layers (im2col in bands, 1×1 as one product);
 //! - [`winograd`]: Winograd F(4×4, 3×3) and F(2×2, 3×3) for 3×3 convolutions;
@@ -12,9 +14,11 @@
 
 pub mod attention;
 pub mod bf16;
+pub mod compute;
 pub mod conv;
 pub mod fastmath;
 pub mod gemm;
+pub mod linear;
 pub mod norm;
 pub mod scratch;
 pub mod storage;

@@ -3,6 +3,7 @@
 //! is at hand.
 
 use crate::error::engine_err;
+use crate::kernels::compute::Compute;
 use crate::model::config::{ClipFile, UNetFile, VaeFile};
 use crate::model::unet::UNet;
 use crate::model::vae::Vae;
@@ -102,9 +103,12 @@ impl Arch {
         device: &candle_core::Device,
     ) -> Result<RandomNetworks> {
         let (unet_file, vae_file) = (self.unet()?, self.vae()?);
+        let (compute, dtype) = Compute::for_weights(device, dtype);
         let build = |vb: candle_nn::VarBuilder| -> Result<RandomNetworks> {
             let unet = unet
-                .then(|| UNet::new(vb.pp("unet"), &unet_file, "built-in".as_ref()))
+                .then(|| {
+                    UNet::with_compute(vb.pp("unet"), &unet_file, "built-in".as_ref(), compute)
+                })
                 .transpose()?;
             let vae = vae
                 .then(|| Vae::new(vb.pp("vae"), &vae_file).map_err(engine_err("VAE")))

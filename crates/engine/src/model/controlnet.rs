@@ -13,6 +13,7 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 use serde::Deserialize;
 
+use crate::kernels::compute::Compute;
 use crate::kernels::conv::Conv2d;
 use crate::model::config::{Level, UNetFile, read_json};
 use crate::model::unet::{AddedCond, ControlResiduals, Encoder, conv3};
@@ -191,13 +192,20 @@ impl CondEmbedding {
         let mut blocks = Vec::with_capacity(2 * ch.len());
         for (i, pair) in ch.windows(2).enumerate() {
             let vb = vb.pp("blocks");
-            blocks.push(conv3(vb.pp((2 * i).to_string()), pair[0], pair[0], 1)?);
-            blocks.push(conv3(vb.pp((2 * i + 1).to_string()), pair[0], pair[1], 2)?);
+            let (name, f32) = (|j: usize| vb.pp(j.to_string()), Compute::F32);
+            blocks.push(conv3(name(2 * i), pair[0], pair[0], 1, f32)?);
+            blocks.push(conv3(name(2 * i + 1), pair[0], pair[1], 2, f32)?);
         }
         Ok(CondEmbedding {
-            conv_in: conv3(vb.pp("conv_in"), cfg.conditioning_channels, ch[0], 1)?,
+            conv_in: conv3(
+                vb.pp("conv_in"),
+                cfg.conditioning_channels,
+                ch[0],
+                1,
+                Compute::F32,
+            )?,
             blocks,
-            conv_out: conv3(vb.pp("conv_out"), ch[ch.len() - 1], out, 1)?,
+            conv_out: conv3(vb.pp("conv_out"), ch[ch.len() - 1], out, 1, Compute::F32)?,
         })
     }
 
@@ -246,7 +254,7 @@ impl ControlNet {
         let levels = cfg.unet.levels(config_path)?;
         let text_time = cfg.unet.text_time(config_path)?;
         let build = || -> Result<Self> {
-            let encoder = Encoder::build(&vb, &cfg.unet, &levels, text_time)?;
+            let encoder = Encoder::build(&vb, &cfg.unet, (&levels, text_time), Compute::F32)?;
             let down_zero = skip_channels(&levels, cfg.unet.layers_per_block)
                 .into_iter()
                 .enumerate()

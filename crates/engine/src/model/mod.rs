@@ -19,6 +19,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::error::{candle_msg, engine_err};
+use crate::kernels::compute::Compute;
 use crate::load::checkpoint::LdmUnetLayout;
 use crate::load::lora::names::same_layout;
 use crate::load::lora::{Component as LoraPart, LoraSet};
@@ -44,8 +45,11 @@ pub struct SdModel {
     pub unet: UNet,
     /// Where the weights live.
     pub device: Device,
-    /// The weights' dtype.
+    /// The weights' (and activations') dtype.
     pub dtype: DType,
+    /// The arithmetic of the UNet's CPU products: bf16 when the model was loaded for bf16
+    /// on the CPU (its tensors then stay f32, the CPU kernels' format), f32 otherwise.
+    pub compute: Compute,
     /// The VAE's dtype: `dtype`, except f32 for an SDXL VAE whose config asks for
     /// `force_upcast` when `dtype` is f16 (the stock SDXL VAE overflows in f16; the
     /// `madebyollin/sdxl-vae-fp16-fix` VAE does not and stays in f16).
@@ -184,12 +188,22 @@ impl SdModel {
             parts.push(LoraPart::TextEncoder2);
         }
         loras.check_components(&parts)?;
+        // bf16 on the CPU: f32 tensors and bf16 products in the UNet.
+        let (compute, dtype) = Compute::for_weights(device, dtype);
         let ModelWeights {
-            clip,
-            clip2,
-            vae,
-            unet,
+            mut clip,
+            mut clip2,
+            mut vae,
+            mut unet,
         } = weights;
+        if compute == Compute::Bf16 {
+            for part in [&mut clip, &mut vae, &mut unet]
+                .into_iter()
+                .chain(clip2.as_mut())
+            {
+                part.weights = part.weights.clone().set_dtype(dtype);
+            }
+        }
         let clip_weights = loras.wrap(
             LoraPart::TextEncoder,
             clip.weights,
@@ -225,7 +239,8 @@ impl SdModel {
             layers_per_block: files.unet.layers_per_block,
         });
         let unet_weights = loras.wrap_unet(unet.weights, &unet.names, sgm)?;
-        let unet = UNet::new(unet_weights, &files.unet, unet_config).map_err(|e| match e {
+        let unet = UNet::with_compute(unet_weights, &files.unet, unet_config, compute);
+        let unet = unet.map_err(|e| match e {
             Error::Input { reason, .. } => Error::input(&unet_path, reason),
             other => other,
         })?;
@@ -237,8 +252,19 @@ impl SdModel {
             unet,
             device: device.clone(),
             dtype,
+            compute,
             vae_dtype,
         })
+    }
+
+    /// The precision its UNet computes in: `bf16` for bf16 products on the CPU, else its
+    /// dtype (`f32`, `f16`, `bf16`).
+    pub fn precision_label(&self) -> &'static str {
+        match (self.compute, self.dtype) {
+            (Compute::Bf16, _) | (_, DType::BF16) => "bf16",
+            (_, DType::F16) => "f16",
+            _ => "f32",
+        }
     }
 
     /// The size in pixels the model was trained at: the UNet's `sample_size` (64 when the

@@ -410,6 +410,7 @@ impl<'a> Job<'a, '_> {
             name: self.model.name.clone(),
             hash: self.model.hash.clone(),
             vae: self.model.vae.clone(),
+            precision: Some(self.model.model.precision_label().to_string()),
         }
     }
 }

@@ -24,6 +24,7 @@ fn sample_recipe() -> Recipe {
             name: "sd15".into(),
             hash: Some("cc6cb27103".into()),
             vae: None,
+            precision: Some("f32".into()),
         }),
     )
 }

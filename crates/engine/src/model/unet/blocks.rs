@@ -7,12 +7,19 @@
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::{Linear, VarBuilder};
 
+use crate::kernels::compute::Compute;
 use crate::kernels::conv::Conv2d;
 use crate::kernels::norm::GroupNorm;
 
-/// A 3×3 convolution with padding 1 and the given stride.
-pub fn conv3(vb: VarBuilder, cin: usize, cout: usize, stride: usize) -> Result<Conv2d> {
-    Conv2d::new(vb, cin, cout, 3, stride, 1)
+/// A 3×3 convolution with padding 1 and the given stride, products in `compute`.
+pub fn conv3(
+    vb: VarBuilder,
+    cin: usize,
+    cout: usize,
+    stride: usize,
+    compute: Compute,
+) -> Result<Conv2d> {
+    Conv2d::with_compute(vb, (cin, cout), 3, stride, 1, compute)
 }
 
 /// GroupNorm, SiLU, 3×3 conv, plus the projected time embedding; GroupNorm, SiLU, 3×3 conv;
@@ -28,26 +35,27 @@ pub struct ResnetBlock {
 }
 
 impl ResnetBlock {
-    /// Builds one from `vb`: `cin` → `cout` channels, time embeddings of width `temb`.
+    /// Builds one from `vb`: `cin` → `cout` channels, time embeddings of width `temb`,
+    /// GroupNorms of `groups` groups and epsilon `eps`, products in `compute`.
     pub fn new(
         vb: VarBuilder,
-        cin: usize,
-        cout: usize,
+        (cin, cout): (usize, usize),
         temb: usize,
-        groups: usize,
-        eps: f64,
+        (groups, eps): (usize, f64),
+        compute: Compute,
     ) -> Result<Self> {
         let shortcut = if cin == cout {
             None
         } else {
-            Some(Conv2d::new(vb.pp("conv_shortcut"), cin, cout, 1, 1, 0)?)
+            let vb = vb.pp("conv_shortcut");
+            Some(Conv2d::with_compute(vb, (cin, cout), 1, 1, 0, compute)?)
         };
         Ok(ResnetBlock {
             norm1: GroupNorm::new(vb.pp("norm1"), groups, cin, eps)?,
-            conv1: conv3(vb.pp("conv1"), cin, cout, 1)?,
+            conv1: conv3(vb.pp("conv1"), cin, cout, 1, compute)?,
             time_emb_proj: candle_nn::linear(temb, cout, vb.pp("time_emb_proj"))?,
             norm2: GroupNorm::new(vb.pp("norm2"), groups, cout, eps)?,
-            conv2: conv3(vb.pp("conv2"), cout, cout, 1)?,
+            conv2: conv3(vb.pp("conv2"), cout, cout, 1, compute)?,
             shortcut,
         })
     }
@@ -74,10 +82,11 @@ pub struct Downsample {
 }
 
 impl Downsample {
-    /// Builds one from `vb` for `channels` channels.
-    pub fn new(vb: VarBuilder, channels: usize, padding: usize) -> Result<Self> {
+    /// Builds one from `vb` for `channels` channels, products in `compute`.
+    pub fn new(vb: VarBuilder, channels: usize, padding: usize, compute: Compute) -> Result<Self> {
+        let vb = vb.pp("conv");
         Ok(Downsample {
-            conv: Conv2d::new(vb.pp("conv"), channels, channels, 3, 2, padding)?,
+            conv: Conv2d::with_compute(vb, (channels, channels), 3, 2, padding, compute)?,
         })
     }
 
@@ -99,10 +108,10 @@ pub struct Upsample {
 }
 
 impl Upsample {
-    /// Builds one from `vb` for `channels` channels.
-    pub fn new(vb: VarBuilder, channels: usize) -> Result<Self> {
+    /// Builds one from `vb` for `channels` channels, products in `compute`.
+    pub fn new(vb: VarBuilder, channels: usize, compute: Compute) -> Result<Self> {
         Ok(Upsample {
-            conv: conv3(vb.pp("conv"), channels, channels, 1)?,
+            conv: conv3(vb.pp("conv"), channels, channels, 1, compute)?,
         })
     }
 

@@ -8,6 +8,7 @@ use candle_nn::{Linear, VarBuilder};
 
 use super::blocks::{Downsample, ResnetBlock, conv3, timestep_embedding};
 use super::transformer::SpatialTransformer;
+use crate::kernels::compute::Compute;
 use crate::kernels::conv::Conv2d;
 use crate::model::config::{Level, TextTime, UNetFile};
 
@@ -57,6 +58,7 @@ pub(super) fn transformers(
     count: usize,
     level: &Level,
     cfg: &UNetFile,
+    compute: Compute,
 ) -> Result<Vec<SpatialTransformer>> {
     if !level.attention {
         return Ok(Vec::new());
@@ -70,7 +72,7 @@ pub(super) fn transformers(
                 level.transformer_layers,
                 cfg.cross_attention_dim,
                 cfg.norm_num_groups,
-                cfg.use_linear_projection,
+                (cfg.use_linear_projection, compute),
             )
         })
         .collect()
@@ -95,18 +97,20 @@ pub struct Encoder {
 
 impl Encoder {
     /// Builds it from `vb` (the UNet's or ControlNet's root: `conv_in`, `time_embedding`,
-    /// `add_embedding`, `down_blocks`, `mid_block`).
+    /// `add_embedding`, `down_blocks`, `mid_block`), with its products in `compute`.
     pub(crate) fn build(
         vb: &VarBuilder,
         cfg: &UNetFile,
-        levels: &[Level],
-        text_time: Option<TextTime>,
+        (levels, text_time): (&[Level], Option<TextTime>),
+        compute: Compute,
     ) -> Result<Self> {
         let (groups, eps) = (cfg.norm_num_groups, cfg.norm_eps);
         let c0 = levels[0].channels;
         let temb = 4 * c0;
         let n = levels.len();
-        let resnet = |vb: VarBuilder, cin, cout| ResnetBlock::new(vb, cin, cout, temb, groups, eps);
+        let resnet = |vb: VarBuilder, cin, cout| {
+            ResnetBlock::new(vb, (cin, cout), temb, (groups, eps), compute)
+        };
 
         let mut down = Vec::with_capacity(n);
         let mut cin = c0;
@@ -123,13 +127,14 @@ impl Encoder {
                     vb.pp("downsamplers").pp("0"),
                     level.channels,
                     cfg.downsample_padding,
+                    compute,
                 )?)
             } else {
                 None
             };
             down.push(Stage {
                 resnets,
-                attentions: transformers(&vb, cfg.layers_per_block, level, cfg)?,
+                attentions: transformers(&vb, cfg.layers_per_block, level, cfg, compute)?,
                 sampler,
             });
             cin = level.channels;
@@ -148,7 +153,7 @@ impl Encoder {
             last.transformer_layers,
             cfg.cross_attention_dim,
             groups,
-            cfg.use_linear_projection,
+            (cfg.use_linear_projection, compute),
         )?;
         let add_embedding = match text_time {
             Some(tt) => Some(AddEmbedding {
@@ -159,7 +164,7 @@ impl Encoder {
             None => None,
         };
         Ok(Encoder {
-            conv_in: conv3(vb.pp("conv_in"), cfg.in_channels, c0, 1)?,
+            conv_in: conv3(vb.pp("conv_in"), cfg.in_channels, c0, 1, compute)?,
             time_linear_1: candle_nn::linear(c0, temb, vb.pp("time_embedding.linear_1"))?,
             time_linear_2: candle_nn::linear(temb, temb, vb.pp("time_embedding.linear_2"))?,
             add_embedding,

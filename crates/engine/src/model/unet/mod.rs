@@ -21,6 +21,7 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::kernels::attention::DEFAULT_SCORE_BUDGET;
+use crate::kernels::compute::Compute;
 use crate::kernels::conv::Conv2d;
 use crate::kernels::norm::GroupNorm;
 use crate::model::config::{Level, TextTime, UNetFile};
@@ -52,11 +53,22 @@ pub struct UNet {
 
 impl UNet {
     /// Builds the UNet described by `cfg` (read from `config_path`, named in errors) from
-    /// `vb`.
+    /// `vb`, its CPU products in f32.
     pub fn new(vb: VarBuilder, cfg: &UNetFile, config_path: &Path) -> loopback_core::Result<Self> {
+        Self::with_compute(vb, cfg, config_path, Compute::F32)
+    }
+
+    /// [`UNet::new`] with the CPU products (convolutions, attention, linear layers) in
+    /// `compute`'s arithmetic.
+    pub fn with_compute(
+        vb: VarBuilder,
+        cfg: &UNetFile,
+        config_path: &Path,
+        compute: Compute,
+    ) -> loopback_core::Result<Self> {
         let levels = cfg.levels(config_path)?;
         let text_time = cfg.text_time(config_path)?;
-        Self::build(vb, cfg, &levels, text_time).map_err(|e| {
+        Self::build(vb, cfg, (&levels, text_time), compute).map_err(|e| {
             loopback_core::Error::input(
                 config_path,
                 format!(
@@ -70,15 +82,17 @@ impl UNet {
     fn build(
         vb: VarBuilder,
         cfg: &UNetFile,
-        levels: &[Level],
-        text_time: Option<TextTime>,
+        (levels, text_time): (&[Level], Option<TextTime>),
+        compute: Compute,
     ) -> Result<Self> {
         let (groups, eps) = (cfg.norm_num_groups, cfg.norm_eps);
         let c0 = levels[0].channels;
         let temb = 4 * c0;
         let n = levels.len();
-        let resnet = |vb: VarBuilder, cin, cout| ResnetBlock::new(vb, cin, cout, temb, groups, eps);
-        let encoder = Encoder::build(&vb, cfg, levels, text_time)?;
+        let resnet = |vb: VarBuilder, cin, cout| {
+            ResnetBlock::new(vb, (cin, cout), temb, (groups, eps), compute)
+        };
+        let encoder = Encoder::build(&vb, cfg, (levels, text_time), compute)?;
 
         let mut up = Vec::with_capacity(n);
         let mut prev = levels[n - 1].channels;
@@ -103,13 +117,17 @@ impl UNet {
                 })
                 .collect::<Result<Vec<_>>>()?;
             let sampler = if i + 1 < n {
-                Some(Upsample::new(vb.pp("upsamplers").pp("0"), level.channels)?)
+                Some(Upsample::new(
+                    vb.pp("upsamplers").pp("0"),
+                    level.channels,
+                    compute,
+                )?)
             } else {
                 None
             };
             up.push(Stage {
                 resnets,
-                attentions: transformers(&vb, count, level, cfg)?,
+                attentions: transformers(&vb, count, level, cfg, compute)?,
                 sampler,
             });
             prev = level.channels;
@@ -119,7 +137,7 @@ impl UNet {
             encoder,
             up,
             norm_out: GroupNorm::new(vb.pp("conv_norm_out"), groups, c0, eps)?,
-            conv_out: conv3(vb.pp("conv_out"), c0, cfg.out_channels, 1)?,
+            conv_out: conv3(vb.pp("conv_out"), c0, cfg.out_channels, 1, compute)?,
             score_budget: DEFAULT_SCORE_BUDGET,
         })
     }

@@ -8,12 +8,14 @@
 //!   variant crashes; here attention goes through [`attention::attention`] with a byte budget.
 
 use candle_core::{D, DType, Device, Module, Result, Tensor};
-use candle_nn::{LayerNorm, Linear, VarBuilder};
+use candle_nn::{LayerNorm, VarBuilder};
 use rayon::prelude::*;
 
 use crate::kernels::attention;
+use crate::kernels::compute::Compute;
 use crate::kernels::conv::Conv2d;
 use crate::kernels::fastmath;
+use crate::kernels::linear::Linear;
 use crate::kernels::norm::GroupNorm;
 use crate::kernels::storage::f32_slice;
 
@@ -26,18 +28,27 @@ struct Attention {
     to_out: Linear,
     heads: usize,
     scale: f64,
+    compute: Compute,
 }
 
 impl Attention {
-    fn new(vb: VarBuilder, dim: usize, context_dim: usize, heads: usize) -> Result<Self> {
+    fn new(
+        vb: VarBuilder,
+        (dim, context_dim): (usize, usize),
+        heads: usize,
+        compute: Compute,
+    ) -> Result<Self> {
         let head_dim = dim / heads;
+        let linear =
+            |inputs, name: &str, bias| Linear::new(vb.pp(name), (inputs, dim), bias, compute);
         Ok(Attention {
-            to_q: candle_nn::linear_no_bias(dim, dim, vb.pp("to_q"))?,
-            to_k: candle_nn::linear_no_bias(context_dim, dim, vb.pp("to_k"))?,
-            to_v: candle_nn::linear_no_bias(context_dim, dim, vb.pp("to_v"))?,
-            to_out: candle_nn::linear(dim, dim, vb.pp("to_out").pp("0"))?,
+            to_q: linear(dim, "to_q", false)?,
+            to_k: linear(context_dim, "to_k", false)?,
+            to_v: linear(context_dim, "to_v", false)?,
+            to_out: Linear::new(vb.pp("to_out").pp("0"), (dim, dim), true, compute)?,
             heads,
             scale: 1.0 / (head_dim as f64).sqrt(),
+            compute,
         })
     }
 
@@ -63,7 +74,7 @@ impl Attention {
         let q = self.split_heads(&self.to_q.forward(xs)?)?;
         let k = self.split_heads(&self.to_k.forward(context)?)?;
         let v = self.split_heads(&self.to_v.forward(context)?)?;
-        let out = attention::attention(&q, &k, &v, self.scale, budget)?;
+        let out = attention::attention(&q, &k, &v, self.scale, budget, self.compute)?;
         self.to_out.forward(&self.merge_heads(&out, batch)?)
     }
 }
@@ -77,11 +88,11 @@ struct FeedForward {
 }
 
 impl FeedForward {
-    fn new(vb: VarBuilder, dim: usize) -> Result<Self> {
+    fn new(vb: VarBuilder, dim: usize, compute: Compute) -> Result<Self> {
         let inner = 4 * dim;
         Ok(FeedForward {
-            proj: candle_nn::linear(dim, 2 * inner, vb.pp("net.0.proj"))?,
-            out: candle_nn::linear(inner, dim, vb.pp("net.2"))?,
+            proj: Linear::new(vb.pp("net.0.proj"), (dim, 2 * inner), true, compute)?,
+            out: Linear::new(vb.pp("net.2"), (inner, dim), true, compute)?,
         })
     }
 
@@ -103,7 +114,7 @@ impl FeedForward {
             return run(xs);
         };
         let rows = xs.elem_count() / dim.max(1);
-        let per_row = 4 * self.proj.weight().dim(0)?;
+        let per_row = 4 * self.proj.outputs();
         let chunk = (chunk_bytes / per_row.max(1)).max(1);
         if rows <= chunk {
             return run(xs);
@@ -167,15 +178,20 @@ struct BasicTransformerBlock {
 }
 
 impl BasicTransformerBlock {
-    fn new(vb: VarBuilder, dim: usize, context_dim: usize, heads: usize) -> Result<Self> {
+    fn new(
+        vb: VarBuilder,
+        (dim, context_dim): (usize, usize),
+        heads: usize,
+        compute: Compute,
+    ) -> Result<Self> {
         let norm = |name: &str| candle_nn::layer_norm(dim, 1e-5, vb.pp(name));
         Ok(BasicTransformerBlock {
             norm1: norm("norm1")?,
-            attn1: Attention::new(vb.pp("attn1"), dim, dim, heads)?,
+            attn1: Attention::new(vb.pp("attn1"), (dim, dim), heads, compute)?,
             norm2: norm("norm2")?,
-            attn2: Attention::new(vb.pp("attn2"), dim, context_dim, heads)?,
+            attn2: Attention::new(vb.pp("attn2"), (dim, context_dim), heads, compute)?,
             norm3: norm("norm3")?,
-            ff: FeedForward::new(vb.pp("ff"), dim)?,
+            ff: FeedForward::new(vb.pp("ff"), dim, compute)?,
         })
     }
 
@@ -198,11 +214,18 @@ enum Projection {
 }
 
 impl Projection {
-    fn new(vb: VarBuilder, channels: usize, linear: bool) -> Result<Self> {
+    fn new(vb: VarBuilder, channels: usize, (linear, compute): (bool, Compute)) -> Result<Self> {
         Ok(if linear {
-            Projection::Linear(candle_nn::linear(channels, channels, vb)?)
+            Projection::Linear(Linear::new(vb, (channels, channels), true, compute)?)
         } else {
-            Projection::Conv(Conv2d::new(vb, channels, channels, 1, 1, 0)?)
+            Projection::Conv(Conv2d::with_compute(
+                vb,
+                (channels, channels),
+                1,
+                1,
+                0,
+                compute,
+            )?)
         })
     }
 }
@@ -218,7 +241,8 @@ pub struct SpatialTransformer {
 }
 
 impl SpatialTransformer {
-    /// Builds one from `vb` for `channels` channels, `heads` heads and `layers` blocks.
+    /// Builds one from `vb` for `channels` channels, `heads` heads and `layers` blocks, with a
+    /// linear (or else 1×1 convolution) projection when `linear`, products in `compute`.
     pub fn new(
         vb: VarBuilder,
         channels: usize,
@@ -226,24 +250,25 @@ impl SpatialTransformer {
         layers: usize,
         context_dim: usize,
         groups: usize,
-        linear: bool,
+        projection: (bool, Compute),
     ) -> Result<Self> {
+        let (_, compute) = projection;
         let blocks = (0..layers)
             .map(|i| {
                 BasicTransformerBlock::new(
                     vb.pp("transformer_blocks").pp(i.to_string()),
-                    channels,
-                    context_dim,
+                    (channels, context_dim),
                     heads,
+                    compute,
                 )
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(SpatialTransformer {
             // diffusers fixes this GroupNorm's epsilon at 1e-6.
             norm: GroupNorm::new(vb.pp("norm"), groups, channels, 1e-6)?,
-            proj_in: Projection::new(vb.pp("proj_in"), channels, linear)?,
+            proj_in: Projection::new(vb.pp("proj_in"), channels, projection)?,
             blocks,
-            proj_out: Projection::new(vb.pp("proj_out"), channels, linear)?,
+            proj_out: Projection::new(vb.pp("proj_out"), channels, projection)?,
         })
     }
 
@@ -278,7 +303,7 @@ mod ff_tests {
     fn chunked_feed_forward_matches_the_whole() {
         let map = VarMap::new();
         let vb = VarBuilder::from_varmap(&map, DType::F32, &Device::Cpu);
-        let ff = FeedForward::new(vb, 8).unwrap();
+        let ff = FeedForward::new(vb, 8, Compute::F32).unwrap();
         let xs = Tensor::randn(0f32, 1.0, (2, 37, 8), &Device::Cpu).unwrap();
         let whole = ff.forward_in_chunks(&xs, usize::MAX).unwrap();
         // 4 · 64 bytes per row of projection: chunks of 1, 5 and 37 rows.

@@ -5,6 +5,7 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::{Linear, VarBuilder};
 
 use crate::kernels::attention;
+use crate::kernels::compute::Compute;
 use crate::kernels::conv::{BAND_INPUT_BYTES, Conv2d, Residual};
 use crate::model::vae::norm::{Ctx, Norm, Prepared};
 
@@ -120,7 +121,8 @@ impl AttnBlock {
         let k = self.k.forward(&hs)?;
         let v = self.v.forward(&hs)?;
         drop(hs);
-        let o = attention::attention(&q, &k, &v, 1.0 / (c as f64).sqrt(), ctx.budget)?;
+        let scale = 1.0 / (c as f64).sqrt();
+        let o = attention::attention(&q, &k, &v, scale, ctx.budget, Compute::F32)?;
         drop((q, k, v));
         let o = self
             .out

@@ -70,8 +70,8 @@ pub fn cuda_free_bytes(_ordinal: usize) -> Option<u64> {
     None
 }
 
-/// The weights' dtype `device` will use at `precision` (auto: f16 on GPUs, f32 on the CPU),
-/// without opening it.
+/// The weights' dtype `device` will use at `precision` (auto: f16 on GPUs, f32 on the CPU;
+/// bf16 on the CPU holds f32 tensors), without opening it.
 pub fn device_dtype(device: DeviceSpec, precision: crate::device::Precision) -> DType {
     use crate::device::Precision;
     let gpu = match device {
@@ -84,7 +84,9 @@ pub fn device_dtype(device: DeviceSpec, precision: crate::device::Precision) -> 
     match (precision, gpu) {
         (Precision::Auto, true) | (Precision::F16, _) => DType::F16,
         (Precision::Auto, false) | (Precision::F32, _) => DType::F32,
-        (Precision::Bf16, _) => DType::BF16,
+        // bf16 on the CPU keeps f32 tensors (the products alone are bf16).
+        (Precision::Bf16, false) => DType::F32,
+        (Precision::Bf16, true) => DType::BF16,
     }
 }
 
