@@ -16,27 +16,53 @@
 //!
 //! Other devices and dtypes use candle's `conv2d` and broadcast additions.
 
+use std::sync::Arc;
+
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::{Conv2dConfig, VarBuilder};
 use rayon::prelude::*;
 
-use crate::kernels::compute::{Compute, gemm};
+use crate::kernels::bf16::PackedRhs;
+use crate::kernels::compute::Compute;
+use crate::kernels::im2col::Geometry;
 use crate::kernels::storage::f32_slice;
 use crate::kernels::winograd;
-
-/// Bytes of patch matrix built at once per image.
-const BAND_BYTES: usize = 8 << 20;
 
 /// A convolution layer (square kernel, zero padding, no dilation or groups).
 #[derive(Debug, Clone)]
 pub struct Conv2d {
-    inner: candle_nn::Conv2d,
+    weights: Weights,
     cin: usize,
     cout: usize,
     kernel: usize,
     stride: usize,
     padding: usize,
-    compute: Compute,
+}
+
+/// The kernel and bias, as the arithmetic wants them.
+#[derive(Clone)]
+enum Weights {
+    /// candle's layer: f32 products on the CPU (any dtype and device otherwise).
+    Candle(candle_nn::Conv2d),
+    /// bf16 on the CPU: the kernel's transpose packed once (`(c_in·k·k) × c_out`, half the
+    /// memory of the f32 kernel, which is dropped), and the bias. Needs f32 CPU input.
+    Bf16 {
+        packed: Arc<PackedRhs>,
+        bias: Option<Tensor>,
+    },
+}
+
+impl std::fmt::Debug for Weights {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Weights::Candle(conv) => conv.fmt(f),
+            Weights::Bf16 { packed, bias } => f
+                .debug_struct("Bf16")
+                .field("packed_bytes", &packed.bytes())
+                .field("bias", &bias.is_some())
+                .finish(),
+        }
+    }
 }
 
 impl Conv2d {
@@ -52,7 +78,8 @@ impl Conv2d {
         Self::with_compute(vb, (cin, cout), kernel, stride, padding, Compute::F32)
     }
 
-    /// [`Conv2d::new`] with the CPU products in `compute`'s arithmetic.
+    /// [`Conv2d::new`] with the CPU products in `compute`'s arithmetic (bf16: the kernel
+    /// packed into bf16 now, when it is an f32 CPU tensor).
     pub fn with_compute(
         vb: VarBuilder,
         (cin, cout): (usize, usize),
@@ -66,15 +93,40 @@ impl Conv2d {
             stride,
             ..Default::default()
         };
+        let inner = candle_nn::conv2d(cin, cout, kernel, cfg, vb)?;
+        let weight = inner.weight();
+        let weights = if compute == Compute::Bf16 && fast(weight) {
+            let weight = weight.contiguous()?;
+            let (store, layout) = weight.storage_and_layout();
+            let depth = cin * kernel * kernel;
+            // The OIHW kernel is the (c_out, depth) matrix; its transpose is the right operand.
+            let packed = PackedRhs::new(depth, cout, (f32_slice(&store, layout)?, 1, depth));
+            drop(store);
+            Weights::Bf16 {
+                packed: Arc::new(packed),
+                bias: inner.bias().cloned(),
+            }
+        } else {
+            Weights::Candle(inner)
+        };
         Ok(Conv2d {
-            inner: candle_nn::conv2d(cin, cout, kernel, cfg, vb)?,
+            weights,
             cin,
             cout,
             kernel,
             stride,
             padding,
-            compute,
         })
+    }
+
+    /// candle's layer, for input the CPU kernels do not take (a bf16 layer has none).
+    fn candle(&self) -> Result<&candle_nn::Conv2d> {
+        match &self.weights {
+            Weights::Candle(conv) => Ok(conv),
+            Weights::Bf16 { .. } => {
+                candle_core::bail!("conv2d: a bf16 CPU layer takes f32 CPU input only")
+            }
+        }
     }
 
     /// The padding.
@@ -86,7 +138,7 @@ impl Conv2d {
     /// each image and channel (the UNet's projected time embedding).
     pub fn forward_plus(&self, xs: &Tensor, extra: Option<&Tensor>) -> Result<Tensor> {
         if !fast(xs) {
-            let out = self.inner.forward(xs)?;
+            let out = self.candle()?.forward(xs)?;
             return match extra {
                 Some(extra) => out.broadcast_add(&extra.unsqueeze(2)?.unsqueeze(3)?),
                 None => Ok(out),
@@ -121,7 +173,7 @@ impl Conv2d {
     /// 1×1 shortcut) of its own input.
     pub fn forward_residual(&self, xs: &Tensor, residual: Residual) -> Result<Tensor> {
         if !fast(xs) {
-            let out = self.inner.forward(xs)?;
+            let out = self.candle()?.forward(xs)?;
             return match residual {
                 Residual::Tensor(t) => out + t,
                 Residual::Conv(conv, t) => out + conv.forward(t)?,
@@ -168,7 +220,7 @@ impl Conv2d {
     pub fn forward_pad_end(&self, xs: &Tensor) -> Result<Tensor> {
         if !fast(xs) {
             return self
-                .inner
+                .candle()?
                 .forward(&xs.pad_with_zeros(3, 0, 1)?.pad_with_zeros(2, 0, 1)?);
         }
         let p = self.padding;
@@ -284,7 +336,11 @@ impl Conv2d {
         extra: Option<&[f32]>,
         add: bool,
     ) -> Result<()> {
-        let bias = self.inner.bias().map(|b| b.contiguous()).transpose()?;
+        let bias = match &self.weights {
+            Weights::Candle(conv) => conv.bias(),
+            Weights::Bf16 { bias, .. } => bias.as_ref(),
+        };
+        let bias = bias.map(|b| b.contiguous()).transpose()?;
         let guard = bias.as_ref().map(|b| b.storage_and_layout());
         let bias = match &guard {
             Some((store, layout)) => Some(f32_slice(store, layout)?),
@@ -306,10 +362,20 @@ impl Conv2d {
     /// Adds the convolution of `xs` (sizes `g`) to `out`.
     fn accumulate(&self, xs: &Tensor, g: Geometry, out: &mut [f32]) -> Result<()> {
         let xs = xs.contiguous()?;
-        let weight = self.inner.weight().contiguous()?;
         let (x_store, x_layout) = xs.storage_and_layout();
-        let (w_store, w_layout) = weight.storage_and_layout();
         let x = f32_slice(&x_store, x_layout)?;
+        let image_len = g.cin * g.height * g.width;
+        let plane = g.out_h * g.out_w;
+        let weight = match &self.weights {
+            Weights::Candle(conv) => conv.weight().contiguous()?,
+            Weights::Bf16 { packed, .. } => {
+                for (b, out_image) in out.chunks_mut(self.cout * plane).enumerate() {
+                    g.convolve_packed(&x[b * image_len..][..image_len], packed, out_image);
+                }
+                return Ok(());
+            }
+        };
+        let (w_store, w_layout) = weight.storage_and_layout();
         let w = f32_slice(&w_store, w_layout)?;
         let winograd = g
             .winograd
@@ -318,14 +384,11 @@ impl Conv2d {
         let dims = (g.batch, g.cin, g.height, g.width);
         match winograd {
             Some(variant) => variant.with_transformed_kernel(w, self.cout, g.cin, |u| {
-                variant.convolve_batch(x, dims, u, self.cout, out, self.compute)
+                variant.convolve_batch(x, dims, u, self.cout, out)
             }),
             None => {
-                let image_len = g.cin * g.height * g.width;
-                let plane = g.out_h * g.out_w;
                 for (b, out_image) in out.chunks_mut(self.cout * plane).enumerate() {
-                    let image = &x[b * image_len..][..image_len];
-                    g.convolve(image, w, self.cout, out_image, self.compute);
+                    g.convolve(&x[b * image_len..][..image_len], w, self.cout, out_image);
                 }
             }
         }
@@ -360,110 +423,6 @@ impl Module for Conv2d {
     }
 }
 
-/// Sizes of one convolution.
-#[derive(Debug, Clone, Copy)]
-struct Geometry {
-    batch: usize,
-    cin: usize,
-    height: usize,
-    width: usize,
-    k: usize,
-    s: usize,
-    /// Zero rows above and columns left of the input (those below and right follow from
-    /// the output size).
-    top: usize,
-    left: usize,
-    out_h: usize,
-    out_w: usize,
-    /// 3×3, stride 1, padding 1 on every side: Winograd applies.
-    winograd: bool,
-}
-
-impl Geometry {
-    fn out_dims(&self, cout: usize) -> (usize, usize, usize, usize) {
-        (self.batch, cout, self.out_h, self.out_w)
-    }
-
-    /// Accumulates the convolution of one image (`cin × height × width`) with the OIHW
-    /// kernel `w` into `out` (`cout × out_h × out_w`, already holding the bias).
-    fn convolve(&self, image: &[f32], w: &[f32], cout: usize, out: &mut [f32], compute: Compute) {
-        let plane = self.out_h * self.out_w;
-        let depth = self.cin * self.k * self.k;
-        if self.k == 1 && self.s == 1 && self.top == 0 && self.left == 0 {
-            // The input is already the (cin, plane) right-hand matrix.
-            gemm(
-                compute,
-                (cout, plane, depth),
-                out,
-                plane,
-                (w, depth, 1),
-                (image, plane, 1),
-                true,
-                true,
-            );
-            return;
-        }
-        let rows = (BAND_BYTES / (4 * depth * self.out_w)).clamp(1, self.out_h);
-        let mut col = vec![0f32; depth * rows * self.out_w];
-        let mut y0 = 0;
-        while y0 < self.out_h {
-            let band = rows.min(self.out_h - y0);
-            let n = band * self.out_w;
-            let col = &mut col[..depth * n];
-            col.par_chunks_mut(n)
-                .enumerate()
-                .for_each(|(row, dst)| self.patch_row(image, row, y0, band, dst));
-            gemm(
-                compute,
-                (cout, n, depth),
-                &mut out[y0 * self.out_w..],
-                plane,
-                (w, depth, 1),
-                (col, n, 1),
-                true,
-                true,
-            );
-            y0 += band;
-        }
-    }
-
-    /// Row `(ci, kh, kw)` of the patch matrix for output rows `y0..y0 + band`: the input
-    /// pixel each output pixel sees through that kernel tap (0 in the padding).
-    fn patch_row(&self, image: &[f32], row: usize, y0: usize, band: usize, dst: &mut [f32]) {
-        let (ci, tap) = (row / (self.k * self.k), row % (self.k * self.k));
-        let (kh, kw) = (tap / self.k, tap % self.k);
-        let channel = &image[ci * self.height * self.width..(ci + 1) * self.height * self.width];
-        for (i, out_row) in dst.chunks_mut(self.out_w).take(band).enumerate() {
-            let iy = ((y0 + i) * self.s + kh) as isize - self.top as isize;
-            if iy < 0 || iy >= self.height as isize {
-                out_row.fill(0.0);
-                continue;
-            }
-            let src = &channel[iy as usize * self.width..(iy as usize + 1) * self.width];
-            if self.s == 1 {
-                // A shifted copy: output x reads input x + kw − p.
-                let shift = kw as isize - self.left as isize;
-                let lo = (-shift).clamp(0, self.out_w as isize) as usize;
-                let hi =
-                    (self.width as isize - shift).clamp(lo as isize, self.out_w as isize) as usize;
-                out_row[..lo].fill(0.0);
-                out_row[hi..].fill(0.0);
-                let from = (lo as isize + shift) as usize;
-                out_row[lo..hi].copy_from_slice(&src[from..from + (hi - lo)]);
-            } else {
-                for (x, v) in out_row.iter_mut().enumerate() {
-                    let ix = (x * self.s + kw) as isize - self.left as isize;
-                    *v = if ix < 0 || ix >= self.width as isize {
-                        0.0
-                    } else {
-                        src[ix as usize]
-                    };
-                }
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -490,7 +449,8 @@ mod tests {
             let extra = Tensor::randn(0f32, 1.0, (2, cout), &Device::Cpu).unwrap();
             let ours = conv.forward_plus(&xs, Some(&extra)).unwrap();
             let reference = conv
-                .inner
+                .candle()
+                .unwrap()
                 .forward(&xs)
                 .unwrap()
                 .broadcast_add(&extra.unsqueeze(2).unwrap().unsqueeze(3).unwrap())
@@ -509,7 +469,7 @@ mod tests {
             assert!(
                 crate::test_util::max_abs_diff(
                     &conv.forward(&t).unwrap(),
-                    &conv.inner.forward(&xs).unwrap()
+                    &conv.candle().unwrap().forward(&xs).unwrap()
                 ) < 1e-4
             );
         }
@@ -530,14 +490,14 @@ mod tests {
             let shortcut = Conv2d::new(vb.pp("shortcut"), cin, cout, 1, 1, 0).unwrap();
             let xs = Tensor::randn(0f32, 1.0, (2, cin, h, w), dev).unwrap();
             let skip = Tensor::randn(0f32, 1.0, (2, cout, h, w), dev).unwrap();
-            let plain = conv.inner.forward(&xs).unwrap();
+            let plain = conv.candle().unwrap().forward(&xs).unwrap();
 
             let ours = conv.forward_residual(&xs, Residual::Tensor(&skip)).unwrap();
             assert!(diff(&ours, &(&plain + &skip).unwrap()) < 1e-4, "case {i}");
             let ours = conv
                 .forward_residual(&xs, Residual::Conv(&shortcut, &xs))
                 .unwrap();
-            let reference = (&plain + shortcut.inner.forward(&xs).unwrap()).unwrap();
+            let reference = (&plain + shortcut.candle().unwrap().forward(&xs).unwrap()).unwrap();
             assert!(diff(&ours, &reference) < 1e-4, "case {i}");
 
             let down = Conv2d::new(vb.pp("down"), cin, cout, 3, 2, 0).unwrap();
@@ -546,13 +506,13 @@ mod tests {
                 .unwrap()
                 .pad_with_zeros(2, 0, 1)
                 .unwrap();
-            let reference = down.inner.forward(&padded).unwrap();
+            let reference = down.candle().unwrap().forward(&padded).unwrap();
             let ours = down.forward_pad_end(&xs).unwrap();
             assert_eq!(ours.dims(), reference.dims(), "case {i}");
             assert!(diff(&ours, &reference) < 1e-4, "case {i}");
 
             let up = xs.upsample_nearest2d(2 * h, 2 * w).unwrap();
-            let reference = conv.inner.forward(&up).unwrap();
+            let reference = conv.candle().unwrap().forward(&up).unwrap();
             let ours = conv.forward_upsampled(&xs).unwrap();
             assert_eq!(ours.dims(), reference.dims(), "case {i}");
             assert!(diff(&ours, &reference) < 1e-4, "case {i}");
@@ -566,7 +526,8 @@ mod tests {
         let conv = Conv2d::new(vb, 2, 3, 3, 1, 1).unwrap();
         let xs = Tensor::randn(0f32, 1.0, (2, 2, 37, 20), &Device::Cpu).unwrap();
         let reference = conv
-            .inner
+            .candle()
+            .unwrap()
             .forward(&xs.upsample_nearest2d(74, 40).unwrap())
             .unwrap();
         // 8, 10 and 74 output rows per band (the last: one band).
@@ -577,6 +538,72 @@ mod tests {
                 diff < 1e-4,
                 "{band_bytes} bytes per band: max abs diff {diff}"
             );
+        }
+    }
+
+    /// A bf16 layer equals the f32 convolution of the bf16-rounded kernel and input (up to
+    /// the order of the f32 sums), through every form: plain with a per-image term, 1×1,
+    /// strided, padded at the end, and with a convolved shortcut.
+    #[test]
+    fn bf16_layers_match_f32_on_rounded_operands() {
+        use crate::kernels::bf16::round_bf16;
+        let dev = &Device::Cpu;
+        let rounded = |t: &Tensor| {
+            let v: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
+            let v: Vec<f32> = v.into_iter().map(round_bf16).collect();
+            Tensor::from_vec(v, t.dims(), dev).unwrap()
+        };
+        // (cin, cout, kernel, stride, padding, height, width)
+        for (i, &(cin, cout, k, s, p, h, w)) in [
+            (3, 5, 3, 1, 1, 9, 7),
+            (4, 6, 3, 2, 0, 10, 7),
+            (40, 33, 1, 1, 0, 5, 6),
+            (64, 20, 3, 1, 1, 24, 23),
+        ]
+        .iter()
+        .enumerate()
+        {
+            let weight = Tensor::randn(0f32, 1.0, (cout, cin, k, k), dev).unwrap();
+            let bias = Tensor::randn(0f32, 1.0, cout, dev).unwrap();
+            let layer = |weight: &Tensor, compute| {
+                let tensors = [("weight", weight.clone()), ("bias", bias.clone())]
+                    .into_iter()
+                    .map(|(n, t)| (n.to_string(), t))
+                    .collect();
+                let vb = VarBuilder::from_tensors(tensors, DType::F32, dev);
+                Conv2d::with_compute(vb, (cin, cout), k, s, p, compute).unwrap()
+            };
+            let bf16 = layer(&weight, Compute::Bf16);
+            assert!(matches!(bf16.weights, Weights::Bf16 { .. }));
+            let reference = layer(&rounded(&weight), Compute::F32);
+            let xs = Tensor::randn(0f32, 1.0, (2, cin, h, w), dev).unwrap();
+            let xr = rounded(&xs);
+            let extra = Tensor::randn(0f32, 1.0, (2, cout), dev).unwrap();
+            let scale = (cin * k * k) as f32;
+            let close = |a: &Tensor, b: &Tensor, what: &str| {
+                assert_eq!(a.dims(), b.dims(), "case {i} {what}");
+                let diff = crate::test_util::max_abs_diff(a, b);
+                assert!(diff <= 1e-5 * scale, "case {i} {what}: max abs diff {diff}");
+            };
+            close(
+                &bf16.forward_plus(&xs, Some(&extra)).unwrap(),
+                &reference.forward_plus(&xr, Some(&extra)).unwrap(),
+                "plus",
+            );
+            close(
+                &bf16.forward_pad_end(&xs).unwrap(),
+                &reference.forward_pad_end(&xr).unwrap(),
+                "pad end",
+            );
+            if s == 1 && 2 * p + 1 == k {
+                let res = Residual::Conv(&bf16, &xs);
+                let res_ref = Residual::Conv(&reference, &xr);
+                close(
+                    &bf16.forward_residual(&xs, res).unwrap(),
+                    &reference.forward_residual(&xr, res_ref).unwrap(),
+                    "residual",
+                );
+            }
         }
     }
 }

@@ -4,7 +4,8 @@
 //! - [`compute`]: the choice between it and the bf16 products ([`compute::Compute`]);
 //! - [`linear`]: linear layers whose CPU product can be bf16;
 //! - [`bf16`]: bf16 matrix products (AMX, AVX512-BF16 or emulated, chosen at run time);
-//! - [`conv`]: 2-D convolution layers (im2col in bands, 1×1 as one product);
+//! - [`conv`]: 2-D convolution layers (f32, or bf16 with the kernel packed once);
+//! - [`im2col`]: a convolution's sizes and its patch matrix, in bands (1×1 as one product);
 //! - [`winograd`]: Winograd F(4×4, 3×3) and F(2×2, 3×3) for 3×3 convolutions;
 //! - [`attention`]: scaled dot-product attention in blocks, never the whole score matrix;
 //! - [`norm`]: GroupNorm (+ SiLU) with fused statistics;
@@ -18,6 +19,7 @@ pub mod compute;
 pub mod conv;
 pub mod fastmath;
 pub mod gemm;
+pub mod im2col;
 pub mod linear;
 pub mod norm;
 pub mod scratch;

@@ -18,8 +18,8 @@ use rayon::prelude::*;
 
 use std::sync::Mutex;
 
-use crate::kernels::compute::{Compute, gemm};
 use crate::kernels::fastmath::{Isa, dispatch, isa};
+use crate::kernels::gemm::gemm_f32;
 
 /// Tiles transformed together, one per vector lane.
 const LANES: usize = 16;
@@ -169,11 +169,10 @@ impl Variant {
         u: &[f32],
         cout: usize,
         out: &mut [f32],
-        compute: Compute,
     ) {
         match self {
-            Variant::F2 => f2::convolve_batch(images, dims, u, cout, out, compute),
-            Variant::F4 => f4::convolve_batch(images, dims, u, cout, out, compute),
+            Variant::F2 => f2::convolve_batch(images, dims, u, cout, out),
+            Variant::F4 => f4::convolve_batch(images, dims, u, cout, out),
         }
     }
 }
@@ -392,7 +391,6 @@ macro_rules! variant {
                 u: &[f32],
                 cout: usize,
                 out: &mut [f32],
-                compute: Compute,
             ) {
                 let tiles_w = w.div_ceil(M);
                 let geo = Geometry {
@@ -420,8 +418,7 @@ macro_rules! variant {
                             .par_chunks_mut(cout * n)
                             .enumerate()
                             .for_each(|(xi, mx)| {
-                                gemm(
-                                    compute,
+                                gemm_f32(
                                     (cout, n, cin),
                                     mx,
                                     n,
@@ -549,18 +546,11 @@ mod tests {
             for variant in [Variant::F2, Variant::F4] {
                 let u = variant.transform_kernel(&kernel, cout, cin);
                 let mut out = vec![0f32; 2 * cout * h * w];
-                variant.convolve_batch(&image, (2, cin, h, w), &u, cout, &mut out, Compute::F32);
+                variant.convolve_batch(&image, (2, cin, h, w), &u, cout, &mut out);
                 let mut shared = vec![0f32; 2 * cout * h * w];
                 variant.with_transformed_kernel(&kernel, cout, cin, |u2| {
                     assert_eq!(u, u2);
-                    variant.convolve_batch(
-                        &image,
-                        (2, cin, h, w),
-                        u2,
-                        cout,
-                        &mut shared,
-                        Compute::F32,
-                    );
+                    variant.convolve_batch(&image, (2, cin, h, w), u2, cout, &mut shared);
                 });
                 assert_eq!(out, shared);
                 let worst = out

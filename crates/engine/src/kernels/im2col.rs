@@ -1,0 +1,179 @@
+//! The sizes of a convolution and its patch matrix (im2col): built in bands of output rows,
+//! one `(c_in, kh, kw)` row at a time as shifted copies of input rows, then multiplied by the
+//! kernel in f32, or in bf16 by a kernel packed once ([`Geometry::convolve_packed`]).
+
+use rayon::prelude::*;
+
+use crate::kernels::bf16::{PackedRhs, gemm_bf16_packed};
+use crate::kernels::gemm::gemm_f32;
+
+/// Bytes of patch matrix built at once per image.
+const BAND_BYTES: usize = 8 << 20;
+
+/// Sizes of one convolution.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Geometry {
+    pub(crate) batch: usize,
+    pub(crate) cin: usize,
+    pub(crate) height: usize,
+    pub(crate) width: usize,
+    pub(crate) k: usize,
+    pub(crate) s: usize,
+    /// Zero rows above and columns left of the input (those below and right follow from
+    /// the output size).
+    pub(crate) top: usize,
+    pub(crate) left: usize,
+    pub(crate) out_h: usize,
+    pub(crate) out_w: usize,
+    /// 3×3, stride 1, padding 1 on every side: Winograd applies.
+    pub(crate) winograd: bool,
+}
+
+impl Geometry {
+    pub(crate) fn out_dims(&self, cout: usize) -> (usize, usize, usize, usize) {
+        (self.batch, cout, self.out_h, self.out_w)
+    }
+
+    /// A 1×1 convolution of stride 1 without padding: the input is its own patch matrix.
+    fn is_pointwise(&self) -> bool {
+        self.k == 1
+            && self.s == 1
+            && (self.top, self.left) == (0, 0)
+            && (self.out_h, self.out_w) == (self.height, self.width)
+    }
+
+    /// Accumulates the convolution of one image (`cin × height × width`) with the OIHW
+    /// kernel `w` into `out` (`cout × out_h × out_w`, already holding the bias).
+    pub(crate) fn convolve(&self, image: &[f32], w: &[f32], cout: usize, out: &mut [f32]) {
+        let plane = self.out_h * self.out_w;
+        let depth = self.cin * self.k * self.k;
+        if self.is_pointwise() {
+            // The input is already the (cin, plane) right-hand matrix.
+            gemm_f32(
+                (cout, plane, depth),
+                out,
+                plane,
+                (w, depth, 1),
+                (image, plane, 1),
+                true,
+                true,
+            );
+            return;
+        }
+        let rows = (BAND_BYTES / (4 * depth * self.out_w)).clamp(1, self.out_h);
+        let mut col = vec![0f32; depth * rows * self.out_w];
+        let mut y0 = 0;
+        while y0 < self.out_h {
+            let band = rows.min(self.out_h - y0);
+            let n = band * self.out_w;
+            let col = &mut col[..depth * n];
+            col.par_chunks_mut(n)
+                .enumerate()
+                .for_each(|(row, dst)| self.patch_row(image, row, y0, band, dst));
+            gemm_f32(
+                (cout, n, depth),
+                &mut out[y0 * self.out_w..],
+                plane,
+                (w, depth, 1),
+                (col, n, 1),
+                true,
+                true,
+            );
+            y0 += band;
+        }
+    }
+
+    /// Accumulates the convolution of one image with the kernel packed into bf16 as its
+    /// transpose (`packed`: `(c_in·k·k) × c_out`) into `out` (`c_out × out_h × out_w`, already
+    /// holding the bias): `outᵀ = patchesᵀ · kernelᵀ` in bf16, each band's product then added
+    /// into the planes.
+    pub(crate) fn convolve_packed(&self, image: &[f32], packed: &PackedRhs, out: &mut [f32]) {
+        let cout = packed.n();
+        let plane = self.out_h * self.out_w;
+        let depth = self.cin * self.k * self.k;
+        let product = |patches: &[f32], n: usize, y0: usize, out: &mut [f32]| {
+            let mut tile = vec![0f32; n * cout];
+            gemm_bf16_packed(
+                (n, cout, depth),
+                &mut tile,
+                cout,
+                (patches, 1, n),
+                packed,
+                false,
+                true,
+            );
+            add_transposed(&tile, cout, &mut out[..], plane, y0 * self.out_w);
+        };
+        if self.is_pointwise() {
+            // The input is already the (cin, plane) patch matrix.
+            return product(image, plane, 0, out);
+        }
+        let rows = (BAND_BYTES / (4 * depth * self.out_w)).clamp(1, self.out_h);
+        let mut col = vec![0f32; depth * rows * self.out_w];
+        let mut y0 = 0;
+        while y0 < self.out_h {
+            let band = rows.min(self.out_h - y0);
+            let n = band * self.out_w;
+            let col = &mut col[..depth * n];
+            col.par_chunks_mut(n)
+                .enumerate()
+                .for_each(|(row, dst)| self.patch_row(image, row, y0, band, dst));
+            product(col, n, y0, out);
+            y0 += band;
+        }
+    }
+
+    /// Row `(ci, kh, kw)` of the patch matrix for output rows `y0..y0 + band`: the input
+    /// pixel each output pixel sees through that kernel tap (0 in the padding).
+    fn patch_row(&self, image: &[f32], row: usize, y0: usize, band: usize, dst: &mut [f32]) {
+        let (ci, tap) = (row / (self.k * self.k), row % (self.k * self.k));
+        let (kh, kw) = (tap / self.k, tap % self.k);
+        let channel = &image[ci * self.height * self.width..(ci + 1) * self.height * self.width];
+        for (i, out_row) in dst.chunks_mut(self.out_w).take(band).enumerate() {
+            let iy = ((y0 + i) * self.s + kh) as isize - self.top as isize;
+            if iy < 0 || iy >= self.height as isize {
+                out_row.fill(0.0);
+                continue;
+            }
+            let src = &channel[iy as usize * self.width..(iy as usize + 1) * self.width];
+            if self.s == 1 {
+                // A shifted copy: output x reads input x + kw − p.
+                let shift = kw as isize - self.left as isize;
+                let lo = (-shift).clamp(0, self.out_w as isize) as usize;
+                let hi =
+                    (self.width as isize - shift).clamp(lo as isize, self.out_w as isize) as usize;
+                out_row[..lo].fill(0.0);
+                out_row[hi..].fill(0.0);
+                let from = (lo as isize + shift) as usize;
+                out_row[lo..hi].copy_from_slice(&src[from..from + (hi - lo)]);
+            } else {
+                for (x, v) in out_row.iter_mut().enumerate() {
+                    let ix = (x * self.s + kw) as isize - self.left as isize;
+                    *v = if ix < 0 || ix >= self.width as isize {
+                        0.0
+                    } else {
+                        src[ix as usize]
+                    };
+                }
+            }
+        }
+    }
+}
+
+/// `out[c][offset + j] += tile[j][c]` for every channel `c` of the `n × cout` `tile` (each
+/// channel's plane `plane` long), in blocks of pixels so both sides stay in cache.
+fn add_transposed(tile: &[f32], cout: usize, out: &mut [f32], plane: usize, offset: usize) {
+    const BLOCK: usize = 64;
+    let n = tile.len() / cout.max(1);
+    out.par_chunks_mut(plane)
+        .take(cout)
+        .enumerate()
+        .for_each(|(c, dst)| {
+            let dst = &mut dst[offset..offset + n];
+            for (b, block) in dst.chunks_mut(BLOCK).enumerate() {
+                for (j, v) in block.iter_mut().enumerate() {
+                    *v += tile[(b * BLOCK + j) * cout + c];
+                }
+            }
+        });
+}
