@@ -5,14 +5,18 @@
 //! The eight tiles used are all 16 rows × 64 bytes; the tile configuration is per thread, so
 //! every task loads it first and releases the tiles when done.
 
-use super::Problem;
+use super::driver::{Problem, Step};
 use super::pack::TILE;
 use std::arch::asm;
 use std::ops::Range;
 
-/// `k` chunks (of 32) per block: a 32-column B panel of 32 KiB stays in L1 while the rows of
-/// the region stream past it.
-pub(super) const KC_CHUNKS: usize = 16;
+/// `k` chunks (of 32) per block, with `lhs` packed block by block just before use and with
+/// `lhs` packed first: a k block ends with the C tiles stored and the next one starts by
+/// loading them, which costs a few hundred cycles, but short blocks keep a 32-column B panel
+/// (16 KiB at 8 chunks) and the A strips of a block in L1. Measured on Sapphire Rapids: 8
+/// chunks best where the just-packed block of `lhs` must stay in cache, 64 where it is
+/// packed ahead.
+pub(super) const KC_CHUNKS: (usize, usize) = (8, 64);
 
 /// The 64-byte operand of `ldtilecfg`.
 #[repr(C, align(64))]
@@ -54,41 +58,49 @@ struct CBlock {
     stride: usize,
 }
 
-/// The four C tiles ← `c` (or 0 unless `load`), then for `chunks` chunks of 32 k:
-/// `C[r][c] += A[r] · B[c]` (`MT` row tiles, `NT` column tiles), then the four C tiles back
-/// into `c`.
+impl CBlock {
+    /// Its four 16 × 16 quarters.
+    fn quarters(self) -> [*mut f32; 4] {
+        let row16 = 16 * self.stride / 4;
+        let p = self.ptr;
+        [
+            p,
+            p.wrapping_add(16),
+            p.wrapping_add(row16),
+            p.wrapping_add(row16 + 16),
+        ]
+    }
+}
+
+/// The four C tiles ← `from` (or 0), then for `chunks` chunks of 32 k:
+/// `C[r][c] += A[r] · B[c]` (`MT` row tiles, `NT` column tiles), then the four C tiles into
+/// `to`.
 ///
 /// # Safety
-/// Tiles configured; `a[..MT]` and `b[..NT]` point at `chunks` consecutive packed tiles; `c`
-/// is 32 × 32 writable f32 that no other thread touches.
+/// Tiles configured; `a[..MT]` and `b[..NT]` point at `chunks` consecutive packed tiles;
+/// `from` is 32 × 32 readable f32, `to` 32 × 32 writable f32 that no other thread touches.
 #[inline(always)]
 unsafe fn tiles<const MT: usize, const NT: usize>(
     chunks: usize,
     a: [*const u16; 2],
     b: [*const u16; 2],
-    c: CBlock,
-    load: bool,
+    from: Option<CBlock>,
+    to: CBlock,
 ) {
     let stride = 64usize;
-    let row16 = 16 * c.stride / 4;
     // SAFETY (all blocks): tiles are configured (caller); the loads read `chunks` tiles of
-    // 1 KiB from the packed operands and 16 rows of 64 bytes of each quarter of `c`, the
-    // stores write those rows (caller).
+    // 1 KiB from the packed operands and 16 rows of 64 bytes of each quarter of `from`, the
+    // stores write those of `to` (caller).
     unsafe {
-        let (c0, c1, c2, c3) = (
-            c.ptr,
-            c.ptr.add(16),
-            c.ptr.add(row16),
-            c.ptr.add(row16 + 16),
-        );
-        if load {
+        if let Some(from) = from {
+            let [c0, c1, c2, c3] = from.quarters();
             asm!(
                 "tileloadd tmm0, [{c0} + {s}*1]",
                 "tileloadd tmm1, [{c1} + {s}*1]",
                 "tileloadd tmm2, [{c2} + {s}*1]",
                 "tileloadd tmm3, [{c3} + {s}*1]",
                 c0 = in(reg) c0, c1 = in(reg) c1, c2 = in(reg) c2, c3 = in(reg) c3,
-                s = in(reg) c.stride, options(nostack)
+                s = in(reg) from.stride, options(nostack)
             );
         } else {
             asm!(
@@ -142,43 +154,49 @@ unsafe fn tiles<const MT: usize, const NT: usize>(
                 ),
             }
         }
+        let [c0, c1, c2, c3] = to.quarters();
         asm!(
             "tilestored [{c0} + {s}*1], tmm0",
             "tilestored [{c1} + {s}*1], tmm1",
             "tilestored [{c2} + {s}*1], tmm2",
             "tilestored [{c3} + {s}*1], tmm3",
             c0 = in(reg) c0, c1 = in(reg) c1, c2 = in(reg) c2, c3 = in(reg) c3,
-            s = in(reg) c.stride, options(nostack)
+            s = in(reg) to.stride, options(nostack)
         );
     }
 }
 
-/// `dst[rows, cols] (+)= lhs[rows, k block] · rhs[k block, cols]` for the k block of `kc`
-/// chunks from chunk `kb`, with `a` that block of `lhs[rows]` packed (row tiles of `kc`
-/// chunks). `rows.start` and `cols.start` are multiples of 32. Whole 32 × 32 blocks of C go
-/// through the tiles directly; the edges through a buffer.
+/// `dst[rows, cols] (+)= lhs[rows, k block] · rhs[k block, cols]` for the k block `step`,
+/// with `a` that block of `lhs[rows]` packed (row tiles `a_stride` elements apart).
+/// `rows.start` and `cols.start` are multiples of 32. Whole 32 × 32 blocks of C go through
+/// the tiles: from `dst` (or zero) at the first k block, into `dst` at the last, and through
+/// `sums` (32 × 32 blocks, contiguous, column of blocks after column) in between, which keeps
+/// the strided rows of C out of the loop. Edge blocks go through a buffer and
+/// [`Problem::write_back`].
 ///
 /// # Safety
 /// Tiles configured ([`Tiles::configure`]) on this thread; the region lies inside the
-/// problem and no other thread touches it.
+/// problem and no other thread touches it; `sums` holds the region's whole blocks.
 #[target_feature(enable = "avx512f")]
 pub(super) unsafe fn block(
     p: &Problem,
-    a: &[u16],
+    (a, a_stride): (&[u16], usize),
     rows: Range<usize>,
     cols: Range<usize>,
-    (kb, kc): (usize, usize),
-    add: bool,
+    step: Step,
+    sums: &mut [f32],
 ) {
+    let (kb, kc) = (step.kb, step.kc);
     let mut out = [[0f32; 32]; 32];
-    let a_tile = |r: usize| a[(r - rows.start) / 16 * TILE * kc..].as_ptr();
+    let a_tile = |r: usize| a[(r - rows.start) / 16 * a_stride..].as_ptr();
     let b_strip = |c: usize| p.b[c / 16 * 16 * p.kp + kb * TILE..].as_ptr();
-    for c0 in cols.clone().step_by(32) {
+    let row_blocks = rows.len().div_ceil(32);
+    for (j, c0) in cols.clone().step_by(32).enumerate() {
         let cols_here = (cols.end - c0).min(32);
         let nt = cols_here.div_ceil(16);
         let b0 = b_strip(c0);
         let b = [b0, if nt == 2 { b_strip(c0 + 16) } else { b0 }];
-        for r0 in rows.clone().step_by(32) {
+        for (i, r0) in rows.clone().step_by(32).enumerate() {
             let rows_here = (rows.end - r0).min(32);
             let mt = rows_here.div_ceil(16);
             let a0 = a_tile(r0);
@@ -188,7 +206,8 @@ pub(super) unsafe fn block(
                 stride: 128,
             };
             // SAFETY: tiles configured (caller); the packed operands hold `kc` tiles from
-            // each pointer; a whole block lies inside C, in this thread's region (caller).
+            // each pointer; a whole block lies inside C, in this thread's region, and has its
+            // 32 × 32 in `sums` (caller).
             unsafe {
                 match (mt, nt) {
                     (2, 2) if rows_here == 32 && cols_here == 32 => {
@@ -196,14 +215,25 @@ pub(super) unsafe fn block(
                             ptr: p.dst.add(r0 * p.dst_rs + c0),
                             stride: 4 * p.dst_rs,
                         };
-                        tiles::<2, 2>(kc, a, b, c, add);
+                        let mut s = || CBlock {
+                            ptr: sums[(j * row_blocks + i) * 1024..][..1024].as_mut_ptr(),
+                            stride: 128,
+                        };
+                        let from = match (step.first, step.accumulate) {
+                            (true, true) => Some(c),
+                            (true, false) => None,
+                            (false, _) => Some(s()),
+                        };
+                        let to = if step.last { c } else { s() };
+                        tiles::<2, 2>(kc, a, b, from, to);
                         continue;
                     }
-                    (2, 2) => tiles::<2, 2>(kc, a, b, buffer, false),
-                    (2, 1) => tiles::<2, 1>(kc, a, b, buffer, false),
-                    (1, 2) => tiles::<1, 2>(kc, a, b, buffer, false),
-                    _ => tiles::<1, 1>(kc, a, b, buffer, false),
+                    (2, 2) => tiles::<2, 2>(kc, a, b, None, buffer),
+                    (2, 1) => tiles::<2, 1>(kc, a, b, None, buffer),
+                    (1, 2) => tiles::<1, 2>(kc, a, b, None, buffer),
+                    _ => tiles::<1, 1>(kc, a, b, None, buffer),
                 }
+                let add = step.accumulate || !step.first;
                 p.write_back(r0, c0, rows_here, cols_here, out.as_flattened(), 32, add);
             }
         }

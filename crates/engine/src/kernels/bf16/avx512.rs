@@ -2,13 +2,14 @@
 //! of 8 rows × 3 zmm (48 columns): 24 accumulators, 3 loads of B and 8 broadcast pairs of A
 //! per pair of `k`. Compiled with `target_feature`s and called only after detection.
 
-use super::Problem;
+use super::driver::{Problem, Step};
 use super::pack::TILE;
 use std::arch::x86_64::*;
 use std::ops::Range;
 
-/// `k` chunks (of 32) per block: a 48-column B panel of 24 KiB stays in L1.
-pub(super) const KC_CHUNKS: usize = 8;
+/// `k` chunks (of 32) per block (`lhs` packed just before use, packed ahead): a 48-column B
+/// panel of 24 KiB stays in L1.
+pub(super) const KC_CHUNKS: (usize, usize) = (8, 8);
 
 /// Rows of the micro-kernel.
 const MR: usize = 8;
@@ -67,9 +68,9 @@ unsafe fn kernel<const NV: usize>(
     }
 }
 
-/// `dst[rows, cols] (+)= lhs[rows, k block] · rhs[k block, cols]` for the k block of `kc`
-/// chunks from chunk `kb`, with `a` that block of `lhs[rows]` packed (row tiles of `kc`
-/// chunks). `rows.start` is a multiple of 16, `cols.start` of [`NR`]. Whole 8 × 48 blocks of
+/// `dst[rows, cols] (+)= lhs[rows, k block] · rhs[k block, cols]` for the k block `step`,
+/// with `a` that block of `lhs[rows]` packed (row tiles `a_stride`
+/// elements apart). `rows.start` is a multiple of 16, `cols.start` of [`NR`]. Whole 8 × 48 blocks of
 /// C are read and written directly; the edges through a buffer.
 ///
 /// # Safety
@@ -78,12 +79,14 @@ unsafe fn kernel<const NV: usize>(
 #[target_feature(enable = "avx512f,avx512bf16")]
 pub(super) unsafe fn block(
     p: &Problem,
-    a: &[u16],
+    (a, a_stride): (&[u16], usize),
     rows: Range<usize>,
     cols: Range<usize>,
-    (kb, kc): (usize, usize),
-    add: bool,
+    step: Step,
+    _sums: &mut [f32],
 ) {
+    let (kb, kc) = (step.kb, step.kc);
+    let add = step.accumulate || !step.first;
     let mut out = [[0f32; NR]; MR];
     let pairs = (p.k.div_ceil(2) - 16 * kb).min(16 * kc);
     let b_strip = |c: usize| p.b[c / 16 * 16 * p.kp + kb * TILE..].as_ptr();
@@ -93,7 +96,7 @@ pub(super) unsafe fn block(
         let b: [*const u16; 3] = std::array::from_fn(|v| b_strip(c0 + 16 * v.min(nv - 1)));
         for r0 in rows.clone().step_by(MR) {
             let rows_here = (rows.end - r0).min(MR);
-            let tile = (r0 - rows.start) / 16 * TILE * kc;
+            let tile = (r0 - rows.start) / 16 * a_stride;
             let a = a[tile + (r0 % 16) * 32..].as_ptr();
             let buffer = (out.as_mut_ptr().cast::<f32>(), NR);
             // SAFETY: the caller guarantees the features; the packed row tile and strips

@@ -8,14 +8,23 @@
 //!   numbers up to the order of the sums), for CPUs with neither.
 //!
 //! The fast paths pack the left operand into row tiles and the right one into strips of 16
-//! columns (`pack.rs`; weights can be packed once, [`PackedRhs`]), then split C into regions
-//! that run on candle's threads, each walking `k` in cache-sized blocks. The packed operands
-//! live in per-thread scratch buffers kept between calls.
+//! columns (`pack.rs`, with AVX-512 conversions in `simd.rs`; weights can be packed once,
+//! [`PackedRhs`]), then split C into regions that run on candle's threads, each walking `k`
+//! in cache-sized blocks (`driver.rs`). Every region gives the same sums whatever the split,
+//! so results do not depend on the thread count, and the packed and unpacked products agree
+//! bit for bit.
+//!
+//! Memory: the packed operands live in per-thread scratch buffers kept between calls (a
+//! region's rows of `lhs` in bf16, at most 256 × `k`; its 32 × 32 sums between k blocks, at
+//! most 512 KiB; and for [`gemm_bf16`], the calling thread's packed `rhs`, `k` × `n` in
+//! bf16).
 
 #[cfg(target_arch = "x86_64")]
 mod amx;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+#[cfg(target_arch = "x86_64")]
+mod driver;
 mod isa;
 mod pack;
 #[cfg(target_arch = "x86_64")]
@@ -27,8 +36,6 @@ pub use pack::{PackedRhs, bf16_bits, round_bf16};
 
 use crate::kernels::gemm::{View, gemm_f32};
 use std::cell::Cell;
-#[cfg(target_arch = "x86_64")]
-use std::ops::Range;
 
 /// Which bf16 instructions the products use on this CPU (detected once, at run time).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -234,16 +241,18 @@ thread_local! {
     static LHS_SCRATCH: Cell<Vec<u16>> = const { Cell::new(Vec::new()) };
     /// The packed right operand of the unpacked calls on this thread.
     static RHS_SCRATCH: Cell<Vec<u16>> = const { Cell::new(Vec::new()) };
+    /// The sums of a region between k blocks (AMX).
+    static SUMS_SCRATCH: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
 }
 
 /// Takes a scratch buffer out of its slot (a call nested by rayon's work stealing finds the
 /// slot empty and allocates its own).
-fn take(slot: &'static std::thread::LocalKey<Cell<Vec<u16>>>) -> Vec<u16> {
+fn take<T>(slot: &'static std::thread::LocalKey<Cell<Vec<T>>>) -> Vec<T> {
     slot.with(Cell::take)
 }
 
 /// Puts a scratch buffer back, keeping the larger of it and whatever the slot holds.
-fn give(slot: &'static std::thread::LocalKey<Cell<Vec<u16>>>, buffer: Vec<u16>) {
+fn give<T>(slot: &'static std::thread::LocalKey<Cell<Vec<T>>>, buffer: Vec<T>) {
     slot.with(|cell| {
         let old = cell.take();
         cell.set(if old.capacity() > buffer.capacity() {
@@ -267,174 +276,12 @@ fn fast(
     parallel: bool,
 ) {
     #[cfg(target_arch = "x86_64")]
-    run(isa, dims, dst, dst_rs, lhs, rhs, accumulate, parallel);
+    driver::run(isa, dims, dst, dst_rs, lhs, rhs, accumulate, parallel);
     #[cfg(not(target_arch = "x86_64"))]
     {
         let _ = (dims, dst, dst_rs, lhs, rhs, accumulate, parallel);
         unreachable!("no {isa} path on this architecture");
     }
-}
-
-/// One product as the block kernels see it: the packed right operand and the destination.
-#[cfg(target_arch = "x86_64")]
-pub(crate) struct Problem<'a> {
-    /// Rows of C.
-    m: usize,
-    /// Columns of C.
-    n: usize,
-    /// The shared dimension.
-    k: usize,
-    /// `k` padded to a multiple of 32.
-    kp: usize,
-    /// The packed right operand (strips).
-    b: &'a [u16],
-    /// C's first element.
-    dst: *mut f32,
-    /// C's row stride.
-    dst_rs: usize,
-}
-
-// SAFETY: the regions of `dst` the threads write are disjoint (`run`), and `dst` is borrowed
-// mutably for the whole call.
-#[cfg(target_arch = "x86_64")]
-unsafe impl Sync for Problem<'_> {}
-
-#[cfg(target_arch = "x86_64")]
-impl Problem<'_> {
-    /// `C[row0.., col0..] (+)= out` for `rows` × `cols` elements of `out` (row stride
-    /// `out_rs`).
-    ///
-    /// # Safety
-    /// The block lies inside C and no other thread touches it.
-    #[allow(clippy::too_many_arguments)]
-    #[inline(always)]
-    unsafe fn write_back(
-        &self,
-        row0: usize,
-        col0: usize,
-        rows: usize,
-        cols: usize,
-        out: &[f32],
-        out_rs: usize,
-        add: bool,
-    ) {
-        debug_assert!(row0 + rows <= self.m && col0 + cols <= self.n);
-        for r in 0..rows {
-            // SAFETY: inside C (caller; `check` bounded C), not aliased (caller).
-            let dst = unsafe {
-                std::slice::from_raw_parts_mut(self.dst.add((row0 + r) * self.dst_rs + col0), cols)
-            };
-            let src = &out[r * out_rs..][..cols];
-            if add {
-                for (d, s) in dst.iter_mut().zip(src) {
-                    *d += s;
-                }
-            } else {
-                dst.copy_from_slice(src);
-            }
-        }
-    }
-}
-
-/// A block kernel: `C[rows, cols] (+)= A · B` for one k block (`(first chunk, chunks)`), `A`
-/// packed.
-#[cfg(target_arch = "x86_64")]
-type BlockKernel = unsafe fn(&Problem, &[u16], Range<usize>, Range<usize>, (usize, usize), bool);
-
-/// Splits C into regions and runs them (on candle's threads when `parallel`). Each region
-/// walks `k` in blocks; for each it packs its rows of that block of `lhs` (so the packed
-/// block is still in cache when the kernel reads it, and `lhs` is read once) and runs the
-/// kernel over its columns.
-#[cfg(target_arch = "x86_64")]
-#[allow(clippy::too_many_arguments)]
-fn run(
-    isa: Bf16Isa,
-    (m, n, k): (usize, usize, usize),
-    dst: &mut [f32],
-    dst_rs: usize,
-    lhs: View,
-    rhs: &PackedRhs,
-    accumulate: bool,
-    parallel: bool,
-) {
-    use rayon::prelude::*;
-    if k == 0 {
-        if !accumulate {
-            for row in 0..m {
-                dst[row * dst_rs..][..n].fill(0.0);
-            }
-        }
-        return;
-    }
-    let threads = if parallel {
-        candle_core::utils::get_num_threads()
-    } else {
-        1
-    };
-    let (row_unit, col_unit, kc, kernel): (usize, usize, usize, BlockKernel) = match isa {
-        Bf16Isa::Amx => (32, 32, amx::KC_CHUNKS, amx::block),
-        _ => (16, avx512::NR, avx512::KC_CHUNKS, avx512::block),
-    };
-    let (rb, cb) = blocks((m, n), (row_unit, col_unit), threads);
-    let problem = Problem {
-        m,
-        n,
-        k,
-        kp: rhs.kp,
-        b: rhs.data(),
-        dst: dst.as_mut_ptr(),
-        dst_rs,
-    };
-    let chunks = rhs.kp / 32;
-    let regions: Vec<(usize, usize)> = (0..m)
-        .step_by(rb)
-        .flat_map(|r0| (0..n).step_by(cb).map(move |c0| (r0, c0)))
-        .collect();
-    let work = |&(r0, c0): &(usize, usize)| {
-        let (rows, cols) = (r0..(r0 + rb).min(m), c0..(c0 + cb).min(n));
-        // SAFETY: the path is available (`check`).
-        let _tiles = (isa == Bf16Isa::Amx).then(|| unsafe { amx::Tiles::configure() });
-        let mut scratch = take(&LHS_SCRATCH);
-        for kb in (0..chunks).step_by(kc) {
-            let kc = kc.min(chunks - kb);
-            let (_, a) = pack::aligned(&mut scratch, rows.len().div_ceil(16) * 16 * 32 * kc);
-            pack::pack_lhs(a, rows.clone(), (m, k), (kb, kc), lhs);
-            let add = accumulate || kb > 0;
-            // SAFETY: the path is available and its tiles configured; regions are disjoint
-            // blocks of C.
-            unsafe { kernel(&problem, a, rows.clone(), cols.clone(), (kb, kc), add) };
-        }
-        give(&LHS_SCRATCH, scratch);
-    };
-    if threads > 1 && regions.len() > 1 {
-        regions.par_iter().for_each(work);
-    } else {
-        regions.iter().for_each(work);
-    }
-}
-
-/// Region size (rows, columns): 256 rows (multiples of the kernel's units) by all of `n`, so
-/// each region packs its rows of `lhs` once; with more threads, smaller regions until there
-/// are four per thread (rows split first: a column split packs the rows again).
-#[cfg(target_arch = "x86_64")]
-fn blocks(
-    (m, n): (usize, usize),
-    (row_unit, col_unit): (usize, usize),
-    threads: usize,
-) -> (usize, usize) {
-    let mut rb = (256 / row_unit).max(1) * row_unit;
-    let mut cb = n.div_ceil(col_unit) * col_unit;
-    let halve = |size: usize, unit: usize| (size / 2).div_ceil(unit) * unit;
-    while threads > 1 && m.div_ceil(rb) * n.div_ceil(cb) < 4 * threads {
-        if rb >= 2 * row_unit && m.div_ceil(rb) < m.div_ceil(row_unit) {
-            rb = halve(rb, row_unit);
-        } else if cb >= 2 * col_unit && n.div_ceil(cb) < n.div_ceil(col_unit) {
-            cb = halve(cb, col_unit);
-        } else {
-            break;
-        }
-    }
-    (rb, cb)
 }
 
 /// What [`bench_entry`] runs.

@@ -34,6 +34,7 @@ pub fn round_bf16(x: f32) -> f32 {
 }
 
 /// Elements of a bf16 k chunk (32) times the 16 rows or columns of a tile.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // Only the fast paths pack lhs.
 pub(super) const TILE: usize = 512;
 
 /// `k` padded to whole 32-element chunks.
@@ -156,6 +157,7 @@ pub(super) fn rounded_matrix(rows: usize, cols: usize, (values, rs, cs): View) -
 /// Packs rows `rows` × k chunks `chunks` (of 32, from chunk `chunk0`) of the left operand
 /// (m × k) into row tiles of 16 rows, `[tile][chunk][16 rows][32 k]` (zero past `m` and `k`);
 /// `out` holds `rows.len().div_ceil(16)` tiles of `16 · 32 · chunks` elements.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // Only the fast paths pack lhs.
 pub(super) fn pack_lhs(
     out: &mut [u16],
     rows: Range<usize>,
@@ -191,6 +193,7 @@ fn pack_rhs_strip(strip: &mut [u16], col0: usize, n: usize, k: usize, rhs: View)
 }
 
 /// `dst[e] ← bf16(lhs[row][kk0 + e])` for the 32 `e` (zero past `k`).
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // Only the fast paths pack lhs.
 #[inline(always)]
 pub(super) fn lhs_segment(dst: &mut [u16], row: usize, kk0: usize, k: usize, lhs: View) {
     let (values, rs, cs) = lhs;
@@ -206,6 +209,7 @@ pub(super) fn lhs_segment(dst: &mut [u16], row: usize, kk0: usize, k: usize, lhs
 
 /// One row tile of the left operand: rows `row0..row0 + 16` (zero past `m`), the chunks of
 /// `tile` from `chunk0` (zero past `k`).
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // Only the fast paths pack lhs.
 #[inline(always)]
 pub(super) fn pack_lhs_tile(
     tile: &mut [u16],
@@ -253,21 +257,4 @@ pub(super) fn rhs_pairs(
             }
         }
     }
-}
-
-/// Asks for `values[start..start + len]` in L1 ahead of use (row segments of a k block are
-/// too short for the hardware prefetchers to catch up).
-#[inline(always)]
-pub(super) fn prefetch(values: &[f32], start: usize, len: usize) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
-        let end = (start + len).min(values.len());
-        for i in (start..end).step_by(16) {
-            // SAFETY: prefetching never faults; the address is inside `values`.
-            unsafe { _mm_prefetch::<_MM_HINT_T0>(values.as_ptr().add(i).cast()) };
-        }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = (values, start, len);
 }

@@ -2,7 +2,7 @@
 //! the same bits as [`bf16_bits`](super::pack::bf16_bits). The scalar code of `pack.rs`
 //! handles the edges.
 
-use super::pack::{TILE, lhs_segment, pack_lhs_tile as pack_lhs_tile_scalar, prefetch, rhs_pairs};
+use super::pack::{TILE, lhs_segment, pack_lhs_tile as pack_lhs_tile_scalar, rhs_pairs};
 use crate::kernels::gemm::View;
 use std::arch::x86_64::*;
 
@@ -13,6 +13,17 @@ pub(super) fn available() -> bool {
 
 /// How many rows ahead the left operand's packing prefetches its source.
 const PREFETCH_ROWS: usize = 2;
+
+/// Asks for `values[start..start + len]` in L1 ahead of use (row segments of a k block are
+/// too short for the hardware prefetchers to catch up).
+#[inline]
+fn prefetch(values: &[f32], start: usize, len: usize) {
+    let end = (start + len).min(values.len());
+    for i in (start..end).step_by(16) {
+        // SAFETY: prefetching never faults; the address is inside `values`.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(values.as_ptr().add(i).cast()) };
+    }
+}
 
 /// 16 f32 lanes turned into lanes whose high 16 bits are their bf16 (round to nearest even;
 /// NaN made quiet) and whose low 16 bits are to be dropped.

@@ -1,0 +1,222 @@
+//! The fast paths' driver: splits C into regions on candle's threads, walks `k` in blocks,
+//! packs the left operand and calls the AMX or AVX512-BF16 block kernel.
+
+use super::{Bf16Isa, LHS_SCRATCH, PackedRhs, SUMS_SCRATCH, amx, avx512, give, pack, take};
+use crate::kernels::gemm::View;
+use crate::kernels::scratch;
+use std::ops::Range;
+
+/// One product as the block kernels see it: the packed right operand and the destination.
+pub(super) struct Problem<'a> {
+    /// Rows of C.
+    pub(super) m: usize,
+    /// Columns of C.
+    pub(super) n: usize,
+    /// The shared dimension.
+    pub(super) k: usize,
+    /// `k` padded to a multiple of 32.
+    pub(super) kp: usize,
+    /// The packed right operand (strips).
+    pub(super) b: &'a [u16],
+    /// C's first element.
+    pub(super) dst: *mut f32,
+    /// C's row stride.
+    pub(super) dst_rs: usize,
+}
+
+// SAFETY: the regions of `dst` the threads write are disjoint (`run`), and `dst` is borrowed
+// mutably for the whole call.
+unsafe impl Sync for Problem<'_> {}
+
+impl Problem<'_> {
+    /// `C[row0.., col0..] (+)= out` for `rows` × `cols` elements of `out` (row stride
+    /// `out_rs`).
+    ///
+    /// # Safety
+    /// The block lies inside C and no other thread touches it.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    pub(super) unsafe fn write_back(
+        &self,
+        row0: usize,
+        col0: usize,
+        rows: usize,
+        cols: usize,
+        out: &[f32],
+        out_rs: usize,
+        add: bool,
+    ) {
+        debug_assert!(row0 + rows <= self.m && col0 + cols <= self.n);
+        for r in 0..rows {
+            // SAFETY: inside C (caller; `check` bounded C), not aliased (caller).
+            let dst = unsafe {
+                std::slice::from_raw_parts_mut(self.dst.add((row0 + r) * self.dst_rs + col0), cols)
+            };
+            let src = &out[r * out_rs..][..cols];
+            if add {
+                for (d, s) in dst.iter_mut().zip(src) {
+                    *d += s;
+                }
+            } else {
+                dst.copy_from_slice(src);
+            }
+        }
+    }
+}
+
+/// One k block of a region's walk along `k`.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Step {
+    /// First chunk (of 32) of the block.
+    pub(super) kb: usize,
+    /// Chunks in the block.
+    pub(super) kc: usize,
+    /// Whether this is the first block (C starts from `dst` or zero, per `accumulate`).
+    pub(super) first: bool,
+    /// Whether this is the last block.
+    pub(super) last: bool,
+    /// Whether the product adds to `dst`.
+    pub(super) accumulate: bool,
+}
+
+/// A block kernel: `C[rows, cols] (+)= A · B` for one k block, with `A` packed (row tiles from
+/// the block's first chunk, the given number of elements apart), and a buffer for the sums
+/// of the region's whole 32 × 32 blocks between k blocks (used by AMX).
+type BlockKernel =
+    unsafe fn(&Problem, (&[u16], usize), Range<usize>, Range<usize>, Step, &mut [f32]);
+
+/// The most bytes of C a region works on at once (kept in L2 while `k` is walked).
+const C_BLOCK_BYTES: usize = 512 << 10;
+
+/// Splits C into regions and runs them (on candle's threads when `parallel`). Each region
+/// walks `k` in blocks over at most [`C_BLOCK_BYTES`] of C at a time. Its rows of `lhs` are
+/// packed once: block by block just before use when the region's columns are one such block
+/// (the packed block is still in cache), all of `k` first otherwise.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn run(
+    isa: Bf16Isa,
+    (m, n, k): (usize, usize, usize),
+    dst: &mut [f32],
+    dst_rs: usize,
+    lhs: View,
+    rhs: &PackedRhs,
+    accumulate: bool,
+    parallel: bool,
+) {
+    use pack::TILE;
+    use rayon::prelude::*;
+    if k == 0 {
+        if !accumulate {
+            for row in 0..m {
+                dst[row * dst_rs..][..n].fill(0.0);
+            }
+        }
+        return;
+    }
+    let threads = if parallel {
+        candle_core::utils::get_num_threads()
+    } else {
+        1
+    };
+    let (row_unit, col_unit, kcs, kernel): (usize, usize, _, BlockKernel) = match isa {
+        Bf16Isa::Amx => (32, 32, amx::KC_CHUNKS, amx::block),
+        _ => (16, avx512::NR, avx512::KC_CHUNKS, avx512::block),
+    };
+    let (rb, cb) = blocks((m, n), (row_unit, col_unit), threads);
+    let problem = Problem {
+        m,
+        n,
+        k,
+        kp: rhs.kp,
+        b: rhs.data(),
+        dst: dst.as_mut_ptr(),
+        dst_rs,
+    };
+    let chunks = rhs.kp / 32;
+    let regions: Vec<(usize, usize)> = (0..m)
+        .step_by(rb)
+        .flat_map(|r0| (0..n).step_by(cb).map(move |c0| (r0, c0)))
+        .collect();
+    let work = |&(r0, c0): &(usize, usize)| {
+        let (rows, cols) = (r0..(r0 + rb).min(m), c0..(c0 + cb).min(n));
+        // SAFETY: the path is available (`check`).
+        let _tiles = (isa == Bf16Isa::Amx).then(|| unsafe { amx::Tiles::configure() });
+        let mut scratch = take(&LHS_SCRATCH);
+        let mut sums = take(&SUMS_SCRATCH);
+        let tiles = rows.len().div_ceil(16);
+        let c_block = (C_BLOCK_BYTES / (4 * rows.len()) / col_unit * col_unit).max(col_unit);
+        let just_in_time = cols.len() <= c_block;
+        // k blocks of about the ISA's size, equal within a chunk; one block up to twice it.
+        let target = if just_in_time { kcs.0 } else { kcs.1 };
+        let k_blocks = if chunks <= 2 * target {
+            1
+        } else {
+            chunks.div_ceil(target)
+        };
+        if !just_in_time {
+            let (_, a) = pack::aligned(&mut scratch, tiles * TILE * chunks);
+            pack::pack_lhs(a, rows.clone(), (m, k), (0, chunks), lhs);
+        }
+        if isa == Bf16Isa::Amx && k_blocks > 1 {
+            let blocks = rows.len().div_ceil(32) * c_block.div_ceil(32);
+            scratch::grow_scratch(&mut sums, blocks * 1024);
+        }
+        for c0 in cols.clone().step_by(c_block) {
+            let block_cols = c0..(c0 + c_block).min(cols.end);
+            for block in 0..k_blocks {
+                let kb = block * chunks / k_blocks;
+                let kc = (block + 1) * chunks / k_blocks - kb;
+                let a = if just_in_time {
+                    let (_, a) = pack::aligned(&mut scratch, tiles * TILE * kc);
+                    pack::pack_lhs(a, rows.clone(), (m, k), (kb, kc), lhs);
+                    (&a[..], TILE * kc)
+                } else {
+                    let (_, a) = pack::aligned(&mut scratch, tiles * TILE * chunks);
+                    (&a[kb * TILE..], TILE * chunks)
+                };
+                let step = Step {
+                    kb,
+                    kc,
+                    first: block == 0,
+                    last: block + 1 == k_blocks,
+                    accumulate,
+                };
+                let cols = block_cols.clone();
+                // SAFETY: the path is available and its tiles configured; regions are
+                // disjoint blocks of C; `sums` holds the region's blocks when there are
+                // several k blocks.
+                unsafe { kernel(&problem, a, rows.clone(), cols, step, &mut sums) };
+            }
+        }
+        give(&LHS_SCRATCH, scratch);
+        give(&SUMS_SCRATCH, sums);
+    };
+    if threads > 1 && regions.len() > 1 {
+        regions.par_iter().for_each(work);
+    } else {
+        regions.iter().for_each(work);
+    }
+}
+
+/// Region size (rows, columns): 256 rows (multiples of the kernel's units) by all of `n`, so
+/// each region packs its rows of `lhs` once; with more threads, smaller regions until there
+/// are four per thread (rows split first: a column split packs the rows again).
+fn blocks(
+    (m, n): (usize, usize),
+    (row_unit, col_unit): (usize, usize),
+    threads: usize,
+) -> (usize, usize) {
+    let mut rb = (256 / row_unit).max(1) * row_unit;
+    let mut cb = n.div_ceil(col_unit) * col_unit;
+    let halve = |size: usize, unit: usize| (size / 2).div_ceil(unit) * unit;
+    while threads > 1 && m.div_ceil(rb) * n.div_ceil(cb) < 4 * threads {
+        if rb >= 2 * row_unit && m.div_ceil(rb) < m.div_ceil(row_unit) {
+            rb = halve(rb, row_unit);
+        } else if cb >= 2 * col_unit && n.div_ceil(cb) < n.div_ceil(col_unit) {
+            cb = halve(cb, col_unit);
+        } else {
+            break;
+        }
+    }
+    (rb, cb)
+}
