@@ -104,7 +104,7 @@ pub(super) unsafe fn block(
             // block lies inside C, in this thread's region (caller).
             unsafe {
                 match nv {
-                    3 if rows_here == MR => {
+                    3 if rows_here == MR && cols_here == NR => {
                         let c = (p.dst.add(r0 * p.dst_rs + c0), p.dst_rs);
                         kernel::<3>(pairs, a, b, c, add);
                         continue;
