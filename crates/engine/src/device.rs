@@ -104,6 +104,18 @@ pub fn select_with(spec: DeviceSpec, precision: Precision) -> Result<(Device, DT
     Ok((device.clone(), precision.dtype_on(&device)))
 }
 
+/// A line for the user when `dtype` on `device` is not what they may expect: bf16 on a CPU
+/// without bf16 instructions runs emulated (bf16-rounded operands multiplied in f32, slower
+/// than plain f32).
+pub fn precision_note(device: &Device, dtype: DType) -> Option<String> {
+    use crate::kernels::bf16::{Bf16Isa, isa};
+    (device.is_cpu() && dtype == DType::BF16 && isa() == Bf16Isa::Emulated).then(|| {
+        "this CPU has no bf16 instructions (AMX or AVX512-BF16): bf16 is emulated, slower \
+         than --precision f32"
+            .to_string()
+    })
+}
+
 fn select_device(spec: DeviceSpec) -> Result<(Device, DType)> {
     let unavailable = |what: &str, e: candle_core::Error| {
         Error::Engine(format!(
@@ -179,6 +191,12 @@ mod tests {
             select_with(DeviceSpec::Cpu, Precision::Bf16).unwrap().1,
             DType::BF16
         );
+        // bf16 on the CPU says so when it is emulated, and only then.
+        use crate::kernels::bf16::{Bf16Isa, isa};
+        assert_eq!(precision_note(&cpu, DType::F32), None);
+        let note = precision_note(&cpu, DType::BF16);
+        assert_eq!(note.is_some(), isa() == Bf16Isa::Emulated);
+        assert!(note.is_none_or(|n| n.contains("emulated") && !n.contains('\n')));
     }
 
     #[test]

@@ -130,6 +130,9 @@ pub fn load_blocking(
     sink: &mut dyn FnMut(LoadEvent),
 ) -> Result<Arc<LoadedModel>> {
     let (device, dtype) = device::select_with(request.device, request.precision)?;
+    if let Some(note) = device::precision_note(&device, dtype) {
+        sink(LoadEvent::Note(note));
+    }
     let f16 = dtype == DType::F16;
     // An SDXL preset in f16 gets the fp16-fix VAE unless the user chose a VAE.
     let mut vae = request.vae.clone();
