@@ -17,7 +17,7 @@
 //! Memory: the packed operands live in per-thread scratch buffers kept between calls (a
 //! region's rows of `lhs` in bf16, at most 256 × `k`; its 32 × 32 sums between k blocks, at
 //! most 512 KiB; and for [`gemm_bf16`], the calling thread's packed `rhs`, `k` × `n` in
-//! bf16).
+//! bf16); the emulated path keeps its rounded operands (f32) the same way.
 
 #[cfg(target_arch = "x86_64")]
 mod amx;
@@ -35,6 +35,7 @@ mod tests;
 pub use pack::{PackedRhs, bf16_bits, round_bf16};
 
 use crate::kernels::gemm::{View, gemm_f32};
+use crate::kernels::scratch;
 use std::cell::Cell;
 
 /// Which bf16 instructions the products use on this CPU (detected once, at run time).
@@ -147,8 +148,8 @@ pub(crate) fn gemm_bf16_with(
         return;
     }
     if isa == Bf16Isa::Emulated {
-        let b = pack::rounded_matrix(k, n, rhs);
-        return emulated((m, n, k), dst, dst_rs, lhs, &b, accumulate, parallel);
+        let rounded = |b: &mut [f32]| pack::rounded_matrix(b, n, rhs, parallel);
+        return emulated((m, n, k), dst, dst_rs, lhs, rounded, accumulate, parallel);
     }
     let packed = PackedRhs::with_buffer(take(&RHS_SCRATCH), k, n, rhs, parallel);
     fast(
@@ -182,8 +183,8 @@ pub(crate) fn gemm_bf16_packed_with(
         return;
     }
     if isa == Bf16Isa::Emulated {
-        let b = rhs.unpack();
-        return emulated((m, n, k), dst, dst_rs, lhs, &b, accumulate, parallel);
+        let unpacked = |b: &mut [f32]| rhs.unpack(b, parallel);
+        return emulated((m, n, k), dst, dst_rs, lhs, unpacked, accumulate, parallel);
     }
     fast(isa, (m, n, k), dst, dst_rs, lhs, rhs, accumulate, parallel);
 }
@@ -213,27 +214,27 @@ fn check(
     }
 }
 
-/// The emulated path: `lhs` rounded, times `b` (already rounded, row-major k × n), in f32.
+/// The emulated path: `lhs` rounded, times `rhs` rounded (`fill_rhs` writes it, row-major
+/// k × n), in f32; both in per-thread scratch buffers.
 #[allow(clippy::too_many_arguments)]
 fn emulated(
     (m, n, k): (usize, usize, usize),
     dst: &mut [f32],
     dst_rs: usize,
     lhs: View,
-    b: &[f32],
+    fill_rhs: impl FnOnce(&mut [f32]),
     accumulate: bool,
     parallel: bool,
 ) {
-    let a = pack::rounded_matrix(m, k, lhs);
-    gemm_f32(
-        (m, n, k),
-        dst,
-        dst_rs,
-        (&a, k, 1),
-        (b, n, 1),
-        accumulate,
-        parallel,
-    );
+    let (mut a, mut b) = (take(&EMULATED_LHS), take(&EMULATED_RHS));
+    scratch::grow_scratch(&mut a, m * k);
+    scratch::grow_scratch(&mut b, k * n);
+    pack::rounded_matrix(&mut a[..m * k], k, lhs, parallel);
+    fill_rhs(&mut b[..k * n]);
+    let (lhs, rhs) = ((&a[..], k, 1), (&b[..], n, 1));
+    gemm_f32((m, n, k), dst, dst_rs, lhs, rhs, accumulate, parallel);
+    give(&EMULATED_LHS, a);
+    give(&EMULATED_RHS, b);
 }
 
 thread_local! {
@@ -243,6 +244,10 @@ thread_local! {
     static RHS_SCRATCH: Cell<Vec<u16>> = const { Cell::new(Vec::new()) };
     /// The sums of a region between k blocks (AMX).
     static SUMS_SCRATCH: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
+    /// The rounded left operand of the emulated path.
+    static EMULATED_LHS: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
+    /// The rounded right operand of the emulated path.
+    static EMULATED_RHS: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
 }
 
 /// Takes a scratch buffer out of its slot (a call nested by rayon's work stealing finds the

@@ -128,30 +128,64 @@ impl PackedRhs {
         self.buffer
     }
 
-    /// The operand as rounded f32 values, row-major k × n.
-    pub(super) fn unpack(&self) -> Vec<f32> {
-        let data = self.data();
-        let mut out = vec![0f32; self.k * self.n];
-        for (kk, row) in out.chunks_exact_mut(self.n.max(1)).enumerate() {
-            for (col, v) in row.iter_mut().enumerate() {
-                let bits =
-                    data[(col / 16) * 16 * self.kp + (kk / 2) * 32 + (col % 16) * 2 + kk % 2];
-                *v = f32::from_bits(u32::from(bits) << 16);
-            }
+    /// `out` ← the operand as rounded f32 values, row-major k × n (rows on candle's threads
+    /// when `parallel`).
+    pub(super) fn unpack(&self, out: &mut [f32], parallel: bool) {
+        let (data, n, kp) = (self.data(), self.n, self.kp);
+        assert_eq!(out.len(), self.k * n);
+        if out.is_empty() {
+            return;
         }
-        out
+        let row = |(kk, row): (usize, &mut [f32])| {
+            let pair = (kk / 2) * 32 + kk % 2;
+            for (s, cols) in row.chunks_mut(16).enumerate() {
+                let strip = &data[s * 16 * kp + pair..];
+                for (col, v) in cols.iter_mut().enumerate() {
+                    *v = f32::from_bits(u32::from(strip[2 * col]) << 16);
+                }
+            }
+        };
+        if parallel {
+            out.par_chunks_mut(n).enumerate().for_each(row);
+        } else {
+            out.chunks_mut(n).enumerate().for_each(row);
+        }
     }
 }
 
-/// Rows `rows` × columns `cols` of a view, rounded to bf16, as a row-major f32 matrix.
-pub(super) fn rounded_matrix(rows: usize, cols: usize, (values, rs, cs): View) -> Vec<f32> {
-    let mut out = vec![0f32; rows * cols];
-    for (r, row) in out.chunks_exact_mut(cols.max(1)).enumerate() {
-        for (c, v) in row.iter_mut().enumerate() {
-            *v = round_bf16(values[r * rs + c * cs]);
-        }
+/// `out` (row-major, `cols` columns) ← the same rows and columns of a view, rounded to bf16
+/// (rows on candle's threads when `parallel`; strided views read in 16 × 16 blocks).
+pub(super) fn rounded_matrix(out: &mut [f32], cols: usize, view: View, parallel: bool) {
+    if out.is_empty() || cols == 0 {
+        return;
     }
-    out
+    let (values, rs, cs) = view;
+    // 16 rows at a time.
+    let band = |(b, band): (usize, &mut [f32])| {
+        let r0 = 16 * b;
+        if cs == 1 {
+            for (r, row) in band.chunks_exact_mut(cols).enumerate() {
+                let src = &values[(r0 + r) * rs..][..cols];
+                for (o, &v) in row.iter_mut().zip(src) {
+                    *o = round_bf16(v);
+                }
+            }
+        } else {
+            let band_rows = band.len() / cols;
+            for c0 in (0..cols).step_by(16) {
+                for c in c0..(c0 + 16).min(cols) {
+                    for r in 0..band_rows {
+                        band[r * cols + c] = round_bf16(values[(r0 + r) * rs + c * cs]);
+                    }
+                }
+            }
+        }
+    };
+    if parallel && out.len() >= 1 << 16 {
+        out.par_chunks_mut(16 * cols).enumerate().for_each(band);
+    } else {
+        out.chunks_mut(16 * cols).enumerate().for_each(band);
+    }
 }
 
 /// Packs rows `rows` × k chunks `chunks` (of 32, from chunk `chunk0`) of the left operand

@@ -385,8 +385,10 @@ fn bf16_packing_rounds_like_bf16_bits() {
     }
     for (rs, cs, data) in [(n, 1, rhs.clone()), (1, k, transpose(&rhs, k, n))] {
         let packed = PackedRhs::new(k, n, (&data, rs, cs));
-        let unpacked = packed.unpack();
-        let rounded = pack::rounded_matrix(k, n, (&data, rs, cs));
+        let mut unpacked = vec![0f32; k * n];
+        packed.unpack(&mut unpacked, true);
+        let mut rounded = vec![0f32; k * n];
+        pack::rounded_matrix(&mut rounded, n, (&data, rs, cs), true);
         for (i, (u, r)) in unpacked.iter().zip(&rounded).enumerate() {
             assert_eq!(u.to_bits(), r.to_bits(), "element {i}");
         }
