@@ -1,10 +1,10 @@
-//! bf16 matrix products on the CPU: the contract of [`gemm_f32`], but with both operands
+//! bf16 matrix products on the CPU: the contract of `gemm_f32`, but with both operands
 //! rounded to bf16 (round to nearest even) as they are packed and the products summed in f32.
 //!
 //! Three paths, chosen once at run time ([`isa`]), never from build flags:
 //! - [`Bf16Isa::Amx`]: AMX tiles (`tdpbf16ps`), 32 × 32 blocks of C (`amx.rs`);
 //! - [`Bf16Isa::Avx512Bf16`]: `vdpbf16ps` in an 8 × 48 register block (`avx512.rs`);
-//! - [`Bf16Isa::Emulated`]: operands rounded to bf16 and back, then [`gemm_f32`] (the same
+//! - [`Bf16Isa::Emulated`]: operands rounded to bf16 and back, then `gemm_f32` (the same
 //!   numbers up to the order of the sums), for CPUs with neither.
 //!
 //! The fast paths pack the left operand into row tiles and the right one into strips of 16
@@ -16,7 +16,7 @@
 //!
 //! Memory: the packed operands live in per-thread scratch buffers kept between calls (a
 //! region's rows of `lhs` in bf16, at most 256 × `k`; its 32 × 32 sums between k blocks, at
-//! most 512 KiB; and for [`gemm_bf16`], the calling thread's packed `rhs`, `k` × `n` in
+//! most 512 KiB; and for `gemm_bf16`, the calling thread's packed `rhs`, `k` × `n` in
 //! bf16); the emulated path keeps its rounded operands (f32) the same way.
 
 #[cfg(target_arch = "x86_64")]
