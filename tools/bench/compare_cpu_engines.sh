@@ -56,12 +56,14 @@ for round in $(seq "$first" $((first + repeats - 1))); do
     for engine in $engines; do
         cmd=$(command_for "$engine" "$round") || exit 1
         load=$(cut -d' ' -f1-3 /proc/loadavg)
+        binary=""
+        case $engine in ours-*) binary=$(stat -c %y target/release/loopback-scaler | cut -c1-19) ;; esac
         echo "[$(date +%H:%M:%S)] round $round $engine (load $load): $cmd"
         SECONDS=0
         env $cmd >"$out/$engine.$round.json" 2>"$out/$engine.$round.err"
         rc=$?
-        printf '{"engine": "%s", "round": %s, "rc": %s, "load_before": "%s", "load_after": "%s", "wall_s": %s}\n' \
-            "$engine" "$round" "$rc" "$load" "$(cut -d' ' -f1-3 /proc/loadavg)" "$SECONDS" \
+        printf '{"engine": "%s", "round": %s, "rc": %s, "load_before": "%s", "load_after": "%s", "wall_s": %s, "binary": "%s"}\n' \
+            "$engine" "$round" "$rc" "$load" "$(cut -d' ' -f1-3 /proc/loadavg)" "$SECONDS" "$binary" \
             >"$out/$engine.$round.meta"
         [ $rc -ne 0 ] && echo "  failed (rc $rc): $(grep -v '^\s*$' "$out/$engine.$round.err" | tail -1)"
     done
@@ -107,7 +109,7 @@ for engine in engines:
     step = report["unet_step"]
     means = ", ".join(f"{r[1]['unet_step']['mean_s']:.2f}" for r in runs)
     ratio = f"{step['mean_s'] / ref_s:.2f}" if ref_s else ""
-    note = [report.get("engine", "loopback-scaler")]
+    note = [report.get("engine") or f"loopback-scaler (binary of {meta.get('binary', '?')})"]
     if accuracy:
         note.append(f"|Δ| vs torch f32: max {accuracy['max_rel_to_std']:.2g}, mean "
                     f"{accuracy['mean_rel_to_std']:.2g} of std")
