@@ -40,7 +40,7 @@ pub struct Conv2d {
 }
 
 /// The kernel and bias, as the arithmetic wants them.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 enum Weights {
     /// candle's layer: f32 products on the CPU (any dtype and device otherwise).
     Candle(candle_nn::Conv2d),
@@ -50,19 +50,6 @@ enum Weights {
         packed: Arc<PackedRhs>,
         bias: Option<Tensor>,
     },
-}
-
-impl std::fmt::Debug for Weights {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Weights::Candle(conv) => conv.fmt(f),
-            Weights::Bf16 { packed, bias } => f
-                .debug_struct("Bf16")
-                .field("packed_bytes", &packed.bytes())
-                .field("bias", &bias.is_some())
-                .finish(),
-        }
-    }
 }
 
 impl Conv2d {

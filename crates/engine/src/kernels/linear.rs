@@ -24,7 +24,7 @@ pub struct Linear {
 }
 
 /// The weights, as the arithmetic wants them.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 enum Weights {
     /// candle's layer: f32 (or any dtype, any device).
     Candle(candle_nn::Linear),
@@ -33,19 +33,6 @@ enum Weights {
         packed: Arc<PackedRhs>,
         bias: Option<Vec<f32>>,
     },
-}
-
-impl std::fmt::Debug for Weights {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Weights::Candle(linear) => linear.fmt(f),
-            Weights::Bf16 { packed, bias } => f
-                .debug_struct("Bf16")
-                .field("packed_bytes", &packed.bytes())
-                .field("bias", &bias.is_some())
-                .finish(),
-        }
-    }
 }
 
 impl Linear {

@@ -5,8 +5,8 @@
 //! The eight tiles used are all 16 rows × 64 bytes; the tile configuration is per thread, so
 //! every task loads it first and releases the tiles when done.
 
-use super::driver::{Problem, Step};
-use super::pack::TILE;
+use super::problem::{Problem, Step};
+use super::scalar::TILE;
 use std::arch::asm;
 use std::ops::Range;
 

@@ -2,8 +2,8 @@
 //! of 8 rows × 3 zmm (48 columns): 24 accumulators, 3 loads of B and 8 broadcast pairs of A
 //! per pair of `k`. Compiled with `target_feature`s and called only after detection.
 
-use super::driver::{Problem, Step};
-use super::pack::TILE;
+use super::problem::{Problem, Step};
+use super::scalar::TILE;
 use std::arch::x86_64::*;
 use std::ops::Range;
 

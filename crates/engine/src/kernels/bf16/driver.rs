@@ -1,83 +1,11 @@
 //! The fast paths' driver: splits C into regions on candle's threads, walks `k` in blocks,
 //! packs the left operand and calls the AMX or AVX512-BF16 block kernel.
 
+use super::problem::{Problem, Step};
 use super::{Bf16Isa, LHS_SCRATCH, PackedRhs, SUMS_SCRATCH, amx, avx512, give, pack, take};
 use crate::kernels::gemm::View;
 use crate::kernels::scratch;
 use std::ops::Range;
-
-/// One product as the block kernels see it: the packed right operand and the destination.
-pub(super) struct Problem<'a> {
-    /// Rows of C.
-    pub(super) m: usize,
-    /// Columns of C.
-    pub(super) n: usize,
-    /// The shared dimension.
-    pub(super) k: usize,
-    /// `k` padded to a multiple of 32.
-    pub(super) kp: usize,
-    /// The packed right operand (strips).
-    pub(super) b: &'a [u16],
-    /// C's first element.
-    pub(super) dst: *mut f32,
-    /// C's row stride.
-    pub(super) dst_rs: usize,
-}
-
-// SAFETY: the regions of `dst` the threads write are disjoint (`run`), and `dst` is borrowed
-// mutably for the whole call.
-unsafe impl Sync for Problem<'_> {}
-
-impl Problem<'_> {
-    /// `C[row0.., col0..] (+)= out` for `rows` × `cols` elements of `out` (row stride
-    /// `out_rs`).
-    ///
-    /// # Safety
-    /// The block lies inside C and no other thread touches it.
-    #[allow(clippy::too_many_arguments)]
-    #[inline(always)]
-    pub(super) unsafe fn write_back(
-        &self,
-        row0: usize,
-        col0: usize,
-        rows: usize,
-        cols: usize,
-        out: &[f32],
-        out_rs: usize,
-        add: bool,
-    ) {
-        debug_assert!(row0 + rows <= self.m && col0 + cols <= self.n);
-        for r in 0..rows {
-            // SAFETY: inside C (caller; `check` bounded C), not aliased (caller).
-            let dst = unsafe {
-                std::slice::from_raw_parts_mut(self.dst.add((row0 + r) * self.dst_rs + col0), cols)
-            };
-            let src = &out[r * out_rs..][..cols];
-            if add {
-                for (d, s) in dst.iter_mut().zip(src) {
-                    *d += s;
-                }
-            } else {
-                dst.copy_from_slice(src);
-            }
-        }
-    }
-}
-
-/// One k block of a region's walk along `k`.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct Step {
-    /// First chunk (of 32) of the block.
-    pub(super) kb: usize,
-    /// Chunks in the block.
-    pub(super) kc: usize,
-    /// Whether this is the first block (C starts from `dst` or zero, per `accumulate`).
-    pub(super) first: bool,
-    /// Whether this is the last block.
-    pub(super) last: bool,
-    /// Whether the product adds to `dst`.
-    pub(super) accumulate: bool,
-}
 
 /// A block kernel: `C[rows, cols] (+)= A · B` for one k block, with `A` packed (row tiles from
 /// the block's first chunk, the given number of elements apart), and a buffer for the sums
@@ -103,7 +31,7 @@ pub(super) fn run(
     accumulate: bool,
     parallel: bool,
 ) {
-    use pack::TILE;
+    use super::scalar::TILE;
     use rayon::prelude::*;
     if k == 0 {
         if !accumulate {

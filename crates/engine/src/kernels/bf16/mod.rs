@@ -27,12 +27,15 @@ mod avx512;
 mod driver;
 mod isa;
 mod pack;
+mod problem;
+mod scalar;
 #[cfg(target_arch = "x86_64")]
 mod simd;
 #[cfg(test)]
 mod tests;
 
-pub use pack::{PackedRhs, bf16_bits, round_bf16};
+pub use pack::PackedRhs;
+pub use scalar::{bf16_bits, round_bf16};
 
 use crate::kernels::gemm::{View, gemm_f32};
 use crate::kernels::scratch;

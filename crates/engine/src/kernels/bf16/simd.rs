@@ -1,8 +1,8 @@
 //! The packing loops with explicit AVX-512 (F + BW) conversions: 16 or 32 values per step,
-//! the same bits as [`bf16_bits`](super::pack::bf16_bits). The scalar code of `pack.rs`
+//! the same bits as [`bf16_bits`](super::scalar::bf16_bits). The scalar code of `scalar.rs`
 //! handles the edges.
 
-use super::pack::{TILE, lhs_segment, pack_lhs_tile as pack_lhs_tile_scalar, rhs_pairs};
+use super::scalar::{TILE, lhs_segment, pack_lhs_tile as pack_lhs_tile_scalar, rhs_pairs};
 use crate::kernels::gemm::View;
 use std::arch::x86_64::*;
 
