@@ -77,7 +77,8 @@ out, engines = sys.argv[1], sys.argv[2:]
 rows = {}
 for engine in engines:
     runs, failures, accuracy = [], [], None
-    for meta_path in sorted(glob.glob(f"{out}/{engine}.*.meta")):
+    for meta_path in sorted(glob.glob(f"{out}/{engine}.*.meta"),
+                            key=lambda p: int(p.rsplit(".", 2)[1])):
         meta = json.load(open(meta_path))
         base = meta_path[:-5]
         if meta["rc"] != 0:
