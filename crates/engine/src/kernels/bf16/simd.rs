@@ -77,6 +77,10 @@ pub(super) unsafe fn pack_lhs_tile(
     lhs: View,
 ) {
     let (values, rs, cs) = lhs;
+    if rs == 1 && cs != 1 && row0 + 16 <= m {
+        // SAFETY: the CPU has the features (caller); 16 whole rows.
+        return unsafe { pack_lhs_tile_columns(tile, row0, k, chunk0, lhs) };
+    }
     if cs != 1 {
         return pack_lhs_tile_scalar(tile, row0, m, k, chunk0, lhs);
     }
@@ -101,6 +105,42 @@ pub(super) unsafe fn pack_lhs_tile(
                 unsafe { _mm512_storeu_si512(dst.as_mut_ptr().cast(), convert32(src.as_ptr())) };
             } else {
                 lhs_segment(dst, row0 + r, kk0, k, lhs);
+            }
+        }
+    }
+}
+
+/// [`pack_lhs_tile`] for a left operand stored by columns (`lhs_rs == 1`, e.g. a transposed
+/// patch matrix) and 16 whole rows: each k's 16 rows are one contiguous load, converted at
+/// once, then transposed into the tile's row order through a small buffer.
+///
+/// # Safety
+/// The CPU has AVX512F and AVX512BW; rows `row0..row0 + 16` exist.
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn pack_lhs_tile_columns(tile: &mut [u16], row0: usize, k: usize, chunk0: usize, lhs: View) {
+    let (values, _, cs) = lhs;
+    let chunks = tile.len() / TILE;
+    let mut by_k = [[0u16; 16]; 32];
+    for c in 0..chunks {
+        let kk0 = (chunk0 + c) * 32;
+        for (e, row) in by_k.iter_mut().enumerate() {
+            let kk = kk0 + e;
+            if kk >= k {
+                *row = [0; 16];
+                continue;
+            }
+            let src = &values[row0 + kk * cs..][..16];
+            // SAFETY: 16 readable values; 16 u16 written into `row`.
+            unsafe {
+                let x = _mm512_loadu_si512(src.as_ptr().cast());
+                let high = _mm512_srli_epi32::<16>(rounded_high(x));
+                _mm256_storeu_si256(row.as_mut_ptr().cast(), _mm512_cvtepi32_epi16(high));
+            }
+        }
+        let dst = &mut tile[c * TILE..][..TILE];
+        for (r, out) in dst.chunks_exact_mut(32).enumerate() {
+            for (e, v) in out.iter_mut().enumerate() {
+                *v = by_k[e][r];
             }
         }
     }
