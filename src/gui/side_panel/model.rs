@@ -23,7 +23,7 @@ const PRECISIONS: [(&str, &str); 4] = [
     ("auto", "Auto (f16 on a GPU, f32 on the CPU)"),
     ("f32", "f32"),
     ("f16", "f16 (half the memory)"),
-    ("bf16", "bf16 (fast on CPUs with AMX or AVX512-BF16)"),
+    ("bf16", "bf16 (faster on CPUs with AMX)"),
 ];
 
 /// Draws the Model section.
