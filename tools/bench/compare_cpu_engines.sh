@@ -11,7 +11,7 @@
 # ENGINES (space-separated subset of: ours-f32 ours-bf16 torch-f32
 # torch-bf16 ov-f32 ov-bf16), TIMEOUT (seconds per run, default 3600), OUT (folder for the JSON
 # and stderr of every run; default a new temporary folder).
-# A run that fails (ours-bf16 is refused on the CPU today) is recorded and the rest go on.
+# A run that fails is recorded and the rest go on.
 # The first round of torch-bf16, ov-f32 and ov-bf16 also compares the output with PyTorch f32
 # on the same weights and input (tools/bench/unet_openvino.py --check).
 # Build first: cargo build --release

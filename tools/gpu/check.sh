@@ -177,11 +177,7 @@ tiny_run() { # NAME DEVICE PRECISION
 tiny_run cpu_f32 cpu f32
 tiny_run dev_f16 "$device" f16
 tiny_run dev_f32 "$device" f32
-if [[ $device == cuda ]]; then
-    tiny_run dev_bf16 cuda bf16
-else
-    record tiny_ours_dev_bf16 0 0 "not run: bf16 is refused on the CPU"
-fi
+tiny_run dev_bf16 "$device" bf16
 step tiny_diffusers 240 --gpu -- "$python" "$helpers" tiny-ref --device "$device" --out "$work/tiny/diffusers" &&
     expect tiny_diffusers "$work/tiny/diffusers/all_f16.out_u8.u8"
 
