@@ -1,5 +1,5 @@
 //! What the system and the device give: memory available, this process's resident and peak
-//! memory (Linux `/proc`), the limit a run plans for, the weights' dtype, and memory sizes as
+//! memory (Linux `/proc`, the Windows API; chosen at compile time), the limit a run plans for, the weights' dtype, and memory sizes as
 //! users type them.
 
 use candle_core::DType;
@@ -7,34 +7,118 @@ use candle_core::DType;
 use super::budget::{GIB, MIB};
 use crate::device::DeviceSpec;
 
-/// A `/proc/meminfo`-style field in bytes.
-fn meminfo_field(text: &str, key: &str) -> Option<u64> {
-    let line = text.lines().find(|l| l.starts_with(key))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
-}
-
-/// Memory the system can still give (Linux `MemAvailable`); `None` elsewhere.
+/// Memory the system can still give (Linux `MemAvailable`, Windows' available physical
+/// memory); `None` where it cannot be read.
 pub fn available_bytes() -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    meminfo_field(&text, "MemAvailable:")
+    platform::available_bytes()
 }
 
-/// This process's resident memory (Linux); `None` elsewhere.
+/// This process's resident memory (Linux `VmRSS`, Windows' working set); `None` where it
+/// cannot be read.
 pub fn process_rss() -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/self/status").ok()?;
-    meminfo_field(&text, "VmRSS:")
+    platform::process_rss()
 }
 
-/// This process's peak resident memory (Linux `VmHWM`); `None` elsewhere.
+/// This process's peak resident memory (Linux `VmHWM`, Windows' peak working set); `None`
+/// where it cannot be read.
 pub fn process_peak_rss() -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/self/status").ok()?;
-    meminfo_field(&text, "VmHWM:")
+    platform::process_peak_rss()
 }
 
 /// Resets the peak resident memory to the current one (Linux ≥ 4.0); false elsewhere.
 pub fn reset_peak_rss() -> bool {
-    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+    platform::reset_peak_rss()
+}
+
+/// Linux: `/proc`.
+#[cfg(target_os = "linux")]
+mod platform {
+    /// A `/proc/meminfo`-style field in bytes.
+    fn field(path: &str, key: &str) -> Option<u64> {
+        let text = std::fs::read_to_string(path).ok()?;
+        let line = text.lines().find(|l| l.starts_with(key))?;
+        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kib * 1024)
+    }
+
+    pub fn available_bytes() -> Option<u64> {
+        field("/proc/meminfo", "MemAvailable:")
+    }
+
+    pub fn process_rss() -> Option<u64> {
+        field("/proc/self/status", "VmRSS:")
+    }
+
+    pub fn process_peak_rss() -> Option<u64> {
+        field("/proc/self/status", "VmHWM:")
+    }
+
+    pub fn reset_peak_rss() -> bool {
+        std::fs::write("/proc/self/clear_refs", "5").is_ok()
+    }
+}
+
+/// Windows: `GlobalMemoryStatusEx` and `GetProcessMemoryInfo` (never a read of `/proc`, which
+/// Wine would map to a drive).
+#[cfg(windows)]
+mod platform {
+    use windows_sys::Win32::System::ProcessStatus::{
+        GetProcessMemoryInfo, PROCESS_MEMORY_COUNTERS,
+    };
+    use windows_sys::Win32::System::SystemInformation::{GlobalMemoryStatusEx, MEMORYSTATUSEX};
+    use windows_sys::Win32::System::Threading::GetCurrentProcess;
+
+    pub fn available_bytes() -> Option<u64> {
+        // SAFETY: a zeroed MEMORYSTATUSEX with its length set is what the call expects.
+        unsafe {
+            let mut status: MEMORYSTATUSEX = std::mem::zeroed();
+            status.dwLength = std::mem::size_of::<MEMORYSTATUSEX>() as u32;
+            (GlobalMemoryStatusEx(&mut status) != 0).then_some(status.ullAvailPhys)
+        }
+    }
+
+    fn counters() -> Option<PROCESS_MEMORY_COUNTERS> {
+        // SAFETY: the pseudo-handle of this process and a counters struct of the given size.
+        unsafe {
+            let mut counters: PROCESS_MEMORY_COUNTERS = std::mem::zeroed();
+            let size = std::mem::size_of::<PROCESS_MEMORY_COUNTERS>() as u32;
+            counters.cb = size;
+            (GetProcessMemoryInfo(GetCurrentProcess(), &mut counters, size) != 0)
+                .then_some(counters)
+        }
+    }
+
+    pub fn process_rss() -> Option<u64> {
+        counters().map(|c| c.WorkingSetSize as u64)
+    }
+
+    pub fn process_peak_rss() -> Option<u64> {
+        counters().map(|c| c.PeakWorkingSetSize as u64)
+    }
+
+    pub fn reset_peak_rss() -> bool {
+        false
+    }
+}
+
+/// Elsewhere (macOS for now): unknown, so the planner refuses nothing on its own.
+#[cfg(not(any(target_os = "linux", windows)))]
+mod platform {
+    pub fn available_bytes() -> Option<u64> {
+        None
+    }
+
+    pub fn process_rss() -> Option<u64> {
+        None
+    }
+
+    pub fn process_peak_rss() -> Option<u64> {
+        None
+    }
+
+    pub fn reset_peak_rss() -> bool {
+        false
+    }
 }
 
 /// The memory a run on `device` may plan for: `limit` when given; on the CPU what is
@@ -125,5 +209,14 @@ mod tests {
         assert_eq!(parse_bytes("1.5g").unwrap(), 3 << 29);
         assert!(parse_bytes("lots").is_err());
         assert!(parse_bytes("0").is_err());
+    }
+
+    #[test]
+    #[cfg(any(target_os = "linux", windows))]
+    fn this_process_and_system_memory_are_read() {
+        let rss = process_rss().unwrap();
+        assert!(rss > 1 << 20, "{rss}");
+        assert!(process_peak_rss().unwrap() >= rss);
+        assert!(available_bytes().unwrap() > 0);
     }
 }
