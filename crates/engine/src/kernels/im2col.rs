@@ -47,40 +47,17 @@ impl Geometry {
     pub(crate) fn convolve(&self, image: &[f32], w: &[f32], cout: usize, out: &mut [f32]) {
         let plane = self.out_h * self.out_w;
         let depth = self.cin * self.k * self.k;
-        if self.is_pointwise() {
-            // The input is already the (cin, plane) right-hand matrix.
-            gemm_f32(
-                (cout, plane, depth),
-                out,
-                plane,
-                (w, depth, 1),
-                (image, plane, 1),
-                true,
-                true,
-            );
-            return;
-        }
-        let rows = (BAND_BYTES / (4 * depth * self.out_w)).clamp(1, self.out_h);
-        let mut col = vec![0f32; depth * rows * self.out_w];
-        let mut y0 = 0;
-        while y0 < self.out_h {
-            let band = rows.min(self.out_h - y0);
-            let n = band * self.out_w;
-            let col = &mut col[..depth * n];
-            col.par_chunks_mut(n)
-                .enumerate()
-                .for_each(|(row, dst)| self.patch_row(image, row, y0, band, dst));
+        self.for_each_band(image, |patches, n, y0| {
             gemm_f32(
                 (cout, n, depth),
                 &mut out[y0 * self.out_w..],
                 plane,
                 (w, depth, 1),
-                (col, n, 1),
+                (patches, n, 1),
                 true,
                 true,
             );
-            y0 += band;
-        }
+        });
     }
 
     /// Accumulates the convolution of one image with the kernel packed into bf16 as its
@@ -91,23 +68,33 @@ impl Geometry {
         let cout = packed.n();
         let plane = self.out_h * self.out_w;
         let depth = self.cin * self.k * self.k;
-        let product = |patches: &[f32], n: usize, y0: usize, out: &mut [f32]| {
-            let mut tile = vec![0f32; n * cout];
+        let mut tile = Vec::new();
+        self.for_each_band(image, |patches, n, y0| {
+            // Every element is written by the product (no accumulation).
+            crate::kernels::scratch::grow_scratch(&mut tile, n * cout);
+            let tile = &mut tile[..n * cout];
             gemm_bf16_packed(
                 (n, cout, depth),
-                &mut tile,
+                tile,
                 cout,
                 (patches, 1, n),
                 packed,
                 false,
                 true,
             );
-            add_transposed(&tile, cout, &mut out[..], plane, y0 * self.out_w);
-        };
+            add_transposed(tile, cout, out, plane, y0 * self.out_w);
+        });
+    }
+
+    /// Calls `f(patches, n, y0)` for each band of output rows from `y0`, `n` output pixels
+    /// long, with its `(c_in·k·k) × n` patch matrix: the image itself for a pointwise
+    /// convolution (one band), else built a band of at most [`BAND_BYTES`] at a time.
+    fn for_each_band(&self, image: &[f32], mut f: impl FnMut(&[f32], usize, usize)) {
         if self.is_pointwise() {
             // The input is already the (cin, plane) patch matrix.
-            return product(image, plane, 0, out);
+            return f(image, self.out_h * self.out_w, 0);
         }
+        let depth = self.cin * self.k * self.k;
         let rows = (BAND_BYTES / (4 * depth * self.out_w)).clamp(1, self.out_h);
         let mut col = vec![0f32; depth * rows * self.out_w];
         let mut y0 = 0;
@@ -118,7 +105,7 @@ impl Geometry {
             col.par_chunks_mut(n)
                 .enumerate()
                 .for_each(|(row, dst)| self.patch_row(image, row, y0, band, dst));
-            product(col, n, y0, out);
+            f(col, n, y0);
             y0 += band;
         }
     }

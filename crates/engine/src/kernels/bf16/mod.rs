@@ -106,7 +106,7 @@ pub fn isa_named(name: &str) -> Option<Bf16Isa> {
 
 /// Same contract as [`gemm_f32`], but both operands rounded to bf16 (round to nearest even)
 /// while packing, products accumulated in f32; on the path [`isa`] chose.
-#[allow(clippy::too_many_arguments, dead_code)] // The network's callers come separately.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn gemm_bf16(
     dims: (usize, usize, usize),
     dst: &mut [f32],
@@ -121,7 +121,7 @@ pub(crate) fn gemm_bf16(
 
 /// [`gemm_bf16`] with the right operand packed beforehand (`rhs.k()` × `rhs.n()` must be
 /// `k` × `n`); the same numbers, bit for bit.
-#[allow(clippy::too_many_arguments, dead_code)] // The network's callers come separately.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn gemm_bf16_packed(
     dims: (usize, usize, usize),
     dst: &mut [f32],
