@@ -40,6 +40,7 @@ pub fn run(args: &GuiArgs) -> anyhow::Result<()> {
         Some(path) => Some(Settings::from_json_file(path)?),
         None => None,
     };
+    release_own_console();
     gui::run(GuiOptions {
         settings,
         model: args.model.clone(),
@@ -51,3 +52,22 @@ pub fn run(args: &GuiArgs) -> anyhow::Result<()> {
     })
     .map_err(|e| anyhow::anyhow!("cannot open the window: {e}"))
 }
+
+/// On Windows the binary is a console program (so the command line prints), and Windows gives
+/// one started from Explorer a console window of its own. When this process is the only one
+/// on its console, that window is ours alone: let it go, leaving only the app's window. Started
+/// from a terminal (which shares its console), nothing changes.
+#[cfg(windows)]
+fn release_own_console() {
+    use windows_sys::Win32::System::Console::{FreeConsole, GetConsoleProcessList};
+    let mut ids = [0u32; 2];
+    // SAFETY: the buffer and its length agree; both calls only act on this process's console.
+    unsafe {
+        if GetConsoleProcessList(ids.as_mut_ptr(), ids.len() as u32) == 1 {
+            FreeConsole();
+        }
+    }
+}
+
+#[cfg(not(windows))]
+fn release_own_console() {}

@@ -234,6 +234,37 @@ fn post_refuses_to_overwrite_and_writes_nothing_on_bad_input() {
     assert!(stderr(&out).contains("--loops"), "{}", stderr(&out));
 }
 
+/// Windows users keep images in folders like `C:\Users\Zoë\My Pictures`: spaces, non-ASCII
+/// names and (on Windows, where `join` writes them) backslashes read, write and appear in
+/// errors intact.
+#[test]
+fn paths_with_spaces_and_non_ascii_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("My Pictures").join("Zoë 画像");
+    std::fs::create_dir_all(&folder).unwrap();
+    let input = folder.join("café au lait.png");
+    std::fs::copy(data("coffee.png"), &input).unwrap();
+    let output = folder.join("résultat final.webp");
+    let out = cli(&[
+        "post",
+        input.to_str().unwrap(),
+        "-o",
+        output.to_str().unwrap(),
+        "--sharpness",
+        "1.5",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(image::open(&output).unwrap().dimensions(), (600, 400));
+
+    let missing = folder.join("nicht da.png");
+    let out = cli(&["plan", "--input", missing.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        stderr(&out).trim(),
+        format!("error: {}: no such file", missing.display())
+    );
+}
+
 #[test]
 fn bench_times_a_whole_loop() {
     let model = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tiny-sd");

@@ -146,9 +146,10 @@ fn the_models_command_prints_a_table_and_json() {
     };
     let table = run(false);
     assert!(table.starts_with("KIND"), "{table}");
+    let tile = Path::new("ControlNet").join("tile");
     for (what, kind) in [
         ("tiny-ckpt", "checkpoint"),
-        ("ControlNet/tile", "controlnet"),
+        (tile.to_str().unwrap(), "controlnet"),
     ] {
         let line = table
             .lines()

@@ -246,6 +246,17 @@ pub fn write_atomic(path: &Path, bytes: &[u8], overwrite: bool) -> Result<()> {
         std::io::ErrorKind::AlreadyExists => {
             Error::output(path, "already exists (use --overwrite to replace it)")
         }
+        // Windows refuses to replace a file another program holds open (an image viewer,
+        // say); the old file stays whole and the temporary one is removed.
+        std::io::ErrorKind::PermissionDenied if cfg!(windows) && overwrite && path.exists() => {
+            Error::output(
+                path,
+                format!(
+                    "cannot replace it: is it open in another program? ({})",
+                    e.error
+                ),
+            )
+        }
         _ => Error::output(path, format!("cannot write: {}", e.error)),
     })
 }

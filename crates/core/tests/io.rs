@@ -160,3 +160,35 @@ fn writes_are_atomic_and_never_clobber() {
     );
     assert!(check_output(&dir.path().join("out.tiff"), false).is_err());
 }
+
+/// On Windows a file another program holds open without sharing cannot be replaced: saving
+/// over it fails with one line naming the file and the likely cause, the old file stays
+/// whole, and no temporary file is left behind.
+#[cfg(windows)]
+#[test]
+fn replacing_a_file_open_elsewhere_fails_cleanly() {
+    use std::os::windows::fs::OpenOptionsExt;
+    let dir = temp();
+    let out = dir.path().join("viewed in another program.png");
+    write_atomic(&out, b"first", false).unwrap();
+    // What an image viewer does: read access, no sharing (share mode 0).
+    let held = std::fs::OpenOptions::new()
+        .read(true)
+        .share_mode(0)
+        .open(&out)
+        .unwrap();
+    let err = write_atomic(&out, b"second", true).unwrap_err().to_string();
+    assert!(
+        err.contains("viewed in another program.png") && err.contains("open in another program"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1);
+    drop(held);
+    assert_eq!(std::fs::read(&out).unwrap(), b"first");
+    assert_eq!(
+        common::files_in(dir.path()),
+        ["viewed in another program.png"]
+    );
+    write_atomic(&out, b"third", true).unwrap();
+    assert_eq!(std::fs::read(&out).unwrap(), b"third");
+}

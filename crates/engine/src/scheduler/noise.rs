@@ -277,7 +277,7 @@ fn box_muller_portable(u1: f32, u2: f32) -> (f32, f32) {
 /// GCC, which contracts each multiplication whose only use is an addition or subtraction into
 /// a fused multiply-add (`-ffp-contract=fast`; when both operands of an addition are products,
 /// the earlier product is fused). Every such pair is therefore written here as
-/// [`f32::mul_add`] (one rounding), every other operation as plain `f32` arithmetic (which Rust
+/// a fused multiply-add (`fma`, one rounding), every other operation as plain `f32` arithmetic (which Rust
 /// never contracts). This was established against PyTorch 2.15's wheel: without the fusions
 /// about 1% of values differ by one ulp; with them, none.
 #[allow(
@@ -286,6 +286,12 @@ fn box_muller_portable(u1: f32, u2: f32) -> (f32, f32) {
     reason = "the constants are written as in avx_mathfun.h and rounded as C rounds them"
 )]
 mod cephes {
+    /// `a·b + c` with one rounding, computed in software (musl's algorithm, the `libm`
+    /// crate), never by the C library: without the FMA target feature Rust's `f32::mul_add`
+    /// calls the platform's `fmaf`, and MinGW's (Windows) rounds twice, which moved one value
+    /// in a thousand by an ulp under Wine.
+    use libm::fmaf as fma;
+
     /// `2π` as `_mm256_set1_ps(2.0f * pi<double>)`.
     pub const TWO_PI: f32 = (2.0 * std::f64::consts::PI) as f32;
 
@@ -337,13 +343,13 @@ mod cephes {
         let z = m * m;
         let mut y = LOG_P[0];
         for &p in &LOG_P[1..] {
-            y = y.mul_add(m, p);
+            y = fma(y, m, p);
         }
         y *= m;
-        y = y.mul_add(z, e * LOG_Q1);
-        y = (-z).mul_add(0.5, y);
+        y = fma(y, z, e * LOG_Q1);
+        y = fma(-z, 0.5, y);
         let r = m + y;
-        e.mul_add(LOG_Q2, r)
+        fma(e, LOG_Q2, r)
     }
 
     /// Sine and cosine of a finite `x` of moderate size (`sincos256_ps`, one lane).
@@ -359,21 +365,21 @@ mod cephes {
         let sin_poly_first = j & 2 == 0;
 
         // Extended-precision modular arithmetic: x - j·π/4 in three parts.
-        let mut r = yf.mul_add(MINUS_DP1, ax);
-        r = yf.mul_add(MINUS_DP2, r);
-        r = yf.mul_add(MINUS_DP3, r);
+        let mut r = fma(yf, MINUS_DP1, ax);
+        r = fma(yf, MINUS_DP2, r);
+        r = fma(yf, MINUS_DP3, r);
 
         let z = r * r;
-        let mut c = COSCOF[0].mul_add(z, COSCOF[1]);
-        c = c.mul_add(z, COSCOF[2]);
+        let mut c = fma(COSCOF[0], z, COSCOF[1]);
+        c = fma(c, z, COSCOF[2]);
         c *= z;
-        c = c.mul_add(z, -(z * 0.5));
+        c = fma(c, z, -(z * 0.5));
         c += 1.0;
 
-        let mut s = SINCOF[0].mul_add(z, SINCOF[1]);
-        s = s.mul_add(z, SINCOF[2]);
+        let mut s = fma(SINCOF[0], z, SINCOF[1]);
+        s = fma(s, z, SINCOF[2]);
         s *= z;
-        s = s.mul_add(r, r);
+        s = fma(s, r, r);
 
         // Select as the SIMD code does (masking and adding zeros, which fixes signs of zero).
         let (ysin1, ysin2) = if sin_poly_first { (0.0, s) } else { (c, 0.0) };

@@ -198,7 +198,12 @@ pub fn as_safetensors(path: &Path, keys: &[&str]) -> Result<PathBuf> {
         .map_err(|e| Error::output(&dir, e.to_string()))?;
     candle_core::safetensors::save(&all, temp.path())
         .map_err(|e| Error::output(&converted, e.to_string()))?;
-    temp.persist(&converted)
-        .map_err(|e| Error::output(&converted, e.error.to_string()))?;
-    Ok(converted)
+    // Never replace: the name is the pickle's hash, so a copy already there (written meanwhile
+    // by another run) holds the same tensors, and on Windows it cannot be replaced while
+    // another run has it mapped.
+    match temp.persist_noclobber(&converted) {
+        Ok(_) => Ok(converted),
+        Err(e) if e.error.kind() == std::io::ErrorKind::AlreadyExists => Ok(converted),
+        Err(e) => Err(Error::output(&converted, e.error.to_string())),
+    }
 }
