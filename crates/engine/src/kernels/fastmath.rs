@@ -117,34 +117,30 @@ fn geglu_generic(dst: &mut [f32], hidden: &[f32], gate: &[f32]) {
     }
 }
 
-/// The instruction sets the kernels are compiled for, best first.
+/// The instruction sets the kernels are compiled for, best first (x86-64 only: elsewhere
+/// the generic code is the one copy).
+#[cfg(target_arch = "x86_64")]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Isa {
-    #[cfg(target_arch = "x86_64")]
     Avx512,
-    #[cfg(target_arch = "x86_64")]
     Avx2,
     Baseline,
 }
 
 /// The best instruction set this CPU has (detected once).
+#[cfg(target_arch = "x86_64")]
 pub(crate) fn isa() -> Isa {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::sync::OnceLock;
-        static ISA: OnceLock<Isa> = OnceLock::new();
-        *ISA.get_or_init(|| {
-            if is_x86_feature_detected!("avx512f") {
-                Isa::Avx512
-            } else if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-                Isa::Avx2
-            } else {
-                Isa::Baseline
-            }
-        })
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    Isa::Baseline
+    use std::sync::OnceLock;
+    static ISA: OnceLock<Isa> = OnceLock::new();
+    *ISA.get_or_init(|| {
+        if is_x86_feature_detected!("avx512f") {
+            Isa::Avx512
+        } else if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            Isa::Avx2
+        } else {
+            Isa::Baseline
+        }
+    })
 }
 
 /// Defines `$name`, which runs the generic `$generic` compiled for the best instruction set

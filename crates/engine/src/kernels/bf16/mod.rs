@@ -27,6 +27,7 @@ mod avx512;
 mod driver;
 mod isa;
 mod pack;
+#[cfg(target_arch = "x86_64")]
 mod problem;
 mod scalar;
 #[cfg(target_arch = "x86_64")]
