@@ -6,6 +6,7 @@ mod cli;
 mod common;
 mod gui;
 mod gui_controlnet;
+mod interrupt;
 mod layout;
 mod library;
 mod memory_cli;

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Windows in CI: cross-builds the workspace's tests for x86_64-pc-windows-gnu (MinGW) and runs
-# them under Wine: the README's `cargo test`, every test, on the Windows build of the code
+# them under Wine: the README's `cargo test`, every test but one (listed below), on the Windows build of the code
 # (`cfg(windows)` paths, the Windows API for memory, Windows file semantics, MinGW's C library).
 #
 # What Wine needs here (Debian bookworm's Wine 8):
@@ -11,7 +11,7 @@
 #   tests run inside `xvfb-run`; the snapshots render on Mesa's lavapipe as on Linux.
 # The prefix lives in target/wine-prefix, so the tests' app data (%LOCALAPPDATA%) stays there.
 #
-# Usage: tools/ci/windows_tests.sh [cargo test arguments, e.g. a test name filter]
+# Usage: tools/ci/windows_tests.sh [cargo test options, e.g. -p loopback-core]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 target=x86_64-pc-windows-gnu
@@ -44,7 +44,13 @@ if [ ! -f "$system32/bcryptprimitives.dll" ]; then
         tools/ci/wine/bcryptprimitives.c tools/ci/wine/bcryptprimitives.def -ladvapi32
 fi
 
+# The one test Wine cannot run, and why:
+# - interrupt::ctrl_c_cancels_a_run_and_keeps_the_finished_loops: Wine 8 refuses to send a
+#   console Ctrl-Break to a process group (GenerateConsoleCtrlEvent fails with "Invalid
+#   access"), so the interrupt cannot be delivered; the test runs on Linux (SIGINT).
+skip=(--skip interrupt::ctrl_c_cancels_a_run_and_keeps_the_finished_loops)
+
 export CARGO_TARGET_X86_64_PC_WINDOWS_GNU_RUNNER=wine
 # One X server for the whole run; Wine's server stays up between the test binaries.
-xvfb-run --auto-servernum cargo test --target "$target" "$@"
+xvfb-run --auto-servernum cargo test --target "$target" "$@" -- "${skip[@]}"
 wineserver --kill || true
