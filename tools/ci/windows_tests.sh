@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Windows in CI: cross-builds the workspace's tests for x86_64-pc-windows-gnu (MinGW) and runs
-# them under Wine: the README's `cargo test`, every test but one (listed below), on the Windows build of the code
-# (`cfg(windows)` paths, the Windows API for memory, Windows file semantics, MinGW's C library).
+# them under Wine: the README's `cargo test`, every test but one (listed below), on the Windows
+# build of the code (`cfg(windows)` paths, the Windows API for memory, Windows file semantics,
+# MinGW's C library).
 #
 # What Wine needs here (Debian bookworm's Wine 8):
 # - `bcryptprimitives.dll`, which Rust's standard library imports (`ProcessPrng`) and Wine 8

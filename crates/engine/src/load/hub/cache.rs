@@ -24,7 +24,9 @@ use loopback_core::{Error, Result};
 /// environment variables it reads (pass `None` for unset ones): `HF_HUB_CACHE` (or the legacy
 /// `HUGGINGFACE_HUB_CACHE`), else `HF_HOME/hub`, else `XDG_CACHE_HOME/huggingface/hub`, else
 /// `HOME/.cache/huggingface/hub`. A leading `~` in a variable is expanded with `home`.
-/// `None` only when nothing is set and the home folder is unknown.
+/// `None` only when nothing is set and the home folder is unknown. The same rules hold on
+/// Windows, where `huggingface_hub` also uses `.cache` under the home folder
+/// (`%USERPROFILE%\.cache\huggingface\hub`; `std::env::home_dir` reads `USERPROFILE`).
 pub fn cache_dir_from(
     hf_hub_cache: Option<OsString>,
     hf_home: Option<OsString>,
