@@ -25,6 +25,11 @@ coffee prompts, on the 64x64 input. Cases, all on the CPU:
 For every case: final latents (float32), out_u8, and in manifest.json the differences to f32,
 whether any intermediate was non-finite, and the largest activation magnitude per model.
 
+Each network alone in float16 / bfloat16 (manifest.json -> components), for tests of one network
+at a time: the text encoder (the all_* context against f32's), the VAE encoder (the all_* init
+latents against f32's) and the VAE decoder, which the loops never isolate: f32's final latents
+cast to the half dtype and decoded by the half-precision VAE, against f32's decode.
+
 Self checks (manifest.json -> self_checks): the f32 loop equals diffusers' pipeline (same harness
 as make_tiled_parity.py), the all_* loops equal diffusers' pipeline loaded with torch_dtype=that
 dtype, and a second in-process run of every case gives identical bytes. See tools/parity/README.md
@@ -107,6 +112,11 @@ RULES = {
               "(diffusers' own postprocess would denormalise in f16; this one does not)",
     "diff_to_f32": "latents: final latents (before / 0.18215) cast to float32 minus f32's; decoded: raw decode (before "
                    "clamping) cast to float32 minus f32's; out_u8: |level difference|; max and mean over all elements",
+    "components": "each network alone in the half dtype against float32, the rest float32: text_encoder = the "
+                  "all_* case's context (the encoder's only input is token ids), vae_encode = the all_* case's "
+                  "init latents (image cast to the half dtype, posterior mean * 0.18215 in it), vae_decode = "
+                  "vae.decode(f32 final latents cast to the half dtype / 0.18215) in the half dtype, cast to float32 "
+                  "(raw decode and out_u8 differences to f32's decode)",
     "use": "a Rust test runs its engine's f16/bf16 CPU path and its f32 path on the same inputs and requires each "
            "difference to be at most the matching case's diff_to_f32 here (times a stated margin)",
 }
@@ -429,6 +439,29 @@ def main():
             }
         entries.append(e)
 
+    # 4. each network alone in the half dtype (the loops isolate the text encoder and the VAE encoder, not the
+    # VAE decoder)
+    components = {}
+    for dtype in (F16, BF16):
+        case = "all_" + {F16: "f16", BF16: "bf16"}[dtype]
+        if case in dropped:
+            continue
+        d = next(e["diff_to_f32"] for e in entries if e["name"] == case)
+        vae = pipes[dtype].vae
+        with torch.no_grad():
+            dec = vae.decode(ref["final"].to(dtype) / vae.config.scaling_factor, return_dict=False)[0]
+        assert dec.dtype == dtype
+        dm, da = dabs(dec, ref["decoded"])
+        _, u8 = msp.to_u8(dec.float())
+        du = np.abs(u8.astype(np.int32) - ref_u8.astype(np.int32))
+        components[DTYPE_NAME[dtype]] = {
+            "text_encoder": {"context_max_abs": d["context_max_abs"], "context_mean_abs": d["context_mean_abs"]},
+            "vae_encode": {"init_latents_max_abs": d["init_latents_max_abs"],
+                           "init_latents_mean_abs": d["init_latents_mean_abs"]},
+            "vae_decode": {"decoded_max_abs": dm, "decoded_mean_abs": da,
+                           "out_u8_max_abs": int(du.max()), "out_u8_mean_abs": float(du.mean())},
+        }
+
     manifest = {
         "generator": "tools/parity/make_half_parity.py",
         "versions": tiny.versions(),
@@ -463,6 +496,7 @@ def main():
                             if not dropped else "see dropped_cases"),
         "common_files": common,
         "cases": entries,
+        "components": components,
         "pipeline_vs_contiguous_loop": pipe_vs_loop,
         "self_checks": checks,
     }
@@ -481,6 +515,9 @@ def main():
                   f"u8 max {d['out_u8_max_abs']} mean {d['out_u8_mean_abs']:.4f} | nonfinite {e['nonfinite']['any']}")
         print(f"{'':10s} max|act| " + ", ".join(f"{k} {v['value']:.1f} ({v['module']})"
                                                 for k, v in e.get("max_abs_activation", {}).items()))
+    for name, c in components.items():
+        print(f"{name:10s} alone: " + "; ".join(f"{net} " + ", ".join(f"{k} {v:.3e}" for k, v in m.items())
+                                                for net, m in c.items()))
     n_files = sum(1 for f in OUT_DIR.rglob("*") if f.is_file())
     print(f"size: {tiny.dir_size(OUT_DIR)} B in {n_files} files; sha256 of the folder (paths + bytes): "
           f"{msp.file_digest(OUT_DIR)}")

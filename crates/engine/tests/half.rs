@@ -27,6 +27,22 @@ fn finite(t: &Tensor) -> bool {
         .unwrap_or(false)
 }
 
+/// (max, mean) difference in levels of two 8-bit images of one size.
+fn levels(a: &[u8], b: &[u8]) -> (u8, f64) {
+    let max = a
+        .iter()
+        .zip(b)
+        .map(|(a, b)| a.abs_diff(*b))
+        .max()
+        .unwrap_or(0);
+    let sum: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(a, b)| f64::from(a.abs_diff(*b)))
+        .sum();
+    (max, sum / a.len().max(1) as f64)
+}
+
 /// (max, mean) absolute difference of two tensors of one shape.
 fn diff(a: &Tensor, b: &Tensor) -> (f32, f32) {
     let d = (a.to_dtype(DType::F32).unwrap() - b.to_dtype(DType::F32).unwrap())
@@ -47,11 +63,125 @@ fn f16_on_the_cpu_stays_as_close_to_f32_as_pytorchs_f16() {
     stays_as_close_as_pytorch(DType::F16, &["unet_f16", "all_f16"]);
 }
 
-/// bf16 on the CPU: f32 tensors, the UNet's products in bf16 (the engine's bf16 kernels),
-/// against PyTorch's bf16 UNet (weights and activations in bf16).
+/// bf16 on the CPU: f32 activations, every network's weights packed into bf16 and their
+/// products in bf16 (the engine's bf16 kernels: text encoder, UNet and VAE). Held to PyTorch's
+/// bf16 UNet alone (`unet_bf16`), the closer of PyTorch's two bf16 runs on every measure, so it
+/// also stays as close as PyTorch's whole bf16 pipeline (`all_bf16`, diffusers'
+/// `torch_dtype=torch.bfloat16`).
 #[test]
-fn bf16_on_the_cpu_stays_as_close_to_f32_as_pytorchs_bf16_unet() {
+fn bf16_on_the_cpu_stays_as_close_to_f32_as_pytorchs_bf16() {
     stays_as_close_as_pytorch(DType::BF16, &["unet_bf16"]);
+}
+
+/// Each network alone in bf16 on the CPU against the same network in f32, held to PyTorch's
+/// bf16 network alone against its f32 (`components.bfloat16` of the fixture): the text
+/// encoder's context, the VAE encoder's init latents and the VAE decoder's image (from the f32
+/// reference's final latents).
+#[test]
+fn bf16_text_encoder_and_vae_each_stay_as_close_to_f32_as_pytorchs() {
+    use loopback_engine::run::pipeline::{conditioning, image_to_tensor, tensor_to_image};
+    let dir = fixture("half-parity");
+    let manifest: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
+    let model_dir = fixture("tiny-sd");
+    let f32_model = SdModel::load(&model_dir, &Device::Cpu, DType::F32).unwrap();
+    let bf16_model = SdModel::load(&model_dir, &Device::Cpu, DType::BF16).unwrap();
+    let text = TextAndSchedule::load(&model_dir).unwrap();
+    let params = crate::common::reference_params(None);
+    // `ours` (max, mean) within PyTorch's `components.bfloat16.<net>` `[max, mean]` entries.
+    let within =
+        |what: &str, (max, mean): (f32, f32), net: &str, [max_key, mean_key]: [&str; 2]| {
+            let torch = &manifest["components"]["bfloat16"][net];
+            let (t_max, t_mean) = (
+                torch[max_key].as_f64().unwrap(),
+                torch[mean_key].as_f64().unwrap(),
+            );
+            eprintln!(
+                "bf16 {what} vs f32: max {max:.3e} mean {mean:.3e} (PyTorch's bf16 alone: \
+             {t_max:.3e} / {t_mean:.3e})"
+            );
+            assert!(f64::from(max) <= t_max, "{what}: max {max} > {t_max}");
+            assert!(f64::from(mean) <= t_mean, "{what}: mean {mean} > {t_mean}");
+        };
+
+    let context = |m: &SdModel| conditioning(m, &text, &params, (64, 64)).unwrap().0;
+    let ours = diff(&context(&bf16_model), &context(&f32_model));
+    let keys = ["context_max_abs", "context_mean_abs"];
+    within("text encoder", ours, "text_encoder", keys);
+
+    let input = image::open(fixture("parity/in_coffee_64x64.png"))
+        .unwrap()
+        .to_rgb8();
+    let image = image_to_tensor(&input, &Device::Cpu).unwrap();
+    let init = |m: &SdModel| m.vae.encode(&image).unwrap();
+    let ours = diff(&init(&bf16_model), &init(&f32_model));
+    let keys = ["init_latents_max_abs", "init_latents_mean_abs"];
+    within("VAE encode", ours, "vae_encode", keys);
+
+    let latents = reference_tensor(&dir, &manifest["cases"][0]["files"]["latents"]);
+    assert_eq!(manifest["cases"][0]["name"], "f32");
+    let decode = |m: &SdModel| m.vae.decode(&latents).unwrap();
+    let (bf16_image, f32_image) = (decode(&bf16_model), decode(&f32_model));
+    let ours = diff(&bf16_image, &f32_image);
+    within(
+        "VAE decode",
+        ours,
+        "vae_decode",
+        ["decoded_max_abs", "decoded_mean_abs"],
+    );
+    let u8s = |t: &Tensor| tensor_to_image(t).unwrap().into_raw();
+    let (max, mean) = levels(&u8s(&bf16_image), &u8s(&f32_image));
+    let ours = (f32::from(max), mean as f32);
+    let keys = ["out_u8_max_abs", "out_u8_mean_abs"];
+    within("VAE decode (u8 levels)", ours, "vae_decode", keys);
+}
+
+/// A ControlNet beside a bf16 model on the CPU is built as the model's networks are (f32
+/// activations, bf16 products): its controlled img2img runs, and the bf16 run stays much closer
+/// to the f32 controlled run than the f32 run without the ControlNet is.
+#[test]
+fn bf16_on_the_cpu_runs_a_controlnet() {
+    use loopback_core::settings::{ControlMode, ControlPreprocess};
+    use loopback_engine::load::controlnet;
+    use loopback_engine::run::control::ControlParams;
+    use loopback_engine::run::pipeline::img2img_controlled;
+    let dir = fixture("tiny-sd");
+    let text = TextAndSchedule::load(&dir).unwrap();
+    let input = image::open(fixture("parity/in_coffee_64x64.png"))
+        .unwrap()
+        .to_rgb8();
+    let mut params = crate::common::reference_params(None);
+    params.control = Some(ControlParams {
+        weight: 1.0,
+        start: 0.0,
+        end: 1.0,
+        mode: ControlMode::Balanced,
+        preprocess: ControlPreprocess::None,
+        resample_rate: 1.0,
+    });
+    let run = |dtype: DType, controlled: bool| {
+        let model = SdModel::load(&dir, &Device::Cpu, dtype).unwrap();
+        let net = controlled.then(|| {
+            let path = fixture("tiny-controlnet");
+            controlnet::open(&path, &model.files.unet, &Device::Cpu, dtype).unwrap()
+        });
+        let net = net.as_ref().map(|n| &n.net);
+        let out = img2img_controlled(&model, net, &text, &input, &params, &mut |_| {
+            ControlFlow::Continue(())
+        });
+        out.unwrap().unwrap().into_raw()
+    };
+    let f32_controlled = run(DType::F32, true);
+    let bf16_controlled = run(DType::BF16, true);
+    let f32_plain = run(DType::F32, false);
+    let (rounding, control) = (
+        levels(&bf16_controlled, &f32_controlled).1,
+        levels(&f32_plain, &f32_controlled).1,
+    );
+    eprintln!(
+        "ControlNet in bf16: {rounding:.3} levels from f32 (the ControlNet moves {control:.3})"
+    );
+    assert!(rounding < 0.5 * control, "{rounding} vs {control}");
 }
 
 /// Runs the tiny model's img2img with weights loaded in `dtype` and requires its distance to
@@ -93,14 +223,7 @@ fn stays_as_close_as_pytorch(dtype: DType, torch_cases: &[&str]) {
     let reference = reference_tensor(&dir, &case("f32")["files"]["latents"]);
     let (lat_max, lat_mean) = diff(&last.unwrap(), &reference);
     let f32_u8 = std::fs::read(dir.join("f32.out_u8.u8")).unwrap();
-    let levels: Vec<u8> = out
-        .as_raw()
-        .iter()
-        .zip(&f32_u8)
-        .map(|(a, b)| a.abs_diff(*b))
-        .collect();
-    let u8_max = levels.iter().copied().max().unwrap_or(0);
-    let u8_mean = levels.iter().map(|&d| f64::from(d)).sum::<f64>() / levels.len() as f64;
+    let (u8_max, u8_mean) = levels(out.as_raw(), &f32_u8);
     eprintln!(
         "{dtype:?} on the CPU vs the f32 reference: latents max {lat_max:.4} mean {lat_mean:.4} \
          (PyTorch {torch_cases:?}: {:.4} / {:.4}); image max {u8_max} mean {u8_mean:.3} levels \

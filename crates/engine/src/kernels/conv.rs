@@ -121,6 +121,11 @@ impl Conv2d {
         self.padding
     }
 
+    /// Whether its kernel is held packed in bf16 (the f32 kernel dropped).
+    pub fn is_bf16(&self) -> bool {
+        matches!(self.weights, Weights::Bf16 { .. })
+    }
+
     /// `conv(xs) + bias + extra`, where `extra: (batch, c_out)` is added to every pixel of
     /// each image and channel (the UNet's projected time embedding).
     pub fn forward_plus(&self, xs: &Tensor, extra: Option<&Tensor>) -> Result<Tensor> {
@@ -521,10 +526,7 @@ mod tests {
         for band_bytes in [1, 4 * 2 * 40 * 10, 1 << 20] {
             let ours = conv.upsampled_in_bands(&xs, band_bytes).unwrap();
             let diff = crate::test_util::max_abs_diff(&ours, &reference);
-            assert!(
-                diff < 1e-4,
-                "{band_bytes} bytes per band: max abs diff {diff}"
-            );
+            assert!(diff < 1e-4, "{band_bytes} bytes per band: {diff}");
         }
     }
 
@@ -561,7 +563,7 @@ mod tests {
                 Conv2d::with_compute(vb, (cin, cout), k, s, p, compute).unwrap()
             };
             let bf16 = layer(&weight, Compute::Bf16);
-            assert!(matches!(bf16.weights, Weights::Bf16 { .. }));
+            assert!(bf16.is_bf16() && !layer(&weight, Compute::F32).is_bf16());
             let reference = layer(&rounded(&weight), Compute::F32);
             let xs = Tensor::randn(0f32, 1.0, (2, cin, h, w), dev).unwrap();
             let xr = rounded(&xs);

@@ -10,6 +10,13 @@ use crate::kernels::gemm::gemm_f32;
 /// Bytes of patch matrix built at once per image.
 const BAND_BYTES: usize = 8 << 20;
 
+/// Bytes of one band of a bf16 1×1 convolution: its pixels × the larger of its input and
+/// output channels in f32 (the band's product is a temporary of that size before it is added
+/// into the planes, and its rows are packed into bf16). Large enough that the UNet's 1×1
+/// convolutions take one band; it bounds the VAE's full-resolution shortcuts (128 MiB of
+/// temporary at 512² otherwise).
+const POINTWISE_BAND_BYTES: usize = 32 << 20;
+
 /// Sizes of one convolution.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Geometry {
@@ -63,27 +70,42 @@ impl Geometry {
     /// Accumulates the convolution of one image with the kernel packed into bf16 as its
     /// transpose (`packed`: `(c_in·k·k) × c_out`) into `out` (`c_out × out_h × out_w`, already
     /// holding the bias): `outᵀ = patchesᵀ · kernelᵀ` in bf16, each band's product then added
-    /// into the planes.
+    /// into the planes. A 1×1 convolution reads the image as its patch matrix, in bands of
+    /// pixels ([`POINTWISE_BAND_BYTES`]).
     pub(crate) fn convolve_packed(&self, image: &[f32], packed: &PackedRhs, out: &mut [f32]) {
+        self.convolve_packed_in(image, packed, out, POINTWISE_BAND_BYTES);
+    }
+
+    /// [`Geometry::convolve_packed`] with 1×1 bands of about `pointwise_bytes`.
+    fn convolve_packed_in(
+        &self,
+        image: &[f32],
+        packed: &PackedRhs,
+        out: &mut [f32],
+        pointwise_bytes: usize,
+    ) {
         let cout = packed.n();
         let plane = self.out_h * self.out_w;
         let depth = self.cin * self.k * self.k;
         let mut tile = Vec::new();
-        self.for_each_band(image, |patches, n, y0| {
+        // The band of `n` pixels from pixel `p0` whose patch matrix is `patches` (`n × depth`,
+        // pixel after pixel, `cs` apart from one patch row to the next).
+        let mut band = |patches: &[f32], cs: usize, n: usize, p0: usize| {
             // Every element is written by the product (no accumulation).
             crate::kernels::scratch::grow_scratch(&mut tile, n * cout);
             let tile = &mut tile[..n * cout];
-            gemm_bf16_packed(
-                (n, cout, depth),
-                tile,
-                cout,
-                (patches, 1, n),
-                packed,
-                false,
-                true,
-            );
-            add_transposed(tile, cout, out, plane, y0 * self.out_w);
-        });
+            let lhs = (patches, 1, cs);
+            gemm_bf16_packed((n, cout, depth), tile, cout, lhs, packed, false, true);
+            add_transposed(tile, cout, out, plane, p0);
+        };
+        if self.is_pointwise() {
+            let pixels = (pointwise_bytes / (4 * depth.max(cout))).max(64);
+            for p0 in (0..plane).step_by(pixels) {
+                band(&image[p0..], plane, pixels.min(plane - p0), p0);
+            }
+            return;
+        }
+        self.for_each_band(image, |patches, n, y0| band(patches, n, n, y0 * self.out_w));
     }
 
     /// Calls `f(patches, n, y0)` for each band of output rows from `y0`, `n` output pixels
@@ -163,4 +185,51 @@ fn add_transposed(tile: &[f32], cout: usize, out: &mut [f32], plane: usize, offs
                 }
             }
         });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A bf16 1×1 convolution cut into bands of pixels (the last one short) equals the same
+    /// convolution in one band.
+    #[test]
+    fn pointwise_bf16_bands_cover_the_image() {
+        let (cin, cout, height, width) = (24, 40, 15, 20);
+        let g = Geometry {
+            batch: 1,
+            cin,
+            height,
+            width,
+            k: 1,
+            s: 1,
+            top: 0,
+            left: 0,
+            out_h: height,
+            out_w: width,
+            winograd: false,
+        };
+        let values = |n: usize, seed: usize| -> Vec<f32> {
+            (0..n)
+                .map(|i| (((i * 7919 + seed) % 1009) as f32 / 504.5) - 1.0)
+                .collect()
+        };
+        let image = values(cin * height * width, 1);
+        let kernel = values(cout * cin, 2);
+        // The OIHW kernel as the (c_out, c_in) matrix; its transpose is the right operand.
+        let packed = PackedRhs::new(cin, cout, (&kernel, 1, cin));
+        let run = |bytes: usize| {
+            let mut out = values(cout * height * width, 3);
+            g.convolve_packed_in(&image, &packed, &mut out, bytes);
+            out
+        };
+        // 64-pixel bands (300 pixels: four and a short one), then one band.
+        let (banded, whole) = (run(1), run(1 << 30));
+        let diff = banded
+            .iter()
+            .zip(&whole)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(diff <= 1e-5 * cin as f32, "{diff}");
+    }
 }

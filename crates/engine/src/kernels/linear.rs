@@ -49,7 +49,15 @@ impl Linear {
         } else {
             candle_nn::linear_no_bias(inputs, outputs, vb)?
         };
+        Self::from_candle(inner, compute)
+    }
+
+    /// candle's layer `inner` (weight `out × in`), in `compute`'s arithmetic: kept as it is
+    /// for f32, its weight packed into bf16 (and the f32 weight dropped) for
+    /// [`Compute::Bf16`] when it is an f32 CPU tensor.
+    pub fn from_candle(inner: candle_nn::Linear, compute: Compute) -> Result<Self> {
         let weight = inner.weight();
+        let (outputs, inputs) = weight.dims2()?;
         let bf16 = compute == Compute::Bf16
             && matches!(weight.device(), Device::Cpu)
             && weight.dtype() == DType::F32;
@@ -77,6 +85,11 @@ impl Linear {
     /// The number of outputs.
     pub fn outputs(&self) -> usize {
         self.outputs
+    }
+
+    /// Whether its weight is held packed in bf16 (the f32 weight dropped).
+    pub fn is_bf16(&self) -> bool {
+        matches!(self.weights, Weights::Bf16 { .. })
     }
 
     /// The bf16 CPU product of [`Linear::forward`].

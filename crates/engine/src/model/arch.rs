@@ -111,7 +111,9 @@ impl Arch {
                 })
                 .transpose()?;
             let vae = vae
-                .then(|| Vae::new(vb.pp("vae"), &vae_file).map_err(engine_err("VAE")))
+                .then(|| {
+                    Vae::with_compute(vb.pp("vae"), &vae_file, compute).map_err(engine_err("VAE"))
+                })
                 .transpose()?;
             Ok(RandomNetworks { unet, vae })
         };

@@ -6,10 +6,16 @@
 //! or a tiny test model, and it always expects the `text_model.` prefix that transformers ≥ 5
 //! no longer writes. This one takes its shape from `text_encoder/config.json` and accepts both
 //! key layouts.
+//!
+//! With [`Compute::Bf16`] (bf16 on the CPU) its linear layers keep only their weights packed
+//! into bf16 and multiply in bf16 with f32 sums, and the token embedding table is held in
+//! bf16; the activations, the layer norms, the attention's products and its softmax stay f32.
 
 use candle_core::{D, DType, Device, Module, Tensor};
-use candle_nn::{Embedding, LayerNorm, Linear, VarBuilder};
+use candle_nn::{Embedding, LayerNorm, VarBuilder};
 
+use crate::kernels::compute::Compute;
+use crate::kernels::linear::Linear;
 use crate::model::config::ClipFile;
 
 /// The MLP activation.
@@ -56,14 +62,26 @@ pub struct ClipText {
 impl ClipText {
     /// Builds the encoder from `vb` (keys with or without the `text_model.` prefix).
     /// A `text_projection.weight` (no bias) at the root is loaded as the text projection
-    /// (SDXL's `text_encoder_2`).
+    /// (SDXL's `text_encoder_2`). Products in f32.
     pub fn new(vb: VarBuilder, cfg: &ClipFile) -> candle_core::Result<Self> {
+        Self::with_compute(vb, cfg, Compute::F32)
+    }
+
+    /// [`ClipText::new`] with the linear layers' CPU products in `compute`'s arithmetic (bf16:
+    /// their weights packed into bf16, and the token embeddings held in bf16, when `vb` gives
+    /// f32 CPU tensors).
+    pub fn with_compute(
+        vb: VarBuilder,
+        cfg: &ClipFile,
+        compute: Compute,
+    ) -> candle_core::Result<Self> {
+        let linear = |vb: VarBuilder, shape, bias| Linear::new(vb, shape, bias, compute);
         let projection = if vb.contains_tensor("text_projection.weight") {
             let width = cfg.projection_dim.unwrap_or(cfg.hidden_size);
-            Some(candle_nn::linear_no_bias(
-                cfg.hidden_size,
-                width,
+            Some(linear(
                 vb.pp("text_projection"),
+                (cfg.hidden_size, width),
+                false,
             )?)
         } else {
             None
@@ -78,6 +96,14 @@ impl ClipText {
         let emb = vb.pp("embeddings");
         let token_embedding =
             candle_nn::embedding(cfg.vocab_size, hidden, emb.pp("token_embedding"))?;
+        let token_embedding = match compute {
+            // The table is only looked up: held in bf16, its rows cast to f32 when read.
+            Compute::Bf16 if token_embedding.embeddings().dtype() == DType::F32 => {
+                let table = token_embedding.embeddings().to_dtype(DType::BF16)?;
+                Embedding::new(table, hidden)
+            }
+            _ => token_embedding,
+        };
         let position_embedding = emb
             .pp("position_embedding")
             .get((cfg.max_position_embeddings, hidden), "weight")?;
@@ -87,13 +113,13 @@ impl ClipText {
                 let attn = l.pp("self_attn");
                 Ok(Layer {
                     norm1: candle_nn::layer_norm(hidden, eps, l.pp("layer_norm1"))?,
-                    q: candle_nn::linear(hidden, hidden, attn.pp("q_proj"))?,
-                    k: candle_nn::linear(hidden, hidden, attn.pp("k_proj"))?,
-                    v: candle_nn::linear(hidden, hidden, attn.pp("v_proj"))?,
-                    out: candle_nn::linear(hidden, hidden, attn.pp("out_proj"))?,
+                    q: linear(attn.pp("q_proj"), (hidden, hidden), true)?,
+                    k: linear(attn.pp("k_proj"), (hidden, hidden), true)?,
+                    v: linear(attn.pp("v_proj"), (hidden, hidden), true)?,
+                    out: linear(attn.pp("out_proj"), (hidden, hidden), true)?,
                     norm2: candle_nn::layer_norm(hidden, eps, l.pp("layer_norm2"))?,
-                    fc1: candle_nn::linear(hidden, cfg.intermediate_size, l.pp("mlp.fc1"))?,
-                    fc2: candle_nn::linear(cfg.intermediate_size, hidden, l.pp("mlp.fc2"))?,
+                    fc1: linear(l.pp("mlp.fc1"), (hidden, cfg.intermediate_size), true)?,
+                    fc2: linear(l.pp("mlp.fc2"), (cfg.intermediate_size, hidden), true)?,
                 })
             })
             .collect::<candle_core::Result<Vec<_>>>()?;
@@ -131,7 +157,11 @@ impl ClipText {
     ) -> candle_core::Result<Tensor> {
         let (batch, seq) = ids.dims2()?;
         let positions = self.position_embedding.narrow(0, 0, seq)?;
-        let mut tokens = self.token_embedding.forward(ids)?;
+        // f32 rows of a bf16 table (a no-op when the table has the activations' dtype).
+        let mut tokens = self
+            .token_embedding
+            .forward(ids)?
+            .to_dtype(self.position_embedding.dtype())?;
         for (offset, vectors) in fixes {
             tokens = splice_rows(&tokens, offset + 1, vectors)?;
         }
@@ -280,4 +310,50 @@ fn causal_mask(seq: usize, device: &Device, dtype: DType) -> candle_core::Result
         .flat_map(|i| (0..seq).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
         .collect();
     Tensor::from_vec(values, (seq, seq), device)?.to_dtype(dtype)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// With bf16 products every linear layer (and SDXL's projection) is held packed in bf16
+    /// and the token embeddings in bf16; f32 keeps them all in f32.
+    #[test]
+    fn bf16_holds_every_linear_layer_packed() {
+        let root = crate::test_util::fixtures().join("tiny-sdxl");
+        for dir in ["text_encoder", "text_encoder_2"] {
+            let dir = root.join(dir);
+            let cfg: ClipFile = crate::model::config::read_json(&dir.join("config.json")).unwrap();
+            let path = dir.join("model.safetensors");
+            // SAFETY: a read-only test fixture.
+            let vb =
+                unsafe { VarBuilder::from_mmaped_safetensors(&[path], DType::F32, &Device::Cpu) }
+                    .unwrap();
+            let layers = |clip: &ClipText| -> Vec<bool> {
+                let linears = clip
+                    .layers
+                    .iter()
+                    .flat_map(|l| [&l.q, &l.k, &l.v, &l.out, &l.fc1, &l.fc2]);
+                linears
+                    .chain(&clip.projection)
+                    .map(Linear::is_bf16)
+                    .collect()
+            };
+            let bf16 = ClipText::with_compute(vb.clone(), &cfg, Compute::Bf16).unwrap();
+            let f32 = ClipText::new(vb, &cfg).unwrap();
+            assert!(layers(&bf16).iter().all(|&p| p));
+            assert!(layers(&f32).iter().all(|&p| !p));
+            let table = |c: &ClipText| c.token_embedding.embeddings().dtype();
+            assert_eq!((table(&bf16), table(&f32)), (DType::BF16, DType::F32));
+            let ids = Tensor::new(&[[49406u32, 320, 1125, 49407]], &Device::Cpu).unwrap();
+            let (a, b) = (bf16.forward(&ids, &[], 0), f32.forward(&ids, &[], 0));
+            let d = crate::test_util::max_abs_diff(&a.unwrap(), &b.unwrap());
+            assert!(d < 0.05, "{d}");
+            if bf16.has_projection() {
+                let pooled = |c: &ClipText| c.penultimate_and_pooled(&ids, &[]).unwrap().1;
+                let d = crate::test_util::max_abs_diff(&pooled(&bf16), &pooled(&f32));
+                assert!(d < 0.05, "pooled: {d}");
+            }
+        }
+    }
 }

@@ -187,25 +187,20 @@ struct CondEmbedding {
 }
 
 impl CondEmbedding {
-    fn new(vb: VarBuilder, cfg: &ControlNetFile, out: usize) -> Result<Self> {
+    fn new(vb: VarBuilder, cfg: &ControlNetFile, out: usize, compute: Compute) -> Result<Self> {
         let ch = &cfg.conditioning_embedding_out_channels;
         let mut blocks = Vec::with_capacity(2 * ch.len());
         for (i, pair) in ch.windows(2).enumerate() {
             let vb = vb.pp("blocks");
-            let (name, f32) = (|j: usize| vb.pp(j.to_string()), Compute::F32);
-            blocks.push(conv3(name(2 * i), pair[0], pair[0], 1, f32)?);
-            blocks.push(conv3(name(2 * i + 1), pair[0], pair[1], 2, f32)?);
+            let name = |j: usize| vb.pp(j.to_string());
+            blocks.push(conv3(name(2 * i), pair[0], pair[0], 1, compute)?);
+            blocks.push(conv3(name(2 * i + 1), pair[0], pair[1], 2, compute)?);
         }
+        let cin = cfg.conditioning_channels;
         Ok(CondEmbedding {
-            conv_in: conv3(
-                vb.pp("conv_in"),
-                cfg.conditioning_channels,
-                ch[0],
-                1,
-                Compute::F32,
-            )?,
+            conv_in: conv3(vb.pp("conv_in"), cin, ch[0], 1, compute)?,
             blocks,
-            conv_out: conv3(vb.pp("conv_out"), ch[ch.len() - 1], out, 1, Compute::F32)?,
+            conv_out: conv3(vb.pp("conv_out"), ch[ch.len() - 1], out, 1, compute)?,
         })
     }
 
@@ -245,7 +240,9 @@ fn skip_channels(levels: &[Level], layers_per_block: usize) -> Vec<usize> {
 
 impl ControlNet {
     /// Builds the ControlNet described by `cfg` (read from `config_path`, named in errors)
-    /// from `vb`.
+    /// from `vb`. bf16 weights on the CPU build it as the model's networks are built there
+    /// ([`Compute::for_weights`]): f32 activations, every kernel and projection packed into
+    /// bf16 with bf16 products.
     pub fn new(
         vb: VarBuilder,
         cfg: &ControlNetFile,
@@ -253,20 +250,16 @@ impl ControlNet {
     ) -> loopback_core::Result<Self> {
         let levels = cfg.unet.levels(config_path)?;
         let text_time = cfg.unet.text_time(config_path)?;
+        let (compute, dtype) = Compute::for_weights(vb.device(), vb.dtype());
+        let vb = vb.set_dtype(dtype);
         let build = || -> Result<Self> {
-            let encoder = Encoder::build(&vb, &cfg.unet, (&levels, text_time), Compute::F32)?;
+            let encoder = Encoder::build(&vb, &cfg.unet, (&levels, text_time), compute)?;
             let down_zero = skip_channels(&levels, cfg.unet.layers_per_block)
                 .into_iter()
                 .enumerate()
                 .map(|(i, c)| {
-                    Conv2d::new(
-                        vb.pp("controlnet_down_blocks").pp(i.to_string()),
-                        c,
-                        c,
-                        1,
-                        1,
-                        0,
-                    )
+                    let vb = vb.pp("controlnet_down_blocks").pp(i.to_string());
+                    Conv2d::with_compute(vb, (c, c), 1, 1, 0, compute)
                 })
                 .collect::<Result<Vec<_>>>()?;
             let last = levels[levels.len() - 1].channels;
@@ -276,9 +269,17 @@ impl ControlNet {
                     vb.pp("controlnet_cond_embedding"),
                     cfg,
                     levels[0].channels,
+                    compute,
                 )?,
                 down_zero,
-                mid_zero: Conv2d::new(vb.pp("controlnet_mid_block"), last, last, 1, 1, 0)?,
+                mid_zero: Conv2d::with_compute(
+                    vb.pp("controlnet_mid_block"),
+                    (last, last),
+                    1,
+                    1,
+                    0,
+                    compute,
+                )?,
                 bgr: cfg.bgr,
                 global_pool: cfg.global_pool_conditions,
                 hint_downscale: cfg.hint_downscale(),

@@ -45,10 +45,12 @@ pub struct SdModel {
     pub unet: UNet,
     /// Where the weights live.
     pub device: Device,
-    /// The weights' (and activations') dtype.
+    /// The activations' dtype, and the weights' except where `compute` is bf16 (the CPU
+    /// then holds the weights packed into bf16 and computes on f32 tensors).
     pub dtype: DType,
-    /// The arithmetic of the UNet's CPU products: bf16 when the model was loaded for bf16
-    /// on the CPU (its tensors then stay f32, the CPU kernels' format), f32 otherwise.
+    /// The arithmetic of the networks' CPU products (text encoders, VAE and UNet): bf16 when
+    /// the model was loaded for bf16 on the CPU (their weights then held only packed in bf16,
+    /// their activations f32, the CPU kernels' format), f32 otherwise.
     pub compute: Compute,
     /// The VAE's dtype: `dtype`, except f32 for an SDXL VAE whose config asks for
     /// `force_upcast` when `dtype` is f16 (the stock SDXL VAE overflows in f16; the
@@ -188,7 +190,8 @@ impl SdModel {
             parts.push(LoraPart::TextEncoder2);
         }
         loras.check_components(&parts)?;
-        // bf16 on the CPU: f32 tensors and bf16 products in the UNet.
+        // bf16 on the CPU: f32 activations, weights packed into bf16 and bf16 products in
+        // every network (the weights load as f32 and are packed as each layer is built).
         let (compute, dtype) = Compute::for_weights(device, dtype);
         let ModelWeights {
             mut clip,
@@ -210,7 +213,7 @@ impl SdModel {
             clip.names.iter().map(String::as_str),
             &same_layout,
         )?;
-        let clip = ClipText::new(clip_weights, &files.clip).map_err(|e| {
+        let clip = ClipText::with_compute(clip_weights, &files.clip, compute).map_err(|e| {
             Error::input(
                 &clip.path,
                 format!("not a matching CLIP text encoder: {}", candle_msg(&e)),
@@ -224,12 +227,12 @@ impl SdModel {
                     part.names.iter().map(String::as_str),
                     &same_layout,
                 )?;
-                Some(build_clip2(part, cfg)?)
+                Some(build_clip2(part, cfg, compute)?)
             }
             _ => None,
         };
         let vae_dtype = vae.weights.dtype();
-        let vae = Vae::new(vae.weights, &files.vae).map_err(|e| {
+        let vae = Vae::with_compute(vae.weights, &files.vae, compute).map_err(|e| {
             Error::input(&vae.path, format!("not a matching VAE: {}", candle_msg(&e)))
         })?;
         let unet_path = unet.path;
@@ -257,7 +260,7 @@ impl SdModel {
         })
     }
 
-    /// The precision its UNet computes in: `bf16` for bf16 products on the CPU, else its
+    /// The precision its networks compute in: `bf16` for bf16 products on the CPU, else its
     /// dtype (`f32`, `f16`, `bf16`).
     pub fn precision_label(&self) -> &'static str {
         match (self.compute, self.dtype) {
@@ -423,9 +426,10 @@ pub struct SdxlChunk {
     pub pooled: Tensor,
 }
 
-/// SDXL's second text encoder from its weights, which must include the projection.
-fn build_clip2(part: Component, cfg: &config::ClipFile) -> Result<ClipText> {
-    let clip = ClipText::new(part.weights, cfg).map_err(|e| {
+/// SDXL's second text encoder from its weights, which must include the projection; products
+/// in `compute`.
+fn build_clip2(part: Component, cfg: &config::ClipFile, compute: Compute) -> Result<ClipText> {
+    let clip = ClipText::with_compute(part.weights, cfg, compute).map_err(|e| {
         Error::input(
             &part.path,
             format!("not a matching CLIP text encoder: {}", candle_msg(&e)),

@@ -1,20 +1,25 @@
 //! The VAE's blocks (diffusers' weight names): residual blocks, the mid-block attention,
-//! and the encoder's down and the decoder's up blocks.
+//! and the encoder's down and the decoder's up blocks. Every block takes the arithmetic of
+//! its CPU products ([`Compute`]): bf16 keeps the convolution kernels and the attention's
+//! projections packed in bf16; the GroupNorms and the softmax stay f32.
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Linear, VarBuilder};
+use candle_nn::VarBuilder;
 
 use crate::kernels::attention;
 use crate::kernels::compute::Compute;
 use crate::kernels::conv::{BAND_INPUT_BYTES, Conv2d, Residual};
+use crate::kernels::linear::Linear;
 use crate::model::vae::norm::{Ctx, Norm, Prepared};
 
-pub(super) fn conv3(vb: VarBuilder, cin: usize, cout: usize) -> Result<Conv2d> {
-    Conv2d::new(vb, cin, cout, 3, 1, 1)
+/// A 3×3 convolution with padding 1, products in `compute`.
+pub(super) fn conv3(vb: VarBuilder, cin: usize, cout: usize, compute: Compute) -> Result<Conv2d> {
+    Conv2d::with_compute(vb, (cin, cout), 3, 1, 1, compute)
 }
 
-pub(super) fn conv1(vb: VarBuilder, cin: usize, cout: usize) -> Result<Conv2d> {
-    Conv2d::new(vb, cin, cout, 1, 1, 0)
+/// A 1×1 convolution, products in `compute`.
+pub(super) fn conv1(vb: VarBuilder, cin: usize, cout: usize, compute: Compute) -> Result<Conv2d> {
+    Conv2d::with_compute(vb, (cin, cout), 1, 1, 0, compute)
 }
 
 /// A residual block (two GroupNorm–SiLU–conv layers and an optional 1×1 shortcut).
@@ -28,14 +33,19 @@ pub(super) struct Resnet {
 }
 
 impl Resnet {
-    pub(super) fn new(vb: VarBuilder, cin: usize, cout: usize, groups: usize) -> Result<Self> {
+    pub(super) fn new(
+        vb: VarBuilder,
+        (cin, cout): (usize, usize),
+        groups: usize,
+        compute: Compute,
+    ) -> Result<Self> {
         Ok(Resnet {
             norm1: Norm::new(vb.pp("norm1"), groups, cin)?,
-            conv1: conv3(vb.pp("conv1"), cin, cout)?,
+            conv1: conv3(vb.pp("conv1"), cin, cout, compute)?,
             norm2: Norm::new(vb.pp("norm2"), groups, cout)?,
-            conv2: conv3(vb.pp("conv2"), cout, cout)?,
+            conv2: conv3(vb.pp("conv2"), cout, cout, compute)?,
             shortcut: if cin != cout {
-                Some(conv1(vb.pp("conv_shortcut"), cin, cout)?)
+                Some(conv1(vb.pp("conv_shortcut"), cin, cout, compute)?)
             } else {
                 None
             },
@@ -70,15 +80,17 @@ impl Resnet {
     }
 }
 
-/// A q/k/v/out projection: a linear layer, or a 1×1 convolution in old checkpoints.
-pub(super) fn projection(vb: VarBuilder, channels: usize) -> Result<Linear> {
+/// A q/k/v/out projection: a linear layer, or a 1×1 convolution in old checkpoints;
+/// products in `compute`.
+pub(super) fn projection(vb: VarBuilder, channels: usize, compute: Compute) -> Result<Linear> {
     let weight = match vb.get((channels, channels), "weight") {
         Ok(w) => w,
         Err(_) => vb
             .get((channels, channels, 1, 1), "weight")?
             .reshape((channels, channels))?,
     };
-    Ok(Linear::new(weight, Some(vb.get(channels, "bias")?)))
+    let bias = Some(vb.get(channels, "bias")?);
+    Linear::from_candle(candle_nn::Linear::new(weight, bias), compute)
 }
 
 /// Single-head self-attention over all latent pixels, through the blocked
@@ -90,10 +102,16 @@ pub(super) struct AttnBlock {
     pub(super) k: Linear,
     pub(super) v: Linear,
     pub(super) out: Linear,
+    pub(super) compute: Compute,
 }
 
 impl AttnBlock {
-    pub(super) fn new(vb: VarBuilder, channels: usize, groups: usize) -> Result<Self> {
+    pub(super) fn new(
+        vb: VarBuilder,
+        channels: usize,
+        groups: usize,
+        compute: Compute,
+    ) -> Result<Self> {
         // Current diffusers names, or the pre-0.14 ones.
         let names = if vb.contains_tensor("to_q.weight") || !vb.contains_tensor("query.weight") {
             ["to_q", "to_k", "to_v", "to_out.0"]
@@ -102,10 +120,11 @@ impl AttnBlock {
         };
         Ok(AttnBlock {
             norm: Norm::new(vb.pp("group_norm"), groups, channels)?,
-            q: projection(vb.pp(names[0]), channels)?,
-            k: projection(vb.pp(names[1]), channels)?,
-            v: projection(vb.pp(names[2]), channels)?,
-            out: projection(vb.pp(names[3]), channels)?,
+            q: projection(vb.pp(names[0]), channels, compute)?,
+            k: projection(vb.pp(names[1]), channels, compute)?,
+            v: projection(vb.pp(names[2]), channels, compute)?,
+            out: projection(vb.pp(names[3]), channels, compute)?,
+            compute,
         })
     }
 
@@ -122,7 +141,7 @@ impl AttnBlock {
         let v = self.v.forward(&hs)?;
         drop(hs);
         let scale = 1.0 / (c as f64).sqrt();
-        let o = attention::attention(&q, &k, &v, scale, ctx.budget, Compute::F32)?;
+        let o = attention::attention(&q, &k, &v, scale, ctx.budget, self.compute)?;
         drop((q, k, v));
         let o = self
             .out
@@ -142,12 +161,18 @@ pub(super) struct MidBlock {
 }
 
 impl MidBlock {
-    pub(super) fn new(vb: VarBuilder, channels: usize, groups: usize) -> Result<Self> {
+    pub(super) fn new(
+        vb: VarBuilder,
+        channels: usize,
+        groups: usize,
+        compute: Compute,
+    ) -> Result<Self> {
         let resnets = vb.pp("resnets");
+        let c = (channels, channels);
         Ok(MidBlock {
-            resnet0: Resnet::new(resnets.pp("0"), channels, channels, groups)?,
-            attn: AttnBlock::new(vb.pp("attentions").pp("0"), channels, groups)?,
-            resnet1: Resnet::new(resnets.pp("1"), channels, channels, groups)?,
+            resnet0: Resnet::new(resnets.pp("0"), c, groups, compute)?,
+            attn: AttnBlock::new(vb.pp("attentions").pp("0"), channels, groups, compute)?,
+            resnet1: Resnet::new(resnets.pp("1"), c, groups, compute)?,
         })
     }
 

@@ -32,6 +32,7 @@ use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::kernels::attention::DEFAULT_SCORE_BUDGET;
+use crate::kernels::compute::Compute;
 use crate::kernels::conv::Conv2d;
 use crate::model::config::VaeFile;
 use blocks::{DownBlock, MidBlock, Resnet, UpBlock, conv1, conv3};
@@ -90,8 +91,15 @@ impl Default for VaeOptions {
 }
 
 impl Vae {
-    /// Builds the VAE from `vb` with the shape of `cfg`.
+    /// Builds the VAE from `vb` with the shape of `cfg`, its CPU products in f32.
     pub fn new(vb: VarBuilder, cfg: &VaeFile) -> Result<Self> {
+        Self::with_compute(vb, cfg, Compute::F32)
+    }
+
+    /// [`Vae::new`] with the CPU products (convolutions, the mid blocks' attention) in
+    /// `compute`'s arithmetic (bf16: kernels and projections packed into bf16 as they load,
+    /// when `vb` gives f32 CPU tensors).
+    pub fn with_compute(vb: VarBuilder, cfg: &VaeFile, compute: Compute) -> Result<Self> {
         let ch = &cfg.block_out_channels;
         if ch.is_empty() {
             candle_core::bail!("block_out_channels is empty");
@@ -108,17 +116,18 @@ impl Vae {
                 let resnets = (0..cfg.layers_per_block)
                     .map(|j| {
                         let c = if j == 0 { cin } else { ch[i] };
-                        Resnet::new(vb.pp("resnets").pp(j.to_string()), c, ch[i], groups)
+                        let vb = vb.pp("resnets").pp(j.to_string());
+                        Resnet::new(vb, (c, ch[i]), groups, compute)
                     })
                     .collect::<Result<Vec<_>>>()?;
                 let down = if i + 1 < ch.len() {
-                    Some(Conv2d::new(
+                    Some(Conv2d::with_compute(
                         vb.pp("downsamplers").pp("0").pp("conv"),
-                        ch[i],
-                        ch[i],
+                        (ch[i], ch[i]),
                         3,
                         2,
                         0,
+                        compute,
                     )?)
                 } else {
                     None
@@ -136,15 +145,13 @@ impl Vae {
                 let resnets = (0..cfg.layers_per_block + 1)
                     .map(|j| {
                         let c = if j == 0 { cin } else { reversed[i] };
-                        Resnet::new(vb.pp("resnets").pp(j.to_string()), c, reversed[i], groups)
+                        let vb = vb.pp("resnets").pp(j.to_string());
+                        Resnet::new(vb, (c, reversed[i]), groups, compute)
                     })
                     .collect::<Result<Vec<_>>>()?;
                 let up = if i + 1 < reversed.len() {
-                    Some(conv3(
-                        vb.pp("upsamplers").pp("0").pp("conv"),
-                        reversed[i],
-                        reversed[i],
-                    )?)
+                    let vb = vb.pp("upsamplers").pp("0").pp("conv");
+                    Some(conv3(vb, reversed[i], reversed[i], compute)?)
                 } else {
                     None
                 };
@@ -153,26 +160,26 @@ impl Vae {
             .collect::<Result<Vec<_>>>()?;
 
         Ok(Vae {
-            enc_conv_in: conv3(enc.pp("conv_in"), cfg.in_channels, ch[0])?,
+            enc_conv_in: conv3(enc.pp("conv_in"), cfg.in_channels, ch[0], compute)?,
             enc_down,
-            enc_mid: MidBlock::new(enc.pp("mid_block"), last, groups)?,
+            enc_mid: MidBlock::new(enc.pp("mid_block"), last, groups, compute)?,
             enc_norm: Norm::new(enc.pp("conv_norm_out"), groups, last)?,
-            enc_conv_out: conv3(enc.pp("conv_out"), last, 2 * latent)?,
+            enc_conv_out: conv3(enc.pp("conv_out"), last, 2 * latent, compute)?,
             quant_conv: if cfg.use_quant_conv {
-                Some(conv1(vb.pp("quant_conv"), 2 * latent, 2 * latent)?)
+                Some(conv1(vb.pp("quant_conv"), 2 * latent, 2 * latent, compute)?)
             } else {
                 None
             },
             post_quant_conv: if cfg.use_post_quant_conv {
-                Some(conv1(vb.pp("post_quant_conv"), latent, latent)?)
+                Some(conv1(vb.pp("post_quant_conv"), latent, latent, compute)?)
             } else {
                 None
             },
-            dec_conv_in: conv3(dec.pp("conv_in"), latent, last)?,
-            dec_mid: MidBlock::new(dec.pp("mid_block"), last, groups)?,
+            dec_conv_in: conv3(dec.pp("conv_in"), latent, last, compute)?,
+            dec_mid: MidBlock::new(dec.pp("mid_block"), last, groups, compute)?,
             dec_up,
             dec_norm: Norm::new(dec.pp("conv_norm_out"), groups, ch[0])?,
-            dec_conv_out: conv3(dec.pp("conv_out"), ch[0], cfg.out_channels)?,
+            dec_conv_out: conv3(dec.pp("conv_out"), ch[0], cfg.out_channels, compute)?,
             config: cfg.clone(),
             options: Mutex::new(VaeOptions::default()),
             scaling_factor: cfg.scaling_factor,
@@ -504,94 +511,4 @@ impl Vae {
 }
 
 #[cfg(test)]
-mod stats_tests {
-    use super::*;
-    use candle_core::Device;
-
-    fn vae() -> Vae {
-        vae_in(DType::F32)
-    }
-
-    fn vae_in(dtype: DType) -> Vae {
-        let dir = crate::test_util::fixtures().join("tiny-sd/vae");
-        let cfg: VaeFile =
-            serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap())
-                .unwrap();
-        let path = dir.join("diffusion_pytorch_model.safetensors");
-        // SAFETY: a read-only test fixture.
-        let vb =
-            unsafe { VarBuilder::from_mmaped_safetensors(&[path], dtype, &Device::Cpu) }.unwrap();
-        Vae::new(vb, &cfg).unwrap()
-    }
-
-    #[test]
-    fn accumulated_statistics_make_the_first_layers_exact() {
-        let vae = vae();
-        let image = Tensor::randn(0f32, 1.0, (1, 3, 128, 128), &Device::Cpu).unwrap();
-        let mut whole = Ctx {
-            record: Some(Vec::new()),
-            ..Ctx::plain(1 << 28)
-        };
-        vae.encoder_body(&image, &mut whole).unwrap();
-        let exact = whole.record.unwrap();
-        let t = Tiling {
-            tile: 6,
-            halo: 4,
-            blend: 2,
-            stats: NormStats::Accumulated(1),
-        };
-        for passes in 1..=3 {
-            let acc = vae
-                .accumulate_stats(&image, &t, 8, passes, 1 << 28, |x, ctx| {
-                    vae.encoder_body(x, ctx)
-                })
-                .unwrap()
-                .unwrap();
-            assert_eq!(acc.len(), exact.len());
-            let errs: Vec<String> = acc
-                .iter()
-                .zip(&exact)
-                .map(|((m, v), (em, ev))| {
-                    let d = crate::test_util::max_abs_diff;
-                    format!("{:.1e}/{:.1e}", d(m, em), d(v, ev))
-                })
-                .collect();
-            eprintln!("passes {passes}: {}", errs.join(" "));
-            // The first `passes` GroupNorms see exact whole-image statistics.
-            for ((m, v), (em, ev)) in acc.iter().zip(&exact).take(passes) {
-                let d = crate::test_util::max_abs_diff;
-                assert!(
-                    d(m, em) < 1e-5 && d(v, ev) < 1e-5,
-                    "passes {passes}: {}",
-                    errs.join(" ")
-                );
-            }
-        }
-    }
-
-    /// The f32 CPU path (banded, in-place and fused kernels) against candle's generic ops,
-    /// which other devices and dtypes take: here f64 on the CPU.
-    #[test]
-    fn fast_blocks_match_the_generic_path() {
-        let (fast, generic) = (vae(), vae_in(DType::F64));
-        let d = crate::test_util::max_abs_diff;
-        // `pass` on the fast VAE against the same pass on the generic one, in f64.
-        let check = |what: &str, input: &Tensor, pass: fn(&Vae, &Tensor) -> Result<Tensor>| {
-            let ours = pass(&fast, input).unwrap();
-            let reference = input
-                .to_dtype(DType::F64)
-                .and_then(|x| pass(&generic, &x))
-                .and_then(|y| y.to_dtype(DType::F32))
-                .unwrap();
-            assert!(
-                d(&ours, &reference) < 1e-4,
-                "{what}: {}",
-                d(&ours, &reference)
-            );
-            ours
-        };
-        let image = Tensor::randn(0f32, 1.0, (1, 3, 64, 48), &Device::Cpu).unwrap();
-        let latents = check("encode", &image, Vae::encode);
-        check("decode", &latents, Vae::decode);
-    }
-}
+mod tests;
