@@ -11,10 +11,15 @@
 //! Here: the UNet step, a loop's and a plan's estimate, and the check before a run
 //! ([`check_plan`]). Beside it: `shape` ([`ModelShape`], a model's configs), `params`
 //! (parameter counts), `vae` (the VAE passes and their tiling, which the VAE's automatic
-//! tiling also asks), `system` (memory available, dtype and limit of a device) and `budget`
-//! (units, [`HEADROOM`], [`gib`]).
+//! tiling also asks), `system` (memory available, dtype and limit of a device), `dtypes`
+//! ([`Dtypes`]: the weights' and the activations' dtypes, which differ for bf16 on the CPU)
+//! and `budget` (units, [`HEADROOM`], [`gib`]).
+//!
+//! Every estimate takes the run's [`Dtypes`] (or one `DType` for both): weights count at the
+//! weights' size, activations, latents and attention scores at the activations'.
 
 mod budget;
+mod dtypes;
 mod params;
 mod shape;
 pub(crate) mod system;
@@ -29,6 +34,7 @@ use loopback_core::{Error, Result};
 
 use budget::MIB;
 pub use budget::{HEADROOM, gib};
+pub use dtypes::{Dtypes, device_dtypes};
 pub use params::{clip_parameters, controlnet_parameters, unet_parameters, vae_parameters};
 pub use shape::{EncoderWeights, ModelShape};
 pub use system::{
@@ -175,21 +181,26 @@ impl Estimate {
 /// Score budgets the planner tries for the UNet, largest first.
 const SCORE_BUDGETS: [usize; 4] = [DEFAULT_SCORE_BUDGET, 8 << 20, 2 << 20, 1 << 20];
 
-/// Estimates the peak memory of a loop at `spec`'s size with weights in `dtype` and UNet
-/// batch `batch` (2 with classifier-free guidance > 1, else 1), choosing VAE tiling and the
-/// attention score budget so that it fits `limit` bytes (the memory available; `None`: no
-/// limit, nothing tiled). `encoders` says whether the text encoders' weights are still
-/// loaded during the loop's heavy phases.
+/// Estimates the peak memory of a loop at `spec`'s size with weights and activations in
+/// `dtypes` ([`Dtypes`], or one `DType` for both) and UNet batch `batch` (2 with
+/// classifier-free guidance > 1, else 1), choosing VAE tiling and the attention score budget
+/// so that it fits `limit` bytes (the memory available; `None`: no limit, nothing tiled).
+/// `encoders` says whether the text encoders' weights are still loaded during the loop's
+/// heavy phases.
 pub fn estimate_loop(
     shape: &ModelShape,
     spec: &LoopSpec,
-    dtype: DType,
+    dtypes: impl Into<Dtypes>,
     batch: usize,
     limit: Option<u64>,
     encoders: EncoderWeights,
 ) -> Estimate {
-    let weights = shape.parameters() * dtype.size_in_bytes() as u64;
-    let resident = shape.resident_weight_bytes(dtype, encoders);
+    let Dtypes {
+        weights: weights_dtype,
+        activations: dtype,
+    } = dtypes.into();
+    let weights = shape.parameters() * weights_dtype.size_in_bytes() as u64;
+    let resident = shape.resident_weight_bytes(weights_dtype, encoders);
     let d = shape.vae.downscale().max(1);
     let latent = (spec.height as usize / d, spec.width as usize / d);
     let pixels = u64::from(spec.width) * u64::from(spec.height);
@@ -273,14 +284,15 @@ pub fn estimate_loop(
 pub fn estimate_plan(
     shape: &ModelShape,
     plan: &Plan,
-    dtype: DType,
+    dtypes: impl Into<Dtypes>,
     batch: usize,
     limit: Option<u64>,
     encoders: EncoderWeights,
 ) -> Vec<Estimate> {
+    let dtypes = dtypes.into();
     plan.loops
         .iter()
-        .map(|spec| estimate_loop(shape, spec, dtype, batch, limit, encoders))
+        .map(|spec| estimate_loop(shape, spec, dtypes, batch, limit, encoders))
         .collect()
 }
 
@@ -313,27 +325,33 @@ impl From<Refusal> for Error {
 }
 
 /// The memory check before a run: estimates every loop of `plan` ([`estimate_plan`], with
-/// weights in `dtype`, UNet batch `batch` ([`unet_batch`]), the memory `limit` and the text
+/// weights and activations in `dtypes`, UNet batch `batch` ([`unet_batch`]), the memory `limit` and the text
 /// encoders' weights `encoders`) and refuses the plan when a loop does not fit `limit`
 /// ([`check_fits`]). `Ok` with the estimates when every loop fits (always without a limit).
 pub fn check_plan(
     shape: &ModelShape,
     plan: &Plan,
-    dtype: DType,
+    dtypes: impl Into<Dtypes>,
     batch: usize,
     limit: Option<u64>,
     encoders: EncoderWeights,
 ) -> std::result::Result<Vec<Estimate>, Refusal> {
-    let estimates = estimate_plan(shape, plan, dtype, batch, limit, encoders);
-    match check_fits(&estimates, limit, dtype) {
+    let dtypes = dtypes.into();
+    let estimates = estimate_plan(shape, plan, dtypes, batch, limit, encoders);
+    match check_fits(&estimates, limit, dtypes) {
         Ok(()) => Ok(estimates),
         Err(error) => Err(Refusal { error, estimates }),
     }
 }
 
 /// `Err` with one line (what needs how much, what is available, what to change) when a loop
-/// of the estimates does not fit `limit`.
-pub fn check_fits(estimates: &[Estimate], limit: Option<u64>, dtype: DType) -> Result<()> {
+/// of the estimates does not fit `limit` (its advice depends on `dtypes`: f32 activations
+/// live in the CPU's memory).
+pub fn check_fits(
+    estimates: &[Estimate],
+    limit: Option<u64>,
+    dtypes: impl Into<Dtypes>,
+) -> Result<()> {
     let (Some(limit), Some(worst)) = (
         limit,
         estimates
@@ -343,7 +361,7 @@ pub fn check_fits(estimates: &[Estimate], limit: Option<u64>, dtype: DType) -> R
     ) else {
         return Ok(());
     };
-    let hint = if dtype == DType::F32 {
+    let hint = if dtypes.into().on_the_cpu() {
         "lower --max-size (or --max-width/--max-height), close other programs, or pass a larger --memory-limit if more memory is really free"
     } else {
         "lower --max-size (or --max-width/--max-height) or pass a larger --memory-limit if the device has more memory"

@@ -3,8 +3,7 @@
 
 use std::path::PathBuf;
 
-use candle_core::DType;
-
+use super::dtypes::Dtypes;
 use super::params::{clip_parameters, controlnet_parameters, unet_parameters, vae_parameters};
 use crate::load::resolve::{self, ModelSource};
 use crate::model::arch::Arch;
@@ -113,15 +112,19 @@ impl ModelShape {
         clip_parameters(&self.clip) + self.clip2.as_ref().map_or(0, clip_parameters)
     }
 
-    /// Bytes of weights loaded through a loop's heavy phases (UNet steps, VAE passes) in
-    /// `dtype`: all three networks, or without the text encoders when they are freed once the
-    /// prompts are encoded.
-    pub fn resident_weight_bytes(&self, dtype: DType, encoders: EncoderWeights) -> u64 {
+    /// Bytes of weights loaded through a loop's heavy phases (UNet steps, VAE passes), held
+    /// in the weights' dtype of `dtypes` ([`Dtypes`], or one `DType`): all three networks, or
+    /// without the text encoders when they are freed once the prompts are encoded.
+    pub fn resident_weight_bytes(
+        &self,
+        dtypes: impl Into<Dtypes>,
+        encoders: EncoderWeights,
+    ) -> u64 {
         let parameters = match encoders {
             EncoderWeights::Kept => self.parameters(),
             EncoderWeights::Released => self.parameters() - self.text_parameters(),
         };
-        parameters * dtype.size_in_bytes() as u64
+        parameters * dtypes.into().weights.size_in_bytes() as u64
     }
 }
 

@@ -83,9 +83,9 @@ fn decoder_tail_peak(cfg: &VaeFile, n: f64) -> f64 {
     peak.max((2 * c0 + cfg.out_channels) as f64 * res)
 }
 
-/// Peak bytes of a VAE pass over `(h, w)` latents (batch `batch`, weights in `dtype`), whole
-/// (`tiling = None`) or tiled, weights excluded. Attention scores count `2 × score_budget`
-/// (scores and probabilities), at most the whole score matrix.
+/// Peak bytes of a VAE pass over `(h, w)` latents (batch `batch`, activations in `dtype`),
+/// whole (`tiling = None`) or tiled, weights excluded. Attention scores count
+/// `2 × score_budget` (scores and probabilities), at most the whole score matrix.
 pub fn vae_pass_bytes(
     cfg: &VaeFile,
     pass: VaePass,

@@ -1,0 +1,70 @@
+//! What a run holds in memory at which size: its weights' dtype and its activations' dtype.
+//! They differ for bf16 on the CPU, where every network keeps its weights packed into bf16
+//! (2 bytes) and computes on f32 activations (`crate::kernels::compute::Compute::Bf16`).
+
+use candle_core::DType;
+
+use super::system::device_dtype;
+use crate::device::{DeviceSpec, Precision};
+use crate::kernels::compute::Compute;
+
+/// The dtypes of a run's weights and activations, as the planner counts them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dtypes {
+    /// The networks' weights (their matrices and kernels; the few norms, biases and small
+    /// embeddings a bf16 model keeps in f32 are left to the planner's base overhead).
+    pub weights: DType,
+    /// The tensors the networks compute on.
+    pub activations: DType,
+}
+
+impl Dtypes {
+    /// Weights and activations in `dtype`.
+    pub fn same(dtype: DType) -> Self {
+        Dtypes {
+            weights: dtype,
+            activations: dtype,
+        }
+    }
+
+    /// The dtypes of networks built for `compute` on tensors of `dtype` (a loaded model's
+    /// `SdModel::compute` and `SdModel::dtype`): bf16 weights on f32 activations for
+    /// [`Compute::Bf16`].
+    pub fn for_compute(compute: Compute, dtype: DType) -> Self {
+        match compute {
+            Compute::Bf16 => Dtypes {
+                weights: DType::BF16,
+                activations: dtype,
+            },
+            Compute::F32 => Self::same(dtype),
+        }
+    }
+
+    /// Whether the activations live in host memory as f32 (the CPU), which decides what a
+    /// refusal suggests.
+    pub(super) fn on_the_cpu(self) -> bool {
+        self.activations == DType::F32
+    }
+}
+
+impl From<DType> for Dtypes {
+    /// Weights and activations in one dtype (every device and precision but bf16 on the CPU).
+    fn from(dtype: DType) -> Self {
+        Self::same(dtype)
+    }
+}
+
+/// The dtypes `device` will use at `precision`, without opening it: as
+/// [`device_dtype`] (auto: f16 on GPUs, f32 on the CPU), except that bf16 on the CPU
+/// holds bf16 weights on f32 activations.
+pub fn device_dtypes(device: DeviceSpec, precision: Precision) -> Dtypes {
+    let dtype = device_dtype(device, precision);
+    if precision == Precision::Bf16 && dtype == DType::F32 {
+        Dtypes {
+            weights: DType::BF16,
+            activations: DType::F32,
+        }
+    } else {
+        Dtypes::same(dtype)
+    }
+}
