@@ -192,11 +192,14 @@ pub fn as_safetensors(path: &Path, keys: &[&str]) -> Result<PathBuf> {
         return Err(Error::input(path, "holds no tensors this app can read"));
     }
     std::fs::create_dir_all(&dir).map_err(|e| Error::output(&dir, e.to_string()))?;
+    // Only the path is kept open to candle's writer: Windows refuses to recreate a file this
+    // process still holds open.
     let temp = tempfile::Builder::new()
         .suffix(".safetensors")
         .tempfile_in(&dir)
-        .map_err(|e| Error::output(&dir, e.to_string()))?;
-    candle_core::safetensors::save(&all, temp.path())
+        .map_err(|e| Error::output(&dir, e.to_string()))?
+        .into_temp_path();
+    candle_core::safetensors::save(&all, &temp)
         .map_err(|e| Error::output(&converted, e.to_string()))?;
     // Never replace: the name is the pickle's hash, so a copy already there (written meanwhile
     // by another run) holds the same tensors, and on Windows it cannot be replaced while
