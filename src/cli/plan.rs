@@ -47,20 +47,27 @@ pub fn run(args: &PlanArgs) -> anyhow::Result<()> {
         None => ModelShape::from_arch(loopback_engine::model::arch::Arch::Sd15)?,
     }
     .with_run(&settings);
-    let dtype = memory::device_dtype(args.target.device, args.target.precision);
+    let dtypes = memory::device_dtypes(args.target.device, args.target.precision);
     let batch = memory::unet_batch(settings.cfg);
     let limit = memory::run_limit(args.target.device, args.memory_limit);
     // The plan `run` would carry out, which frees the text encoders after loop 1's prompts.
-    let (estimates, refusal) =
-        match memory::check_plan(&shape, &plan, dtype, batch, limit, EncoderWeights::Released) {
-            Ok(estimates) => (estimates, None),
-            Err(refusal) => (refusal.estimates, Some(refusal.error)),
-        };
+    let (estimates, refusal) = match memory::check_plan(
+        &shape,
+        &plan,
+        dtypes,
+        batch,
+        limit,
+        EncoderWeights::Released,
+    ) {
+        Ok(estimates) => (estimates, None),
+        Err(refusal) => (refusal.estimates, Some(refusal.error)),
+    };
     if args.json {
         let json = plan.to_json();
         let memory = serde_json::json!({
             "model": shape.name,
-            "dtype": format!("{dtype:?}"),
+            "dtype": format!("{:?}", dtypes.activations),
+            "weights_dtype": format!("{:?}", dtypes.weights),
             "batch": batch,
             "limit_bytes": limit,
             "loops": estimates,
@@ -74,7 +81,7 @@ pub fn run(args: &PlanArgs) -> anyhow::Result<()> {
         print!("{}", table(&settings, &plan, &estimates));
         let available = limit.map_or("unknown (pass --memory-limit)".to_string(), memory::gib);
         println!(
-            "memory: {} ({dtype:?}, UNet batch {batch}), available {available}",
+            "memory: {} ({dtypes}, UNet batch {batch}), available {available}",
             shape.name
         );
         if let Some(e) = refusal {

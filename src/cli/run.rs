@@ -204,12 +204,12 @@ pub(super) fn model_shape(args: &RunArgs) -> anyhow::Result<ModelShape> {
 /// Refuses a job whose plan cannot fit the memory available.
 pub(super) fn check_memory(args: &RunArgs, shape: &ModelShape, job: &Job) -> anyhow::Result<()> {
     let limit = memory::run_limit(args.target.device, args.memory_limit);
-    let dtype = memory::device_dtype(args.target.device, args.target.precision);
+    let dtypes = memory::device_dtypes(args.target.device, args.target.precision);
     let batch = memory::unet_batch(job.settings.cfg);
     memory::check_plan(
         shape,
         &job.plan,
-        dtype,
+        dtypes,
         batch,
         limit,
         EncoderWeights::Released,
@@ -230,8 +230,8 @@ pub(super) fn ctrl_c_flag() -> Arc<AtomicBool> {
 /// loaded weights).
 pub(super) fn limit_vae(args: &RunArgs, shape: &ModelShape, model: &LoadedModel) {
     if args.memory_limit.is_some() {
-        let dtype = memory::device_dtype(args.target.device, args.target.precision);
-        let weights = shape.resident_weight_bytes(dtype, EncoderWeights::Released);
+        let dtypes = memory::device_dtypes(args.target.device, args.target.precision);
+        let weights = shape.resident_weight_bytes(dtypes.weights, EncoderWeights::Released);
         model.model.vae.set_options(VaeOptions {
             memory_limit: args.memory_limit.map(|l| l.saturating_sub(weights)),
             ..model.model.vae.options()

@@ -86,9 +86,9 @@ impl App {
             None
         };
         let batch = memory::unet_batch(settings.cfg);
-        let dtype = model.model.dtype;
+        let dtypes = memory::Dtypes::for_compute(model.model.compute, model.model.dtype);
         if let Err(refusal) =
-            memory::check_plan(&shape, &plan, dtype, batch, limit, EncoderWeights::Kept)
+            memory::check_plan(&shape, &plan, dtypes, batch, limit, EncoderWeights::Kept)
         {
             self.toasts
                 .error("Not enough memory for this plan", Some(refusal.to_string()));

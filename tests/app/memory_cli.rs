@@ -24,8 +24,36 @@ fn plan_shows_the_memory_estimate() {
     let loops = json["memory"]["loops"].as_array().unwrap();
     assert_eq!(loops.len(), json["loops"].as_array().unwrap().len());
     // SD 1.5 in f32: 4.3 GB of weights at least.
-    assert!(loops[0]["peak_bytes"].as_u64().unwrap() > 4_000_000_000);
+    let f32_peak = loops[0]["peak_bytes"].as_u64().unwrap();
+    assert!(f32_peak > 4_000_000_000);
     assert!(loops.iter().all(|l| l["fits"] == true));
+
+    // bf16 on the CPU: bf16 weights on f32 activations, counted so (bench --loop measured
+    // 57 % of f32's peak).
+    let out = cli(&[
+        "plan",
+        "--start-size",
+        "512x512",
+        "--max-size",
+        "1024x1024",
+        "--device",
+        "cpu",
+        "--precision",
+        "bf16",
+        "--memory-limit",
+        "64G",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let json: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let memory = &json["memory"];
+    assert_eq!(
+        (&memory["weights_dtype"], &memory["dtype"]),
+        (&"BF16".into(), &"F32".into())
+    );
+    let bf16_peak = memory["loops"][0]["peak_bytes"].as_u64().unwrap();
+    let ratio = bf16_peak as f64 / f32_peak as f64;
+    assert!((0.45..0.7).contains(&ratio), "bf16 / f32 = {ratio}");
 
     let out = cli(&[
         "plan",

@@ -98,7 +98,8 @@ pub fn select(spec: DeviceSpec) -> Result<(Device, DType)> {
 /// The device `spec` names and the dtype `precision` gives on it. On the CPU, f32 takes the
 /// engine's own kernels; f16 takes the device-generic tensor code that CUDA and Metal run (no
 /// CPU-only kernel), which is how that path is tested without a GPU; bf16 keeps f32 tensors
-/// and runs the UNet's products in bf16 (the model's [`crate::kernels::compute::Compute`]).
+/// and runs every network's products in bf16 on bf16 weights (the model's
+/// [`crate::kernels::compute::Compute`]).
 pub fn select_with(spec: DeviceSpec, precision: Precision) -> Result<(Device, DType)> {
     let (device, _) = select_device(spec)?;
     Ok((device.clone(), precision.dtype_on(&device)))

@@ -8,7 +8,7 @@ use super::fields;
 use loopback_core::plan::{self, Plan, PlanInput};
 use loopback_core::settings::{Group, Settings, Size, TargetMode};
 use loopback_engine::model::arch::Arch;
-use loopback_engine::run::memory::{self, EncoderWeights, ModelShape};
+use loopback_engine::run::memory::{self, Dtypes, EncoderWeights, ModelShape};
 
 /// The input size assumed before an image is opened.
 const ASSUMED_INPUT: Size = Size::new(512, 512);
@@ -34,17 +34,17 @@ pub fn current_plan(settings: &Settings, session: &Session) -> Result<(Plan, boo
 }
 
 /// The shape the memory planner estimates with: the loaded model's configs, else the SD 1.5
-/// architecture (and f32 weights, as on the CPU).
-fn model_shape(session: &Session) -> Option<(ModelShape, DType)> {
+/// architecture (and f32, as on the CPU by default).
+fn model_shape(session: &Session) -> Option<(ModelShape, Dtypes)> {
     if let Some((model, _, _)) = &session.model.loaded {
         return Some((
             ModelShape::from_files(&model.model.files),
-            model.model.dtype,
+            Dtypes::for_compute(model.model.compute, model.model.dtype),
         ));
     }
     ModelShape::from_arch(Arch::Sd15)
         .ok()
-        .map(|shape| (shape, DType::F32))
+        .map(|shape| (shape, Dtypes::same(DType::F32)))
 }
 
 /// Draws the Size section.
@@ -72,7 +72,7 @@ pub fn ui(ui: &mut egui::Ui, persisted: &mut Persisted, session: &Session) {
         ui.weak(note);
     }
     let seconds_per_unit = session.seconds_per_mpstep;
-    let shape = model_shape(session).map(|(shape, dtype)| (shape.with_run(settings), dtype));
+    let shape = model_shape(session).map(|(shape, dtypes)| (shape.with_run(settings), dtypes));
     let batch = memory::unet_batch(settings.cfg);
     let limit = memory::available_bytes();
     egui::Grid::new("plan_table")
@@ -102,14 +102,14 @@ pub fn ui(ui: &mut egui::Ui, persisted: &mut Persisted, session: &Session) {
                 let time = seconds_per_unit
                     .map(|s| format!("{:.0} s", s * mp_steps))
                     .unwrap_or_default();
-                let Some((shape, dtype)) = &shape else {
+                let Some((shape, dtypes)) = &shape else {
                     ui.label("");
                     ui.label(time);
                     ui.end_row();
                     continue;
                 };
                 let estimate =
-                    memory::estimate_loop(shape, l, *dtype, batch, limit, EncoderWeights::Kept);
+                    memory::estimate_loop(shape, l, *dtypes, batch, limit, EncoderWeights::Kept);
                 // The tiled-diffusion grid (rows × columns), or "–" for one pass.
                 match estimate.tiles {
                     Some((rows, cols)) => ui

@@ -47,6 +47,21 @@ impl Dtypes {
     }
 }
 
+impl std::fmt::Display for Dtypes {
+    /// `F32`, or `BF16 weights, F32 activations` where the two differ.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.weights == self.activations {
+            write!(f, "{:?}", self.activations)
+        } else {
+            write!(
+                f,
+                "{:?} weights, {:?} activations",
+                self.weights, self.activations
+            )
+        }
+    }
+}
+
 impl From<DType> for Dtypes {
     /// Weights and activations in one dtype (every device and precision but bf16 on the CPU).
     fn from(dtype: DType) -> Self {
