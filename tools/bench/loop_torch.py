@@ -6,7 +6,8 @@ Run from the repository root, on the same diffusers folder and thread count as t
 
     python3 tools/bench/loop_torch.py --model /tmp/sd15-random --size 512 --threads 2
 
-StableDiffusionImg2ImgPipeline, float32 on the CPU, DDIM (the folder's scheduler config), CFG
+StableDiffusionImg2ImgPipeline on the CPU (float32, or `--dtype bfloat16`: the whole pipeline
+in bf16, as `torch_dtype=torch.bfloat16` loads it), DDIM (the folder's scheduler config), CFG
 7, the same prompt, an empty negative prompt and the same gradient input image as the Rust
 side; one call (no warm-up, as on the Rust side). Reports the loop's seconds, split at the
 step callbacks (before the steps: prompt encoding, VAE encode, noise; the mean step; after
@@ -44,12 +45,13 @@ def main():
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--denoise", type=float, default=0.35)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
     start = time.perf_counter()
     pipe = StableDiffusionImg2ImgPipeline.from_pretrained(
-        args.model, torch_dtype=torch.float32, safety_checker=None, requires_safety_checker=False
+        args.model, torch_dtype=getattr(torch, args.dtype), safety_checker=None, requires_safety_checker=False
     )
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
@@ -87,6 +89,7 @@ def main():
         "scheduled_steps": args.steps,
         "denoise": args.denoise,
         "threads": args.threads,
+        "dtype": args.dtype,
         "versions": {"torch": torch.__version__, "diffusers": __import__("diffusers").__version__},
         "load_s": load_s,
         "loop": {
