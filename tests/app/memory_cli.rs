@@ -15,6 +15,8 @@ fn plan_shows_the_memory_estimate() {
         "1024x1024",
         "--device",
         "cpu",
+        "--precision",
+        "f32",
         "--memory-limit",
         "64G",
         "--json",

@@ -20,7 +20,10 @@ const DEVICES: [(&str, &str); 4] = [
 
 /// The precision choices (what `--precision` takes).
 const PRECISIONS: [(&str, &str); 4] = [
-    ("auto", "Auto (f16 on a GPU, f32 on the CPU)"),
+    (
+        "auto",
+        "Auto (f16 on a GPU; bf16 on a CPU with AMX, else f32)",
+    ),
     ("f32", "f32"),
     ("f16", "f16 (half the memory)"),
     ("bf16", "bf16 (faster on CPUs with AMX)"),

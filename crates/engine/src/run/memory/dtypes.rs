@@ -4,7 +4,7 @@
 
 use candle_core::DType;
 
-use super::system::device_dtype;
+use super::system::{device_dtype, is_gpu};
 use crate::device::{DeviceSpec, Precision};
 use crate::kernels::compute::Compute;
 
@@ -70,11 +70,11 @@ impl From<DType> for Dtypes {
 }
 
 /// The dtypes `device` will use at `precision`, without opening it: as
-/// [`device_dtype`] (auto: f16 on GPUs, f32 on the CPU), except that bf16 on the CPU
+/// [`device_dtype`], except that bf16 on the CPU (asked for, or `auto` on an AMX CPU)
 /// holds bf16 weights on f32 activations.
 pub fn device_dtypes(device: DeviceSpec, precision: Precision) -> Dtypes {
     let dtype = device_dtype(device, precision);
-    if precision == Precision::Bf16 && dtype == DType::F32 {
+    if precision.resolve(is_gpu(device)) == Precision::Bf16 && dtype == DType::F32 {
         Dtypes {
             weights: DType::BF16,
             activations: DType::F32,

@@ -154,21 +154,27 @@ pub fn cuda_free_bytes(_ordinal: usize) -> Option<u64> {
     None
 }
 
-/// The weights' dtype `device` will use at `precision` (auto: f16 on GPUs, f32 on the CPU;
-/// bf16 on the CPU holds f32 tensors), without opening it.
-pub fn device_dtype(device: DeviceSpec, precision: crate::device::Precision) -> DType {
-    use crate::device::Precision;
-    let gpu = match device {
+/// Whether `device` names (or, for `auto`, finds) a GPU, without opening it.
+pub(crate) fn is_gpu(device: DeviceSpec) -> bool {
+    match device {
         DeviceSpec::Cpu => false,
         DeviceSpec::Cuda(_) | DeviceSpec::Metal => true,
         DeviceSpec::Auto => {
             candle_core::utils::cuda_is_available() || candle_core::utils::metal_is_available()
         }
-    };
-    match (precision, gpu) {
-        (Precision::Auto, true) | (Precision::F16, _) => DType::F16,
-        (Precision::Auto, false) | (Precision::F32, _) => DType::F32,
-        // bf16 on the CPU keeps f32 tensors (the products alone are bf16).
+    }
+}
+
+/// The tensors' dtype `device` will use at `precision` (`auto` as
+/// [`Precision::resolve`](crate::device::Precision::resolve) decides; bf16 on the CPU holds f32
+/// tensors), without opening it.
+pub fn device_dtype(device: DeviceSpec, precision: crate::device::Precision) -> DType {
+    use crate::device::Precision;
+    let gpu = is_gpu(device);
+    match (precision.resolve(gpu), gpu) {
+        (Precision::F16, _) => DType::F16,
+        (Precision::F32 | Precision::Auto, _) => DType::F32,
+        // bf16 on the CPU keeps f32 tensors (its weights and products are bf16).
         (Precision::Bf16, false) => DType::F32,
         (Precision::Bf16, true) => DType::BF16,
     }

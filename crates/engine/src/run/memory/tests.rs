@@ -215,9 +215,15 @@ fn bf16_on_the_cpu_counts_bf16_weights_and_f32_activations() {
         Dtypes::for_compute(Compute::F32, DType::F16),
         DType::F16.into()
     );
+    // auto on the CPU: bf16's counts where it becomes bf16 (an AMX CPU), else f32's.
+    let cpu_auto = device_dtypes(DeviceSpec::Cpu, Precision::Auto);
+    if Precision::Auto.resolve(false) == Precision::Bf16 {
+        assert_eq!(cpu_auto, packed);
+    } else {
+        assert_eq!(cpu_auto, Dtypes::same(DType::F32));
+    }
     // Every other precision, and bf16 on a GPU: one dtype, as `device_dtype` says.
     for (device, precision) in [
-        (DeviceSpec::Cpu, Precision::Auto),
         (DeviceSpec::Cpu, Precision::F32),
         (DeviceSpec::Cpu, Precision::F16),
         (DeviceSpec::Cuda(0), Precision::Bf16),
