@@ -415,7 +415,11 @@ pub(super) fn load_model(
             bar.finish_and_clear();
             eprintln!("loading {} on {device}", path.display());
         }
-        LoadEvent::Loaded { seconds, .. } => eprintln!("model loaded in {seconds:.1} s"),
+        // The precision it runs in, which `auto` chose (bf16 on a CPU with AMX).
+        LoadEvent::Loaded { seconds, model } => eprintln!(
+            "model loaded in {seconds:.1} s ({})",
+            model.model.precision_label()
+        ),
         LoadEvent::Note(message) => {
             bar.suspend(|| eprintln!("note: {message}"));
         }

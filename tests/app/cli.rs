@@ -359,6 +359,14 @@ fn cli_run_with_an_sdxl_folder() {
     assert!(out.status.success(), "{}", stderr(&out));
     let image = image::open(&output).unwrap();
     assert_eq!((image.width(), image.height()), (96, 96));
+    // It says which precision `auto` chose on this CPU.
+    let auto = loopback_engine::device::Precision::Auto.resolve(false);
+    let err = stderr(&out);
+    let loaded = err.lines().find(|l| l.starts_with("model loaded in"));
+    assert!(
+        loaded.is_some_and(|l| l.ends_with(&format!(" s ({})", auto.label()))),
+        "{err}"
+    );
 }
 
 #[test]
