@@ -123,7 +123,9 @@ struct Phases {
 impl Phases {
     /// `marks`: seconds from the loop's start at the end of each step; `total`: the loop's
     /// seconds. The first step's start is not observed, so it is taken as the mean of the
-    /// others (of itself when it is the only one).
+    /// others (of itself when it is the only one); where that would start it before the loop
+    /// (a first step quicker than the others, as happens on tiny models), the steps are taken
+    /// to fill the loop up to the last mark. The three parts always add up to `total`.
     fn split(marks: &[f64], total: f64) -> Self {
         let (Some(&first), Some(&last)) = (marks.first(), marks.last()) else {
             return Phases {
@@ -137,10 +139,19 @@ impl Phases {
         } else {
             first / 2.0
         };
-        Phases {
-            before: (first - step).max(0.0),
-            step,
-            after: total - last,
+        let after = total - last;
+        if first >= step {
+            Phases {
+                before: first - step,
+                step,
+                after,
+            }
+        } else {
+            Phases {
+                before: 0.0,
+                step: last / marks.len() as f64,
+                after,
+            }
         }
     }
 }
@@ -164,6 +175,17 @@ mod tests {
                 before: 3.0,
                 step: 2.0,
                 after: 1.5
+            }
+        );
+        // A first step quicker than the mean of the others: nothing before the steps, and the
+        // parts still add up.
+        let quick = Phases::split(&[1.0, 4.0, 7.0], 8.0);
+        assert_eq!(
+            quick,
+            Phases {
+                before: 0.0,
+                step: 7.0 / 3.0,
+                after: 1.0
             }
         );
         let none = Phases::split(&[], 4.0);
