@@ -4,7 +4,7 @@
 
 use candle_core::DType;
 
-use super::system::{device_dtype, is_gpu};
+use super::system::is_gpu;
 use crate::device::{DeviceSpec, Precision};
 use crate::kernels::compute::Compute;
 
@@ -69,17 +69,24 @@ impl From<DType> for Dtypes {
     }
 }
 
-/// The dtypes `device` will use at `precision`, without opening it: as
-/// [`device_dtype`], except that bf16 on the CPU (asked for, or `auto` on an AMX CPU)
-/// holds bf16 weights on f32 activations.
+/// The dtypes `device` will use at `precision` (`auto` as [`Precision::resolve`] decides),
+/// without opening it: one dtype, except that bf16 on the CPU holds bf16 weights on f32
+/// activations.
 pub fn device_dtypes(device: DeviceSpec, precision: Precision) -> Dtypes {
-    let dtype = device_dtype(device, precision);
-    if precision.resolve(is_gpu(device)) == Precision::Bf16 && dtype == DType::F32 {
-        Dtypes {
+    let gpu = is_gpu(device);
+    match precision.resolve(gpu) {
+        Precision::F16 => Dtypes::same(DType::F16),
+        Precision::Bf16 if gpu => Dtypes::same(DType::BF16),
+        Precision::Bf16 => Dtypes {
             weights: DType::BF16,
             activations: DType::F32,
-        }
-    } else {
-        Dtypes::same(dtype)
+        },
+        Precision::F32 | Precision::Auto => Dtypes::same(DType::F32),
     }
+}
+
+/// The tensors' dtype `device` will use at `precision`, without opening it (the activations
+/// of [`device_dtypes`]).
+pub fn device_dtype(device: DeviceSpec, precision: Precision) -> DType {
+    device_dtypes(device, precision).activations
 }

@@ -34,12 +34,11 @@ use loopback_core::{Error, Result};
 
 use budget::MIB;
 pub use budget::{HEADROOM, gib};
-pub use dtypes::{Dtypes, device_dtypes};
+pub use dtypes::{Dtypes, device_dtype, device_dtypes};
 pub use params::{clip_parameters, controlnet_parameters, unet_parameters, vae_parameters};
 pub use shape::{EncoderWeights, ModelShape};
 pub use system::{
-    available_bytes, device_dtype, parse_bytes, process_peak_rss, process_rss, reset_peak_rss,
-    run_limit,
+    available_bytes, parse_bytes, process_peak_rss, process_rss, reset_peak_rss, run_limit,
 };
 pub use vae::{
     VAE_DECODE_CALIBRATION, VAE_ENCODE_CALIBRATION, VAE_ENCODE_WORKSPACE, VaeChoice, VaePass,

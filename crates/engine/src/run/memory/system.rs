@@ -2,8 +2,6 @@
 //! memory (Linux `/proc`, the Windows API; chosen at compile time), the limit a run plans for, the weights' dtype, and memory sizes as
 //! users type them.
 
-use candle_core::DType;
-
 use super::budget::{GIB, MIB};
 use crate::device::DeviceSpec;
 
@@ -162,21 +160,6 @@ pub(crate) fn is_gpu(device: DeviceSpec) -> bool {
         DeviceSpec::Auto => {
             candle_core::utils::cuda_is_available() || candle_core::utils::metal_is_available()
         }
-    }
-}
-
-/// The tensors' dtype `device` will use at `precision` (`auto` as
-/// [`Precision::resolve`](crate::device::Precision::resolve) decides; bf16 on the CPU holds f32
-/// tensors), without opening it.
-pub fn device_dtype(device: DeviceSpec, precision: crate::device::Precision) -> DType {
-    use crate::device::Precision;
-    let gpu = is_gpu(device);
-    match (precision.resolve(gpu), gpu) {
-        (Precision::F16, _) => DType::F16,
-        (Precision::F32 | Precision::Auto, _) => DType::F32,
-        // bf16 on the CPU keeps f32 tensors (its weights and products are bf16).
-        (Precision::Bf16, false) => DType::F32,
-        (Precision::Bf16, true) => DType::BF16,
     }
 }
 
