@@ -7,8 +7,12 @@
 //! (substrings of the shape and path names, or a shape `MxKxN`; a thread count) runs a subset; the best of
 //! several runs is printed (other processes share the cores).
 
-use loopback_engine::kernels::bf16::{BenchPath, Bf16Isa, PackedRhs, bench_entry, isa};
-use std::time::{Duration, Instant};
+use loopback_engine::kernels::bf16::{
+    BenchPath, Bf16Isa, Lhs, PackedLhs, PackedRhs, Rhs, bench_entry, isa,
+};
+mod common;
+
+use common::best_of;
 
 /// A product to time: m × k times k × n with the operands' strides.
 struct Shape {
@@ -31,9 +35,21 @@ fn shapes() -> Vec<Shape> {
         lhs: (k, 1),
         rhs: (1, k),
     };
+    let kernel_patches = |name, m, k, n| Shape {
+        name,
+        m,
+        k,
+        n,
+        lhs: (k, 1),
+        rhs: (n, 1),
+    };
     vec![
         weights("conv im2col 64² 320←320·9", 4096, 2880, 320),
         weights("conv im2col 32² 1280←1280·9", 1024, 11520, 1280),
+        // The same convolutions as kernel · patches (the kernel as stored, the patch matrix
+        // with rows along the pixels), as the bf16 convolutions run.
+        kernel_patches("conv kernel·patches 64² 320←320·9", 320, 2880, 4096),
+        kernel_patches("conv kernel·patches 32² 1280←1280·9", 1280, 11520, 1024),
         weights("linear 8192×320→320", 8192, 320, 320),
         weights("linear 4096×1280→5120", 4096, 1280, 5120),
         // Attention with 8 heads of 40 in rows of 320: Q·Kᵀ, then P·V.
@@ -59,21 +75,6 @@ fn shapes() -> Vec<Shape> {
 /// Length of a strided matrix's storage.
 fn extent(rows: usize, cols: usize, (rs, cs): (usize, usize)) -> usize {
     (rows - 1) * rs + (cols - 1) * cs + 1
-}
-
-/// Best time of `run` over at least three runs and half a second (after one warm-up run).
-fn best_of(mut run: impl FnMut()) -> Duration {
-    run();
-    let start = Instant::now();
-    let mut best = Duration::MAX;
-    let mut runs = 0;
-    while runs < 3 || start.elapsed() < Duration::from_millis(500) {
-        let t = Instant::now();
-        run();
-        best = best.min(t.elapsed());
-        runs += 1;
-    }
-    best
 }
 
 fn main() {
@@ -131,6 +132,7 @@ fn main() {
         let rhs = (&rhs[..], shape.rhs.0, shape.rhs.1);
         let mut dst = vec![0f32; m * n];
         let packed = PackedRhs::new(k, n, rhs);
+        let packed_lhs = PackedLhs::new(m, k, lhs);
         let flops = 2.0 * (m * n * k) as f64;
         let mut thread_counts = vec![1];
         if threads > 1 {
@@ -142,28 +144,25 @@ fn main() {
         {
             let parallel = t > 1;
             let mut f32_rate = 0.0;
-            let mut runs: Vec<(String, BenchPath)> = vec![("gemm_f32".into(), BenchPath::F32)];
+            let mut runs = vec![("gemm_f32".to_string(), BenchPath::F32)];
             for &p in &paths {
-                runs.push((format!("gemm_bf16 {p}"), BenchPath::Bf16(p)));
-                runs.push((
-                    format!("gemm_bf16_packed {p}"),
-                    BenchPath::Packed(p, &packed),
-                ));
+                let operands = [
+                    ("", Lhs::View(lhs), Rhs::View(rhs)),
+                    ("_packed", Lhs::View(lhs), Rhs::Packed(&packed)),
+                    ("_lhs_packed", Lhs::Packed(&packed_lhs), Rhs::View(rhs)),
+                ];
+                for (suffix, a, b) in operands {
+                    runs.push((format!("gemm_bf16{suffix} {p}"), BenchPath::Bf16(p, a, b)));
+                }
             }
             for (label, path) in runs {
-                if !label.contains(&path_filter) && !matches!(path, BenchPath::F32) {
+                let is_f32 = matches!(path, BenchPath::F32);
+                if !label.contains(&path_filter) && !is_f32 {
                     continue;
                 }
-                let time = best_of(|| {
-                    let path = match &path {
-                        BenchPath::F32 => BenchPath::F32,
-                        BenchPath::Bf16(p) => BenchPath::Bf16(*p),
-                        BenchPath::Packed(p, packed) => BenchPath::Packed(*p, packed),
-                    };
-                    bench_entry(path, (m, n, k), &mut dst, lhs, rhs, parallel)
-                });
+                let time = best_of(|| bench_entry(path, (m, n, k), &mut dst, (lhs, rhs), parallel));
                 let rate = flops / time.as_secs_f64() / 1e9;
-                if matches!(path, BenchPath::F32) {
+                if is_f32 {
                     f32_rate = rate;
                 }
                 println!(

@@ -1,7 +1,7 @@
 //! The arithmetic of the CPU products, [`Compute`], and the product that follows it: the f32
 //! [`gemm_f32`] or the bf16 [`gemm_bf16`].
 
-use crate::kernels::bf16::gemm_bf16;
+use crate::kernels::bf16::{Lhs, Rhs, gemm_bf16};
 use crate::kernels::gemm::{View, gemm_f32};
 
 /// The arithmetic of the CPU products: f32 throughout, or operands rounded to bf16 with the
@@ -47,6 +47,9 @@ pub(crate) fn gemm(
 ) {
     match compute {
         Compute::F32 => gemm_f32(dims, dst, dst_rs, lhs, rhs, accumulate, parallel),
-        Compute::Bf16 => gemm_bf16(dims, dst, dst_rs, lhs, rhs, accumulate, parallel),
+        Compute::Bf16 => {
+            let (lhs, rhs) = (Lhs::View(lhs), Rhs::View(rhs));
+            gemm_bf16(dims, dst, dst_rs, lhs, rhs, accumulate, parallel)
+        }
     }
 }

@@ -22,7 +22,7 @@ use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::{Conv2dConfig, VarBuilder};
 use rayon::prelude::*;
 
-use crate::kernels::bf16::PackedRhs;
+use crate::kernels::bf16::PackedLhs;
 use crate::kernels::compute::Compute;
 use crate::kernels::im2col::Geometry;
 use crate::kernels::storage::f32_slice;
@@ -44,10 +44,10 @@ pub struct Conv2d {
 enum Weights {
     /// candle's layer: f32 products on the CPU (any dtype and device otherwise).
     Candle(candle_nn::Conv2d),
-    /// bf16 on the CPU: the kernel's transpose packed once (`(c_in·k·k) × c_out`, half the
-    /// memory of the f32 kernel, which is dropped), and the bias. Needs f32 CPU input.
+    /// bf16 on the CPU: the kernel packed once (`c_out × (c_in·k·k)`, half the memory of the
+    /// f32 kernel, which is dropped), and the bias. Needs f32 CPU input.
     Bf16 {
-        packed: Arc<PackedRhs>,
+        packed: Arc<PackedLhs>,
         bias: Option<Tensor>,
     },
 }
@@ -86,8 +86,8 @@ impl Conv2d {
             let weight = weight.contiguous()?;
             let (store, layout) = weight.storage_and_layout();
             let depth = cin * kernel * kernel;
-            // The OIHW kernel is the (c_out, depth) matrix; its transpose is the right operand.
-            let packed = PackedRhs::new(depth, cout, (f32_slice(&store, layout)?, 1, depth));
+            // The OIHW kernel is the (c_out, depth) left operand as it is stored.
+            let packed = PackedLhs::new(cout, depth, (f32_slice(&store, layout)?, depth, 1));
             drop(store);
             Weights::Bf16 {
                 packed: Arc::new(packed),

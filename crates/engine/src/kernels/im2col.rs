@@ -4,18 +4,16 @@
 
 use rayon::prelude::*;
 
-use crate::kernels::bf16::{PackedRhs, gemm_bf16_packed};
+use crate::kernels::bf16::{Lhs, PackedLhs, Rhs, gemm_bf16};
 use crate::kernels::gemm::gemm_f32;
 
 /// Bytes of patch matrix built at once per image.
 const BAND_BYTES: usize = 8 << 20;
 
-/// Bytes of one band of a bf16 1×1 convolution: its pixels × the larger of its input and
-/// output channels in f32 (the band's product is a temporary of that size before it is added
-/// into the planes, and its rows are packed into bf16). Large enough that the UNet's 1×1
-/// convolutions take one band; it bounds the VAE's full-resolution shortcuts (128 MiB of
-/// temporary at 512² otherwise).
-const POINTWISE_BAND_BYTES: usize = 32 << 20;
+/// Bytes of one band of a bf16 1×1 convolution's input packed into bf16 (a per-thread scratch
+/// buffer kept between calls): the UNet's 1×1 convolutions take one band, the VAE's
+/// full-resolution shortcuts several.
+const POINTWISE_BAND_BYTES: usize = 8 << 20;
 
 /// Sizes of one convolution.
 #[derive(Debug, Clone, Copy)]
@@ -67,12 +65,12 @@ impl Geometry {
         });
     }
 
-    /// Accumulates the convolution of one image with the kernel packed into bf16 as its
-    /// transpose (`packed`: `(c_in·k·k) × c_out`) into `out` (`c_out × out_h × out_w`, already
-    /// holding the bias): `outᵀ = patchesᵀ · kernelᵀ` in bf16, each band's product then added
-    /// into the planes. A 1×1 convolution reads the image as its patch matrix, in bands of
-    /// pixels ([`POINTWISE_BAND_BYTES`]).
-    pub(crate) fn convolve_packed(&self, image: &[f32], packed: &PackedRhs, out: &mut [f32]) {
+    /// Accumulates the convolution of one image with the kernel packed into bf16 (`packed`:
+    /// `c_out × (c_in·k·k)`) into `out` (`c_out × out_h × out_w`, already holding the bias):
+    /// `out = kernel · patches` in bf16, band by band of the patch matrix, straight into the
+    /// planes. A 1×1 convolution reads the image as its patch matrix, in bands of pixels
+    /// ([`POINTWISE_BAND_BYTES`]).
+    pub(crate) fn convolve_packed(&self, image: &[f32], packed: &PackedLhs, out: &mut [f32]) {
         self.convolve_packed_in(image, packed, out, POINTWISE_BAND_BYTES);
     }
 
@@ -80,26 +78,29 @@ impl Geometry {
     fn convolve_packed_in(
         &self,
         image: &[f32],
-        packed: &PackedRhs,
+        packed: &PackedLhs,
         out: &mut [f32],
         pointwise_bytes: usize,
     ) {
-        let cout = packed.n();
+        let cout = packed.m();
         let plane = self.out_h * self.out_w;
         let depth = self.cin * self.k * self.k;
-        let mut tile = Vec::new();
-        // The band of `n` pixels from pixel `p0` whose patch matrix is `patches` (`n × depth`,
-        // pixel after pixel, `cs` apart from one patch row to the next).
-        let mut band = |patches: &[f32], cs: usize, n: usize, p0: usize| {
-            // Every element is written by the product (no accumulation).
-            crate::kernels::scratch::grow_scratch(&mut tile, n * cout);
-            let tile = &mut tile[..n * cout];
-            let lhs = (patches, 1, cs);
-            gemm_bf16_packed((n, cout, depth), tile, cout, lhs, packed, false, true);
-            add_transposed(tile, cout, out, plane, p0);
+        // The band of `n` pixels from pixel `p0` whose patch matrix is `patches` (`depth × n`,
+        // `rs` apart from one patch row to the next).
+        let mut band = |patches: &[f32], rs: usize, n: usize, p0: usize| {
+            let (lhs, rhs) = (Lhs::Packed(packed), Rhs::View((patches, rs, 1)));
+            gemm_bf16(
+                (cout, n, depth),
+                &mut out[p0..],
+                plane,
+                lhs,
+                rhs,
+                true,
+                true,
+            );
         };
         if self.is_pointwise() {
-            let pixels = (pointwise_bytes / (4 * depth.max(cout))).max(64);
+            let pixels = (pointwise_bytes / (2 * depth)).max(64);
             for p0 in (0..plane).step_by(pixels) {
                 band(&image[p0..], plane, pixels.min(plane - p0), p0);
             }
@@ -169,24 +170,6 @@ impl Geometry {
     }
 }
 
-/// `out[c][offset + j] += tile[j][c]` for every channel `c` of the `n × cout` `tile` (each
-/// channel's plane `plane` long), in blocks of pixels so both sides stay in cache.
-fn add_transposed(tile: &[f32], cout: usize, out: &mut [f32], plane: usize, offset: usize) {
-    const BLOCK: usize = 64;
-    let n = tile.len() / cout.max(1);
-    out.par_chunks_mut(plane)
-        .take(cout)
-        .enumerate()
-        .for_each(|(c, dst)| {
-            let dst = &mut dst[offset..offset + n];
-            for (b, block) in dst.chunks_mut(BLOCK).enumerate() {
-                for (j, v) in block.iter_mut().enumerate() {
-                    *v += tile[(b * BLOCK + j) * cout + c];
-                }
-            }
-        });
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -216,8 +199,8 @@ mod tests {
         };
         let image = values(cin * height * width, 1);
         let kernel = values(cout * cin, 2);
-        // The OIHW kernel as the (c_out, c_in) matrix; its transpose is the right operand.
-        let packed = PackedRhs::new(cin, cout, (&kernel, 1, cin));
+        // The OIHW kernel is the (c_out, c_in) matrix.
+        let packed = PackedLhs::new(cout, cin, (&kernel, cin, 1));
         let run = |bytes: usize| {
             let mut out = values(cout * height * width, 3);
             g.convolve_packed_in(&image, &packed, &mut out, bytes);

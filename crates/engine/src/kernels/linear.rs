@@ -11,7 +11,7 @@ use std::sync::Arc;
 use candle_core::{D, DType, Device, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use crate::kernels::bf16::{PackedRhs, gemm_bf16_packed};
+use crate::kernels::bf16::{Lhs, PackedRhs, Rhs, gemm_bf16};
 use crate::kernels::compute::Compute;
 use crate::kernels::storage::f32_slice;
 
@@ -114,12 +114,12 @@ impl Linear {
         };
         let (x_store, x_layout) = xs.storage_and_layout();
         let x = f32_slice(&x_store, x_layout)?;
-        gemm_bf16_packed(
+        gemm_bf16(
             (rows, outputs, inputs),
             &mut out,
             outputs,
-            (x, inputs, 1),
-            packed,
+            Lhs::View((x, inputs, 1)),
+            Rhs::Packed(packed),
             true,
             true,
         );

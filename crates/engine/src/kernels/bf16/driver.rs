@@ -2,8 +2,7 @@
 //! packs the left operand and calls the AMX or AVX512-BF16 block kernel.
 
 use super::problem::{Problem, Step};
-use super::{Bf16Isa, LHS_SCRATCH, PackedRhs, SUMS_SCRATCH, amx, avx512, give, pack, take};
-use crate::kernels::gemm::View;
+use super::{Bf16Isa, LHS_SCRATCH, Lhs, PackedRhs, SUMS_SCRATCH, amx, avx512, give, pack, take};
 use crate::kernels::scratch;
 use std::ops::Range;
 
@@ -19,14 +18,15 @@ const C_BLOCK_BYTES: usize = 512 << 10;
 /// Splits C into regions and runs them (on candle's threads when `parallel`). Each region
 /// walks `k` in blocks over at most [`C_BLOCK_BYTES`] of C at a time. Its rows of `lhs` are
 /// packed once: block by block just before use when the region's columns are one such block
-/// (the packed block is still in cache), all of `k` first otherwise.
+/// (the packed block is still in cache), all of `k` first otherwise; a packed `lhs` is read
+/// where it is, in the short k blocks that keep a strip of B in L1.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn run(
     isa: Bf16Isa,
     (m, n, k): (usize, usize, usize),
     dst: &mut [f32],
     dst_rs: usize,
-    lhs: View,
+    lhs: Lhs,
     rhs: &PackedRhs,
     accumulate: bool,
     parallel: bool,
@@ -50,7 +50,15 @@ pub(super) fn run(
         Bf16Isa::Amx => (32, 32, amx::KC_CHUNKS, amx::block),
         _ => (16, avx512::NR, avx512::KC_CHUNKS, avx512::block),
     };
-    let (rb, cb) = blocks((m, n), (row_unit, col_unit), threads);
+    let prepacked = match lhs {
+        Lhs::Packed(packed) => Some(packed.data()),
+        Lhs::View(_) => None,
+    };
+    let (rb, cb) = if prepacked.is_some() {
+        blocks_prepacked((m, n), (row_unit, col_unit), threads)
+    } else {
+        blocks((m, n), (row_unit, col_unit), threads)
+    };
     let problem = Problem {
         m,
         n,
@@ -73,7 +81,7 @@ pub(super) fn run(
         let mut sums = take(&SUMS_SCRATCH);
         let tiles = rows.len().div_ceil(16);
         let c_block = (C_BLOCK_BYTES / (4 * rows.len()) / col_unit * col_unit).max(col_unit);
-        let just_in_time = cols.len() <= c_block;
+        let just_in_time = cols.len() <= c_block || prepacked.is_some();
         // k blocks of about the ISA's size, equal within a chunk; one block up to twice it.
         let target = if just_in_time { kcs.0 } else { kcs.1 };
         let k_blocks = if chunks <= 2 * target {
@@ -81,7 +89,7 @@ pub(super) fn run(
         } else {
             chunks.div_ceil(target)
         };
-        if !just_in_time {
+        if let (false, Lhs::View(lhs)) = (just_in_time, lhs) {
             let (_, a) = pack::aligned(&mut scratch, tiles * TILE * chunks);
             pack::pack_lhs(a, rows.clone(), (m, k), (0, chunks), lhs);
         }
@@ -94,7 +102,12 @@ pub(super) fn run(
             for block in 0..k_blocks {
                 let kb = block * chunks / k_blocks;
                 let kc = (block + 1) * chunks / k_blocks - kb;
-                let a = if just_in_time {
+                let a = if let Some(packed) = prepacked {
+                    (
+                        &packed[rows.start / 16 * TILE * chunks + kb * TILE..],
+                        TILE * chunks,
+                    )
+                } else if let (true, Lhs::View(lhs)) = (just_in_time, lhs) {
                     let (_, a) = pack::aligned(&mut scratch, tiles * TILE * kc);
                     pack::pack_lhs(a, rows.clone(), (m, k), (kb, kc), lhs);
                     (&a[..], TILE * kc)
@@ -146,5 +159,26 @@ fn blocks(
             break;
         }
     }
+    (rb, cb)
+}
+
+/// Region size (rows, columns) when `lhs` is packed beforehand: nothing is packed per region,
+/// so columns are split first (each region's strips of B are read once, from memory), at most
+/// 256 rows at a time (a k block of those rows stays in L2 while the strips go by), until
+/// there are four regions per thread.
+fn blocks_prepacked(
+    (m, n): (usize, usize),
+    (row_unit, col_unit): (usize, usize),
+    threads: usize,
+) -> (usize, usize) {
+    let row_blocks = m.div_ceil(256);
+    let rb = m.div_ceil(row_blocks).div_ceil(row_unit) * row_unit;
+    let regions = m.div_ceil(rb);
+    let col_blocks = if threads > 1 {
+        (4 * threads).div_ceil(regions)
+    } else {
+        1
+    };
+    let cb = n.div_ceil(col_blocks).div_ceil(col_unit).max(1) * col_unit;
     (rb, cb)
 }

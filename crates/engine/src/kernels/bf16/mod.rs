@@ -8,8 +8,10 @@
 //!   numbers up to the order of the sums), for CPUs with neither.
 //!
 //! The fast paths pack the left operand into row tiles and the right one into strips of 16
-//! columns (`pack.rs`, with AVX-512 conversions in `simd.rs`; weights can be packed once,
-//! [`PackedRhs`]), then split C into regions that run on candle's threads, each walking `k`
+//! columns (`pack.rs`, with AVX-512 conversions in `simd.rs`; weights can be packed once:
+//! [`PackedRhs`] for a linear layer's, [`PackedLhs`] for a convolution's kernel, which runs
+//! as `kernel · patches`; attention's probabilities are packed straight from its scores,
+//! `softmax.rs`), then split C into regions that run on candle's threads, each walking `k`
 //! in cache-sized blocks (`driver.rs`). Every region gives the same sums whatever the split,
 //! so results do not depend on the thread count, and the packed and unpacked products agree
 //! bit for bit.
@@ -32,10 +34,11 @@ mod problem;
 mod scalar;
 #[cfg(target_arch = "x86_64")]
 mod simd;
+mod softmax;
 #[cfg(test)]
 mod tests;
 
-pub use pack::PackedRhs;
+pub use pack::{PackedLhs, PackedRhs};
 pub use scalar::{bf16_bits, round_bf16};
 
 use crate::kernels::gemm::{View, gemm_f32};
@@ -105,34 +108,39 @@ pub fn isa_named(name: &str) -> Option<Bf16Isa> {
     Bf16Isa::from_name(name).filter(|isa| isa.available())
 }
 
+/// The left operand of a product: a strided view (rounded and packed as the product goes),
+/// or packed beforehand (a convolution's kernel, attention's probabilities).
+#[derive(Clone, Copy)]
+pub enum Lhs<'a> {
+    /// An m × k strided view.
+    View(View<'a>),
+    /// Packed beforehand: its `m()` × `k()` must be the product's `m` × `k`.
+    Packed(&'a PackedLhs),
+}
+
+/// The right operand of a product: a strided view, or packed beforehand (a layer's weights).
+#[derive(Clone, Copy)]
+pub enum Rhs<'a> {
+    /// A k × n strided view.
+    View(View<'a>),
+    /// Packed beforehand: its `k()` × `n()` must be the product's `k` × `n`.
+    Packed(&'a PackedRhs),
+}
+
 /// Same contract as [`gemm_f32`], but both operands rounded to bf16 (round to nearest even)
-/// while packing, products accumulated in f32; on the path [`isa`] chose.
+/// while packing (or packed so beforehand), products accumulated in f32; on the path [`isa`]
+/// chose. Packed or not, the operands give the same numbers, bit for bit.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn gemm_bf16(
     dims: (usize, usize, usize),
     dst: &mut [f32],
     dst_rs: usize,
-    lhs: View,
-    rhs: View,
+    lhs: Lhs,
+    rhs: Rhs,
     accumulate: bool,
     parallel: bool,
 ) {
     gemm_bf16_with(isa(), dims, dst, dst_rs, lhs, rhs, accumulate, parallel);
-}
-
-/// [`gemm_bf16`] with the right operand packed beforehand (`rhs.k()` × `rhs.n()` must be
-/// `k` × `n`); the same numbers, bit for bit.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn gemm_bf16_packed(
-    dims: (usize, usize, usize),
-    dst: &mut [f32],
-    dst_rs: usize,
-    lhs: View,
-    rhs: &PackedRhs,
-    accumulate: bool,
-    parallel: bool,
-) {
-    gemm_bf16_packed_with(isa(), dims, dst, dst_rs, lhs, rhs, accumulate, parallel);
 }
 
 /// [`gemm_bf16`] on the path `isa`, which this CPU must have.
@@ -142,55 +150,50 @@ pub(crate) fn gemm_bf16_with(
     (m, n, k): (usize, usize, usize),
     dst: &mut [f32],
     dst_rs: usize,
-    lhs: View,
-    rhs: View,
+    lhs: Lhs,
+    rhs: Rhs,
     accumulate: bool,
     parallel: bool,
 ) {
-    check(isa, (m, n, k), dst, dst_rs, lhs, Some(rhs));
+    let lhs_view = match lhs {
+        Lhs::View(view) => Some(view),
+        Lhs::Packed(packed) => {
+            assert_eq!((packed.m, packed.k), (m, k), "packed lhs of another shape");
+            None
+        }
+    };
+    let rhs_view = match rhs {
+        Rhs::View(view) => Some(view),
+        Rhs::Packed(packed) => {
+            assert_eq!((packed.k, packed.n), (k, n), "packed rhs of another shape");
+            None
+        }
+    };
+    check(isa, (m, n, k), dst, dst_rs, lhs_view, rhs_view);
     if m == 0 || n == 0 {
         return;
     }
     if isa == Bf16Isa::Emulated {
-        let rounded = |b: &mut [f32]| pack::rounded_matrix(b, n, rhs, parallel);
-        return emulated((m, n, k), dst, dst_rs, lhs, rounded, accumulate, parallel);
+        let fill_lhs = |a: &mut [f32]| match lhs {
+            Lhs::View(view) => pack::rounded_matrix(a, k, view, parallel),
+            Lhs::Packed(packed) => packed.unpack(a, parallel),
+        };
+        let fill_rhs = |b: &mut [f32]| match rhs {
+            Rhs::View(view) => pack::rounded_matrix(b, n, view, parallel),
+            Rhs::Packed(packed) => packed.unpack(b, parallel),
+        };
+        let fill = (fill_lhs, fill_rhs);
+        return emulated((m, n, k), dst, dst_rs, fill, accumulate, parallel);
     }
-    let packed = PackedRhs::with_buffer(take(&RHS_SCRATCH), k, n, rhs, parallel);
-    fast(
-        isa,
-        (m, n, k),
-        dst,
-        dst_rs,
-        lhs,
-        &packed,
-        accumulate,
-        parallel,
-    );
-    give(&RHS_SCRATCH, packed.into_buffer());
-}
-
-/// [`gemm_bf16_packed`] on the path `isa`, which this CPU must have.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn gemm_bf16_packed_with(
-    isa: Bf16Isa,
-    (m, n, k): (usize, usize, usize),
-    dst: &mut [f32],
-    dst_rs: usize,
-    lhs: View,
-    rhs: &PackedRhs,
-    accumulate: bool,
-    parallel: bool,
-) {
-    assert_eq!((rhs.k, rhs.n), (k, n), "packed operand of another shape");
-    check(isa, (m, n, k), dst, dst_rs, lhs, None);
-    if m == 0 || n == 0 {
-        return;
+    let dims = (m, n, k);
+    match rhs {
+        Rhs::Packed(packed) => fast(isa, dims, dst, dst_rs, lhs, packed, accumulate, parallel),
+        Rhs::View(view) => {
+            let packed = PackedRhs::with_buffer(take(&RHS_SCRATCH), k, n, view, parallel);
+            fast(isa, dims, dst, dst_rs, lhs, &packed, accumulate, parallel);
+            give(&RHS_SCRATCH, packed.into_buffer());
+        }
     }
-    if isa == Bf16Isa::Emulated {
-        let unpacked = |b: &mut [f32]| rhs.unpack(b, parallel);
-        return emulated((m, n, k), dst, dst_rs, lhs, unpacked, accumulate, parallel);
-    }
-    fast(isa, (m, n, k), dst, dst_rs, lhs, rhs, accumulate, parallel);
 }
 
 /// The bounds [`gemm_f32`] asserts, plus the path's availability and rows of `dst` that do
@@ -200,7 +203,7 @@ fn check(
     (m, n, k): (usize, usize, usize),
     dst: &[f32],
     dst_rs: usize,
-    (lhs, lhs_rs, lhs_cs): View,
+    lhs: Option<View>,
     rhs: Option<View>,
 ) {
     assert!(isa.available(), "bf16 path {isa} not available on this CPU");
@@ -212,28 +215,28 @@ fn check(
     };
     assert!(dst.len() >= last(m, dst_rs, n, 1));
     assert!(m == 1 || dst_rs >= n, "rows of dst overlap");
-    assert!(k == 0 || lhs.len() >= last(m, lhs_rs, k, lhs_cs));
+    if let Some((lhs, lhs_rs, lhs_cs)) = lhs {
+        assert!(k == 0 || lhs.len() >= last(m, lhs_rs, k, lhs_cs));
+    }
     if let Some((rhs, rhs_rs, rhs_cs)) = rhs {
         assert!(k == 0 || rhs.len() >= last(k, rhs_rs, n, rhs_cs));
     }
 }
 
-/// The emulated path: `lhs` rounded, times `rhs` rounded (`fill_rhs` writes it, row-major
-/// k × n), in f32; both in per-thread scratch buffers.
-#[allow(clippy::too_many_arguments)]
+/// The emulated path: `lhs` rounded times `rhs` rounded, in f32 (`fill.0` writes the first,
+/// row-major m × k, `fill.1` the second, row-major k × n), both in per-thread scratch buffers.
 fn emulated(
     (m, n, k): (usize, usize, usize),
     dst: &mut [f32],
     dst_rs: usize,
-    lhs: View,
-    fill_rhs: impl FnOnce(&mut [f32]),
+    (fill_lhs, fill_rhs): (impl FnOnce(&mut [f32]), impl FnOnce(&mut [f32])),
     accumulate: bool,
     parallel: bool,
 ) {
     let (mut a, mut b) = (take(&EMULATED_LHS), take(&EMULATED_RHS));
     scratch::grow_scratch(&mut a, m * k);
     scratch::grow_scratch(&mut b, k * n);
-    pack::rounded_matrix(&mut a[..m * k], k, lhs, parallel);
+    fill_lhs(&mut a[..m * k]);
     fill_rhs(&mut b[..k * n]);
     let (lhs, rhs) = ((&a[..], k, 1), (&b[..], n, 1));
     gemm_f32((m, n, k), dst, dst_rs, lhs, rhs, accumulate, parallel);
@@ -279,7 +282,7 @@ fn fast(
     dims: (usize, usize, usize),
     dst: &mut [f32],
     dst_rs: usize,
-    lhs: View,
+    lhs: Lhs,
     rhs: &PackedRhs,
     accumulate: bool,
     parallel: bool,
@@ -295,32 +298,29 @@ fn fast(
 
 /// What [`bench_entry`] runs.
 #[doc(hidden)]
+#[derive(Clone, Copy)]
 pub enum BenchPath<'a> {
-    /// [`gemm_f32`].
+    /// [`gemm_f32`] on the views.
     F32,
-    /// [`gemm_bf16`] on a path.
-    Bf16(Bf16Isa),
-    /// [`gemm_bf16_packed`] on a path, with this packed right operand.
-    Packed(Bf16Isa, &'a PackedRhs),
+    /// [`gemm_bf16`] on a path, with these operands.
+    Bf16(Bf16Isa, Lhs<'a>, Rhs<'a>),
 }
 
 /// The products for the `gemm_bf16` example (they are crate-private): `dst (m × n, row
-/// stride n) ← lhs · rhs` on `path`.
+/// stride n) ← lhs · rhs` on `path` (`F32` multiplies the views `lhs` and `rhs`).
 #[doc(hidden)]
 pub fn bench_entry(
     path: BenchPath,
     dims: (usize, usize, usize),
     dst: &mut [f32],
-    lhs: (&[f32], usize, usize),
-    rhs: (&[f32], usize, usize),
+    (lhs, rhs): (View, View),
     parallel: bool,
 ) {
     let n = dims.1;
     match path {
         BenchPath::F32 => gemm_f32(dims, dst, n, lhs, rhs, false, parallel),
-        BenchPath::Bf16(isa) => gemm_bf16_with(isa, dims, dst, n, lhs, rhs, false, parallel),
-        BenchPath::Packed(isa, packed) => {
-            gemm_bf16_packed_with(isa, dims, dst, n, lhs, packed, false, parallel)
+        BenchPath::Bf16(isa, lhs, rhs) => {
+            gemm_bf16_with(isa, dims, dst, n, lhs, rhs, false, parallel)
         }
     }
 }

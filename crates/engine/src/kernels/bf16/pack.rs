@@ -60,6 +60,18 @@ impl PackedRhs {
         Self::with_buffer(Vec::new(), k, n, rhs, true)
     }
 
+    /// Packs `rhs` (k × n) into `buffer` (reused when long enough), on candle's threads
+    /// when `parallel`.
+    pub(crate) fn packed_into(
+        buffer: Vec<u16>,
+        k: usize,
+        n: usize,
+        rhs: View,
+        parallel: bool,
+    ) -> Self {
+        Self::with_buffer(buffer, k, n, rhs, parallel)
+    }
+
     /// Packs `rhs` into `buffer` (reused when long enough).
     pub(super) fn with_buffer(
         mut buffer: Vec<u16>,
@@ -143,6 +155,116 @@ impl PackedRhs {
     }
 }
 
+/// A left-hand operand (a convolution's kernel, attention's probabilities) packed into bf16 in
+/// the layout the kernels read: row tiles of 16 rows, each all of `k` (zero padded), one after
+/// another.
+#[derive(Default)]
+pub struct PackedLhs {
+    pub(super) m: usize,
+    pub(super) k: usize,
+    /// `k` padded to a multiple of 32.
+    pub(super) kp: usize,
+    buffer: Vec<u16>,
+    offset: usize,
+}
+
+impl std::fmt::Debug for PackedLhs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PackedLhs")
+            .field("m", &self.m)
+            .field("k", &self.k)
+            .field("bytes", &self.bytes())
+            .finish()
+    }
+}
+
+impl PackedLhs {
+    /// Packs `lhs` (m × k, a strided view) on candle's threads.
+    pub fn new(m: usize, k: usize, lhs: View) -> Self {
+        let mut packed = Self::default();
+        packed.repack(m, k, lhs, true);
+        packed
+    }
+
+    /// Makes it an `m × k` operand, reusing its buffer (grown when short); returns the
+    /// buffer's row tiles, to be filled.
+    pub(super) fn reshape(&mut self, m: usize, k: usize) -> &mut [u16] {
+        let kp = padded_k(k);
+        let (offset, _) = aligned(&mut self.buffer, m.div_ceil(16) * 16 * kp);
+        (self.m, self.k, self.kp, self.offset) = (m, k, kp, offset);
+        &mut self.buffer[offset..][..m.div_ceil(16) * 16 * kp]
+    }
+
+    /// Packs `lhs` (m × k) in place of what it held, reusing its buffer (grown when short);
+    /// row tiles on candle's threads when `parallel`.
+    pub(crate) fn repack(&mut self, m: usize, k: usize, lhs: View, parallel: bool) {
+        let kp = padded_k(k);
+        let tile_len = 16 * kp;
+        let data = self.reshape(m, k);
+        if m > 0 && k > 0 {
+            let (values, rs, cs) = lhs;
+            assert!(
+                values.len() > (m - 1) * rs + (k - 1) * cs,
+                "lhs view out of bounds"
+            );
+            let work = |(t, tile): (usize, &mut [u16])| {
+                pack_lhs(
+                    tile,
+                    16 * t..(16 * t + 16).min(m),
+                    (m, k),
+                    (0, kp / 32),
+                    lhs,
+                )
+            };
+            if parallel {
+                data.par_chunks_mut(tile_len).enumerate().for_each(work);
+            } else {
+                data.chunks_mut(tile_len).enumerate().for_each(work);
+            }
+        }
+    }
+
+    /// The bytes its bf16 values take (about `m · k · 2`, plus the padding).
+    pub fn bytes(&self) -> usize {
+        2 * self.m.div_ceil(16) * 16 * self.kp
+    }
+
+    /// Rows (`m`) of the operand.
+    pub fn m(&self) -> usize {
+        self.m
+    }
+
+    /// Columns (`k`) of the operand.
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    /// The packed values, row tile after row tile.
+    pub(super) fn data(&self) -> &[u16] {
+        &self.buffer[self.offset..self.offset + self.bytes() / 2]
+    }
+
+    /// `out` ← the operand as rounded f32 values, row-major m × k.
+    pub(super) fn unpack(&self, out: &mut [f32], parallel: bool) {
+        let (data, k, kp) = (self.data(), self.k, self.kp);
+        assert_eq!(out.len(), self.m * k);
+        if out.is_empty() {
+            return;
+        }
+        let row = |(r, row): (usize, &mut [f32])| {
+            let tile = &data[r / 16 * 16 * kp + (r % 16) * 32..];
+            for (kk, v) in row.iter_mut().enumerate() {
+                *v = f32::from_bits(u32::from(tile[kk / 32 * TILE + kk % 32]) << 16);
+            }
+        };
+        if parallel {
+            out.par_chunks_mut(k).enumerate().for_each(row);
+        } else {
+            out.chunks_mut(k).enumerate().for_each(row);
+        }
+    }
+}
+
 /// `out` (row-major, `cols` columns) ← the same rows and columns of a view, rounded to bf16
 /// (rows on candle's threads when `parallel`; strided views read in 16 × 16 blocks).
 pub(super) fn rounded_matrix(out: &mut [f32], cols: usize, view: View, parallel: bool) {
@@ -181,7 +303,6 @@ pub(super) fn rounded_matrix(out: &mut [f32], cols: usize, view: View, parallel:
 /// Packs rows `rows` × k chunks `chunks` (of 32, from chunk `chunk0`) of the left operand
 /// (m × k) into row tiles of 16 rows, `[tile][chunk][16 rows][32 k]` (zero past `m` and `k`);
 /// `out` holds `rows.len().div_ceil(16)` tiles of `16 · 32 · chunks` elements.
-#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // Only the fast paths pack lhs.
 pub(super) fn pack_lhs(
     out: &mut [u16],
     rows: Range<usize>,

@@ -83,8 +83,8 @@ fn check_case(isa: Bf16Isa, case: Case, seed: u64) {
         dims,
         &mut dst,
         dst_rs,
-        lhs_v,
-        rhs_v,
+        Lhs::View(lhs_v),
+        Rhs::View(rhs_v),
         case.accumulate,
         case.parallel,
     );
@@ -118,26 +118,27 @@ fn check_case(isa: Bf16Isa, case: Case, seed: u64) {
             );
         }
     }
-    // The packed operand gives the same numbers, bit for bit.
+    // Operands packed beforehand give the same numbers, bit for bit.
     let packed = PackedRhs::new(k, n, rhs_v);
     assert!(packed.bytes() >= 2 * k * n);
-    let mut dst_packed = dst0.clone();
-    gemm_bf16_packed_with(
-        isa,
-        dims,
-        &mut dst_packed,
-        dst_rs,
-        lhs_v,
-        &packed,
-        case.accumulate,
-        case.parallel,
-    );
+    let packed_lhs = PackedLhs::new(m, k, lhs_v);
+    assert!(packed_lhs.bytes() >= 2 * m * k);
     let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-    assert_eq!(
-        bits(&dst),
-        bits(&dst_packed),
-        "{isa} {case:?}: packed differs"
-    );
+    let operands = [
+        ("rhs packed", Lhs::View(lhs_v), Rhs::Packed(&packed)),
+        ("lhs packed", Lhs::Packed(&packed_lhs), Rhs::View(rhs_v)),
+        (
+            "both packed",
+            Lhs::Packed(&packed_lhs),
+            Rhs::Packed(&packed),
+        ),
+    ];
+    for (what, a, b) in operands {
+        let mut other = dst0.clone();
+        let (acc, par) = (case.accumulate, case.parallel);
+        gemm_bf16_with(isa, dims, &mut other, dst_rs, a, b, acc, par);
+        assert_eq!(bits(&dst), bits(&other), "{isa} {case:?}: {what} differs");
+    }
     // The fast paths sum in the same order on one thread or many.
     if isa != Bf16Isa::Emulated {
         let mut dst_other = dst0;
@@ -146,8 +147,8 @@ fn check_case(isa: Bf16Isa, case: Case, seed: u64) {
             dims,
             &mut dst_other,
             dst_rs,
-            lhs_v,
-            rhs_v,
+            Lhs::View(lhs_v),
+            Rhs::View(rhs_v),
             case.accumulate,
             !case.parallel,
         );
@@ -206,8 +207,8 @@ fn bf16_empty_dimensions() {
                 (3, 4, 0),
                 &mut dst,
                 4,
-                (&[], 0, 1),
-                (&[], 4, 1),
+                Lhs::View((&[], 0, 1)),
+                Rhs::View((&[], 4, 1)),
                 accumulate,
                 true,
             );
@@ -215,13 +216,13 @@ fn bf16_empty_dimensions() {
             assert!(dst.iter().all(|&v| v == want), "{isa}: k = 0 gave {dst:?}");
             let packed = PackedRhs::new(0, 4, (&[], 4, 1));
             let mut dst = vec![2.5f32; 12];
-            gemm_bf16_packed_with(
+            gemm_bf16_with(
                 isa,
                 (3, 4, 0),
                 &mut dst,
                 4,
-                (&[], 0, 1),
-                &packed,
+                Lhs::View((&[], 0, 1)),
+                Rhs::Packed(&packed),
                 accumulate,
                 false,
             );
@@ -236,8 +237,8 @@ fn bf16_empty_dimensions() {
             (0, 4, 3),
             &mut [],
             4,
-            (&[], 3, 1),
-            (&[0.0; 12], 4, 1),
+            Lhs::View((&[], 3, 1)),
+            Rhs::View((&[0.0; 12], 4, 1)),
             false,
             true,
         );
@@ -246,8 +247,8 @@ fn bf16_empty_dimensions() {
             (4, 0, 3),
             &mut [],
             0,
-            (&[0.0; 12], 3, 1),
-            (&[], 0, 1),
+            Lhs::View((&[0.0; 12], 3, 1)),
+            Rhs::View((&[], 0, 1)),
             false,
             true,
         );
@@ -268,8 +269,8 @@ fn bf16_nan_propagates() {
             (m, n, k),
             &mut dst,
             n,
-            (&lhs, k, 1),
-            (&rhs, n, 1),
+            Lhs::View((&lhs, k, 1)),
+            Rhs::View((&rhs, n, 1)),
             false,
             false,
         );
@@ -448,4 +449,50 @@ fn bf16_isa_names_and_environment() {
         }
     }
     assert!(isa().available());
+}
+
+/// The probabilities packed straight from scores are `exp_row`'s, rounded to bf16, in the
+/// left operand's layout with zero padding, and their normalisers agree.
+#[test]
+fn bf16_softmax_packing_matches_exp_row() {
+    for (rows, n, seed) in [(37, 77, 5), (16, 64, 6), (3, 300, 7), (20, 1, 8)] {
+        let mut values = Values(seed);
+        let scores: Vec<f32> = values.vec(rows * n).iter().map(|v| v * 20.0).collect();
+        let scale = 0.37;
+        let mut expected = scores.clone();
+        let mut expected_norms = vec![0f32; rows];
+        for (row, norm) in expected.chunks_mut(n).zip(&mut expected_norms) {
+            *norm = crate::kernels::fastmath::exp_row(row, scale);
+        }
+        let mut packed = PackedLhs::default();
+        let mut norms = vec![0f32; rows];
+        packed.repack_softmax(&mut scores.clone(), (rows, n), scale, &mut norms);
+        assert_eq!((packed.m(), packed.k()), (rows, n));
+        for (got, want) in norms.iter().zip(&expected_norms) {
+            assert!(
+                (got - want).abs() <= 1e-5 * want,
+                "norm {got} against {want}"
+            );
+        }
+        let mut unpacked = vec![0f32; rows * n];
+        packed.unpack(&mut unpacked, false);
+        for (got, want) in unpacked.iter().zip(&expected) {
+            // One bf16 rounding (2⁻⁹ relative) of an exp within 1e-5 of exp_row's.
+            assert!(
+                (got - want).abs() <= want * (1.0 / 256.0) + 1e-30,
+                "probability {got} against {want}"
+            );
+        }
+        // Past the rows and columns, zeros (the products read whole tiles).
+        let kp = n.div_ceil(32) * 32;
+        let data = packed.data();
+        for r in 0..rows.div_ceil(16) * 16 {
+            for kk in 0..kp {
+                let v = data[r / 16 * 16 * kp + kk / 32 * 512 + r % 16 * 32 + kk % 32];
+                if r >= rows || kk >= n {
+                    assert_eq!(v, 0, "padding at row {r}, column {kk}");
+                }
+            }
+        }
+    }
 }
