@@ -4,7 +4,7 @@
 
 use rayon::prelude::*;
 
-use crate::kernels::bf16::{Lhs, PackedLhs, Rhs, gemm_bf16};
+use crate::kernels::bf16::{Lhs, PackedLhs, Patches, Rhs, gemm_bf16};
 use crate::kernels::gemm::gemm_f32;
 
 /// Bytes of patch matrix built at once per image.
@@ -14,6 +14,15 @@ const BAND_BYTES: usize = 8 << 20;
 /// buffer kept between calls): the UNet's 1×1 convolutions take one band, the VAE's
 /// full-resolution shortcuts several.
 const POINTWISE_BAND_BYTES: usize = 8 << 20;
+
+/// Bytes of one band of a bf16 convolution's patch matrix packed straight from the image
+/// (a per-thread scratch buffer kept between calls).
+const PACKED_BAND_BYTES: usize = 8 << 20;
+
+thread_local! {
+    /// The packed patch matrix of the bf16 convolutions on this thread.
+    static PACKED_PATCHES: std::cell::Cell<Vec<u16>> = const { std::cell::Cell::new(Vec::new()) };
+}
 
 /// Sizes of one convolution.
 #[derive(Debug, Clone, Copy)]
@@ -71,16 +80,19 @@ impl Geometry {
     /// planes. A 1×1 convolution reads the image as its patch matrix, in bands of pixels
     /// ([`POINTWISE_BAND_BYTES`]).
     pub(crate) fn convolve_packed(&self, image: &[f32], packed: &PackedLhs, out: &mut [f32]) {
-        self.convolve_packed_in(image, packed, out, POINTWISE_BAND_BYTES);
+        let bands = (POINTWISE_BAND_BYTES, Some(PACKED_BAND_BYTES));
+        self.convolve_packed_in(image, packed, out, bands);
     }
 
-    /// [`Geometry::convolve_packed`] with 1×1 bands of about `pointwise_bytes`.
+    /// [`Geometry::convolve_packed`] with 1×1 bands of about `pointwise_bytes`, and with the
+    /// patch matrix packed straight from the image in bands of about `direct` bytes where that
+    /// can be done (built in f32 and packed when `direct` is `None`).
     fn convolve_packed_in(
         &self,
         image: &[f32],
         packed: &PackedLhs,
         out: &mut [f32],
-        pointwise_bytes: usize,
+        (pointwise_bytes, direct): (usize, Option<usize>),
     ) {
         let cout = packed.m();
         let plane = self.out_h * self.out_w;
@@ -104,6 +116,37 @@ impl Geometry {
             for p0 in (0..plane).step_by(pixels) {
                 band(&image[p0..], plane, pixels.min(plane - p0), p0);
             }
+            return;
+        }
+        let patches = Patches {
+            cin: self.cin,
+            height: self.height,
+            width: self.width,
+            k: self.k,
+            top: self.top,
+            left: self.left,
+            out_w: self.out_w,
+        };
+        if let (Some(band_bytes), 1, true) = (direct, self.s, patches.supported()) {
+            let rows = (band_bytes / (2 * depth * self.out_w)).clamp(1, self.out_h);
+            let mut buffer = PACKED_PATCHES.take();
+            for y0 in (0..self.out_h).step_by(rows) {
+                let n = rows.min(self.out_h - y0) * self.out_w;
+                let rhs = patches.pack(buffer, image, y0, rows.min(self.out_h - y0));
+                let operands = (Lhs::Packed(packed), Rhs::Packed(&rhs));
+                let dst = &mut out[y0 * self.out_w..];
+                gemm_bf16(
+                    (cout, n, depth),
+                    dst,
+                    plane,
+                    operands.0,
+                    operands.1,
+                    true,
+                    true,
+                );
+                buffer = rhs.into_buffer();
+            }
+            PACKED_PATCHES.set(buffer);
             return;
         }
         self.for_each_band(image, |patches, n, y0| band(patches, n, n, y0 * self.out_w));
@@ -203,7 +246,7 @@ mod tests {
         let packed = PackedLhs::new(cout, cin, (&kernel, cin, 1));
         let run = |bytes: usize| {
             let mut out = values(cout * height * width, 3);
-            g.convolve_packed_in(&image, &packed, &mut out, bytes);
+            g.convolve_packed_in(&image, &packed, &mut out, (bytes, None));
             out
         };
         // 64-pixel bands (300 pixels: four and a short one), then one band.
@@ -214,5 +257,53 @@ mod tests {
             .map(|(a, b)| (a - b).abs())
             .fold(0f32, f32::max);
         assert!(diff <= 1e-5 * cin as f32, "{diff}");
+    }
+
+    /// A bf16 convolution whose patch matrix is packed straight from the image equals, bit
+    /// for bit, the one that builds the f32 patch matrix and packs it (odd tap counts, the
+    /// padding on every side, several bands).
+    #[test]
+    fn direct_bf16_patches_equal_the_packed_patch_matrix() {
+        for (cin, cout, height, width, k) in
+            [(5, 24, 9, 16, 3), (3, 40, 20, 32, 3), (2, 16, 6, 16, 5)]
+        {
+            let p = k / 2;
+            let g = Geometry {
+                batch: 1,
+                cin,
+                height,
+                width,
+                k,
+                s: 1,
+                top: p,
+                left: p,
+                out_h: height,
+                out_w: width,
+                winograd: false,
+            };
+            let values = |n: usize, seed: usize| -> Vec<f32> {
+                (0..n)
+                    .map(|i| (((i * 7919 + seed) % 1009) as f32 / 504.5) - 1.0)
+                    .collect()
+            };
+            let image = values(cin * height * width, 4);
+            let depth = cin * k * k;
+            let packed = PackedLhs::new(cout, depth, (&values(cout * depth, 5), depth, 1));
+            let run = |direct: Option<usize>| {
+                let mut out = values(cout * height * width, 6);
+                g.convolve_packed_in(&image, &packed, &mut out, (1 << 20, direct));
+                out
+            };
+            let bits = |v: Vec<f32>| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            let built = bits(run(None));
+            // One band, then bands of two output rows (the last one short where odd).
+            for bytes in [1 << 30, 2 * 2 * depth * width] {
+                let direct = bits(run(Some(bytes)));
+                assert_eq!(
+                    direct, built,
+                    "{cin}×{height}×{width}, k {k}, bands of {bytes} B"
+                );
+            }
+        }
     }
 }

@@ -29,6 +29,7 @@ mod avx512;
 mod driver;
 mod isa;
 mod pack;
+mod patches;
 #[cfg(target_arch = "x86_64")]
 mod problem;
 mod scalar;
@@ -39,6 +40,7 @@ mod softmax;
 mod tests;
 
 pub use pack::{PackedLhs, PackedRhs};
+pub(crate) use patches::Patches;
 pub use scalar::{bf16_bits, round_bf16};
 
 use crate::kernels::gemm::{View, gemm_f32};

@@ -74,16 +74,17 @@ impl PackedRhs {
 
     /// Packs `rhs` into `buffer` (reused when long enough).
     pub(super) fn with_buffer(
-        mut buffer: Vec<u16>,
+        buffer: Vec<u16>,
         k: usize,
         n: usize,
         rhs: View,
         parallel: bool,
     ) -> Self {
-        let kp = padded_k(k);
-        let strip_len = 16 * kp;
-        let (offset, data) = aligned(&mut buffer, n.div_ceil(16) * strip_len);
-        if k > 0 && n > 0 {
+        let strip_len = 16 * padded_k(k);
+        Self::filled(buffer, k, n, |data| {
+            if k == 0 || n == 0 {
+                return;
+            }
             let (values, rs, cs) = rhs;
             assert!(
                 values.len() > (k - 1) * rs + (n - 1) * cs,
@@ -95,7 +96,20 @@ impl PackedRhs {
             } else {
                 data.chunks_mut(strip_len).enumerate().for_each(work);
             }
-        }
+        })
+    }
+
+    /// A k × n operand in `buffer` (reused when long enough) whose strips `fill` writes (every
+    /// element, padding included).
+    pub(super) fn filled(
+        mut buffer: Vec<u16>,
+        k: usize,
+        n: usize,
+        fill: impl FnOnce(&mut [u16]),
+    ) -> Self {
+        let kp = padded_k(k);
+        let (offset, data) = aligned(&mut buffer, n.div_ceil(16) * 16 * kp);
+        fill(data);
         Self {
             k,
             n,
@@ -126,7 +140,7 @@ impl PackedRhs {
     }
 
     /// Gives the buffer back for reuse.
-    pub(super) fn into_buffer(self) -> Vec<u16> {
+    pub(crate) fn into_buffer(self) -> Vec<u16> {
         self.buffer
     }
 

@@ -29,7 +29,7 @@ fn prefetch(values: &[f32], start: usize, len: usize) {
 /// NaN made quiet) and whose low 16 bits are to be dropped.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw")]
-fn rounded_high(x: __m512i) -> __m512i {
+pub(super) fn rounded_high(x: __m512i) -> __m512i {
     let lsb = _mm512_and_si512(_mm512_srli_epi32::<16>(x), _mm512_set1_epi32(1));
     let rounded = _mm512_add_epi32(x, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff)));
     let magnitude = _mm512_and_si512(x, _mm512_set1_epi32(0x7fff_ffff));
