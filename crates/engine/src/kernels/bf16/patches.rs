@@ -25,7 +25,10 @@ impl Patches {
     pub(crate) fn supported(&self) -> bool {
         #[cfg(target_arch = "x86_64")]
         {
-            self.out_w % 16 == 0 && self.out_w > 0 && self.k <= 8 && super::simd::available()
+            self.out_w.is_multiple_of(16)
+                && self.out_w > 0
+                && self.k <= 8
+                && super::simd::available()
         }
         #[cfg(not(target_arch = "x86_64"))]
         false
@@ -89,7 +92,7 @@ mod x86 {
             }
         }
         let mut pairs = strip.chunks_exact_mut(32);
-        let mut store = |even: __m512i, odd: __m512i| {
+        let store = |pairs: &mut std::slice::ChunksExactMut<u16>, even: __m512i, odd: __m512i| {
             let (even, odd) = (rounded_high(even), rounded_high(odd));
             let pair = _mm512_mask_blend_epi16(0xaaaa_aaaa, _mm512_srli_epi32::<16>(even), odd);
             if let Some(dst) = pairs.next() {
@@ -115,15 +118,14 @@ mod x86 {
                     };
                     match pending.take() {
                         None => pending = Some(v),
-                        Some(even) => store(even, v),
+                        Some(even) => store(&mut pairs, even, v),
                     }
                 }
             }
         }
         if let Some(even) = pending {
-            store(even, _mm512_setzero_si512());
+            store(&mut pairs, even, _mm512_setzero_si512());
         }
-        drop(store);
         for rest in pairs {
             rest.fill(0);
         }

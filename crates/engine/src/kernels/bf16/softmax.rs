@@ -5,7 +5,8 @@
 //!
 //! On AVX-512 the `exp` is a degree-5 polynomial after the usual `2^k` reduction (relative
 //! error below 3e-6, far under bf16's 2⁻⁹ rounding of the result) with fused multiply-adds and
-//! `vscalefps`; elsewhere it is the f32 path's `exp_row` followed by the ordinary packing.
+//! `vscalefps`, and the rounding to bf16 is `vcvtne2ps2bf16` where the CPU has AVX512-BF16;
+//! elsewhere it is the f32 path's `exp_row` followed by the ordinary packing.
 
 use super::pack::PackedLhs;
 use crate::kernels::fastmath::exp_row;
@@ -25,10 +26,17 @@ impl PackedLhs {
         if super::simd::available() && n > 0 {
             let kp = super::pack::padded_k(n);
             let data = self.reshape(rows, n);
+            let native = super::isa::has_avx512bf16();
             for (r, norm) in norms[..rows].iter_mut().enumerate() {
                 let row = &scores[r * n..][..n];
                 // SAFETY: the CPU has the features; `data` holds the operand's row tiles.
-                *norm = unsafe { x86::exp_pack_row(row, scale, data, r, kp) };
+                *norm = unsafe {
+                    if native {
+                        x86::exp_pack_row_native(row, scale, data, r, kp)
+                    } else {
+                        x86::exp_pack_row(row, scale, data, r, kp)
+                    }
+                };
             }
             let padding = rows.div_ceil(16) * 16 - rows;
             for r in rows..rows + padding {
@@ -51,39 +59,63 @@ mod x86 {
     use super::super::scalar::TILE;
     use std::arch::x86_64::*;
 
-    /// `e^x` for `x ≤ 0`, 16 lanes (see the module's notes); lanes below −87 give about 0.
-    #[inline]
-    #[target_feature(enable = "avx512f")]
-    fn exp(x: __m512) -> __m512 {
-        let x = _mm512_max_ps(x, _mm512_set1_ps(-87.0));
-        let k = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
-            _mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E)),
-        );
-        let r = _mm512_fnmadd_ps(k, _mm512_set1_ps(0.693_359_4), x);
-        let r = _mm512_fnmadd_ps(k, _mm512_set1_ps(-2.121_944_4e-4), r);
-        let mut p = _mm512_set1_ps(1.0 / 120.0);
-        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0 / 24.0));
-        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0 / 6.0));
-        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5));
-        let p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r);
-        _mm512_scalef_ps(_mm512_add_ps(p, _mm512_set1_ps(1.0)), k)
+    /// `e^x` for `x ≤ 0`, 16 lanes (see the module's notes): no clamping is needed, as
+    /// `vscalefps` takes any `k` (very negative `x` give 0).
+    #[inline(always)]
+    unsafe fn exp(x: __m512) -> __m512 {
+        // SAFETY: the caller has AVX512F.
+        unsafe {
+            let x = _mm512_max_ps(x, _mm512_set1_ps(-87.0));
+            let k = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+                _mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E)),
+            );
+            let r = _mm512_fnmadd_ps(k, _mm512_set1_ps(0.693_359_4), x);
+            let r = _mm512_fnmadd_ps(k, _mm512_set1_ps(-2.121_944_4e-4), r);
+            let mut p = _mm512_set1_ps(1.0 / 120.0);
+            p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0 / 24.0));
+            p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0 / 6.0));
+            p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5));
+            let p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r);
+            _mm512_scalef_ps(_mm512_add_ps(p, _mm512_set1_ps(1.0)), k)
+        }
     }
 
     /// 32 finite, non-negative f32 lanes (`lo` then `hi`) rounded to bf16 (nearest even), in
-    /// order.
-    #[inline]
-    #[target_feature(enable = "avx512f,avx512bw")]
-    fn to_bf16(lo: __m512, hi: __m512) -> __m512i {
-        let round = |x: __m512| {
+    /// order; with `vcvtne2ps2bf16` where the CPU has AVX512-BF16.
+    #[inline(always)]
+    unsafe fn to_bf16<const NATIVE: bool>(lo: __m512, hi: __m512) -> __m512i {
+        // SAFETY: the caller has AVX512F and AVX512BW, and AVX512-BF16 when `NATIVE`; the
+        // vector types are plain bit containers of the same size.
+        unsafe {
+            if NATIVE {
+                return std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(hi, lo));
+            }
+            let odd_words = _mm512_set_epi16(
+                63, 61, 59, 57, 55, 53, 51, 49, 47, 45, 43, 41, 39, 37, 35, 33, 31, 29, 27, 25, 23,
+                21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1,
+            );
+            _mm512_permutex2var_epi16(round(lo), odd_words, round(hi))
+        }
+    }
+
+    /// Finite `x` rounded to bf16 (nearest even), kept in the high halves of the lanes.
+    #[inline(always)]
+    unsafe fn round(x: __m512) -> __m512i {
+        // SAFETY: the caller has AVX512F.
+        unsafe {
             let x = _mm512_castps_si512(x);
             let lsb = _mm512_and_si512(_mm512_srli_epi32::<16>(x), _mm512_set1_epi32(1));
             _mm512_add_epi32(x, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff)))
-        };
-        let odd_words = _mm512_set_epi16(
-            63, 61, 59, 57, 55, 53, 51, 49, 47, 45, 43, 41, 39, 37, 35, 33, 31, 29, 27, 25, 23, 21,
-            19, 17, 15, 13, 11, 9, 7, 5, 3, 1,
-        );
-        _mm512_permutex2var_epi16(round(lo), odd_words, round(hi))
+        }
+    }
+
+    /// The 16 values of `row` from `start` (zero past its end).
+    #[inline(always)]
+    unsafe fn load_masked(row: &[f32], start: usize) -> __m512 {
+        let n = row.len();
+        let mask = ((1u32 << n.saturating_sub(start).min(16)) - 1) as __mmask16;
+        // SAFETY: the caller has AVX512F; only lanes below `n` are read.
+        unsafe { _mm512_maskz_loadu_ps(mask, row.as_ptr().add(start.min(n))) }
     }
 
     /// Row `r` of the packed operand (row tiles of `kp` padded columns in `data`) ←
@@ -99,37 +131,78 @@ mod x86 {
         r: usize,
         kp: usize,
     ) -> f32 {
+        // SAFETY: the caller's guarantees.
+        unsafe { exp_pack_row_with::<false>(row, scale, data, r, kp) }
+    }
+
+    /// [`exp_pack_row`] with `vcvtne2ps2bf16`.
+    ///
+    /// # Safety
+    /// As [`exp_pack_row`], and the CPU has AVX512-BF16.
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    pub(super) unsafe fn exp_pack_row_native(
+        row: &[f32],
+        scale: f32,
+        data: &mut [u16],
+        r: usize,
+        kp: usize,
+    ) -> f32 {
+        // SAFETY: the caller's guarantees.
+        unsafe { exp_pack_row_with::<true>(row, scale, data, r, kp) }
+    }
+
+    /// The body of both: whole vectors unmasked, the row's last partial ones masked.
+    #[inline(always)]
+    unsafe fn exp_pack_row_with<const NATIVE: bool>(
+        row: &[f32],
+        scale: f32,
+        data: &mut [u16],
+        r: usize,
+        kp: usize,
+    ) -> f32 {
         let n = row.len();
-        let mask = |start: usize| -> __mmask16 {
-            let left = n.saturating_sub(start).min(16);
-            ((1u32 << left) - 1) as __mmask16
-        };
-        // SAFETY (loads): masked to the row's `n` values.
-        let load = |start: usize| unsafe {
-            _mm512_maskz_loadu_ps(mask(start), row.as_ptr().add(start.min(n)))
-        };
-        let mut max = _mm512_set1_ps(f32::NEG_INFINITY);
-        for start in (0..n).step_by(16) {
-            let v =
-                _mm512_mask_blend_ps(mask(start), _mm512_set1_ps(f32::NEG_INFINITY), load(start));
-            max = _mm512_max_ps(max, v);
-        }
-        let shift = _mm512_set1_ps(_mm512_reduce_max_ps(max) * scale);
-        let scale = _mm512_set1_ps(scale);
+        let whole = n / 32;
         let tile = &mut data[r / 16 * 16 * kp + r % 16 * 32..];
-        let mut sum = _mm512_setzero_ps();
-        for chunk in 0..kp / 32 {
-            let start = 32 * chunk;
-            let e = |s: usize| {
-                let x = _mm512_fmsub_ps(load(s), scale, shift);
-                _mm512_maskz_mov_ps(mask(s), exp(x))
-            };
-            let (lo, hi) = (e(start), e(start + 16));
-            sum = _mm512_add_ps(sum, _mm512_add_ps(lo, hi));
-            let dst = tile[chunk * TILE..][..32].as_mut_ptr();
-            // SAFETY: 32 elements of the tile row.
-            unsafe { _mm512_storeu_si512(dst.cast(), to_bf16(lo, hi)) };
+        // SAFETY: loads stay inside the row (whole vectors below `n`, the rest masked); the
+        // stores write 32 elements of the row's tile; the caller has the features. No
+        // closures: they would not inherit the callers' target features.
+        unsafe {
+            let p = row.as_ptr();
+            let mut max = _mm512_set1_ps(f32::NEG_INFINITY);
+            for chunk in 0..whole {
+                let lo = _mm512_loadu_ps(p.add(32 * chunk));
+                let hi = _mm512_loadu_ps(p.add(32 * chunk + 16));
+                max = _mm512_max_ps(max, _mm512_max_ps(lo, hi));
+            }
+            let mut tail_max = f32::NEG_INFINITY;
+            for &v in &row[32 * whole..] {
+                tail_max = tail_max.max(v);
+            }
+            let max = _mm512_reduce_max_ps(max).max(tail_max);
+            let shift = _mm512_set1_ps(max * scale);
+            let scale = _mm512_set1_ps(scale);
+            let mut sums = [_mm512_setzero_ps(); 2];
+            for chunk in 0..kp / 32 {
+                let start = 32 * chunk;
+                let (lo, hi) = if chunk < whole {
+                    let lo = _mm512_fmsub_ps(_mm512_loadu_ps(p.add(start)), scale, shift);
+                    let hi = _mm512_fmsub_ps(_mm512_loadu_ps(p.add(start + 16)), scale, shift);
+                    (exp(lo), exp(hi))
+                } else {
+                    let lo = _mm512_fmsub_ps(load_masked(row, start), scale, shift);
+                    let hi = _mm512_fmsub_ps(load_masked(row, start + 16), scale, shift);
+                    let valid = |s: usize| ((1u32 << n.saturating_sub(s).min(16)) - 1) as __mmask16;
+                    (
+                        _mm512_maskz_mov_ps(valid(start), exp(lo)),
+                        _mm512_maskz_mov_ps(valid(start + 16), exp(hi)),
+                    )
+                };
+                sums[0] = _mm512_add_ps(sums[0], lo);
+                sums[1] = _mm512_add_ps(sums[1], hi);
+                let dst = tile[chunk * TILE..][..32].as_mut_ptr();
+                _mm512_storeu_si512(dst.cast(), to_bf16::<NATIVE>(lo, hi));
+            }
+            1.0 / _mm512_reduce_add_ps(_mm512_add_ps(sums[0], sums[1]))
         }
-        1.0 / _mm512_reduce_add_ps(sum)
     }
 }
