@@ -47,6 +47,67 @@ pub fn attention(
     attention_tensors(q, k, v, scale, budget)
 }
 
+/// [`attention`] per head for `q: (batch, n_q, heads · d)`, `k: (batch, n_k, heads · d)`,
+/// `v: (batch, n_k, heads · dv)` (head `h` in columns `h · d..`), as the projections give
+/// them; the output is `(batch, n_q, heads · dv)`. In bf16 on the CPU the heads are read and
+/// written in place; elsewhere they are split out and merged back.
+pub fn attention_heads(
+    (q, k, v): (&Tensor, &Tensor, &Tensor),
+    heads: usize,
+    scale: f64,
+    budget: usize,
+    compute: Compute,
+) -> Result<Tensor> {
+    let (batch, n_q, width) = q.dims3()?;
+    let (_, n_k, width_v) = v.dims3()?;
+    let fits = heads > 0
+        && width % heads == 0
+        && width_v % heads == 0
+        && k.dims3()? == (batch, n_k, width)
+        && v.dim(0)? == batch;
+    if !fits {
+        candle_core::bail!(
+            "attention: q {:?}, k {:?}, v {:?} do not fit {heads} heads",
+            q.dims(),
+            k.dims(),
+            v.dims()
+        );
+    }
+    let cpu_f32 = matches!(q.device(), Device::Cpu) && q.dtype() == DType::F32;
+    if cpu_f32 && compute == Compute::Bf16 && n_k > 0 {
+        let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
+        let (q_store, q_layout) = q.storage_and_layout();
+        let (k_store, k_layout) = k.storage_and_layout();
+        let (v_store, v_layout) = v.storage_and_layout();
+        let sizes = attention_bf16::Sizes {
+            batch,
+            heads,
+            n_q,
+            n_k,
+            d: width / heads,
+            dv: width_v / heads,
+        };
+        let out = attention_bf16::attention(
+            f32_slice(&q_store, q_layout)?,
+            f32_slice(&k_store, k_layout)?,
+            f32_slice(&v_store, v_layout)?,
+            sizes,
+            scale as f32,
+        );
+        return Tensor::from_vec(out, (batch, n_q, width_v), &Device::Cpu);
+    }
+    let split = |xs: &Tensor| -> Result<Tensor> {
+        let (b, n, w) = xs.dims3()?;
+        xs.reshape((b, n, heads, w / heads))?
+            .transpose(1, 2)?
+            .reshape((b * heads, n, w / heads))
+    };
+    let out = attention(&split(q)?, &split(k)?, &split(v)?, scale, budget, compute)?;
+    out.reshape((batch, heads, n_q, width_v / heads))?
+        .transpose(1, 2)?
+        .reshape((batch, n_q, width_v))
+}
+
 /// The device-generic blocked attention of [`attention`].
 fn attention_tensors(
     q: &Tensor,
@@ -138,7 +199,8 @@ fn attention_cpu(
     let scale = scale as f32;
     if compute == Compute::Bf16 {
         let sizes = attention_bf16::Sizes {
-            heads,
+            batch: heads,
+            heads: 1,
             n_q,
             n_k,
             d,
@@ -374,6 +436,43 @@ mod tests {
                 }
             }
             assert!(worst <= 3.0 / 256.0, "max abs error {worst}");
+        }
+    }
+
+    /// Heads read and written in place (bf16) give the numbers of heads split out, attended
+    /// and merged back, bit for bit; in f32 `attention_heads` is that split itself.
+    #[test]
+    fn heads_in_place_equal_split_heads() {
+        let (batch, heads, n_q, n_k, d, dv) = (2, 3, 50, 77, 16, 8);
+        let q = random((batch, n_q, heads * d), 7);
+        let k = random((batch, n_k, heads * d), 8);
+        let v = random((batch, n_k, heads * dv), 9);
+        let split = |xs: &Tensor, w: usize| {
+            let n = xs.dim(1).unwrap();
+            xs.reshape((batch, n, heads, w))
+                .unwrap()
+                .transpose(1, 2)
+                .unwrap()
+                .reshape((batch * heads, n, w))
+                .unwrap()
+        };
+        let budget = DEFAULT_SCORE_BUDGET;
+        for compute in [Compute::Bf16, Compute::F32] {
+            let (qs, ks, vs) = (split(&q, d), split(&k, d), split(&v, dv));
+            let reference = attention(&qs, &ks, &vs, 0.25, budget, compute)
+                .unwrap()
+                .reshape((batch, heads, n_q, dv))
+                .unwrap()
+                .transpose(1, 2)
+                .unwrap()
+                .reshape((batch, n_q, heads * dv))
+                .unwrap();
+            let in_place = attention_heads((&q, &k, &v), heads, 0.25, budget, compute).unwrap();
+            let bits = |t: &Tensor| -> Vec<u32> {
+                let values: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
+                values.iter().map(|x| x.to_bits()).collect()
+            };
+            assert_eq!(bits(&in_place), bits(&reference), "{compute:?}");
         }
     }
 }

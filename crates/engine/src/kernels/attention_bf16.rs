@@ -1,9 +1,13 @@
 //! The bf16 attention on the CPU, fused per block of queries so that its scores never leave
-//! the core's cache: per head, the keys (as the `d × n_k` right operand) and the values are
-//! packed into bf16 once; then per block of query rows, `scores = q · kᵀ` (bf16 products, f32
-//! sums) into a per-thread buffer of about [`BLOCK_SCORE_BYTES`], the softmax's `exp` packed
-//! straight into bf16 as the left operand of `p · v` (its sums in f32), and the output rows
-//! scaled by the softmax's normaliser.
+//! the core's cache. It reads the heads where the projections left them, `(batch, n, heads ·
+//! d)`, and writes the output the same way, so no tensor is split into heads or merged back.
+//! Per image and head, the keys (as the `d × n_k` right operand) and the values are packed
+//! into bf16 once (into buffers kept between calls); then per block of query rows and head,
+//! `scores = q · kᵀ` (bf16 products, f32 sums) into a per-thread buffer of about
+//! [`BLOCK_SCORE_BYTES`], the softmax's `exp` packed straight into bf16 as the left operand
+//! of `p · v` (its sums in f32), and the output rows scaled by the softmax's normaliser.
+
+use std::sync::Mutex;
 
 use rayon::prelude::*;
 
@@ -12,10 +16,11 @@ use crate::kernels::bf16::{Lhs, PackedLhs, PackedRhs, Rhs, gemm_bf16};
 /// Bytes of f32 scores per block of queries: with their bf16 copy, they stay in L2.
 const BLOCK_SCORE_BYTES: usize = 512 << 10;
 
-/// The sizes of one attention call: `heads` (batch × heads), queries, keys, the query/key
-/// width and the value width.
+/// The sizes of one attention call: images, heads per image, queries, keys, the query/key
+/// width and the value width of one head.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Sizes {
+    pub(crate) batch: usize,
     pub(crate) heads: usize,
     pub(crate) n_q: usize,
     pub(crate) n_k: usize,
@@ -29,58 +34,83 @@ thread_local! {
         std::cell::RefCell::new((Vec::new(), Vec::new(), PackedLhs::default()));
 }
 
-/// `softmax(q kᵀ · scale) v` for contiguous `q: (heads, n_q, d)`, `k: (heads, n_k, d)`, `v:
-/// (heads, n_k, dv)`, in bf16 products with f32 sums and an f32 softmax; the output is
-/// `(heads, n_q, dv)`.
+/// Buffers of packed keys and values, kept from one call to the next: packed afresh, the
+/// 14 MiB of a level-0 call at 512² were page-faulted on every call.
+static PACKED: Mutex<Vec<Vec<u16>>> = Mutex::new(Vec::new());
+
+/// `softmax(q kᵀ · scale) v` per image and head for contiguous `q: (batch, n_q, heads · d)`,
+/// `k: (batch, n_k, heads · d)`, `v: (batch, n_k, heads · dv)` (head `h` in columns
+/// `h · d..`), in bf16 products with f32 sums and an f32 softmax; the output is `(batch, n_q,
+/// heads · dv)`.
 pub(crate) fn attention(q: &[f32], k: &[f32], v: &[f32], sizes: Sizes, scale: f32) -> Vec<f32> {
     let Sizes {
+        batch,
         heads,
         n_q,
         n_k,
         d,
         dv,
     } = sizes;
-    let mut out = vec![0f32; heads * n_q * dv];
+    let (width, width_v) = (heads * d, heads * dv);
+    let mut out = vec![0f32; batch * n_q * width_v];
     if out.is_empty() || n_k == 0 {
         return out;
     }
-    let packed: Vec<(PackedRhs, PackedRhs)> = (0..heads)
-        .into_par_iter()
-        .map(|h| {
-            let (kh, vh) = (&k[h * n_k * d..][..n_k * d], &v[h * n_k * dv..][..n_k * dv]);
+    let mut pool = std::mem::take(&mut *PACKED.lock().unwrap_or_else(|e| e.into_inner()));
+    let buffers: Vec<(Vec<u16>, Vec<u16>)> = (0..batch * heads)
+        .map(|_| {
             (
-                PackedRhs::packed_into(Vec::new(), d, n_k, (kh, 1, d), false),
-                PackedRhs::packed_into(Vec::new(), n_k, dv, (vh, dv, 1), false),
+                pool.pop().unwrap_or_default(),
+                pool.pop().unwrap_or_default(),
+            )
+        })
+        .collect();
+    let packed: Vec<(PackedRhs, PackedRhs)> = buffers
+        .into_par_iter()
+        .enumerate()
+        .map(|(i, (kb, vb))| {
+            let (b, h) = (i / heads, i % heads);
+            let kh = &k[b * n_k * width + h * d..];
+            let vh = &v[b * n_k * width_v + h * dv..];
+            (
+                PackedRhs::packed_into(kb, d, n_k, (kh, 1, width), false),
+                PackedRhs::packed_into(vb, n_k, dv, (vh, width_v, 1), false),
             )
         })
         .collect();
     let rows = (BLOCK_SCORE_BYTES / (4 * n_k)).clamp(16, 256) / 16 * 16;
-    out.par_chunks_mut(n_q * dv)
-        .zip(packed.par_iter())
+    out.par_chunks_mut(n_q * width_v)
         .enumerate()
-        .for_each(|(h, (out_head, (kt, vh)))| {
-            let qh = &q[h * n_q * d..][..n_q * d];
-            out_head
-                .par_chunks_mut(rows * dv)
+        .for_each(|(b, out_image)| {
+            out_image
+                .par_chunks_mut(rows * width_v)
                 .enumerate()
-                .for_each(|(b, out_rows)| {
-                    let r = out_rows.len() / dv;
-                    let q_rows = &qh[b * rows * d..][..r * d];
+                .for_each(|(block, out_rows)| {
+                    let r = out_rows.len() / width_v;
+                    let q_rows = &q[(b * n_q + block * rows) * width..];
                     SCRATCH.with_borrow_mut(|(scores, norms, probs)| {
                         // Written before read; grown when too small, never shrunk.
                         crate::kernels::scratch::grow_scratch(scores, r * n_k);
                         crate::kernels::scratch::grow_scratch(norms, r);
                         let (scores, norms) = (&mut scores[..r * n_k], &mut norms[..r]);
-                        let (q, kt) = (Lhs::View((q_rows, d, 1)), Rhs::Packed(kt));
-                        gemm_bf16((r, n_k, d), scores, n_k, q, kt, false, false);
-                        probs.repack_softmax(scores, (r, n_k), scale, norms);
-                        let (p, v) = (Lhs::Packed(probs), Rhs::Packed(vh));
-                        gemm_bf16((r, dv, n_k), out_rows, dv, p, v, false, false);
-                        for (out_row, norm) in out_rows.chunks_mut(dv).zip(norms.iter()) {
-                            out_row.iter_mut().for_each(|o| *o *= norm);
+                        for (h, (kt, vh)) in packed[b * heads..][..heads].iter().enumerate() {
+                            let q = Lhs::View((&q_rows[h * d..], width, 1));
+                            gemm_bf16((r, n_k, d), scores, n_k, q, Rhs::Packed(kt), false, false);
+                            probs.repack_softmax(scores, (r, n_k), scale, norms);
+                            let (p, v) = (Lhs::Packed(probs), Rhs::Packed(vh));
+                            let dst = &mut out_rows[h * dv..];
+                            gemm_bf16((r, dv, n_k), dst, width_v, p, v, false, false);
+                            for (row, norm) in dst.chunks_mut(width_v).zip(norms.iter()) {
+                                row[..dv].iter_mut().for_each(|o| *o *= norm);
+                            }
                         }
                     });
                 });
         });
+    let mut pool = PACKED.lock().unwrap_or_else(|e| e.into_inner());
+    for (kt, vh) in packed {
+        pool.push(kt.into_buffer());
+        pool.push(vh.into_buffer());
+    }
     out
 }

@@ -52,30 +52,14 @@ impl Attention {
         })
     }
 
-    /// `(batch, n, dim)` → `(batch × heads, n, head_dim)`.
-    fn split_heads(&self, xs: &Tensor) -> Result<Tensor> {
-        let (b, n, dim) = xs.dims3()?;
-        xs.reshape((b, n, self.heads, dim / self.heads))?
-            .transpose(1, 2)?
-            .reshape((b * self.heads, n, dim / self.heads))
-    }
-
-    /// `(batch × heads, n, head_dim)` → `(batch, n, dim)`.
-    fn merge_heads(&self, xs: &Tensor, batch: usize) -> Result<Tensor> {
-        let (_, n, head_dim) = xs.dims3()?;
-        xs.reshape((batch, self.heads, n, head_dim))?
-            .transpose(1, 2)?
-            .reshape((batch, n, self.heads * head_dim))
-    }
-
     fn forward(&self, xs: &Tensor, context: Option<&Tensor>, budget: usize) -> Result<Tensor> {
         let context = context.unwrap_or(xs);
-        let batch = xs.dim(0)?;
-        let q = self.split_heads(&self.to_q.forward(xs)?)?;
-        let k = self.split_heads(&self.to_k.forward(context)?)?;
-        let v = self.split_heads(&self.to_v.forward(context)?)?;
-        let out = attention::attention(&q, &k, &v, self.scale, budget, self.compute)?;
-        self.to_out.forward(&self.merge_heads(&out, batch)?)
+        let q = self.to_q.forward(xs)?;
+        let k = self.to_k.forward(context)?;
+        let v = self.to_v.forward(context)?;
+        let (heads, scale) = (self.heads, self.scale);
+        let out = attention::attention_heads((&q, &k, &v), heads, scale, budget, self.compute)?;
+        self.to_out.forward(&out)
     }
 }
 
