@@ -4,7 +4,8 @@
 
 use rayon::prelude::*;
 
-use crate::kernels::bf16::{Lhs, PackedLhs, Patches, Rhs, gemm_bf16};
+use crate::kernels::bf16::patches::Patches;
+use crate::kernels::bf16::{Lhs, PackedLhs, Rhs, gemm_bf16};
 use crate::kernels::gemm::gemm_f32;
 
 /// Bytes of patch matrix built at once per image.

@@ -67,13 +67,6 @@ pub(super) fn available(isa: Bf16Isa) -> bool {
     }
 }
 
-/// Whether the conversions may use AVX512-BF16's `vcvtne2ps2bf16`: the CPU has it and the
-/// products' path is not the emulated one (which stands for a CPU without bf16 instructions).
-#[cfg(target_arch = "x86_64")]
-pub(super) fn has_avx512bf16() -> bool {
-    features().1 && super::isa() != Bf16Isa::Emulated
-}
-
 /// The best path this CPU has.
 pub(super) fn best() -> Bf16Isa {
     [Bf16Isa::Amx, Bf16Isa::Avx512Bf16]

@@ -29,7 +29,7 @@ mod avx512;
 mod driver;
 mod isa;
 mod pack;
-mod patches;
+pub(crate) mod patches;
 #[cfg(target_arch = "x86_64")]
 mod problem;
 mod scalar;
@@ -40,7 +40,6 @@ mod softmax;
 mod tests;
 
 pub use pack::{PackedLhs, PackedRhs};
-pub(crate) use patches::Patches;
 pub use scalar::{bf16_bits, round_bf16};
 
 use crate::kernels::gemm::{View, gemm_f32};
@@ -103,6 +102,13 @@ pub fn isa() -> Bf16Isa {
     use std::sync::OnceLock;
     static ISA: OnceLock<Bf16Isa> = OnceLock::new();
     *ISA.get_or_init(|| isa::chosen(std::env::var("LOOPBACK_BF16_ISA").ok().as_deref()))
+}
+
+/// Whether the packings may round with AVX512-BF16's `vcvtne2ps2bf16`: the CPU has it and the
+/// products' path is not the emulated one (which stands for a CPU without bf16 instructions).
+#[cfg(target_arch = "x86_64")]
+fn native_conversion() -> bool {
+    isa() != Bf16Isa::Emulated && Bf16Isa::Avx512Bf16.available()
 }
 
 /// The path named `name` if this CPU has it (for tests and benchmarks that run each path).

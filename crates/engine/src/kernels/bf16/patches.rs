@@ -51,7 +51,7 @@ impl Patches {
         assert!(image.len() >= self.cin * self.height * self.width);
         let strip_len = 16 * padded_k(depth);
         #[cfg(target_arch = "x86_64")]
-        let native = super::isa::has_avx512bf16();
+        let native = super::native_conversion();
         PackedRhs::filled(buffer, depth, n, |data| {
             data.par_chunks_mut(strip_len)
                 .enumerate()

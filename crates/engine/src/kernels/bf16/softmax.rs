@@ -26,7 +26,7 @@ impl PackedLhs {
         if super::simd::available() && n > 0 {
             let kp = super::pack::padded_k(n);
             let data = self.reshape(rows, n);
-            let native = super::isa::has_avx512bf16();
+            let native = super::native_conversion();
             for (r, norm) in norms[..rows].iter_mut().enumerate() {
                 let row = &scores[r * n..][..n];
                 // SAFETY: the CPU has the features; `data` holds the operand's row tiles.
