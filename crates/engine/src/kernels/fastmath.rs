@@ -159,7 +159,8 @@ macro_rules! dispatch {
                 fn avx2($($arg: $ty),*) -> $ret {
                     $generic($($arg),*)
                 }
-                match isa() {
+                use $crate::kernels::fastmath::Isa;
+                match $crate::kernels::fastmath::isa() {
                     // SAFETY: the CPU has the features each copy is compiled for (checked
                     // by `isa`).
                     Isa::Avx512 => return unsafe { avx512($($arg),*) },

@@ -20,7 +20,6 @@ use std::sync::Mutex;
 
 use crate::kernels::fastmath::dispatch;
 #[cfg(target_arch = "x86_64")]
-use crate::kernels::fastmath::{Isa, isa};
 use crate::kernels::gemm::gemm_f32;
 
 /// Tiles transformed together, one per vector lane.
