@@ -79,6 +79,9 @@ pub(crate) fn attention(q: &[f32], k: &[f32], v: &[f32], sizes: Sizes, scale: f3
         })
         .collect();
     let rows = (BLOCK_SCORE_BYTES / (4 * n_k)).clamp(16, 256) / 16 * 16;
+    // Score rows one cache line longer than the keys: rows a power of two of bytes apart
+    // would all fall into the same L1 set as the tiles store them.
+    let stride = n_k + 16;
     out.par_chunks_mut(n_q * width_v)
         .enumerate()
         .for_each(|(b, out_image)| {
@@ -90,13 +93,14 @@ pub(crate) fn attention(q: &[f32], k: &[f32], v: &[f32], sizes: Sizes, scale: f3
                     let q_rows = &q[(b * n_q + block * rows) * width..];
                     SCRATCH.with_borrow_mut(|(scores, norms, probs)| {
                         // Written before read; grown when too small, never shrunk.
-                        crate::kernels::scratch::grow_scratch(scores, r * n_k);
+                        crate::kernels::scratch::grow_scratch(scores, r * stride);
                         crate::kernels::scratch::grow_scratch(norms, r);
-                        let (scores, norms) = (&mut scores[..r * n_k], &mut norms[..r]);
+                        let (scores, norms) = (&mut scores[..r * stride], &mut norms[..r]);
                         for (h, (kt, vh)) in packed[b * heads..][..heads].iter().enumerate() {
                             let q = Lhs::View((&q_rows[h * d..], width, 1));
-                            gemm_bf16((r, n_k, d), scores, n_k, q, Rhs::Packed(kt), false, false);
-                            probs.repack_softmax(scores, (r, n_k), scale, norms);
+                            let kt = Rhs::Packed(kt);
+                            gemm_bf16((r, n_k, d), scores, stride, q, kt, false, false);
+                            probs.repack_softmax(scores, (r, n_k, stride), scale, norms);
                             let (p, v) = (Lhs::Packed(probs), Rhs::Packed(vh));
                             let dst = &mut out_rows[h * dv..];
                             gemm_bf16((r, dv, n_k), dst, width_v, p, v, false, false);

@@ -12,23 +12,24 @@ use super::pack::PackedLhs;
 use crate::kernels::fastmath::exp_row;
 
 impl PackedLhs {
-    /// Packs `softmax(scores · scale)` before its normalisation: `scores` is `rows × n` (row
-    /// stride `n`; it may be overwritten), the operand becomes `rows × n`, and `norms[r]`
-    /// gets row `r`'s normaliser.
+    /// Packs `softmax(scores · scale)` before its normalisation: `scores` is `rows × n` (rows
+    /// `stride` ≥ `n` apart; it may be overwritten), the operand becomes `rows × n`, and
+    /// `norms[r]` gets row `r`'s normaliser.
     pub(crate) fn repack_softmax(
         &mut self,
         scores: &mut [f32],
-        (rows, n): (usize, usize),
+        (rows, n, stride): (usize, usize, usize),
         scale: f32,
         norms: &mut [f32],
     ) {
+        assert!(stride >= n && (rows == 0 || scores.len() >= (rows - 1) * stride + n));
         #[cfg(target_arch = "x86_64")]
         if super::simd::available() && n > 0 {
             let kp = super::pack::padded_k(n);
             let data = self.reshape(rows, n);
             let native = super::native_conversion();
             for (r, norm) in norms[..rows].iter_mut().enumerate() {
-                let row = &scores[r * n..][..n];
+                let row = &scores[r * stride..][..n];
                 // SAFETY: the CPU has the features; `data` holds the operand's row tiles.
                 *norm = unsafe {
                     if native {
@@ -47,10 +48,10 @@ impl PackedLhs {
             }
             return;
         }
-        for (row, norm) in scores.chunks_mut(n.max(1)).zip(norms[..rows].iter_mut()) {
-            *norm = exp_row(row, scale);
+        for (r, norm) in norms[..rows].iter_mut().enumerate() {
+            *norm = exp_row(&mut scores[r * stride..][..n], scale);
         }
-        self.repack(rows, n, (scores, n, 1), false);
+        self.repack(rows, n, (scores, stride, 1), false);
     }
 }
 

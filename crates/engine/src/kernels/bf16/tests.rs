@@ -464,9 +464,15 @@ fn bf16_softmax_packing_matches_exp_row() {
         for (row, norm) in expected.chunks_mut(n).zip(&mut expected_norms) {
             *norm = crate::kernels::fastmath::exp_row(row, scale);
         }
+        // The same scores in rows 5 values longer (padding the kernel must not read).
+        let stride = n + 5;
+        let mut strided = vec![f32::NAN; rows * stride];
+        for (dst, src) in strided.chunks_mut(stride).zip(scores.chunks(n)) {
+            dst[..n].copy_from_slice(src);
+        }
         let mut packed = PackedLhs::default();
         let mut norms = vec![0f32; rows];
-        packed.repack_softmax(&mut scores.clone(), (rows, n), scale, &mut norms);
+        packed.repack_softmax(&mut strided, (rows, n, stride), scale, &mut norms);
         assert_eq!((packed.m(), packed.k()), (rows, n));
         for (got, want) in norms.iter().zip(&expected_norms) {
             assert!(
