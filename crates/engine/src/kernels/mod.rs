@@ -12,6 +12,7 @@
 //! - [`norm`]: GroupNorm (+ SiLU) with fused statistics;
 //! - [`fastmath`]: vectorised `exp`, softmax, SiLU and GELU, with run-time ISA dispatch;
 //! - [`storage`]: the f32 slice of a CPU tensor;
+//! - [`transpose`]: batched transposes (maps to tokens and back);
 //! - [`scratch`]: buffers reused between calls.
 
 pub mod attention;
@@ -26,4 +27,5 @@ pub mod linear;
 pub mod norm;
 pub mod scratch;
 pub mod storage;
+pub mod transpose;
 pub mod winograd;

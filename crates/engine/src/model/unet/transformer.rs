@@ -13,11 +13,12 @@ use rayon::prelude::*;
 
 use crate::kernels::attention;
 use crate::kernels::compute::Compute;
-use crate::kernels::conv::Conv2d;
+use crate::kernels::conv::{Conv2d, Residual};
 use crate::kernels::fastmath;
 use crate::kernels::linear::Linear;
 use crate::kernels::norm::GroupNorm;
 use crate::kernels::storage::f32_slice;
+use crate::kernels::transpose::transpose_last_two;
 
 /// Multi-head attention (`attn1` on the image itself, `attn2` on the text).
 #[derive(Debug)]
@@ -261,7 +262,7 @@ impl SpatialTransformer {
     pub fn forward(&self, xs: &Tensor, context: &Tensor, budget: usize) -> Result<Tensor> {
         let (b, c, h, w) = xs.dims4()?;
         let normed = self.norm.forward(xs)?;
-        let to_tokens = |t: &Tensor| t.permute((0, 2, 3, 1))?.reshape((b, h * w, c));
+        let to_tokens = |t: &Tensor| transpose_last_two(&t.reshape((b, c, h * w))?);
         let mut tokens = match &self.proj_in {
             Projection::Conv(conv) => to_tokens(&conv.forward(&normed)?)?,
             Projection::Linear(linear) => linear.forward(&to_tokens(&normed)?)?,
@@ -269,12 +270,13 @@ impl SpatialTransformer {
         for block in &self.blocks {
             tokens = block.forward(&tokens, context, budget)?;
         }
-        let to_map = |t: &Tensor| t.reshape((b, h, w, c))?.permute((0, 3, 1, 2));
-        let out = match &self.proj_out {
-            Projection::Conv(conv) => conv.forward(&to_map(&tokens)?.contiguous()?)?,
-            Projection::Linear(linear) => to_map(&linear.forward(&tokens)?)?,
-        };
-        out + xs
+        let to_map = |t: &Tensor| transpose_last_two(t)?.reshape((b, c, h, w));
+        match &self.proj_out {
+            Projection::Conv(conv) => {
+                conv.forward_residual(&to_map(&tokens)?, Residual::Tensor(xs))
+            }
+            Projection::Linear(linear) => to_map(&linear.forward(&tokens)?)? + xs,
+        }
     }
 }
 
