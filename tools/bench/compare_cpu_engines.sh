@@ -94,7 +94,7 @@ def best(engine):
     runs = rows[engine][0]
     return min(runs, key=lambda r: r[1]["unet_step"]["mean_s"]) if runs else None
 
-reference = best("ov-bf16")
+reference = best("ov-bf16") if "ov-bf16" in rows else None
 ref_s = reference[1]["unet_step"]["mean_s"] if reference else None
 print()
 print(f"| engine | s/step (best mean) | fastest step | all means | x OV bf16 | peak RSS GiB | 1-min load before/after (kept run) | note |")

@@ -35,8 +35,12 @@ thread_local! {
 }
 
 /// Buffers of packed keys and values, kept from one call to the next: packed afresh, the
-/// 14 MiB of a level-0 call at 512² were page-faulted on every call.
+/// 14 MiB of a level-0 call at 512² were page-faulted on every call. Kept only up to
+/// [`POOL_BYTES`] (a 1024² call's 58 MiB are let go).
 static PACKED: Mutex<Vec<Vec<u16>>> = Mutex::new(Vec::new());
+
+/// The most bytes of packed keys and values kept between calls.
+const POOL_BYTES: usize = 32 << 20;
 
 /// `softmax(q kᵀ · scale) v` per image and head for contiguous `q: (batch, n_q, heads · d)`,
 /// `k: (batch, n_k, heads · d)`, `v: (batch, n_k, heads · dv)` (head `h` in columns
@@ -111,10 +115,13 @@ pub(crate) fn attention(q: &[f32], k: &[f32], v: &[f32], sizes: Sizes, scale: f3
                     });
                 });
         });
-    let mut pool = PACKED.lock().unwrap_or_else(|e| e.into_inner());
-    for (kt, vh) in packed {
-        pool.push(kt.into_buffer());
-        pool.push(vh.into_buffer());
+    let buffers: Vec<Vec<u16>> = packed
+        .into_iter()
+        .flat_map(|(kt, vh)| [kt.into_buffer(), vh.into_buffer()])
+        .collect();
+    let bytes: usize = buffers.iter().map(|b| 2 * b.capacity()).sum();
+    if bytes <= POOL_BYTES {
+        *PACKED.lock().unwrap_or_else(|e| e.into_inner()) = buffers;
     }
     out
 }
