@@ -19,7 +19,6 @@ use rayon::prelude::*;
 use std::sync::Mutex;
 
 use crate::kernels::fastmath::dispatch;
-#[cfg(target_arch = "x86_64")]
 use crate::kernels::gemm::gemm_f32;
 
 /// Tiles transformed together, one per vector lane.

@@ -12,6 +12,7 @@ use rayon::prelude::*;
 /// The sizes the packing needs: input channels and size, kernel side, the zero rows above
 /// and columns left of the input, and the output width.
 #[derive(Debug, Clone, Copy)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // Only x86 packs directly.
 pub(crate) struct Patches {
     pub(crate) cin: usize,
     pub(crate) height: usize,
