@@ -11,7 +11,8 @@ use loopback_engine::kernels::attention::{DEFAULT_SCORE_BUDGET, attention};
 use loopback_engine::kernels::compute::Compute;
 
 /// name, heads (batch × heads), queries, keys, width.
-const SHAPES: [(&str, usize, usize, usize, usize); 4] = [
+const SHAPES: [(&str, usize, usize, usize, usize); 5] = [
+    ("self 128² (16384 tokens, d 40)", 16, 16384, 16384, 40),
     ("self 64² (4096 tokens, d 40)", 16, 4096, 4096, 40),
     ("self 32² (1024 tokens, d 80)", 16, 1024, 1024, 80),
     ("cross 64² (77 keys, d 40)", 16, 4096, 77, 40),
