@@ -42,6 +42,10 @@ pub fn attention(
     compute: Compute,
 ) -> Result<Tensor> {
     if matches!(q.device(), Device::Cpu) && q.dtype() == DType::F32 {
+        if compute == Compute::Bf16 && k.dim(1)? > 0 {
+            // One head per leading index: the fused bf16 path.
+            return attention_heads((q, k, v), 1, scale, budget, compute);
+        }
         return attention_cpu(q, k, v, scale, (budget, compute));
     }
     attention_tensors(q, k, v, scale, budget)
@@ -197,19 +201,6 @@ fn attention_cpu(
         f32_slice(&v_store, v_layout)?,
     );
     let scale = scale as f32;
-    if compute == Compute::Bf16 {
-        let sizes = attention_bf16::Sizes {
-            batch: heads,
-            heads: 1,
-            n_q,
-            n_k,
-            d,
-            dv,
-        };
-        let out = attention_bf16::attention(qs, ks, vs, sizes, scale);
-        drop((q_store, k_store, v_store));
-        return Tensor::from_vec(out, (heads, n_q, dv), &Device::Cpu);
-    }
     let threads = rayon::current_num_threads().max(1);
     let chunk = (budget / threads / (n_k * 4)).clamp(1, n_q.max(1));
     let mut out = vec![0f32; heads * n_q * dv];

@@ -218,29 +218,45 @@ impl Geometry {
 mod tests {
     use super::*;
 
+    /// A 1-image, stride-1 convolution of `cin` channels of `height × width` with a `k × k`
+    /// kernel, padded to keep the size.
+    fn same_size(cin: usize, height: usize, width: usize, k: usize) -> Geometry {
+        Geometry {
+            batch: 1,
+            cin,
+            height,
+            width,
+            k,
+            s: 1,
+            top: k / 2,
+            left: k / 2,
+            out_h: height,
+            out_w: width,
+            winograd: false,
+        }
+    }
+
+    /// `n` values in [−1, 1), varied by `seed`.
+    fn values(n: usize, seed: usize) -> Vec<f32> {
+        (0..n)
+            .map(|i| (((i * 7919 + seed) % 1009) as f32 / 504.5) - 1.0)
+            .collect()
+    }
+
+    /// The largest |a − b|.
+    fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+        a.iter()
+            .zip(b)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max)
+    }
+
     /// A bf16 1×1 convolution cut into bands of pixels (the last one short) equals the same
     /// convolution in one band.
     #[test]
     fn pointwise_bf16_bands_cover_the_image() {
         let (cin, cout, height, width) = (24, 40, 15, 20);
-        let g = Geometry {
-            batch: 1,
-            cin,
-            height,
-            width,
-            k: 1,
-            s: 1,
-            top: 0,
-            left: 0,
-            out_h: height,
-            out_w: width,
-            winograd: false,
-        };
-        let values = |n: usize, seed: usize| -> Vec<f32> {
-            (0..n)
-                .map(|i| (((i * 7919 + seed) % 1009) as f32 / 504.5) - 1.0)
-                .collect()
-        };
+        let g = same_size(cin, height, width, 1);
         let image = values(cin * height * width, 1);
         let kernel = values(cout * cin, 2);
         // The OIHW kernel is the (c_out, c_in) matrix.
@@ -252,11 +268,7 @@ mod tests {
         };
         // 64-pixel bands (300 pixels: four and a short one), then one band.
         let (banded, whole) = (run(1), run(1 << 30));
-        let diff = banded
-            .iter()
-            .zip(&whole)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max);
+        let diff = max_diff(&banded, &whole);
         assert!(diff <= 1e-5 * cin as f32, "{diff}");
     }
 
@@ -269,25 +281,7 @@ mod tests {
         for (cin, cout, height, width, k) in
             [(5, 24, 9, 16, 3), (3, 40, 20, 32, 3), (2, 16, 6, 16, 5)]
         {
-            let p = k / 2;
-            let g = Geometry {
-                batch: 1,
-                cin,
-                height,
-                width,
-                k,
-                s: 1,
-                top: p,
-                left: p,
-                out_h: height,
-                out_w: width,
-                winograd: false,
-            };
-            let values = |n: usize, seed: usize| -> Vec<f32> {
-                (0..n)
-                    .map(|i| (((i * 7919 + seed) % 1009) as f32 / 504.5) - 1.0)
-                    .collect()
-            };
+            let g = same_size(cin, height, width, k);
             let image = values(cin * height * width, 4);
             let depth = cin * k * k;
             let packed = PackedLhs::new(cout, depth, (&values(cout * depth, 5), depth, 1));
@@ -306,11 +300,7 @@ mod tests {
             );
             // Bands of two output rows (the last one short where odd).
             let banded = run(Some(2 * 2 * depth * width));
-            let diff = banded
-                .iter()
-                .zip(&built)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0f32, f32::max);
+            let diff = max_diff(&banded, &built);
             assert!(
                 diff <= 1e-5 * depth as f32,
                 "{cin}×{height}×{width}, k {k}: {diff}"

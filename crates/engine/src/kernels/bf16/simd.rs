@@ -56,6 +56,14 @@ unsafe fn convert32(src: *const f32) -> __m512i {
             _mm512_loadu_si512(src.add(16).cast()),
         )
     };
+    bf16x32(lo, hi)
+}
+
+/// The bf16 of the 32 f32 lanes of `lo` then `hi` (as bits), in order: the high halves of
+/// both [`rounded_high`]s.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw")]
+pub(super) fn bf16x32(lo: __m512i, hi: __m512i) -> __m512i {
     let odd_words = _mm512_set_epi16(
         63, 61, 59, 57, 55, 53, 51, 49, 47, 45, 43, 41, 39, 37, 35, 33, 31, 29, 27, 25, 23, 21, 19,
         17, 15, 13, 11, 9, 7, 5, 3, 1,

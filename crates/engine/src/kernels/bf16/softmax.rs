@@ -58,6 +58,7 @@ impl PackedLhs {
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::super::scalar::TILE;
+    use super::super::simd::bf16x32;
     use std::arch::x86_64::*;
 
     /// `e^x` for `x ≤ 0`, 16 lanes (see the module's notes): no clamping is needed, as
@@ -91,22 +92,7 @@ mod x86 {
             if NATIVE {
                 return std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(hi, lo));
             }
-            let odd_words = _mm512_set_epi16(
-                63, 61, 59, 57, 55, 53, 51, 49, 47, 45, 43, 41, 39, 37, 35, 33, 31, 29, 27, 25, 23,
-                21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1,
-            );
-            _mm512_permutex2var_epi16(round(lo), odd_words, round(hi))
-        }
-    }
-
-    /// Finite `x` rounded to bf16 (nearest even), kept in the high halves of the lanes.
-    #[inline(always)]
-    unsafe fn round(x: __m512) -> __m512i {
-        // SAFETY: the caller has AVX512F.
-        unsafe {
-            let x = _mm512_castps_si512(x);
-            let lsb = _mm512_and_si512(_mm512_srli_epi32::<16>(x), _mm512_set1_epi32(1));
-            _mm512_add_epi32(x, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff)))
+            bf16x32(_mm512_castps_si512(lo), _mm512_castps_si512(hi))
         }
     }
 

@@ -232,7 +232,7 @@ impl Norm {
     }
 
     /// The `(mean, var)` of every (image, group), shape `(b, groups, 1)`: replayed, or
-    /// computed from `x` (in one fast f64 pass when `fast`); recorded and accumulated as the
+    /// computed from `x` (in one vectorised pass when `fast`); recorded and accumulated as the
     /// context asks.
     fn statistics(&self, x: &Tensor, ctx: &mut Ctx, fast: bool) -> Result<(Tensor, Tensor)> {
         let (b, c, h, w) = x.dims4()?;
