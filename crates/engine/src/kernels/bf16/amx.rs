@@ -111,47 +111,39 @@ unsafe fn tiles<const MT: usize, const NT: usize>(
                 options(nostack)
             );
         }
-        for k in 0..chunks {
-            let (a0, a1) = (a[0].add(k * TILE), a[1].add(k * TILE));
-            let (b0, b1) = (b[0].add(k * TILE), b[1].add(k * TILE));
-            match (MT, NT) {
-                (2, 2) => asm!(
-                    "tileloadd tmm4, [{a0} + {s}*1]",
-                    "tileloadd tmm6, [{b0} + {s}*1]",
-                    "tileloadd tmm7, [{b1} + {s}*1]",
-                    "tdpbf16ps tmm0, tmm4, tmm6",
-                    "tileloadd tmm5, [{a1} + {s}*1]",
-                    "tdpbf16ps tmm1, tmm4, tmm7",
-                    "tdpbf16ps tmm2, tmm5, tmm6",
-                    "tdpbf16ps tmm3, tmm5, tmm7",
-                    a0 = in(reg) a0, a1 = in(reg) a1, b0 = in(reg) b0, b1 = in(reg) b1,
-                    s = in(reg) stride, options(nostack)
-                ),
-                (2, 1) => asm!(
-                    "tileloadd tmm4, [{a0} + {s}*1]",
-                    "tileloadd tmm6, [{b0} + {s}*1]",
-                    "tdpbf16ps tmm0, tmm4, tmm6",
-                    "tileloadd tmm5, [{a1} + {s}*1]",
-                    "tdpbf16ps tmm2, tmm5, tmm6",
-                    a0 = in(reg) a0, a1 = in(reg) a1, b0 = in(reg) b0,
-                    s = in(reg) stride, options(nostack)
-                ),
-                (1, 2) => asm!(
-                    "tileloadd tmm4, [{a0} + {s}*1]",
-                    "tileloadd tmm6, [{b0} + {s}*1]",
-                    "tdpbf16ps tmm0, tmm4, tmm6",
-                    "tileloadd tmm7, [{b1} + {s}*1]",
-                    "tdpbf16ps tmm1, tmm4, tmm7",
-                    a0 = in(reg) a0, b0 = in(reg) b0, b1 = in(reg) b1,
-                    s = in(reg) stride, options(nostack)
-                ),
-                _ => asm!(
-                    "tileloadd tmm4, [{a0} + {s}*1]",
-                    "tileloadd tmm6, [{b0} + {s}*1]",
-                    "tdpbf16ps tmm0, tmm4, tmm6",
-                    a0 = in(reg) a0, b0 = in(reg) b0,
-                    s = in(reg) stride, options(nostack)
-                ),
+        if (MT, NT) == (2, 2) {
+            full_chunks(chunks, a, b, stride);
+        } else {
+            for k in 0..chunks {
+                let (a0, a1) = (a[0].add(k * TILE), a[1].add(k * TILE));
+                let (b0, b1) = (b[0].add(k * TILE), b[1].add(k * TILE));
+                match (MT, NT) {
+                    (2, 1) => asm!(
+                        "tileloadd tmm4, [{a0} + {s}*1]",
+                        "tileloadd tmm6, [{b0} + {s}*1]",
+                        "tdpbf16ps tmm0, tmm4, tmm6",
+                        "tileloadd tmm5, [{a1} + {s}*1]",
+                        "tdpbf16ps tmm2, tmm5, tmm6",
+                        a0 = in(reg) a0, a1 = in(reg) a1, b0 = in(reg) b0,
+                        s = in(reg) stride, options(nostack)
+                    ),
+                    (1, 2) => asm!(
+                        "tileloadd tmm4, [{a0} + {s}*1]",
+                        "tileloadd tmm6, [{b0} + {s}*1]",
+                        "tdpbf16ps tmm0, tmm4, tmm6",
+                        "tileloadd tmm7, [{b1} + {s}*1]",
+                        "tdpbf16ps tmm1, tmm4, tmm7",
+                        a0 = in(reg) a0, b0 = in(reg) b0, b1 = in(reg) b1,
+                        s = in(reg) stride, options(nostack)
+                    ),
+                    _ => asm!(
+                        "tileloadd tmm4, [{a0} + {s}*1]",
+                        "tileloadd tmm6, [{b0} + {s}*1]",
+                        "tdpbf16ps tmm0, tmm4, tmm6",
+                        a0 = in(reg) a0, b0 = in(reg) b0,
+                        s = in(reg) stride, options(nostack)
+                    ),
+                }
             }
         }
         let [c0, c1, c2, c3] = to.quarters();
@@ -162,6 +154,55 @@ unsafe fn tiles<const MT: usize, const NT: usize>(
             "tilestored [{c3} + {s}*1], tmm3",
             c0 = in(reg) c0, c1 = in(reg) c1, c2 = in(reg) c2, c3 = in(reg) c3,
             s = in(reg) to.stride, options(nostack)
+        );
+    }
+}
+
+/// `C[r][c] += A[r] · B[c]` on all four C tiles for `chunks` chunks, software-pipelined: each
+/// operand tile is loaded for the next chunk right after its last product in this one, so
+/// that load overlaps the chunk's remaining products (the tile registers are not renamed: a
+/// load at the top of the next chunk waited for all four). Measured on Sapphire Rapids, four
+/// alternating rounds: a bf16 UNet step at 512² 2.59 → 2.49 s on average.
+///
+/// # Safety
+/// As [`tiles`], with two row tiles and two column tiles.
+#[inline(always)]
+unsafe fn full_chunks(chunks: usize, a: [*const u16; 2], b: [*const u16; 2], stride: usize) {
+    if chunks == 0 {
+        return;
+    }
+    // SAFETY: tiles configured and `chunks` packed tiles readable from each pointer (caller).
+    unsafe {
+        asm!(
+            "tileloadd tmm4, [{a0} + {s}*1]",
+            "tileloadd tmm6, [{b0} + {s}*1]",
+            "tileloadd tmm7, [{b1} + {s}*1]",
+            "tileloadd tmm5, [{a1} + {s}*1]",
+            a0 = in(reg) a[0], a1 = in(reg) a[1], b0 = in(reg) b[0], b1 = in(reg) b[1],
+            s = in(reg) stride, options(nostack)
+        );
+        for k in 1..chunks {
+            let (a0, a1) = (a[0].add(k * TILE), a[1].add(k * TILE));
+            let (b0, b1) = (b[0].add(k * TILE), b[1].add(k * TILE));
+            asm!(
+                "tdpbf16ps tmm0, tmm4, tmm6",
+                "tdpbf16ps tmm1, tmm4, tmm7",
+                "tileloadd tmm4, [{a0} + {s}*1]",
+                "tdpbf16ps tmm2, tmm5, tmm6",
+                "tileloadd tmm6, [{b0} + {s}*1]",
+                "tdpbf16ps tmm3, tmm5, tmm7",
+                "tileloadd tmm7, [{b1} + {s}*1]",
+                "tileloadd tmm5, [{a1} + {s}*1]",
+                a0 = in(reg) a0, a1 = in(reg) a1, b0 = in(reg) b0, b1 = in(reg) b1,
+                s = in(reg) stride, options(nostack)
+            );
+        }
+        asm!(
+            "tdpbf16ps tmm0, tmm4, tmm6",
+            "tdpbf16ps tmm1, tmm4, tmm7",
+            "tdpbf16ps tmm2, tmm5, tmm6",
+            "tdpbf16ps tmm3, tmm5, tmm7",
+            options(nostack)
         );
     }
 }
