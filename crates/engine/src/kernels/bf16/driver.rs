@@ -139,6 +139,121 @@ pub(super) fn run(
     }
 }
 
+/// Writes the right operand's strips for columns `(first, strips)` (16 columns each, from a
+/// multiple of 16) and the k chunks `chunks` into the buffer: `chunks.len()` packed tiles per
+/// strip, one strip after another.
+pub(super) type FillPanel<'a> = &'a (dyn Fn(&mut [u16], (usize, usize), Range<usize>) + Sync);
+
+/// Bytes of sums a panel in [`run_fused`] keeps between k blocks (4 per row and column; with
+/// its k block of the right operand, 16 KiB per 32 columns, they stay in the core's L2).
+const PANEL_SUMS_BYTES: usize = 1 << 20;
+
+/// Panels in [`run_fused`] are 128 to 512 columns wide: narrower ones stream the left operand
+/// from L3 too often (a 16² 1280-channel convolution: 7.1 ms packed ahead, 8.3–9.7 fused),
+/// wider ones were no faster.
+const PANEL_COLUMNS: (usize, usize) = (128, 512);
+
+/// The panel width [`run_fused`] takes for `m` rows and `n` columns on `threads` threads (at
+/// least two panels per thread), or `None` where the panels would be too narrow.
+pub(super) fn fused_panel(m: usize, n: usize, threads: usize) -> Option<usize> {
+    let per_thread = n.div_ceil(2 * threads.max(1));
+    if per_thread < PANEL_COLUMNS.0 {
+        return None;
+    }
+    let widest =
+        (PANEL_SUMS_BYTES / (4 * m.max(1)) / 32 * 32).clamp(PANEL_COLUMNS.0, PANEL_COLUMNS.1);
+    Some(per_thread.div_ceil(32).saturating_mul(32).min(widest))
+}
+
+/// `dst (+)= lhs · rhs` with the right operand packed as the product goes, by `fill`: each
+/// task takes a panel of columns and walks `k` in blocks, packing the panel's block of `rhs`
+/// into its own buffer and multiplying it with all rows of `lhs` at once, so the block is
+/// still in the core's cache (packed ahead, a convolution's patch matrix went out to L3 and
+/// came back for every block of rows).
+pub(super) fn run_fused(
+    isa: Bf16Isa,
+    (m, n, k): (usize, usize, usize),
+    dst: &mut [f32],
+    dst_rs: usize,
+    lhs: &super::PackedLhs,
+    fill: FillPanel,
+    accumulate: bool,
+) {
+    use super::scalar::TILE;
+    use rayon::prelude::*;
+    let (col_unit, kcs, kernel): (usize, _, BlockKernel) = match isa {
+        Bf16Isa::Amx => (32, amx::KC_CHUNKS, amx::block),
+        _ => (avx512::NR, avx512::KC_CHUNKS, avx512::block),
+    };
+    let threads = candle_core::utils::get_num_threads();
+    // Whole column blocks of the kernel, so that each column of C is summed as the
+    // pre-packed path sums it.
+    let panel = fused_panel(m, n, threads)
+        .unwrap_or(PANEL_COLUMNS.0)
+        .div_ceil(col_unit)
+        * col_unit;
+    let chunks = lhs.kp / 32;
+    let k_blocks = if chunks <= 2 * kcs.0 {
+        1
+    } else {
+        chunks.div_ceil(kcs.0)
+    };
+    let base = Problem {
+        m,
+        n,
+        k,
+        kp: lhs.kp,
+        b: &[],
+        dst: dst.as_mut_ptr(),
+        dst_rs,
+    };
+    let (base, packed) = (&base, lhs.data());
+    let work = move |c0: usize| {
+        let cols = (n - c0).min(panel);
+        let strips = cols.div_ceil(16);
+        // SAFETY: the path is available (the caller checked).
+        let _tiles = (isa == Bf16Isa::Amx).then(|| unsafe { amx::Tiles::configure() });
+        let mut scratch = take(&LHS_SCRATCH);
+        let mut sums = take(&SUMS_SCRATCH);
+        if isa == Bf16Isa::Amx && k_blocks > 1 {
+            scratch::grow_scratch(&mut sums, m.div_ceil(32) * cols.div_ceil(32) * 1024);
+        }
+        for block in 0..k_blocks {
+            let kb = block * chunks / k_blocks;
+            let kc = (block + 1) * chunks / k_blocks - kb;
+            let (_, b) = pack::aligned(&mut scratch, strips * kc * TILE);
+            fill(b, (c0, strips), kb..kb + kc);
+            let problem = Problem {
+                n: cols,
+                k: (k - 32 * kb).min(32 * kc),
+                kp: 32 * kc,
+                b,
+                dst: base.dst.wrapping_add(c0),
+                ..*base
+            };
+            let step = Step {
+                kb: 0,
+                kc,
+                first: block == 0,
+                last: block + 1 == k_blocks,
+                accumulate,
+            };
+            let a = (&packed[kb * TILE..], TILE * chunks);
+            // SAFETY: the path is available and its tiles configured; panels are disjoint
+            // columns of C; `sums` holds the panel's blocks when there are several k blocks.
+            unsafe { kernel(&problem, a, 0..m, 0..cols, step, &mut sums) };
+        }
+        give(&LHS_SCRATCH, scratch);
+        give(&SUMS_SCRATCH, sums);
+    };
+    let panels: Vec<usize> = (0..n).step_by(panel).collect();
+    if threads > 1 && panels.len() > 1 {
+        panels.into_par_iter().for_each(work);
+    } else {
+        panels.into_iter().for_each(work);
+    }
+}
+
 /// Region size (rows, columns): 256 rows (multiples of the kernel's units) by all of `n`, so
 /// each region packs its rows of `lhs` once; with more threads, smaller regions until there
 /// are four per thread (rows split first: a column split packs the rows again).
@@ -181,4 +296,65 @@ fn blocks_prepacked(
     };
     let cb = n.div_ceil(col_blocks).div_ceil(col_unit).max(1) * col_unit;
     (rb, cb)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::scalar::TILE;
+    use super::super::{Bf16Isa, Lhs, PackedLhs, PackedRhs, Rhs, gemm_bf16_with};
+    use super::*;
+
+    /// `n` values in [−1, 1), varied by `seed`.
+    fn values(n: usize, seed: usize) -> Vec<f32> {
+        (0..n)
+            .map(|i| (((i * 7919 + seed * 104_729) % 1009) as f32 / 504.5) - 1.0)
+            .collect()
+    }
+
+    /// A product whose right operand is packed panel by panel as it goes gives the same bits
+    /// as one with it packed beforehand, on every fast path this CPU has: one k block and
+    /// several, one panel and several, a short last panel and a short last strip.
+    #[test]
+    fn fused_products_equal_prepacked_ones() {
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        for isa in [Bf16Isa::Amx, Bf16Isa::Avx512Bf16] {
+            if !isa.available() {
+                println!("skipping the {isa} path: not available on this CPU");
+                continue;
+            }
+            for (m, n, k) in [
+                (40, 300, 100),
+                (70, 1100, 600),
+                (16, 40, 33),
+                (96, 2048, 64),
+            ] {
+                let lhs = PackedLhs::new(m, k, (&values(m * k, 1), k, 1));
+                let rhs = PackedRhs::new(k, n, (&values(k * n, 2), n, 1));
+                let start = values(m * n, 3);
+                let mut expected = start.clone();
+                let operands = (Lhs::Packed(&lhs), Rhs::Packed(&rhs));
+                gemm_bf16_with(
+                    isa,
+                    (m, n, k),
+                    &mut expected,
+                    n,
+                    operands.0,
+                    operands.1,
+                    true,
+                    true,
+                );
+                let fill =
+                    |b: &mut [u16], (first, strips): (usize, usize), chunks: Range<usize>| {
+                        let len = chunks.len() * TILE;
+                        for s in 0..strips {
+                            let from = (first / 16 + s) * 16 * rhs.kp + chunks.start * TILE;
+                            b[s * len..][..len].copy_from_slice(&rhs.data()[from..][..len]);
+                        }
+                    };
+                let mut fused = start.clone();
+                run_fused(isa, (m, n, k), &mut fused, n, &lhs, &fill, true);
+                assert_eq!(bits(&fused), bits(&expected), "{isa} {m}×{n}×{k}");
+            }
+        }
+    }
 }

@@ -204,6 +204,32 @@ pub(crate) fn gemm_bf16_with(
     }
 }
 
+/// [`gemm_bf16`] with the left operand packed beforehand and the right one packed by `fill`
+/// as the product goes, panel of columns by panel and k block by block, each into the cache
+/// of the core that multiplies it (see [`driver::run_fused`]); on candle's threads. Returns
+/// `false`, having done nothing, on the emulated path and where the panels would be too
+/// narrow to pay ([`driver::fused_panel`]): the caller packs the operand beforehand then.
+pub(crate) fn gemm_bf16_filled(
+    (m, n, k): (usize, usize, usize),
+    dst: &mut [f32],
+    dst_rs: usize,
+    lhs: &PackedLhs,
+    fill: driver::FillPanel,
+    accumulate: bool,
+) -> bool {
+    let isa = isa();
+    let threads = candle_core::utils::get_num_threads();
+    if isa == Bf16Isa::Emulated || driver::fused_panel(m, n, threads).is_none() {
+        return false;
+    }
+    assert_eq!((lhs.m, lhs.k), (m, k), "packed lhs of another shape");
+    check(isa, (m, n, k), dst, dst_rs, None, None);
+    if m > 0 && n > 0 {
+        driver::run_fused(isa, (m, n, k), dst, dst_rs, lhs, fill, accumulate);
+    }
+    true
+}
+
 /// The bounds [`gemm_f32`] asserts, plus the path's availability and rows of `dst` that do
 /// not overlap (regions of it are written from several threads).
 fn check(
