@@ -61,7 +61,7 @@ pub(crate) fn attention(q: &[f32], k: &[f32], v: &[f32], sizes: Sizes, scale: f3
         dv,
     } = sizes;
     let (width, width_v) = (heads * d, heads * dv);
-    let mut out = vec![0f32; batch * n_q * width_v];
+    let mut out = crate::kernels::filled::zeros(batch * n_q * width_v);
     if out.is_empty() || n_k == 0 {
         return out;
     }

@@ -24,6 +24,7 @@ use rayon::prelude::*;
 
 use crate::kernels::bf16::PackedLhs;
 use crate::kernels::compute::Compute;
+use crate::kernels::filled;
 use crate::kernels::im2col::Geometry;
 use crate::kernels::storage::f32_slice;
 use crate::kernels::winograd;
@@ -153,8 +154,7 @@ impl Conv2d {
             Some((store, layout)) => Some(f32_slice(store, layout)?),
             None => None,
         };
-        let mut out = vec![0f32; g.batch * self.cout * g.out_h * g.out_w];
-        self.fill_bias(&mut out, g.out_h * g.out_w, extra, false)?;
+        let mut out = self.biased((g.batch, g.out_h * g.out_w), extra, None, None)?;
         drop(extra_guard);
         self.accumulate(xs, g, &mut out)?;
         Tensor::from_vec(out, g.out_dims(self.cout), &Device::Cpu)
@@ -172,9 +172,8 @@ impl Conv2d {
             };
         }
         let g = self.geometry(xs, self.symmetric())?;
-        let mut out = vec![0f32; g.batch * self.cout * g.out_h * g.out_w];
         let plane = g.out_h * g.out_w;
-        match residual {
+        let mut out = match residual {
             Residual::Tensor(t) => {
                 if t.dims4()? != g.out_dims(self.cout) {
                     candle_core::bail!(
@@ -185,8 +184,8 @@ impl Conv2d {
                 }
                 let t = t.contiguous()?;
                 let (store, layout) = t.storage_and_layout();
-                out.copy_from_slice(f32_slice(&store, layout)?);
-                self.fill_bias(&mut out, plane, None, true)?;
+                let residual = f32_slice(&store, layout)?;
+                self.biased((g.batch, plane), None, None, Some(residual))?
             }
             Residual::Conv(conv, t) => {
                 let h = conv.geometry(t, conv.symmetric())?;
@@ -197,11 +196,11 @@ impl Conv2d {
                         g.out_dims(self.cout)
                     );
                 }
-                self.fill_bias(&mut out, plane, None, false)?;
-                conv.fill_bias(&mut out, plane, None, true)?;
+                let mut out = self.biased((g.batch, plane), None, Some(conv), None)?;
                 conv.accumulate(t, h, &mut out)?;
+                out
             }
-        }
+        };
         self.accumulate(xs, g, &mut out)?;
         Tensor::from_vec(out, g.out_dims(self.cout), &Device::Cpu)
     }
@@ -217,8 +216,7 @@ impl Conv2d {
         }
         let p = self.padding;
         let g = self.geometry(xs, (p, p + 1, p, p + 1))?;
-        let mut out = vec![0f32; g.batch * self.cout * g.out_h * g.out_w];
-        self.fill_bias(&mut out, g.out_h * g.out_w, None, false)?;
+        let mut out = self.biased((g.batch, g.out_h * g.out_w), None, None, None)?;
         self.accumulate(xs, g, &mut out)?;
         Tensor::from_vec(out, g.out_dims(self.cout), &Device::Cpu)
     }
@@ -319,36 +317,38 @@ impl Conv2d {
         })
     }
 
-    /// Writes (or adds, when `add`) the bias, plus `extra[image][channel]`, to every plane of
-    /// `out` (`batch × c_out` planes of `plane` values).
-    fn fill_bias(
+    /// A new output of `batch × c_out` planes of `plane` values, each holding the bias (plus
+    /// `other`'s bias, plus `extra[image][channel]`), added to `add` element by element where
+    /// given; written once, on candle's threads ([`filled::planes`]).
+    fn biased(
         &self,
-        out: &mut [f32],
-        plane: usize,
+        (batch, plane): (usize, usize),
         extra: Option<&[f32]>,
-        add: bool,
-    ) -> Result<()> {
+        other: Option<&Conv2d>,
+        add: Option<&[f32]>,
+    ) -> Result<Vec<f32>> {
+        let own = self.bias_values()?;
+        let other = match other {
+            Some(conv) => conv.bias_values()?,
+            None => None,
+        };
+        let cout = self.cout;
+        Ok(filled::planes(batch * cout, plane, add, |i| {
+            let (b, c) = (i / cout, i % cout);
+            own.as_ref().map_or(0.0, |v| v[c])
+                + other.as_ref().map_or(0.0, |v| v[c])
+                + extra.map_or(0.0, |e| e[b * cout + c])
+        }))
+    }
+
+    /// The bias, if the layer has one, as f32 values.
+    fn bias_values(&self) -> Result<Option<Vec<f32>>> {
         let bias = match &self.weights {
             Weights::Candle(conv) => conv.bias(),
             Weights::Bf16 { bias, .. } => bias.as_ref(),
         };
-        let bias = bias.map(|b| b.contiguous()).transpose()?;
-        let guard = bias.as_ref().map(|b| b.storage_and_layout());
-        let bias = match &guard {
-            Some((store, layout)) => Some(f32_slice(store, layout)?),
-            None => None,
-        };
-        let cout = self.cout;
-        out.par_chunks_mut(plane).enumerate().for_each(|(i, dst)| {
-            let (b, c) = (i / cout, i % cout);
-            let value = bias.map_or(0.0, |b| b[c]) + extra.map_or(0.0, |e| e[b * cout + c]);
-            if add {
-                dst.iter_mut().for_each(|v| *v += value);
-            } else {
-                dst.fill(value);
-            }
-        });
-        Ok(())
+        bias.map(|b| b.to_dtype(DType::F32)?.to_vec1::<f32>())
+            .transpose()
     }
 
     /// Adds the convolution of `xs` (sizes `g`) to `out`.

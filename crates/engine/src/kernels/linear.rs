@@ -109,7 +109,7 @@ impl Linear {
         let xs = xs.to_dtype(DType::F32)?.contiguous()?;
         let rows = xs.elem_count() / inputs.max(1);
         let mut out = match bias {
-            Some(bias) => bias.repeat(rows),
+            Some(bias) => crate::kernels::filled::repeated_rows(bias, rows),
             None => vec![0f32; rows * outputs],
         };
         let (x_store, x_layout) = xs.storage_and_layout();

@@ -21,6 +21,7 @@ pub mod bf16;
 pub mod compute;
 pub mod conv;
 pub mod fastmath;
+pub(crate) mod filled;
 pub mod gemm;
 pub mod im2col;
 pub mod linear;

@@ -71,7 +71,7 @@ impl GroupNorm {
         let data = f32_slice(&store, layout)?;
         let moments = block_moments(data, block);
         let affine = channel_affine(&moments, self.groups, &weight, &bias, self.eps);
-        let mut out = vec![0f32; data.len()];
+        let mut out = crate::kernels::filled::zeros(data.len());
         apply_affine(&mut out, Some((data, spatial)), &affine, spatial, silu);
         drop(store);
         Tensor::from_vec(out, dims, &Device::Cpu)

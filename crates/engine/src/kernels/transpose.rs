@@ -21,7 +21,7 @@ pub fn transpose_last_two(xs: &Tensor) -> Result<Tensor> {
     let xs = xs.contiguous()?;
     let (store, layout) = xs.storage_and_layout();
     let src = f32_slice(&store, layout)?;
-    let mut out = vec![0f32; batch * rows * cols];
+    let mut out = crate::kernels::filled::zeros(batch * rows * cols);
     if !out.is_empty() {
         // Per image, bands of BLOCK output rows (source columns).
         out.par_chunks_mut(rows * cols)

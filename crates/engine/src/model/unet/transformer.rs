@@ -138,7 +138,7 @@ fn geglu(projected: &Tensor) -> Result<Tensor> {
     }
     let (store, layout) = projected.storage_and_layout();
     let src = f32_slice(&store, layout)?;
-    let mut out = vec![0f32; src.len() / 2];
+    let mut out = crate::kernels::filled::zeros(src.len() / 2);
     if inner > 0 {
         out.par_chunks_mut(inner)
             .zip(src.par_chunks(2 * inner))
