@@ -2,7 +2,9 @@
 //! packs the left operand and calls the AMX or AVX512-BF16 block kernel.
 
 use super::problem::{Problem, Step};
-use super::{Bf16Isa, LHS_SCRATCH, Lhs, PackedRhs, SUMS_SCRATCH, amx, avx512, give, pack, take};
+use super::{
+    Bf16Isa, FillPanel, LHS_SCRATCH, Lhs, PackedRhs, SUMS_SCRATCH, amx, avx512, give, pack, take,
+};
 use crate::kernels::scratch;
 use std::ops::Range;
 
@@ -138,11 +140,6 @@ pub(super) fn run(
         regions.iter().for_each(work);
     }
 }
-
-/// Writes the right operand's strips for columns `(first, strips)` (16 columns each, from a
-/// multiple of 16) and the k chunks `chunks` into the buffer: `chunks.len()` packed tiles per
-/// strip, one strip after another.
-pub(super) type FillPanel<'a> = &'a (dyn Fn(&mut [u16], (usize, usize), Range<usize>) + Sync);
 
 /// Bytes of sums a panel in [`run_fused`] keeps between k blocks (4 per row and column; with
 /// its k block of the right operand, 16 KiB per 32 columns, they stay in the core's L2).

@@ -214,7 +214,33 @@ pub(crate) fn gemm_bf16_filled(
     dst: &mut [f32],
     dst_rs: usize,
     lhs: &PackedLhs,
-    fill: driver::FillPanel,
+    fill: FillPanel,
+    accumulate: bool,
+) -> bool {
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        // Only x86 has the fast paths.
+        let _ = ((m, n, k), dst, dst_rs, lhs, fill, accumulate);
+        false
+    }
+    #[cfg(target_arch = "x86_64")]
+    filled_x86((m, n, k), dst, dst_rs, lhs, fill, accumulate)
+}
+
+/// Writes the right operand's strips for columns `(first, strips)` (16 columns each, from a
+/// multiple of 16) and the k chunks `chunks` into the buffer: `chunks.len()` packed tiles per
+/// strip, one strip after another.
+pub(crate) type FillPanel<'a> =
+    &'a (dyn Fn(&mut [u16], (usize, usize), std::ops::Range<usize>) + Sync);
+
+/// [`gemm_bf16_filled`] on x86.
+#[cfg(target_arch = "x86_64")]
+fn filled_x86(
+    (m, n, k): (usize, usize, usize),
+    dst: &mut [f32],
+    dst_rs: usize,
+    lhs: &PackedLhs,
+    fill: FillPanel,
     accumulate: bool,
 ) -> bool {
     let isa = isa();

@@ -188,15 +188,15 @@ mod x86 {
         taps: Range<usize>,
     ) {
         let plane = g.height * g.width;
-        // The lanes of each column tap inside the image row.
+        // The lanes of each column tap inside the image row: lane `l` reads column
+        // `x0 + kw + l − left`, inside for `l` in `left − x0 − kw .. width + left − x0 − kw`.
         let mut masks = [0u16; 8];
         for (kw, mask) in masks.iter_mut().enumerate().take(g.k) {
-            for lane in 0..16 {
-                let ix = (x0 + kw + lane) as isize - g.left as isize;
-                if ix >= 0 && ix < g.width as isize {
-                    *mask |= 1 << lane;
-                }
-            }
+            let shift = (x0 + kw) as isize - g.left as isize;
+            let lo = (-shift).clamp(0, 16) as u32;
+            let hi = (g.width as isize - shift).clamp(0, 16) as u32;
+            let below = |n: u32| ((1u32 << n) - 1) as u16;
+            *mask = below(hi) & !below(lo);
         }
         let taps = taps.start..taps.end.min(g.cin * g.k * g.k);
         let mut pairs_out = strip.chunks_exact_mut(32);
