@@ -79,8 +79,9 @@ impl Geometry {
     /// Accumulates the convolution of one image with the kernel packed into bf16 (`packed`:
     /// `c_out × (c_in·k·k)`) into `out` (`c_out × out_h × out_w`, already holding the bias):
     /// `out = kernel · patches` in bf16, band by band of the patch matrix, straight into the
-    /// planes. A 1×1 convolution reads the image as its patch matrix, in bands of pixels
-    /// ([`POINTWISE_BAND_BYTES`]).
+    /// planes. Where panels pay ([`gemm_bf16_filled`]) the patches, 1×1 ones included, are
+    /// packed straight from the image as the product goes; otherwise a 1×1 convolution reads
+    /// the image as its patch matrix, in bands of pixels ([`POINTWISE_BAND_BYTES`]).
     pub(crate) fn convolve_packed(&self, image: &[f32], packed: &PackedLhs, out: &mut [f32]) {
         let bands = (POINTWISE_BAND_BYTES, Some(PACKED_BAND_BYTES), true);
         self.convolve_packed_in(image, packed, out, bands);

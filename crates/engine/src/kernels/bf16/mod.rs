@@ -224,7 +224,19 @@ pub(crate) fn gemm_bf16_filled(
         false
     }
     #[cfg(target_arch = "x86_64")]
-    filled_x86((m, n, k), dst, dst_rs, lhs, fill, accumulate)
+    {
+        let isa = isa();
+        let threads = candle_core::utils::get_num_threads();
+        if isa == Bf16Isa::Emulated || driver::fused_panel(m, n, threads).is_none() {
+            return false;
+        }
+        assert_eq!((lhs.m, lhs.k), (m, k), "packed lhs of another shape");
+        check(isa, (m, n, k), dst, dst_rs, None, None);
+        if m > 0 && n > 0 {
+            driver::run_fused(isa, (m, n, k), dst, dst_rs, lhs, fill, accumulate);
+        }
+        true
+    }
 }
 
 /// Writes the right operand's strips for columns `(first, strips)` (16 columns each, from a
@@ -232,29 +244,6 @@ pub(crate) fn gemm_bf16_filled(
 /// strip, one strip after another.
 pub(crate) type FillPanel<'a> =
     &'a (dyn Fn(&mut [u16], (usize, usize), std::ops::Range<usize>) + Sync);
-
-/// [`gemm_bf16_filled`] on x86.
-#[cfg(target_arch = "x86_64")]
-fn filled_x86(
-    (m, n, k): (usize, usize, usize),
-    dst: &mut [f32],
-    dst_rs: usize,
-    lhs: &PackedLhs,
-    fill: FillPanel,
-    accumulate: bool,
-) -> bool {
-    let isa = isa();
-    let threads = candle_core::utils::get_num_threads();
-    if isa == Bf16Isa::Emulated || driver::fused_panel(m, n, threads).is_none() {
-        return false;
-    }
-    assert_eq!((lhs.m, lhs.k), (m, k), "packed lhs of another shape");
-    check(isa, (m, n, k), dst, dst_rs, None, None);
-    if m > 0 && n > 0 {
-        driver::run_fused(isa, (m, n, k), dst, dst_rs, lhs, fill, accumulate);
-    }
-    true
-}
 
 /// The bounds [`gemm_f32`] asserts, plus the path's availability and rows of `dst` that do
 /// not overlap (regions of it are written from several threads).
