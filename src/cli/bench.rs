@@ -196,7 +196,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     }
     let tile = tile_mode(&args.vae_tile)?;
     let (device, weights_dtype) = device::select_with(args.target.device, args.target.precision)?;
-    // The tensors' dtype (bf16 on the CPU computes bf16 products on f32 tensors).
+    // The tensors' dtype (bf16 on the CPU holds bf16 weights and computes on f32 tensors).
     let (compute, dtype) = Compute::for_weights(&device, weights_dtype);
     let load = Instant::now();
     let (unet, unet_file, vae, name) = match &args.model {

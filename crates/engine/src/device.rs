@@ -120,13 +120,13 @@ pub fn select_with(spec: DeviceSpec, precision: Precision) -> Result<(Device, DT
 }
 
 /// A line for the user when `dtype` on `device` is not what they may expect: bf16 on a CPU
-/// without bf16 instructions runs emulated (bf16-rounded operands multiplied in f32, slower
-/// than plain f32).
+/// without bf16 instructions keeps only the weights in bf16 and computes in f32
+/// ([`crate::kernels::compute::Compute::Bf16Weights`]).
 pub fn precision_note(device: &Device, dtype: DType) -> Option<String> {
     use crate::kernels::bf16::{Bf16Isa, isa};
     (device.is_cpu() && dtype == DType::BF16 && isa() == Bf16Isa::Emulated).then(|| {
-        "this CPU has no bf16 instructions (AMX or AVX512-BF16): bf16 is emulated, slower \
-         than --precision f32"
+        "this CPU has no bf16 instructions (AMX or AVX512-BF16): bf16 holds the weights in \
+         bf16 (half the memory) and computes in f32, at f32's speed"
             .to_string()
     })
 }
@@ -215,11 +215,11 @@ mod tests {
             select_with(DeviceSpec::Cpu, Precision::Bf16).unwrap().1,
             DType::BF16
         );
-        // bf16 on the CPU says so when it is emulated, and only then.
+        // bf16 on the CPU says so when it has no bf16 instructions, and only then.
         assert_eq!(precision_note(&cpu, DType::F32), None);
         let note = precision_note(&cpu, DType::BF16);
         assert_eq!(note.is_some(), isa() == Bf16Isa::Emulated);
-        assert!(note.is_none_or(|n| n.contains("emulated") && !n.contains('\n')));
+        assert!(note.is_none_or(|n| n.contains("computes in f32") && !n.contains('\n')));
     }
 
     #[test]

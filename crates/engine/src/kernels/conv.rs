@@ -27,6 +27,7 @@ use crate::kernels::compute::Compute;
 use crate::kernels::filled;
 use crate::kernels::im2col::Geometry;
 use crate::kernels::storage::f32_slice;
+use crate::kernels::widened::Bf16Weights;
 use crate::kernels::winograd;
 
 /// A convolution layer (square kernel, zero padding, no dilation or groups).
@@ -45,12 +46,22 @@ pub struct Conv2d {
 enum Weights {
     /// candle's layer: f32 products on the CPU (any dtype and device otherwise).
     Candle(candle_nn::Conv2d),
-    /// bf16 on the CPU: the kernel packed once (`c_out × (c_in·k·k)`, half the memory of the
-    /// f32 kernel, which is dropped), and the bias. Needs f32 CPU input.
+    /// bf16 on the CPU: the kernel in bf16 (half the memory of the f32 kernel, which is
+    /// dropped), and the bias. Needs f32 CPU input.
     Bf16 {
-        packed: Arc<PackedLhs>,
+        kernel: Bf16Kernel,
         bias: Option<Tensor>,
     },
+}
+
+/// A bf16 layer's kernel, as its [`Compute`] wants it.
+#[derive(Debug, Clone)]
+enum Bf16Kernel {
+    /// Packed once for the bf16 products (`c_out × (c_in·k·k)`): [`Compute::Bf16`].
+    Packed(Arc<PackedLhs>),
+    /// Held in bf16 and widened for the f32 path (Winograd included) as the layer runs:
+    /// [`Compute::Bf16Weights`].
+    Widened(Arc<Bf16Weights>),
 }
 
 impl Conv2d {
@@ -67,7 +78,8 @@ impl Conv2d {
     }
 
     /// [`Conv2d::new`] with the CPU products in `compute`'s arithmetic (bf16: the kernel
-    /// packed into bf16 now, when it is an f32 CPU tensor).
+    /// packed into bf16, or held in bf16 for [`Compute::Bf16Weights`], now, when it is an
+    /// f32 CPU tensor).
     pub fn with_compute(
         vb: VarBuilder,
         (cin, cout): (usize, usize),
@@ -83,15 +95,20 @@ impl Conv2d {
         };
         let inner = candle_nn::conv2d(cin, cout, kernel, cfg, vb)?;
         let weight = inner.weight();
-        let weights = if compute == Compute::Bf16 && fast(weight) {
+        let weights = if compute.bf16_weights() && fast(weight) {
             let weight = weight.contiguous()?;
             let (store, layout) = weight.storage_and_layout();
+            let values = f32_slice(&store, layout)?;
             let depth = cin * kernel * kernel;
-            // The OIHW kernel is the (c_out, depth) left operand as it is stored.
-            let packed = PackedLhs::new(cout, depth, (f32_slice(&store, layout)?, depth, 1));
+            let kernel = if compute == Compute::Bf16 {
+                // The OIHW kernel is the (c_out, depth) left operand as it is stored.
+                Bf16Kernel::Packed(Arc::new(PackedLhs::new(cout, depth, (values, depth, 1))))
+            } else {
+                Bf16Kernel::Widened(Arc::new(Bf16Weights::new(values)))
+            };
             drop(store);
             Weights::Bf16 {
-                packed: Arc::new(packed),
+                kernel,
                 bias: inner.bias().cloned(),
             }
         } else {
@@ -122,7 +139,7 @@ impl Conv2d {
         self.padding
     }
 
-    /// Whether its kernel is held packed in bf16 (the f32 kernel dropped).
+    /// Whether its kernel is held in bf16 (the f32 kernel dropped).
     pub fn is_bf16(&self) -> bool {
         matches!(self.weights, Weights::Bf16 { .. })
     }
@@ -360,15 +377,28 @@ impl Conv2d {
         let plane = g.out_h * g.out_w;
         let weight = match &self.weights {
             Weights::Candle(conv) => conv.weight().contiguous()?,
-            Weights::Bf16 { packed, .. } => {
-                for (b, out_image) in out.chunks_mut(self.cout * plane).enumerate() {
-                    g.convolve_packed(&x[b * image_len..][..image_len], packed, out_image);
+            Weights::Bf16 { kernel, .. } => {
+                match kernel {
+                    Bf16Kernel::Packed(packed) => {
+                        for (b, out_image) in out.chunks_mut(self.cout * plane).enumerate() {
+                            g.convolve_packed(&x[b * image_len..][..image_len], packed, out_image);
+                        }
+                    }
+                    Bf16Kernel::Widened(w) => w.with_widened(|w| self.convolve_f32(x, w, g, out)),
                 }
                 return Ok(());
             }
         };
         let (w_store, w_layout) = weight.storage_and_layout();
-        let w = f32_slice(&w_store, w_layout)?;
+        self.convolve_f32(x, f32_slice(&w_store, w_layout)?, g, out);
+        Ok(())
+    }
+
+    /// Adds the f32 convolution of the images `x` (sizes `g`) with the OIHW kernel `w` to
+    /// `out`: Winograd where it applies, else banded patch products.
+    fn convolve_f32(&self, x: &[f32], w: &[f32], g: Geometry, out: &mut [f32]) {
+        let image_len = g.cin * g.height * g.width;
+        let plane = g.out_h * g.out_w;
         let winograd = g
             .winograd
             .then(|| winograd::Variant::for_image(g.height, g.width))
@@ -384,7 +414,6 @@ impl Conv2d {
                 }
             }
         }
-        Ok(())
     }
 }
 
@@ -531,8 +560,10 @@ mod tests {
     }
 
     /// A bf16 layer equals the f32 convolution of the bf16-rounded kernel and input (up to
-    /// the order of the f32 sums), through every form: plain with a per-image term, 1×1,
-    /// strided, padded at the end, and with a convolved shortcut.
+    /// the order of the f32 sums), and a layer with bf16 weights widened for the f32 path
+    /// ([`Compute::Bf16Weights`]) equals the f32 convolution of the rounded kernel and the
+    /// input as it is, bit for bit; through every form: plain with a per-image term, 1×1,
+    /// strided, padded at the end (Winograd's sizes included), and with a convolved shortcut.
     #[test]
     fn bf16_layers_match_f32_on_rounded_operands() {
         use crate::kernels::bf16::round_bf16;
@@ -562,36 +593,42 @@ mod tests {
                 let vb = VarBuilder::from_tensors(tensors, DType::F32, dev);
                 Conv2d::with_compute(vb, (cin, cout), k, s, p, compute).unwrap()
             };
-            let bf16 = layer(&weight, Compute::Bf16);
-            assert!(bf16.is_bf16() && !layer(&weight, Compute::F32).is_bf16());
+            assert!(!layer(&weight, Compute::F32).is_bf16());
             let reference = layer(&rounded(&weight), Compute::F32);
             let xs = Tensor::randn(0f32, 1.0, (2, cin, h, w), dev).unwrap();
-            let xr = rounded(&xs);
             let extra = Tensor::randn(0f32, 1.0, (2, cout), dev).unwrap();
-            let scale = (cin * k * k) as f32;
-            let close = |a: &Tensor, b: &Tensor, what: &str| {
-                assert_eq!(a.dims(), b.dims(), "case {i} {what}");
-                let diff = crate::test_util::max_abs_diff(a, b);
-                assert!(diff <= 1e-5 * scale, "case {i} {what}: max abs diff {diff}");
-            };
-            close(
-                &bf16.forward_plus(&xs, Some(&extra)).unwrap(),
-                &reference.forward_plus(&xr, Some(&extra)).unwrap(),
-                "plus",
-            );
-            close(
-                &bf16.forward_pad_end(&xs).unwrap(),
-                &reference.forward_pad_end(&xr).unwrap(),
-                "pad end",
-            );
-            if s == 1 && 2 * p + 1 == k {
-                let res = Residual::Conv(&bf16, &xs);
-                let res_ref = Residual::Conv(&reference, &xr);
+            for compute in [Compute::Bf16, Compute::Bf16Weights] {
+                let bf16 = layer(&weight, compute);
+                assert!(bf16.is_bf16());
+                // The bf16 products round the input too; the widened weights leave it be.
+                let (xr, tolerance) = match compute {
+                    Compute::Bf16 => (rounded(&xs), 1e-5 * (cin * k * k) as f32),
+                    _ => (xs.clone(), 0.0),
+                };
+                let close = |a: &Tensor, b: &Tensor, what: &str| {
+                    assert_eq!(a.dims(), b.dims(), "case {i} {compute:?} {what}");
+                    let diff = crate::test_util::max_abs_diff(a, b);
+                    assert!(diff <= tolerance, "case {i} {compute:?} {what}: {diff}");
+                };
                 close(
-                    &bf16.forward_residual(&xs, res).unwrap(),
-                    &reference.forward_residual(&xr, res_ref).unwrap(),
-                    "residual",
+                    &bf16.forward_plus(&xs, Some(&extra)).unwrap(),
+                    &reference.forward_plus(&xr, Some(&extra)).unwrap(),
+                    "plus",
                 );
+                close(
+                    &bf16.forward_pad_end(&xs).unwrap(),
+                    &reference.forward_pad_end(&xr).unwrap(),
+                    "pad end",
+                );
+                if s == 1 && 2 * p + 1 == k {
+                    let res = Residual::Conv(&bf16, &xs);
+                    let res_ref = Residual::Conv(&reference, &xr);
+                    close(
+                        &bf16.forward_residual(&xs, res).unwrap(),
+                        &reference.forward_residual(&xr, res_ref).unwrap(),
+                        "residual",
+                    );
+                }
             }
         }
     }

@@ -3,8 +3,9 @@
 //! In f32 (and on every other device or dtype) it is candle's `Linear`, unchanged. With
 //! [`Compute::Bf16`] its weight is packed once into bf16 ([`PackedRhs`], half the memory; the
 //! f32 weight is dropped) and `x · Wᵀ + b` is one bf16 product written straight into an
-//! output that already holds the bias. A bf16 layer needs f32 CPU input (the model keeps its
-//! activations f32 in that mode).
+//! output that already holds the bias. With [`Compute::Bf16Weights`] the weight is held in
+//! bf16 ([`Bf16Weights`]) and widened to f32 for an f32 product into that output. A bf16
+//! layer needs f32 CPU input (the model keeps its activations f32 in that mode).
 
 use std::sync::Arc;
 
@@ -13,7 +14,9 @@ use candle_nn::VarBuilder;
 
 use crate::kernels::bf16::{Lhs, PackedRhs, Rhs, gemm_bf16};
 use crate::kernels::compute::Compute;
+use crate::kernels::gemm::gemm_f32;
 use crate::kernels::storage::f32_slice;
+use crate::kernels::widened::Bf16Weights;
 
 /// `x · Wᵀ + b` over the last dimension.
 #[derive(Debug, Clone)]
@@ -33,11 +36,18 @@ enum Weights {
         packed: Arc<PackedRhs>,
         bias: Option<Vec<f32>>,
     },
+    /// bf16 weights on a CPU without bf16 instructions: `W` (`out × in`) in bf16, and the
+    /// bias.
+    Widened {
+        weight: Arc<Bf16Weights>,
+        bias: Option<Vec<f32>>,
+    },
 }
 
 impl Linear {
     /// Loads `weight` (`out × in`) and, when `bias`, `bias` from `vb`; with
-    /// [`Compute::Bf16`] on the CPU packs the weight into bf16.
+    /// [`Compute::Bf16`] on the CPU packs the weight into bf16 ([`Compute::Bf16Weights`]
+    /// holds it in bf16).
     pub fn new(
         vb: VarBuilder,
         (inputs, outputs): (usize, usize),
@@ -53,24 +63,31 @@ impl Linear {
     }
 
     /// candle's layer `inner` (weight `out × in`), in `compute`'s arithmetic: kept as it is
-    /// for f32, its weight packed into bf16 (and the f32 weight dropped) for
-    /// [`Compute::Bf16`] when it is an f32 CPU tensor.
+    /// for f32, its weight packed into bf16 for [`Compute::Bf16`] or held in bf16 for
+    /// [`Compute::Bf16Weights`] (and the f32 weight dropped) when it is an f32 CPU tensor.
     pub fn from_candle(inner: candle_nn::Linear, compute: Compute) -> Result<Self> {
         let weight = inner.weight();
         let (outputs, inputs) = weight.dims2()?;
-        let bf16 = compute == Compute::Bf16
+        let bf16 = compute.bf16_weights()
             && matches!(weight.device(), Device::Cpu)
             && weight.dtype() == DType::F32;
         let weights = if bf16 {
             let weight = weight.contiguous()?;
             let (store, layout) = weight.storage_and_layout();
-            // Wᵀ as the right operand: element (i, o) is W[o][i].
-            let packed = PackedRhs::new(inputs, outputs, (f32_slice(&store, layout)?, 1, inputs));
-            drop(store);
+            let values = f32_slice(&store, layout)?;
             let bias = inner.bias().map(|b| b.to_vec1::<f32>()).transpose()?;
-            Weights::Bf16 {
-                packed: Arc::new(packed),
-                bias,
+            if compute == Compute::Bf16 {
+                // Wᵀ as the right operand: element (i, o) is W[o][i].
+                let packed = PackedRhs::new(inputs, outputs, (values, 1, inputs));
+                Weights::Bf16 {
+                    packed: Arc::new(packed),
+                    bias,
+                }
+            } else {
+                Weights::Widened {
+                    weight: Arc::new(Bf16Weights::new(values)),
+                    bias,
+                }
             }
         } else {
             Weights::Candle(inner)
@@ -87,17 +104,18 @@ impl Linear {
         self.outputs
     }
 
-    /// Whether its weight is held packed in bf16 (the f32 weight dropped).
+    /// Whether its weight is held in bf16 (the f32 weight dropped).
     pub fn is_bf16(&self) -> bool {
-        matches!(self.weights, Weights::Bf16 { .. })
+        !matches!(self.weights, Weights::Candle(_))
     }
 
-    /// The bf16 CPU product of [`Linear::forward`].
+    /// [`Linear::forward`] of a layer with bf16 weights: `product(x, rows, out)` adds
+    /// `x · Wᵀ` to `out`, which holds the bias.
     fn forward_bf16(
         &self,
         xs: &Tensor,
-        packed: &PackedRhs,
         bias: Option<&[f32]>,
+        product: impl FnOnce(&[f32], usize, &mut [f32]),
     ) -> Result<Tensor> {
         let (inputs, outputs) = (self.inputs, self.outputs);
         if xs.dim(D::Minus1)? != inputs || !matches!(xs.device(), Device::Cpu) {
@@ -113,16 +131,7 @@ impl Linear {
             None => vec![0f32; rows * outputs],
         };
         let (x_store, x_layout) = xs.storage_and_layout();
-        let x = f32_slice(&x_store, x_layout)?;
-        gemm_bf16(
-            (rows, outputs, inputs),
-            &mut out,
-            outputs,
-            Lhs::View((x, inputs, 1)),
-            Rhs::Packed(packed),
-            true,
-            true,
-        );
+        product(f32_slice(&x_store, x_layout)?, rows, &mut out);
         drop(x_store);
         let mut shape = xs.dims().to_vec();
         if let Some(last) = shape.last_mut() {
@@ -136,7 +145,60 @@ impl Module for Linear {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         match &self.weights {
             Weights::Candle(linear) => linear.forward(xs),
-            Weights::Bf16 { packed, bias } => self.forward_bf16(xs, packed, bias.as_deref()),
+            Weights::Bf16 { packed, bias } => {
+                self.forward_bf16(xs, bias.as_deref(), |x, rows, out| {
+                    let (lhs, rhs) = (Lhs::View((x, self.inputs, 1)), Rhs::Packed(packed));
+                    let dims = (rows, self.outputs, self.inputs);
+                    gemm_bf16(dims, out, self.outputs, lhs, rhs, true, true);
+                })
+            }
+            Weights::Widened { weight, bias } => {
+                self.forward_bf16(xs, bias.as_deref(), |x, rows, out| {
+                    weight.with_widened(|w| {
+                        // Wᵀ as the right operand: element (i, o) is W[o][i].
+                        let (lhs, rhs) = ((x, self.inputs, 1), (w, 1, self.inputs));
+                        let dims = (rows, self.outputs, self.inputs);
+                        gemm_f32(dims, out, self.outputs, lhs, rhs, true, true);
+                    })
+                })
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::bf16::round_bf16;
+
+    /// Layers with bf16 weights against candle's f32 layer with the bf16-rounded weight: bit
+    /// for bit when the weight is widened for the f32 product ([`Compute::Bf16Weights`]), up
+    /// to the input's rounding and the order of the sums for bf16 products; with and without
+    /// a bias, on a batch of several token rows.
+    #[test]
+    fn bf16_weights_match_f32_on_the_rounded_weight() {
+        let dev = &Device::Cpu;
+        let (inputs, outputs) = (70, 45);
+        let weight = Tensor::randn(0f32, 1.0, (outputs, inputs), dev).unwrap();
+        let values: Vec<f32> = weight.flatten_all().unwrap().to_vec1().unwrap();
+        let rounded: Vec<f32> = values.into_iter().map(round_bf16).collect();
+        let rounded = Tensor::from_vec(rounded, (outputs, inputs), dev).unwrap();
+        let xs = Tensor::randn(0f32, 1.0, (2, 19, inputs), dev).unwrap();
+        for bias in [None, Some(Tensor::randn(0f32, 1.0, outputs, dev).unwrap())] {
+            let layer = |w: &Tensor, compute| {
+                let inner = candle_nn::Linear::new(w.clone(), bias.clone());
+                Linear::from_candle(inner, compute).unwrap()
+            };
+            let expected = layer(&rounded, Compute::F32).forward(&xs).unwrap();
+            let widened = layer(&weight, Compute::Bf16Weights);
+            assert!(widened.is_bf16() && !layer(&weight, Compute::F32).is_bf16());
+            let got = widened.forward(&xs).unwrap();
+            assert_eq!(got.dims(), [2, 19, outputs]);
+            assert_eq!(crate::test_util::max_abs_diff(&got, &expected), 0.0);
+            let bf16 = layer(&weight, Compute::Bf16).forward(&xs).unwrap();
+            let diff = crate::test_util::max_abs_diff(&bf16, &expected);
+            // The input's rounding: at most 2⁻⁹ of each |x · w| term.
+            assert!(diff <= 0.01 * inputs as f32, "bf16 products: {diff}");
         }
     }
 }

@@ -13,7 +13,9 @@
 //! - [`fastmath`]: vectorised `exp`, softmax, SiLU and GELU, with run-time ISA dispatch;
 //! - [`storage`]: the f32 slice of a CPU tensor;
 //! - [`transpose`]: batched transposes (maps to tokens and back);
-//! - [`scratch`]: buffers reused between calls.
+//! - [`scratch`]: buffers reused between calls;
+//! - [`widened`]: bf16 weights widened to f32 as each layer runs (bf16 on CPUs without bf16
+//!   instructions).
 
 pub mod attention;
 mod attention_bf16;
@@ -29,4 +31,12 @@ pub mod norm;
 pub mod scratch;
 pub mod storage;
 pub mod transpose;
+pub mod widened;
 pub mod winograd;
+
+/// Frees the buffers the kernels keep between the layers of a network pass (transformed
+/// Winograd kernels and inputs, widened bf16 weights); for the end of a pass.
+pub fn release_scratch() {
+    winograd::release_scratch();
+    widened::release_scratch();
+}

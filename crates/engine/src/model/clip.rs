@@ -98,7 +98,7 @@ impl ClipText {
             candle_nn::embedding(cfg.vocab_size, hidden, emb.pp("token_embedding"))?;
         let token_embedding = match compute {
             // The table is only looked up: held in bf16, its rows cast to f32 when read.
-            Compute::Bf16 if token_embedding.embeddings().dtype() == DType::F32 => {
+            c if c.bf16_weights() && token_embedding.embeddings().dtype() == DType::F32 => {
                 let table = token_embedding.embeddings().to_dtype(DType::BF16)?;
                 Embedding::new(table, hidden)
             }

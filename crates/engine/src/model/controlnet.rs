@@ -241,8 +241,7 @@ fn skip_channels(levels: &[Level], layers_per_block: usize) -> Vec<usize> {
 impl ControlNet {
     /// Builds the ControlNet described by `cfg` (read from `config_path`, named in errors)
     /// from `vb`. bf16 weights on the CPU build it as the model's networks are built there
-    /// ([`Compute::for_weights`]): f32 activations, every kernel and projection packed into
-    /// bf16 with bf16 products.
+    /// ([`Compute::for_weights`]): f32 activations, every kernel and projection held in bf16.
     pub fn new(
         vb: VarBuilder,
         cfg: &ControlNetFile,
@@ -366,7 +365,7 @@ impl ControlNet {
             .map(|(skip, conv)| pool(conv.forward(skip)?))
             .collect::<Result<Vec<_>>>()?;
         let mid = pool(self.mid_zero.forward(&encoded.mid)?)?;
-        crate::kernels::winograd::release_scratch();
+        crate::kernels::release_scratch();
         Ok(ControlResiduals { down, mid })
     }
 }

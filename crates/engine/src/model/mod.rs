@@ -45,12 +45,13 @@ pub struct SdModel {
     pub unet: UNet,
     /// Where the weights live.
     pub device: Device,
-    /// The activations' dtype, and the weights' except where `compute` is bf16 (the CPU
-    /// then holds the weights packed into bf16 and computes on f32 tensors).
+    /// The activations' dtype, and the weights' except where `compute` holds them in bf16
+    /// (the CPU then computes on f32 tensors).
     pub dtype: DType,
-    /// The arithmetic of the networks' CPU products (text encoders, VAE and UNet): bf16 when
-    /// the model was loaded for bf16 on the CPU (their weights then held only packed in bf16,
-    /// their activations f32, the CPU kernels' format), f32 otherwise.
+    /// The arithmetic of the networks' CPU products (text encoders, VAE and UNet): bf16
+    /// weights when the model was loaded for bf16 on the CPU (held only in bf16, their
+    /// activations f32, the CPU kernels' format; bf16 products where the CPU has bf16
+    /// instructions, f32 ones on widened weights where it has none), f32 otherwise.
     pub compute: Compute,
     /// The VAE's dtype: `dtype`, except f32 for an SDXL VAE whose config asks for
     /// `force_upcast` when `dtype` is f16 (the stock SDXL VAE overflows in f16; the
@@ -190,8 +191,8 @@ impl SdModel {
             parts.push(LoraPart::TextEncoder2);
         }
         loras.check_components(&parts)?;
-        // bf16 on the CPU: f32 activations, weights packed into bf16 and bf16 products in
-        // every network (the weights load as f32 and are packed as each layer is built).
+        // bf16 on the CPU: f32 activations and bf16 weights in every network (the weights
+        // load as f32 and are rounded as each layer is built; see `Compute::for_weights`).
         let (compute, dtype) = Compute::for_weights(device, dtype);
         let ModelWeights {
             mut clip,
@@ -199,7 +200,7 @@ impl SdModel {
             mut vae,
             mut unet,
         } = weights;
-        if compute == Compute::Bf16 {
+        if compute.bf16_weights() {
             for part in [&mut clip, &mut vae, &mut unet]
                 .into_iter()
                 .chain(clip2.as_mut())
@@ -260,11 +261,11 @@ impl SdModel {
         })
     }
 
-    /// The precision its networks compute in: `bf16` for bf16 products on the CPU, else its
-    /// dtype (`f32`, `f16`, `bf16`).
+    /// The precision its networks run in: `bf16` for bf16 weights on the CPU, else its dtype
+    /// (`f32`, `f16`, `bf16`).
     pub fn precision_label(&self) -> &'static str {
         match (self.compute, self.dtype) {
-            (Compute::Bf16, _) | (_, DType::BF16) => "bf16",
+            (Compute::Bf16 | Compute::Bf16Weights, _) | (_, DType::BF16) => "bf16",
             (_, DType::F16) => "f16",
             _ => "f32",
         }

@@ -257,7 +257,7 @@ impl UNet {
         }
         // The transformed kernels are kept from one convolution to the next within a pass,
         // not between passes (the VAE and the rest of a run get the memory back).
-        crate::kernels::winograd::release_scratch();
+        crate::kernels::release_scratch();
         out
     }
 }

@@ -281,7 +281,7 @@ impl Vae {
         if let Some(conv) = &self.quant_conv {
             moments = conv.forward(&moments)?;
         }
-        crate::kernels::winograd::release_scratch();
+        crate::kernels::release_scratch();
         moments.narrow(1, 0, self.latent_channels)
     }
 
@@ -311,7 +311,7 @@ impl Vae {
             None => self.decoder_tail(&features, &mut Ctx::plain(budget)),
             Some(t) => self.decoder_tail_tiled(&features, t, budget),
         };
-        crate::kernels::winograd::release_scratch();
+        crate::kernels::release_scratch();
         image
     }
 

@@ -1,6 +1,7 @@
 //! What a run holds in memory at which size: its weights' dtype and its activations' dtype.
-//! They differ for bf16 on the CPU, where every network keeps its weights packed into bf16
-//! (2 bytes) and computes on f32 activations (`crate::kernels::compute::Compute::Bf16`).
+//! They differ for bf16 on the CPU, where every network keeps its weights in bf16 (2 bytes)
+//! and computes on f32 activations
+//! (`crate::kernels::compute::Compute::bf16_weights`).
 
 use candle_core::DType;
 
@@ -29,10 +30,11 @@ impl Dtypes {
 
     /// The dtypes of networks built for `compute` on tensors of `dtype` (a loaded model's
     /// `SdModel::compute` and `SdModel::dtype`): bf16 weights on f32 activations for
-    /// [`Compute::Bf16`].
+    /// [`Compute::Bf16`] and [`Compute::Bf16Weights`] (whose f32 buffer for the widened
+    /// weights of the layer running now is left to the base overhead, like other scratch).
     pub fn for_compute(compute: Compute, dtype: DType) -> Self {
         match compute {
-            Compute::Bf16 => Dtypes {
+            Compute::Bf16 | Compute::Bf16Weights => Dtypes {
                 weights: DType::BF16,
                 activations: dtype,
             },
