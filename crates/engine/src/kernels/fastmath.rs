@@ -32,6 +32,29 @@ fn exp(x: f32) -> f32 {
     p * scale
 }
 
+/// `2^t` for `t ≤ 0` (the softmax's exponents once the row's maximum is taken off; below
+/// −126, where `2^t` is under 1.2e-38 and adds nothing to a softmax, it is taken as −126; NaN
+/// stays NaN), vectorisable: `t = k + f` with `k` the nearest integer and `f` in [−½, ½],
+/// `2^f` by Cephes' `exp2f` polynomial (relative error about 2e-7), `2^k` from its bits.
+/// Fewer operations than [`exp`] (no range reduction by ln 2, no upper clamp).
+#[inline(always)]
+fn exp2_nonpositive(t: f32) -> f32 {
+    // 1.5 · 2^23: adding and subtracting it rounds to the nearest integer.
+    const ROUND: f32 = 12_582_912.0;
+    let t = if t < -126.0 { -126.0 } else { t };
+    let rounded = t + ROUND;
+    let f = t - (rounded - ROUND);
+    let mut p = 1.535_336_2e-4_f32;
+    p = p * f + 1.339_887_4e-3;
+    p = p * f + 9.618_437e-3;
+    p = p * f + 5.550_332_5e-2;
+    p = p * f + 2.402_264_8e-1;
+    p = p * f + 6.931_472e-1;
+    p = p * f + 1.0;
+    let k_int = rounded.to_bits().wrapping_sub(ROUND.to_bits());
+    p * f32::from_bits(k_int.wrapping_add(127) << 23)
+}
+
 /// Lanes kept apart in reductions so they vectorise: 16 = one AVX-512 register of f32, and
 /// two AVX2 registers.
 const LANES: usize = 16;
@@ -55,18 +78,20 @@ fn exp_row_generic(row: &mut [f32], scale: f32) -> f32 {
     for m in maxes {
         max = if m > max { m } else { max };
     }
-    let shift = max * scale;
+    // e^(x · scale) = 2^(x · scale · log2 e).
+    let factor = scale * std::f32::consts::LOG2_E;
+    let shift = max * factor;
     let mut sums = [0f32; LANES];
     let mut chunks = row.chunks_exact_mut(LANES);
     for chunk in &mut chunks {
         for (s, v) in sums.iter_mut().zip(chunk.iter_mut()) {
-            *v = exp(*v * scale - shift);
+            *v = exp2_nonpositive(*v * factor - shift);
             *s += *v;
         }
     }
     let mut sum = 0f32;
     for v in chunks.into_remainder() {
-        *v = exp(*v * scale - shift);
+        *v = exp2_nonpositive(*v * factor - shift);
         sum += *v;
     }
     sum += sums.iter().sum::<f32>();
@@ -220,6 +245,22 @@ mod tests {
             x += 0.001_37;
         }
         assert!(worst < 4e-7, "worst relative error {worst}");
+    }
+
+    #[test]
+    fn exp2_is_accurate() {
+        let mut worst = 0f64;
+        let mut t = -126.0f32;
+        while t <= 0.0 {
+            let ours = f64::from(exp2_nonpositive(t));
+            let exact = f64::from(t).exp2();
+            worst = worst.max(((ours - exact) / exact).abs());
+            t += 0.000_917;
+        }
+        assert!(worst < 3e-7, "worst relative error {worst}");
+        assert_eq!(exp2_nonpositive(0.0), 1.0);
+        assert_eq!(exp2_nonpositive(-1000.0), 2f32.powi(-126));
+        assert!(exp2_nonpositive(f32::NAN).is_nan());
     }
 
     #[test]
