@@ -6,14 +6,24 @@
 //! rounding) written so the compiler vectorises the loops, compiled three times: for AVX-512,
 //! for AVX2 + FMA, and for the baseline target; the best one the CPU has is chosen at run time.
 
+/// 1.5 · 2^23: adding and subtracting it rounds to the nearest integer.
+const ROUND: f32 = 12_582_912.0;
+
+/// `2^k` for the integer `k` that `rounded` (`k + ROUND`, for `k` in [−126, 127]) holds in
+/// its low mantissa bits: built from those bits, with no float-to-int conversion, whose
+/// saturating semantics would stop vectorisation.
+#[inline(always)]
+fn pow2_of_rounded(rounded: f32) -> f32 {
+    let k_int = rounded.to_bits().wrapping_sub(ROUND.to_bits());
+    f32::from_bits(k_int.wrapping_add(127) << 23)
+}
+
 /// `e^x` for `x` in about [−87, 88] (clamped outside), vectorisable.
 #[inline(always)]
 fn exp(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
-    // 1.5 · 2^23: adding and subtracting it rounds to the nearest integer.
-    const ROUND: f32 = 12_582_912.0;
     let x = x.clamp(-87.0, 88.0);
     let rounded = x * LOG2E + ROUND;
     let k = rounded - ROUND;
@@ -25,11 +35,7 @@ fn exp(x: f32) -> f32 {
     p = p * r + 1.666_666_5e-1;
     p = p * r + 0.5;
     let p = p * r * r + r + 1.0;
-    // 2^k built from the integer already sitting in `rounded`'s low mantissa bits (no
-    // float-to-int conversion, whose saturating semantics would stop vectorisation).
-    let k_int = rounded.to_bits().wrapping_sub(ROUND.to_bits());
-    let scale = f32::from_bits(k_int.wrapping_add(127) << 23);
-    p * scale
+    p * pow2_of_rounded(rounded)
 }
 
 /// `2^t` for `t ≤ 0` (the softmax's exponents once the row's maximum is taken off; below
@@ -39,8 +45,6 @@ fn exp(x: f32) -> f32 {
 /// Fewer operations than [`exp`] (no range reduction by ln 2, no upper clamp).
 #[inline(always)]
 fn exp2_nonpositive(t: f32) -> f32 {
-    // 1.5 · 2^23: adding and subtracting it rounds to the nearest integer.
-    const ROUND: f32 = 12_582_912.0;
     let t = if t < -126.0 { -126.0 } else { t };
     let rounded = t + ROUND;
     let f = t - (rounded - ROUND);
@@ -51,8 +55,7 @@ fn exp2_nonpositive(t: f32) -> f32 {
     p = p * f + 2.402_264_8e-1;
     p = p * f + 6.931_472e-1;
     p = p * f + 1.0;
-    let k_int = rounded.to_bits().wrapping_sub(ROUND.to_bits());
-    p * f32::from_bits(k_int.wrapping_add(127) << 23)
+    p * pow2_of_rounded(rounded)
 }
 
 /// Lanes kept apart in reductions so they vectorise: 16 = one AVX-512 register of f32, and
