@@ -102,26 +102,6 @@ impl Variant {
         }
     }
 
-    /// `U = G g Gᵀ` for every (c_out, c_in) pair of the OIHW kernel `w`, laid out
-    /// `[c_out][ξ][c_in]` (so `U_ξ` is a c_out × c_in matrix with row stride t²·c_in).
-    pub fn transform_kernel(self, w: &[f32], cout: usize, cin: usize) -> Vec<f32> {
-        match self {
-            Variant::F2 => f2::transform_kernel(w, cout, cin),
-            Variant::F4 => f4::transform_kernel(w, cout, cin),
-        }
-    }
-}
-
-/// The transformed kernels of the convolution running now. Reused from one convolution to
-/// the next (a fresh allocation of up to 210 MB per convolution at 512² cost its page faults
-/// every time) and released by [`release_scratch`] when a network pass ends.
-static KERNELS: Mutex<Vec<f32>> = Mutex::new(Vec::new());
-
-/// Largest set of transformed kernels kept in [`KERNELS`], in bytes (all of SD 1.5's at 512²;
-/// larger ones, F(4×4) at 1280 channels, are allocated and freed per convolution).
-const MAX_KEPT: usize = 256 << 20;
-
-impl Variant {
     /// Side of the input tile (t).
     fn tile(self) -> usize {
         match self {
@@ -130,82 +110,94 @@ impl Variant {
         }
     }
 
-    /// Runs `f` on the OIHW kernel `w` transformed by [`Variant::transform_kernel`], held in
-    /// a buffer shared between convolutions (a fresh one when another thread holds it).
-    pub fn with_transformed_kernel<R>(
-        self,
-        w: &[f32],
-        cout: usize,
-        cin: usize,
-        f: impl FnOnce(&[f32]) -> R,
-    ) -> R {
-        let need = self.tile() * self.tile() * cout * cin;
-        let transform = |u: &mut [f32]| match self {
-            Variant::F2 => f2::transform_kernel_into(w, cout, cin, u),
-            Variant::F4 => f4::transform_kernel_into(w, cout, cin, u),
-        };
-        match KERNELS.try_lock() {
-            Ok(mut buffer) if need <= MAX_KEPT / 4 => {
-                crate::kernels::scratch::grow_scratch(&mut buffer, need);
-                transform(&mut buffer[..need]);
-                f(&buffer[..need])
-            }
-            _ => {
-                let mut u = vec![0f32; need];
-                transform(&mut u);
-                f(&u)
-            }
-        }
+    /// Output channels whose transformed kernels are made and used together: as many as fit
+    /// in [`KERNEL_BLOCK_BYTES`], a multiple of 16 (at least 16), at most all of them.
+    fn kernel_block(self, cin: usize, cout: usize) -> usize {
+        let per_channel = self.tile() * self.tile() * cin * 4;
+        let fit = (KERNEL_BLOCK_BYTES / per_channel.max(1)) / 16 * 16;
+        fit.max(16).min(cout)
     }
 
-    /// Adds the convolution of `batch` images (`batch × cin × h × w`) with the kernel `u`
-    /// transformed by [`Variant::transform_kernel`] to `out` (`batch × cout × h × w`, already
-    /// holding the bias). The tiles of all images share each matrix product, and the t²
-    /// products run side by side, each on one thread.
-    pub fn convolve_batch(
+    /// Adds the convolution of `batch` images (`batch × cin × h × w`) with the OIHW 3×3
+    /// kernel `w` (`cout × cin × 3 × 3`) to `out` (`batch × cout × h × w`, already holding
+    /// the bias). The tiles of all images share each matrix product, and the t² products run
+    /// side by side, each on one thread.
+    pub fn convolve(
         self,
         images: &[f32],
         dims: (usize, usize, usize, usize),
-        u: &[f32],
+        w: &[f32],
         cout: usize,
         out: &mut [f32],
     ) {
+        let block = self.kernel_block(dims.1, cout);
+        self.convolve_blocked(images, dims, w, cout, out, block);
+    }
+
+    /// [`Variant::convolve`] with the kernels transformed `block` output channels at a time.
+    fn convolve_blocked(
+        self,
+        images: &[f32],
+        dims: (usize, usize, usize, usize),
+        w: &[f32],
+        cout: usize,
+        out: &mut [f32],
+        block: usize,
+    ) {
         match self {
-            Variant::F2 => f2::convolve_batch(images, dims, u, cout, out),
-            Variant::F4 => f4::convolve_batch(images, dims, u, cout, out),
+            Variant::F2 => f2::convolve_batch(images, dims, w, cout, out, block),
+            Variant::F4 => f4::convolve_batch(images, dims, w, cout, out, block),
         }
     }
 }
 
-/// The transformed inputs `V` and products `M` of the convolution running now, reused like
-/// [`KERNELS`] (each up to [`CHUNK_BYTES`]; a fresh zeroed pair per convolution cost 60 MB of
-/// memset each time).
-static WORKSPACE: Mutex<(Vec<f32>, Vec<f32>)> = Mutex::new((Vec::new(), Vec::new()));
+/// Bytes of transformed kernels made at once (a block of output channels, all input
+/// channels, t² points), transformed just before the t² matrix products that read them.
+/// Transforming all of a layer's kernels first needed up to 210 MB (SD 1.5's 2560 → 1280
+/// channels in F(2×2)); with blocks of this size that convolution took 0.10 s instead of
+/// 0.16 s (512², 2-core Zen 3). Smaller blocks are slower: each block's products pack the
+/// transformed inputs again (4 MB blocks: 0.23 s).
+const KERNEL_BLOCK_BYTES: usize = 64 << 20;
 
-/// Runs `f` on buffers of `v_len` and `m_len` floats, taken from [`WORKSPACE`] (or fresh
+/// The buffers of the convolution running now: transformed inputs `V`, products `M` and a
+/// block of transformed kernels `U`. Reused from one convolution to the next (a fresh zeroed
+/// set per convolution cost 60 MB of memset each time) and freed by [`release_scratch`].
+static WORKSPACE: Mutex<[Vec<f32>; 3]> = Mutex::new([Vec::new(), Vec::new(), Vec::new()]);
+
+/// Runs `f` on buffers of `lens` floats (`V`, `M`, `U`), taken from [`WORKSPACE`] (or fresh
 /// when another thread holds it). Their contents are left over from earlier convolutions:
 /// `f` must write before it reads.
-fn with_workspace<R>(v_len: usize, m_len: usize, f: impl FnOnce(&mut [f32], &mut [f32]) -> R) -> R {
+fn with_workspace<R>(
+    lens: [usize; 3],
+    f: impl FnOnce(&mut [f32], &mut [f32], &mut [f32]) -> R,
+) -> R {
     match WORKSPACE.try_lock() {
         Ok(mut guard) => {
-            let (v, m) = &mut *guard;
-            crate::kernels::scratch::grow_scratch(v, v_len);
-            crate::kernels::scratch::grow_scratch(m, m_len);
-            f(&mut v[..v_len], &mut m[..m_len])
+            let [v, m, u] = &mut *guard;
+            crate::kernels::scratch::grow_scratch(v, lens[0]);
+            crate::kernels::scratch::grow_scratch(m, lens[1]);
+            crate::kernels::scratch::grow_scratch(u, lens[2]);
+            f(&mut v[..lens[0]], &mut m[..lens[1]], &mut u[..lens[2]])
         }
-        Err(_) => f(&mut vec![0f32; v_len], &mut vec![0f32; m_len]),
+        Err(_) => f(
+            &mut vec![0f32; lens[0]],
+            &mut vec![0f32; lens[1]],
+            &mut vec![0f32; lens[2]],
+        ),
     }
 }
 
-/// Frees the buffers of transformed kernels and of the transforms (see
-/// [`Variant::with_transformed_kernel`]); for the end of a network pass.
+/// Frees the buffers of the transforms (see [`WORKSPACE`]); for the end of a network pass.
 pub fn release_scratch() {
-    if let Ok(mut buffer) = KERNELS.lock() {
-        *buffer = Vec::new();
-    }
     if let Ok(mut buffers) = WORKSPACE.lock() {
-        *buffers = (Vec::new(), Vec::new());
+        *buffers = [Vec::new(), Vec::new(), Vec::new()];
     }
+}
+
+/// Floats held in [`WORKSPACE`] now.
+#[cfg(test)]
+pub(crate) fn workspace_floats() -> usize {
+    WORKSPACE.lock().map_or(0, |b| b.iter().map(Vec::len).sum())
 }
 
 /// Defines a module with `transform_kernel` and `convolve_batch` for output tiles `$m`×`$m`
@@ -222,15 +214,10 @@ macro_rules! variant {
             const G: [[f32; 3]; T] = $g;
             const AT: [[f32; T]; M] = $at;
 
-            pub(super) fn transform_kernel(w: &[f32], cout: usize, cin: usize) -> Vec<f32> {
-                let mut u = vec![0f32; T * T * cout * cin];
-                transform_kernel_into(w, cout, cin, &mut u);
-                u
-            }
-
-            pub(super) fn transform_kernel_into(w: &[f32], cout: usize, cin: usize, u: &mut [f32]) {
-                u[..T * T * cout * cin]
-                    .par_chunks_mut(T * T * cin)
+            /// `U = G g Gᵀ` for the output channels whose OIHW kernels are `w`, into `u`
+            /// laid out `[c_out][ξ][c_in]` (so `U_ξ` is a matrix with row stride t²·c_in).
+            fn transform_kernels(w: &[f32], cin: usize, u: &mut [f32]) {
+                u.par_chunks_mut(T * T * cin)
                     .zip(w.par_chunks(9 * cin))
                     .for_each(|(out, g)| transform_row(out, g, cin));
             }
@@ -241,7 +228,8 @@ macro_rules! variant {
                 pub fn transform_row(out: &mut [f32], g: &[f32], cin: usize) -> () = transform_row_generic
             }
 
-            /// [`transform_row`], 16 input channels at a time so the lanes vectorise.
+            /// [`transform_row`], 16 input channels at a time so the lanes vectorise (the
+            /// last block zero-filled to 16).
             #[inline(always)]
             fn transform_row_generic(out: &mut [f32], w: &[f32], cin: usize) {
                 const L: usize = 16;
@@ -249,9 +237,18 @@ macro_rules! variant {
                 while ci < cin {
                     let lanes = L.min(cin - ci);
                     let mut g = [[0f32; L]; 9];
-                    for lane in 0..lanes {
-                        for (k, gk) in g.iter_mut().enumerate() {
-                            gk[lane] = w[(ci + lane) * 9 + k];
+                    if lanes == L {
+                        let block: &[f32; 9 * L] = w[ci * 9..][..9 * L].try_into().unwrap();
+                        for lane in 0..L {
+                            for (k, gk) in g.iter_mut().enumerate() {
+                                gk[lane] = block[lane * 9 + k];
+                            }
+                        }
+                    } else {
+                        for lane in 0..lanes {
+                            for (k, gk) in g.iter_mut().enumerate() {
+                                gk[lane] = w[(ci + lane) * 9 + k];
+                            }
                         }
                     }
                     // G g: T × 3.
@@ -274,7 +271,13 @@ macro_rules! variant {
                                     + gg[i][1][lane] * G[j][1]
                                     + gg[i][2][lane] * G[j][2];
                             }
-                            out[(i * T + j) * cin + ci..][..lanes].copy_from_slice(&r[..lanes]);
+                            let dst = &mut out[(i * T + j) * cin + ci..][..lanes];
+                            if lanes == L {
+                                let dst: &mut [f32; L] = dst.try_into().unwrap();
+                                *dst = r;
+                            } else {
+                                dst.copy_from_slice(&r[..lanes]);
+                            }
                         }
                     }
                     ci += L;
@@ -388,9 +391,10 @@ macro_rules! variant {
             pub(super) fn convolve_batch(
                 images: &[f32],
                 (batch, cin, h, w): (usize, usize, usize, usize),
-                u: &[f32],
+                kernel: &[f32],
                 cout: usize,
                 out: &mut [f32],
+                block: usize,
             ) {
                 let tiles_w = w.div_ceil(M);
                 let geo = Geometry {
@@ -403,7 +407,9 @@ macro_rules! variant {
                 let tiles = batch * geo.per_image;
                 let per_tile = T * T * 4 * cin.max(cout);
                 let chunk = (CHUNK_BYTES / per_tile).clamp(1, tiles);
-                with_workspace(cin * T * T * chunk, cout * T * T * chunk, |v, m| {
+                let block = block.clamp(1, cout.max(1));
+                let lens = [cin * T * T * chunk, cout * T * T * chunk, block * T * T * cin];
+                with_workspace(lens, |v, m, u| {
                     let mut t0 = 0;
                     while t0 < tiles {
                         let n = chunk.min(tiles - t0);
@@ -412,15 +418,19 @@ macro_rules! variant {
                             .par_chunks_mut(T * T * n)
                             .enumerate()
                             .for_each(|(ci, vc)| input_channel(vc, images, geo, ci, t0, n));
-                        // M_ξ = U_ξ · V_ξ for every ξ at once, one single-threaded gemm each,
-                        // written as M[ξ][co][j].
-                        m[..T * T * cout * n]
-                            .par_chunks_mut(cout * n)
-                            .enumerate()
-                            .for_each(|(xi, mx)| {
+                        let m = &mut m[..T * T * cout * n];
+                        for co in (0..cout).step_by(block) {
+                            let rows = block.min(cout - co);
+                            // U for output channels co.., then M_ξ = U_ξ · V_ξ for those rows
+                            // and every ξ at once, one single-threaded gemm each, written as
+                            // M[ξ][co][j].
+                            let u = &mut u[..rows * T * T * cin];
+                            transform_kernels(&kernel[co * 9 * cin..][..rows * 9 * cin], cin, u);
+                            let u = &*u;
+                            m.par_chunks_mut(cout * n).enumerate().for_each(|(xi, mx)| {
                                 gemm_f32(
-                                    (cout, n, cin),
-                                    mx,
+                                    (rows, n, cin),
+                                    &mut mx[co * n..],
                                     n,
                                     (&u[xi * cin..], T * T * cin, 1),
                                     (&v[xi * n..], T * T * n, 1),
@@ -428,8 +438,9 @@ macro_rules! variant {
                                     false,
                                 );
                             });
+                        }
                         // Y = Aᵀ M A, added into the output plane of each (image, co).
-                        let m = &m[..T * T * cout * n];
+                        let m = &*m;
                         out.par_chunks_mut(h * w)
                             .enumerate()
                             .for_each(|(i, plane)| {
@@ -544,15 +555,13 @@ mod tests {
             reference.extend(direct(second, (cin, h, w), &kernel, cout));
             let scale = reference.iter().fold(0f64, |m, v| m.max(v.abs()));
             for variant in [Variant::F2, Variant::F4] {
-                let u = variant.transform_kernel(&kernel, cout, cin);
                 let mut out = vec![0f32; 2 * cout * h * w];
-                variant.convolve_batch(&image, (2, cin, h, w), &u, cout, &mut out);
-                let mut shared = vec![0f32; 2 * cout * h * w];
-                variant.with_transformed_kernel(&kernel, cout, cin, |u2| {
-                    assert_eq!(u, u2);
-                    variant.convolve_batch(&image, (2, cin, h, w), u2, cout, &mut shared);
-                });
-                assert_eq!(out, shared);
+                variant.convolve(&image, (2, cin, h, w), &kernel, cout, &mut out);
+                // The kernels transformed a few output channels at a time (the last block
+                // shorter) give the same sums.
+                let mut blocked = vec![0f32; 2 * cout * h * w];
+                variant.convolve_blocked(&image, (2, cin, h, w), &kernel, cout, &mut blocked, 3);
+                assert_eq!(out, blocked);
                 let worst = out
                     .iter()
                     .zip(&reference)

@@ -453,6 +453,8 @@ pub fn img2img_controlled(
         }
         _ => None,
     };
+    // The UNet passes of this loop share the kernels' scratch buffers.
+    let scratch = crate::kernels::ScratchHold::new();
     for (n, i) in range.enumerate() {
         let t = sched.timesteps()[i];
         let calls = text_inputs.at_step(model, n)?;
@@ -522,7 +524,9 @@ pub fn img2img_controlled(
         }
     }
 
-    // The UNet's activations are free now; return them before the decode's own buffers.
+    // The UNet's activations and scratch are free now; return them before the decode's own
+    // buffers.
+    drop(scratch);
     crate::allocator::release_free_memory();
     let decoded = model
         .vae

@@ -405,9 +405,7 @@ impl Conv2d {
             .flatten();
         let dims = (g.batch, g.cin, g.height, g.width);
         match winograd {
-            Some(variant) => variant.with_transformed_kernel(w, self.cout, g.cin, |u| {
-                variant.convolve_batch(x, dims, u, self.cout, out)
-            }),
+            Some(variant) => variant.convolve(x, dims, w, self.cout, out),
             None => {
                 for (b, out_image) in out.chunks_mut(self.cout * plane).enumerate() {
                     g.convolve(&x[b * image_len..][..image_len], w, self.cout, out_image);
