@@ -8,7 +8,8 @@
 //! - [`im2col`]: a convolution's sizes and its patch matrix, in bands (1×1 as one product);
 //! - [`winograd`]: Winograd F(4×4, 3×3) and F(2×2, 3×3) for 3×3 convolutions;
 //! - [`attention`]: scaled dot-product attention in blocks, never the whole score matrix;
-//!   in bf16 on the CPU fused per block of queries (`attention_bf16.rs`);
+//!   in bf16 on the CPU fused per block of queries (`attention_bf16.rs`), in f32 on AVX2
+//!   CPUs with products shaped for attention ([`attention_avx2`]);
 //! - [`norm`]: GroupNorm (+ SiLU) with fused statistics;
 //! - [`fastmath`]: vectorised `exp`, softmax, SiLU and GELU, with run-time ISA dispatch;
 //! - [`storage`]: the f32 slice of a CPU tensor;
@@ -18,6 +19,7 @@
 //!   instructions).
 
 pub mod attention;
+pub mod attention_avx2;
 mod attention_bf16;
 pub mod bf16;
 pub mod compute;
