@@ -30,15 +30,19 @@ use std::arch::x86_64::*;
 pub const PANEL: usize = 16;
 
 /// Query rows per score tile.
+#[cfg(target_arch = "x86_64")]
 const SCORE_ROWS: usize = 6;
 
 /// Panels of keys per block of the score product: 16 panels of 40-wide heads are 40 KiB.
+#[cfg(target_arch = "x86_64")]
 const SCORE_KEY_PANELS: usize = 16;
 
 /// Output vectors (of 8) per value tile: 5 × 8 = 40 columns, one SD 1.5 head at 512².
+#[cfg(target_arch = "x86_64")]
 const VALUE_VECTORS: usize = 5;
 
 /// Keys per block of the value product: 128 rows of a 40-wide head are 20 KiB.
+#[cfg(target_arch = "x86_64")]
 const VALUE_KEY_BLOCK: usize = 128;
 
 /// Whether this CPU runs the kernels here and its `gemm` would not do better: AVX2 and FMA
@@ -260,6 +264,7 @@ unsafe fn values_avx2(p: &[f32], rows: usize, n_k: usize, v: &[f32], dv: usize, 
 /// Arguments of a value tile: scores (from the tile's first row and key), their row stride,
 /// keys, values (from the tile's first key and column), their row stride, and whether this
 /// is the first key block (the output is written, not added to).
+#[cfg(target_arch = "x86_64")]
 type ValueArgs<'a> = (&'a [f32], usize, usize, &'a [f32], usize, bool);
 
 /// `R` rows × `C` vectors of output: `out[r · dv + c] (+)= Σ_j p[r · p_rs + j] · v[j · dv + c]`.
