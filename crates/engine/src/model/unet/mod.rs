@@ -255,8 +255,9 @@ impl UNet {
         if let Ok(out) = &out {
             observe("out", out);
         }
-        // The transformed kernels are kept from one convolution to the next within a pass,
-        // not between passes (the VAE and the rest of a run get the memory back).
+        // The kernels' scratch buffers are kept from one convolution to the next within a
+        // pass, and between passes only while a sampling loop holds them
+        // (`kernels::ScratchHold`); otherwise the VAE and the rest of a run get the memory back.
         crate::kernels::release_scratch();
         out
     }
