@@ -17,3 +17,15 @@ pub(crate) fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
 pub(crate) fn fixtures() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
 }
+
+/// `n` deterministic pseudo-random values in [−1, 1) (a linear congruential generator
+/// started at `seed`), for kernel tests that need plain slices.
+pub(crate) fn uniform(n: usize, seed: u32) -> Vec<f32> {
+    let mut state = seed;
+    (0..n)
+        .map(|_| {
+            state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (state >> 8) as f32 / (1u32 << 24) as f32 * 2.0 - 1.0
+        })
+        .collect()
+}

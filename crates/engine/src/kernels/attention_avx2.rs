@@ -314,16 +314,7 @@ unsafe fn value_tile<const R: usize, const C: usize>(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn random(n: usize, seed: u32) -> Vec<f32> {
-        let mut state = seed;
-        (0..n)
-            .map(|_| {
-                state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-                (state >> 8) as f32 / (1u32 << 24) as f32 * 2.0 - 1.0
-            })
-            .collect()
-    }
+    use crate::test_util::uniform;
 
     /// Both products against f64 sums of the same f32 inputs, on shapes with partial tiles
     /// (rows not a multiple of 6 or 2, keys not a multiple of 16 or of the key blocks,
@@ -342,9 +333,9 @@ mod tests {
             (5, 129, 64, 64),
             (30, 1000, 8, 16),
         ] {
-            let q = random(rows * d, 1);
-            let k = random(n_k * d, 2);
-            let v = random(n_k * dv, 3);
+            let q = uniform(rows * d, 1);
+            let k = uniform(n_k * d, 2);
+            let v = uniform(n_k * dv, 3);
             let mut packed = vec![f32::NAN; packed_len(n_k, d)];
             pack_keys(&k, n_k, d, &mut packed);
             let mut s = vec![f32::NAN; rows * n_k];

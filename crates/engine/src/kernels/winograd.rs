@@ -409,7 +409,14 @@ macro_rules! variant {
                 let chunk = (CHUNK_BYTES / per_tile).clamp(1, tiles);
                 let block = block.clamp(1, cout.max(1));
                 let lens = [cin * T * T * chunk, cout * T * T * chunk, block * T * T * cin];
+                // With one block for all output channels, its kernels are transformed once
+                // for every chunk of tiles; with several, each chunk transforms them again
+                // (only layers with many channels on large images have both).
+                let one_block = block >= cout;
                 with_workspace(lens, |v, m, u| {
+                    if one_block {
+                        transform_kernels(&kernel[..cout * 9 * cin], cin, u);
+                    }
                     let mut t0 = 0;
                     while t0 < tiles {
                         let n = chunk.min(tiles - t0);
@@ -425,7 +432,10 @@ macro_rules! variant {
                             // and every ξ at once, one single-threaded gemm each, written as
                             // M[ξ][co][j].
                             let u = &mut u[..rows * T * T * cin];
-                            transform_kernels(&kernel[co * 9 * cin..][..rows * 9 * cin], cin, u);
+                            if !one_block {
+                                let kernel = &kernel[co * 9 * cin..][..rows * 9 * cin];
+                                transform_kernels(kernel, cin, u);
+                            }
                             let u = &*u;
                             m.par_chunks_mut(cout * n).enumerate().for_each(|(xi, mx)| {
                                 gemm_f32(
@@ -540,16 +550,15 @@ mod tests {
 
     #[test]
     fn both_variants_match_direct_convolution() {
-        let mut state = 12345u32;
-        let mut random = move || {
-            state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-            (state >> 8) as f32 / (1u32 << 24) as f32 * 2.0 - 1.0
-        };
+        use crate::test_util::uniform;
         // Odd sizes exercise partial tiles at the right and bottom edges.
         for &(cin, cout, h, w) in &[(5, 7, 13, 11), (32, 16, 24, 29), (64, 8, 16, 16)] {
             // Two images: the batch shares the matrix products.
-            let image: Vec<f32> = (0..2 * cin * h * w).map(|_| random()).collect();
-            let kernel: Vec<f32> = (0..cout * cin * 9).map(|_| random() / 3.0).collect();
+            let image = uniform(2 * cin * h * w, 12345 + cin as u32);
+            let kernel: Vec<f32> = uniform(cout * cin * 9, 54321 + cout as u32)
+                .into_iter()
+                .map(|v| v / 3.0)
+                .collect();
             let (first, second) = image.split_at(cin * h * w);
             let mut reference = direct(first, (cin, h, w), &kernel, cout);
             reference.extend(direct(second, (cin, h, w), &kernel, cout));
