@@ -29,3 +29,24 @@ pub(crate) fn uniform(n: usize, seed: u32) -> Vec<f32> {
         })
         .collect()
 }
+
+/// One query row's attention output in f64: `softmax(q · kᵀ · scale) · v` for the query `q`
+/// (d values), the keys `k` (row-major, d wide) and the values `v` (row-major, `dv` wide).
+pub(crate) fn attention_row(q: &[f64], k: &[f64], v: &[f64], dv: usize, scale: f64) -> Vec<f64> {
+    let d = q.len();
+    let scores: Vec<f64> = k
+        .chunks_exact(d.max(1))
+        .map(|kj| q.iter().zip(kj).map(|(a, b)| a * b).sum::<f64>() * scale)
+        .collect();
+    let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    let p: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+    let sum: f64 = p.iter().sum();
+    (0..dv)
+        .map(|c| {
+            p.iter()
+                .enumerate()
+                .map(|(j, pj)| pj / sum * v[j * dv + c])
+                .sum()
+        })
+        .collect()
+}

@@ -219,7 +219,9 @@ fn attention_cpu(
     // with query chunks whose scores stay in the second-level cache.
     let avx2 = compute != Compute::Bf16 && d <= 160 && attention_avx2::available();
     let avx2_values = avx2 && dv % 8 == 0 && dv <= 40;
-    let max_rows = if avx2 {
+    let max_rows = if avx2_values {
+        attention_avx2::ATTEND_ROWS
+    } else if avx2 {
         (AVX2_SCORE_BYTES / (n_k * 4)).clamp(6, MAX_QUERY_ROWS)
     } else {
         MAX_QUERY_ROWS
@@ -247,6 +249,16 @@ fn attention_cpu(
                     SCRATCH.with_borrow_mut(|(scores, norms)| {
                         let rows = out_rows.len() / dv.max(1);
                         let q_rows = &qh[c * chunk * d..];
+                        if let (Some(packed), true) = (&packed, avx2_values) {
+                            // Fused: key blocks with an online softmax, all in cache.
+                            let keys = n_k.min(attention_avx2::ATTEND_KEY_BLOCK);
+                            crate::kernels::scratch::grow_scratch(scores, rows * keys);
+                            crate::kernels::scratch::grow_scratch(norms, 2 * rows);
+                            let scratch = (&mut scores[..rows * keys], &mut norms[..2 * rows]);
+                            let (q, k, v) = ((q_rows, rows, d), (&packed[..], n_k), (vh, dv));
+                            attention_avx2::attend(q, k, v, scale, out_rows, scratch);
+                            return;
+                        }
                         // Written before read; grown when too small, never shrunk.
                         crate::kernels::scratch::grow_scratch(scores, rows * n_k);
                         crate::kernels::scratch::grow_scratch(norms, rows);
@@ -445,21 +457,12 @@ mod tests {
             let (q, k, v) = (rounded(&q), rounded(&k), rounded(&v));
             let mut worst = 0f64;
             for h in 0..heads {
+                let kh = &k[h * n_k * d..][..n_k * d];
+                let vh = &v[h * n_k * dv..][..n_k * dv];
                 for i in 0..n_q {
-                    let scores: Vec<f64> = (0..n_k)
-                        .map(|j| {
-                            let qi = &q[(h * n_q + i) * d..][..d];
-                            let kj = &k[(h * n_k + j) * d..][..d];
-                            qi.iter().zip(kj).map(|(a, b)| a * b).sum::<f64>() * scale
-                        })
-                        .collect();
-                    let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-                    let p: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
-                    let sum: f64 = p.iter().sum();
-                    for c in 0..dv {
-                        let want: f64 = (0..n_k)
-                            .map(|j| p[j] / sum * v[(h * n_k + j) * dv + c])
-                            .sum();
+                    let qi = &q[(h * n_q + i) * d..][..d];
+                    let want = crate::test_util::attention_row(qi, kh, vh, dv, scale);
+                    for (c, want) in want.iter().enumerate() {
                         let got = f64::from(got[(h * n_q + i) * dv + c]);
                         worst = worst.max((got - want).abs());
                     }

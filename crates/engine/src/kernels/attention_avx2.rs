@@ -23,6 +23,7 @@
 //! `gemm` path elsewhere (other CPUs, and AVX-512 ones, whose `gemm` has twice the vector
 //! width).
 
+use crate::kernels::fastmath::{exp_below, row_max};
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
@@ -34,11 +35,16 @@ pub const PANEL: usize = 16;
 const SCORE_ROWS: usize = 6;
 
 /// Panels of keys per block of the score product: 16 panels of 40-wide heads are 40 KiB.
-#[cfg(target_arch = "x86_64")]
 const SCORE_KEY_PANELS: usize = 16;
 
+/// Keys per block of [`attend`]: one block of the score product.
+pub const ATTEND_KEY_BLOCK: usize = SCORE_KEY_PANELS * PANEL;
+
+/// Query rows per call of [`attend`] that keep its score tile (96 KiB) in the second-level
+/// cache while reading each head's keys and values once per 96 queries.
+pub const ATTEND_ROWS: usize = 96;
+
 /// Output vectors (of 8) per value tile: 5 × 8 = 40 columns, one SD 1.5 head at 512².
-#[cfg(target_arch = "x86_64")]
 const VALUE_VECTORS: usize = 5;
 
 /// Keys per block of the value product: 128 rows of a 40-wide head are 20 KiB.
@@ -205,21 +211,41 @@ unsafe fn score_tile<const R: usize>(
 /// # Panics
 /// When the CPU lacks AVX2 or FMA, `dv` is not a multiple of 8, or a slice is too short.
 pub fn values(p: &[f32], rows: usize, n_k: usize, v: &[f32], dv: usize, out: &mut [f32]) {
+    values_into(p, rows, n_k, v, dv, out, false);
+}
+
+/// [`values`], adding to `out` when `accumulate`.
+fn values_into(
+    p: &[f32],
+    rows: usize,
+    n_k: usize,
+    v: &[f32],
+    dv: usize,
+    out: &mut [f32],
+    accumulate: bool,
+) {
     assert!(runs_here(), "attention_avx2::values needs AVX2 and FMA");
     assert!(dv.is_multiple_of(8), "attention_avx2::values: dv = {dv}");
     assert!(p.len() >= rows * n_k && v.len() >= n_k * dv && out.len() >= rows * dv);
     #[cfg(target_arch = "x86_64")]
     // SAFETY: the CPU has AVX2 and FMA (asserted); the asserts above bound every index.
     unsafe {
-        values_avx2(p, rows, n_k, v, dv, out)
+        values_avx2((p, rows, n_k), (v, dv), out, accumulate)
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn values_avx2(p: &[f32], rows: usize, n_k: usize, v: &[f32], dv: usize, out: &mut [f32]) {
+unsafe fn values_avx2(
+    (p, rows, n_k): (&[f32], usize, usize),
+    (v, dv): (&[f32], usize),
+    out: &mut [f32],
+    accumulate: bool,
+) {
     if n_k == 0 {
-        out[..rows * dv].fill(0.0);
+        if !accumulate {
+            out[..rows * dv].fill(0.0);
+        }
         return;
     }
     let vectors = dv / 8;
@@ -228,7 +254,7 @@ unsafe fn values_avx2(p: &[f32], rows: usize, n_k: usize, v: &[f32], dv: usize, 
         let width = VALUE_VECTORS.min(vectors - c0);
         for k0 in (0..n_k).step_by(VALUE_KEY_BLOCK) {
             let keys = VALUE_KEY_BLOCK.min(n_k - k0);
-            let first = k0 == 0;
+            let first = k0 == 0 && !accumulate;
             let mut r = 0;
             while r < rows {
                 let tile_rows = 2.min(rows - r);
@@ -258,6 +284,63 @@ unsafe fn values_avx2(p: &[f32], rows: usize, n_k: usize, v: &[f32], dv: usize, 
             }
         }
         c0 += width;
+    }
+}
+
+/// `out (rows × dv) ← softmax(q · kᵀ · scale) · v` for `rows` query rows (`q`: rows × d,
+/// row-major) against `n_k` keys packed by [`pack_keys`] and their values (`v`: n_k × dv,
+/// `dv` a multiple of 8, at most 40), `scale > 0`.
+///
+/// Key block by key block ([`ATTEND_KEY_BLOCK`]): the block's scores, their exponentials
+/// against the running maximum of each row (the sums and outputs rescaled when it grows),
+/// and the block's value product added to the output, so a block's keys, scores and values
+/// are used while they are in cache. Taking the scores of all keys first and then the
+/// softmax and values streamed a head's keys (640 KiB at 4096 tokens) through the
+/// second-level cache and evicted the scores before the softmax read them. `tile` holds
+/// `rows · ATTEND_KEY_BLOCK` floats, `stats` `2 · rows`; both are written before read.
+///
+/// # Panics
+/// When the CPU lacks AVX2 or FMA, `dv` does not fit, or a slice is too short.
+#[allow(clippy::too_many_arguments)]
+pub fn attend(
+    (q, rows, d): (&[f32], usize, usize),
+    (packed, n_k): (&[f32], usize),
+    (v, dv): (&[f32], usize),
+    scale: f32,
+    out: &mut [f32],
+    (tile, stats): (&mut [f32], &mut [f32]),
+) {
+    assert!(dv <= VALUE_VECTORS * 8, "attention_avx2::attend: dv = {dv}");
+    assert!(tile.len() >= rows * ATTEND_KEY_BLOCK.min(n_k) && stats.len() >= 2 * rows);
+    let (maxes, sums) = stats[..2 * rows].split_at_mut(rows);
+    let factor = scale * std::f32::consts::LOG2_E;
+    for k0 in (0..n_k).step_by(ATTEND_KEY_BLOCK) {
+        let keys = ATTEND_KEY_BLOCK.min(n_k - k0);
+        let first = k0 == 0;
+        let tile = &mut tile[..rows * keys];
+        // Block k0 starts at panel k0 / 16, k0 · d floats into the packed keys.
+        scores(q, rows, d, &packed[k0 * d..], keys, tile);
+        for (r, row) in tile.chunks_exact_mut(keys).enumerate() {
+            let block_max = row_max(row);
+            let max = if first {
+                block_max
+            } else {
+                maxes[r].max(block_max)
+            };
+            if !first && max > maxes[r] {
+                let shrink = ((maxes[r] - max) * factor).exp2();
+                sums[r] *= shrink;
+                out[r * dv..][..dv].iter_mut().for_each(|o| *o *= shrink);
+            }
+            maxes[r] = max;
+            let sum = exp_below(row, scale, max);
+            sums[r] = if first { sum } else { sums[r] + sum };
+        }
+        values_into(tile, rows, keys, &v[k0 * dv..], dv, out, !first);
+    }
+    for (row, sum) in out.chunks_exact_mut(dv.max(1)).zip(sums.iter()) {
+        let inv = 1.0 / sum;
+        row.iter_mut().for_each(|o| *o *= inv);
     }
 }
 
@@ -314,7 +397,7 @@ unsafe fn value_tile<const R: usize, const C: usize>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_util::uniform;
+    use crate::test_util::{attention_row, uniform};
 
     /// Both products against f64 sums of the same f32 inputs, on shapes with partial tiles
     /// (rows not a multiple of 6 or 2, keys not a multiple of 16 or of the key blocks,
@@ -362,6 +445,59 @@ mod tests {
                     let bound = 1e-5 * (n_k * d) as f64;
                     let got = f64::from(out[r * dv + c]);
                     assert!((got - exact).abs() < bound, "values {rows}x{n_k}x{dv}");
+                }
+            }
+        }
+    }
+
+    /// The fused attention against an f64 softmax of the same inputs: key counts under one
+    /// block, over several with a partial last one, and keys whose scores grow block by block
+    /// (so the running maximum and the rescaling are exercised) or shrink.
+    #[test]
+    fn attend_matches_an_f64_softmax() {
+        if !runs_here() {
+            eprintln!("skipped: no AVX2 + FMA");
+            return;
+        }
+        for &(rows, n_k, d, dv, ramp) in &[
+            (1, 1, 8, 8, 0.0),
+            (7, 77, 40, 40, 0.0),
+            (13, 700, 40, 40, 0.01),
+            (13, 700, 40, 16, -0.01),
+            (100, 3 * ATTEND_KEY_BLOCK, 64, 8, 0.02),
+        ] {
+            let q = uniform(rows * d, 4);
+            let mut k = uniform(n_k * d, 5);
+            // Key j's scores grow (or shrink) with j: its components carry j · ramp.
+            for (j, key) in k.chunks_mut(d).enumerate() {
+                key.iter_mut().for_each(|x| *x += j as f32 * ramp);
+            }
+            let v = uniform(n_k * dv, 6);
+            let scale = 0.7;
+            let mut packed = vec![f32::NAN; packed_len(n_k, d)];
+            pack_keys(&k, n_k, d, &mut packed);
+            let mut out = vec![f32::NAN; rows * dv];
+            let mut tile = vec![f32::NAN; rows * ATTEND_KEY_BLOCK.min(n_k)];
+            let mut stats = vec![f32::NAN; 2 * rows];
+            attend(
+                (&q, rows, d),
+                (&packed, n_k),
+                (&v, dv),
+                scale,
+                &mut out,
+                (&mut tile, &mut stats),
+            );
+            let wide = |x: &[f32]| -> Vec<f64> { x.iter().map(|&x| f64::from(x)).collect() };
+            let (k, v) = (wide(&k), wide(&v));
+            for r in 0..rows {
+                let q = wide(&q[r * d..][..d]);
+                let want = attention_row(&q, &k, &v, dv, f64::from(scale));
+                for (c, want) in want.iter().enumerate() {
+                    let got = f64::from(out[r * dv + c]);
+                    assert!(
+                        (got - want).abs() < 2e-5,
+                        "{rows}x{n_k}x{d}→{dv} ramp {ramp}: row {r} column {c}: {got} vs {want}"
+                    );
                 }
             }
         }

@@ -6,6 +6,15 @@
 //! rounding) written so the compiler vectorises the loops, compiled three times: for AVX-512,
 //! for AVX2 + FMA, and for the baseline target; the best one the CPU has is chosen at run time.
 
+/// `a · b + c`: one fused multiply-add in the copies compiled with FMA (`FMA`), a multiply
+/// and an add in the others (where `mul_add` would call the C library's `fmaf`). Rust never
+/// fuses `a * b + c` by itself: without this the AVX2 copy of the softmax's polynomial was
+/// twice the instructions (measured: the level-0 attention's `exp` took a third of it).
+#[inline(always)]
+fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
+    if FMA { a.mul_add(b, c) } else { a * b + c }
+}
+
 /// 1.5 · 2^23: adding and subtracting it rounds to the nearest integer.
 const ROUND: f32 = 12_582_912.0;
 
@@ -20,41 +29,48 @@ fn pow2_of_rounded(rounded: f32) -> f32 {
 
 /// `e^x` for `x` in about [−87, 88] (clamped outside), vectorisable.
 #[inline(always)]
-fn exp(x: f32) -> f32 {
+fn exp<const FMA: bool>(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
     let x = x.clamp(-87.0, 88.0);
-    let rounded = x * LOG2E + ROUND;
+    let rounded = madd::<FMA>(x, LOG2E, ROUND);
     let k = rounded - ROUND;
-    let r = x - k * LN2_HI - k * LN2_LO;
+    let r = madd::<FMA>(-k, LN2_LO, madd::<FMA>(-k, LN2_HI, x));
     let mut p = 1.987_569_1e-4_f32;
-    p = p * r + 1.398_199_9e-3;
-    p = p * r + 8.333_452e-3;
-    p = p * r + 4.166_579_6e-2;
-    p = p * r + 1.666_666_5e-1;
-    p = p * r + 0.5;
-    let p = p * r * r + r + 1.0;
+    for c in [
+        1.398_199_9e-3,
+        8.333_452e-3,
+        4.166_579_6e-2,
+        1.666_666_5e-1,
+        0.5,
+    ] {
+        p = madd::<FMA>(p, r, c);
+    }
+    let p = madd::<FMA>(p * r, r, r) + 1.0;
     p * pow2_of_rounded(rounded)
 }
 
 /// `2^t` for `t ≤ 0` (the softmax's exponents once the row's maximum is taken off; below
 /// −126, where `2^t` is under 1.2e-38 and adds nothing to a softmax, it is taken as −126; NaN
 /// stays NaN), vectorisable: `t = k + f` with `k` the nearest integer and `f` in [−½, ½],
-/// `2^f` by Cephes' `exp2f` polynomial (relative error about 2e-7), `2^k` from its bits.
+/// `2^f` by a polynomial (relative error under 2e-7), `2^k` from its bits.
 /// Fewer operations than [`exp`] (no range reduction by ln 2, no upper clamp).
+// The fitted coefficient of f is close to ln 2 but deliberately not it.
+#[allow(clippy::approx_constant)]
 #[inline(always)]
-fn exp2_nonpositive(t: f32) -> f32 {
+fn exp2_nonpositive<const FMA: bool>(t: f32) -> f32 {
     let t = if t < -126.0 { -126.0 } else { t };
     let rounded = t + ROUND;
     let f = t - (rounded - ROUND);
-    let mut p = 1.535_336_2e-4_f32;
-    p = p * f + 1.339_887_4e-3;
-    p = p * f + 9.618_437e-3;
-    p = p * f + 5.550_332_5e-2;
-    p = p * f + 2.402_264_8e-1;
-    p = p * f + 6.931_472e-1;
-    p = p * f + 1.0;
+    // A degree-5 minimax polynomial for 2^f on [−½, ½] (relative error 9e-8, 1.8e-7 once
+    // evaluated in f32; fitted by `tools/dev/fit_exp2.py`), one multiply-add fewer than Cephes'
+    // degree 6: the softmax is bound by the multiply-add pipes (8.7 cycles per vector of 8
+    // on Zen 3 with degree 6).
+    let mut p = 1.326_469_8e-3_f32;
+    for c in [9.671_509e-3, 5.550_734e-2, 2.402_224_2e-1, 6.931_47e-1, 1.0] {
+        p = madd::<FMA>(p, f, c);
+    }
     p * pow2_of_rounded(rounded)
 }
 
@@ -62,11 +78,9 @@ fn exp2_nonpositive(t: f32) -> f32 {
 /// two AVX2 registers.
 const LANES: usize = 16;
 
-/// `row ← exp(row · scale − max · scale)`; returns `1 / Σ row`, the factor that turns the
-/// row into its softmax. Callers that multiply the row by a matrix next can apply the
-/// factor to the (much smaller) product instead of to every score.
+/// The largest value of `row` (−∞ when empty; NaNs ignored).
 #[inline(always)]
-fn exp_row_generic(row: &mut [f32], scale: f32) -> f32 {
+fn row_max_generic(row: &[f32]) -> f32 {
     let mut maxes = [f32::NEG_INFINITY; LANES];
     let mut chunks = row.chunks_exact(LANES);
     for chunk in &mut chunks {
@@ -81,6 +95,13 @@ fn exp_row_generic(row: &mut [f32], scale: f32) -> f32 {
     for m in maxes {
         max = if m > max { m } else { max };
     }
+    max
+}
+
+/// `row ← exp(row · scale − max · scale)` for a `max` at least the row's largest value;
+/// returns `Σ row`.
+#[inline(always)]
+fn exp_below_generic<const FMA: bool>(row: &mut [f32], scale: f32, max: f32) -> f32 {
     // e^(x · scale) = 2^(x · scale · log2 e).
     let factor = scale * std::f32::consts::LOG2_E;
     let shift = max * factor;
@@ -88,39 +109,38 @@ fn exp_row_generic(row: &mut [f32], scale: f32) -> f32 {
     let mut chunks = row.chunks_exact_mut(LANES);
     for chunk in &mut chunks {
         for (s, v) in sums.iter_mut().zip(chunk.iter_mut()) {
-            *v = exp2_nonpositive(*v * factor - shift);
+            *v = exp2_nonpositive::<FMA>(madd::<FMA>(*v, factor, -shift));
             *s += *v;
         }
     }
     let mut sum = 0f32;
     for v in chunks.into_remainder() {
-        *v = exp2_nonpositive(*v * factor - shift);
+        *v = exp2_nonpositive::<FMA>(madd::<FMA>(*v, factor, -shift));
         sum += *v;
     }
-    sum += sums.iter().sum::<f32>();
-    1.0 / sum
+    sum + sums.iter().sum::<f32>()
 }
 
 #[inline(always)]
-fn silu_generic(dst: &mut [f32], src: &[f32], scale: f32, shift: f32) {
+fn silu_generic<const FMA: bool>(dst: &mut [f32], src: &[f32], scale: f32, shift: f32) {
     for (d, &s) in dst.iter_mut().zip(src) {
-        let y = s * scale + shift;
-        *d = y / (1.0 + exp(-y));
+        let y = madd::<FMA>(s, scale, shift);
+        *d = y / (1.0 + exp::<FMA>(-y));
     }
 }
 
 #[inline(always)]
-fn silu_in_place_generic(buf: &mut [f32], scale: f32, shift: f32) {
+fn silu_in_place_generic<const FMA: bool>(buf: &mut [f32], scale: f32, shift: f32) {
     for v in buf.iter_mut() {
-        let y = *v * scale + shift;
-        *v = y / (1.0 + exp(-y));
+        let y = madd::<FMA>(*v, scale, shift);
+        *v = y / (1.0 + exp::<FMA>(-y));
     }
 }
 
 /// `erf(x)`, vectorisable: Abramowitz & Stegun 7.1.26 (absolute error 1.5e-7 in exact
 /// arithmetic, below 5e-7 in f32), with the odd symmetry applied through the sign bit.
 #[inline(always)]
-fn erf(x: f32) -> f32 {
+fn erf<const FMA: bool>(x: f32) -> f32 {
     const P: f32 = 0.327_591_1;
     const A: [f32; 5] = [
         0.254_829_6,
@@ -131,17 +151,20 @@ fn erf(x: f32) -> f32 {
     ];
     let sign = x.to_bits() & 0x8000_0000;
     let a = f32::from_bits(x.to_bits() & 0x7fff_ffff);
-    let t = 1.0 / (1.0 + P * a);
-    let poly = ((((A[4] * t + A[3]) * t + A[2]) * t + A[1]) * t + A[0]) * t;
-    let y = 1.0 - poly * exp(-a * a);
+    let t = 1.0 / madd::<FMA>(P, a, 1.0);
+    let mut poly = A[4];
+    for c in [A[3], A[2], A[1], A[0]] {
+        poly = madd::<FMA>(poly, t, c);
+    }
+    let y = madd::<FMA>(-(poly * t), exp::<FMA>(-a * a), 1.0);
     f32::from_bits(y.to_bits() | sign)
 }
 
 /// `dst[i] ← hidden[i] · gelu(gate[i])` with the exact (erf) GELU.
 #[inline(always)]
-fn geglu_generic(dst: &mut [f32], hidden: &[f32], gate: &[f32]) {
+fn geglu_generic<const FMA: bool>(dst: &mut [f32], hidden: &[f32], gate: &[f32]) {
     for ((d, &h), &g) in dst.iter_mut().zip(hidden).zip(gate) {
-        *d = h * (0.5 * g * (1.0 + erf(g * std::f32::consts::FRAC_1_SQRT_2)));
+        *d = h * (0.5 * g * (1.0 + erf::<FMA>(g * std::f32::consts::FRAC_1_SQRT_2)));
     }
 }
 
@@ -172,20 +195,33 @@ pub(crate) fn isa() -> Isa {
 }
 
 /// Defines `$name`, which runs the generic `$generic` compiled for the best instruction set
-/// the CPU has (each copy compiled with its `target_feature`s so the loops vectorise).
+/// the CPU has (each copy compiled with its `target_feature`s so the loops vectorise). A
+/// generic written `$generic::<FMA>` takes a `const FMA: bool` (see [`madd`]): true in the
+/// copies with fused multiply-adds.
 macro_rules! dispatch {
+    ($(#[$doc:meta])* pub fn $name:ident($($arg:ident: $ty:ty),*) -> $ret:ty = $generic:ident::<FMA>) => {
+        $crate::kernels::fastmath::dispatch!(@copies $(#[$doc])* $name($($arg: $ty),*) -> $ret,
+            [$generic::<true>],
+            // AArch64 always has fused multiply-adds; other baselines may not.
+            [$generic::<{ cfg!(target_arch = "aarch64") }>]);
+    };
     ($(#[$doc:meta])* pub fn $name:ident($($arg:ident: $ty:ty),*) -> $ret:ty = $generic:ident) => {
+        $crate::kernels::fastmath::dispatch!(@copies $(#[$doc])* $name($($arg: $ty),*) -> $ret,
+            [$generic], [$generic]);
+    };
+    (@copies $(#[$doc:meta])* $name:ident($($arg:ident: $ty:ty),*) -> $ret:ty,
+        [$($fused:tt)*], [$($baseline:tt)*]) => {
         $(#[$doc])*
         pub fn $name($($arg: $ty),*) -> $ret {
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx512f,avx2,fma")]
                 fn avx512($($arg: $ty),*) -> $ret {
-                    $generic($($arg),*)
+                    $($fused)*($($arg),*)
                 }
                 #[target_feature(enable = "avx2,fma")]
                 fn avx2($($arg: $ty),*) -> $ret {
-                    $generic($($arg),*)
+                    $($fused)*($($arg),*)
                 }
                 use $crate::kernels::fastmath::Isa;
                 match $crate::kernels::fastmath::isa() {
@@ -196,33 +232,46 @@ macro_rules! dispatch {
                     Isa::Baseline => {}
                 }
             }
-            $generic($($arg),*)
+            $($baseline)*($($arg),*)
         }
     };
 }
 pub(crate) use dispatch;
 
 dispatch! {
-    /// In place: `row ← exp(row · scale − max(row) · scale)`, the softmax before its
-    /// normalisation; returns the normalising factor `1 / Σ row`.
-    pub fn exp_row(row: &mut [f32], scale: f32) -> f32 = exp_row_generic
+    /// The largest value of `row` (−∞ when it is empty; NaNs are skipped).
+    pub fn row_max(row: &[f32]) -> f32 = row_max_generic
+}
+
+dispatch! {
+    /// In place: `row ← exp(row · scale − max · scale)`, for `max` at least the row's
+    /// largest value and `scale > 0` (so every exponent is ≤ 0); returns `Σ row`.
+    pub fn exp_below(row: &mut [f32], scale: f32, max: f32) -> f32 = exp_below_generic::<FMA>
+}
+
+/// In place: `row ← exp(row · scale − max(row) · scale)`, the softmax before its
+/// normalisation; returns the normalising factor `1 / Σ row`. Callers that multiply the row
+/// by a matrix next can apply the factor to the (much smaller) product instead of to every
+/// score.
+pub fn exp_row(row: &mut [f32], scale: f32) -> f32 {
+    1.0 / exp_below(row, scale, row_max(row))
 }
 
 dispatch! {
     /// `dst ← silu(src · scale + shift)`, element by element (`dst` and `src` of equal
     /// length).
-    pub fn affine_silu(dst: &mut [f32], src: &[f32], scale: f32, shift: f32) -> () = silu_generic
+    pub fn affine_silu(dst: &mut [f32], src: &[f32], scale: f32, shift: f32) -> () = silu_generic::<FMA>
 }
 
 dispatch! {
     /// In place: `buf ← silu(buf · scale + shift)`.
-    pub fn affine_silu_in_place(buf: &mut [f32], scale: f32, shift: f32) -> () = silu_in_place_generic
+    pub fn affine_silu_in_place(buf: &mut [f32], scale: f32, shift: f32) -> () = silu_in_place_generic::<FMA>
 }
 
 dispatch! {
     /// `dst ← hidden · gelu(gate)`, element by element, with the exact (erf) GELU as
     /// PyTorch's default (the GEGLU of the UNet's feed-forward); all three of equal length.
-    pub fn geglu(dst: &mut [f32], hidden: &[f32], gate: &[f32]) -> () = geglu_generic
+    pub fn geglu(dst: &mut [f32], hidden: &[f32], gate: &[f32]) -> () = geglu_generic::<FMA>
 }
 
 /// In place: `row ← softmax(row · scale)`.
@@ -237,45 +286,60 @@ pub fn softmax_row(row: &mut [f32], scale: f32) {
 mod tests {
     use super::*;
 
+    /// A function of one f32 in both of its builds: separate multiplies and adds, and fused.
+    type Pair = [(&'static str, fn(f32) -> f32); 2];
+
     #[test]
     fn exp_is_accurate() {
-        let mut worst = 0f64;
-        let mut x = -87.0f32;
-        while x < 88.0 {
-            let ours = f64::from(exp(x));
-            let exact = f64::from(x).exp();
-            worst = worst.max(((ours - exact) / exact).abs());
-            x += 0.001_37;
+        let builds: Pair = [("mul+add", exp::<false>), ("fused", exp::<true>)];
+        for (build, exp) in builds {
+            let mut worst = 0f64;
+            let mut x = -87.0f32;
+            while x < 88.0 {
+                let ours = f64::from(exp(x));
+                let exact = f64::from(x).exp();
+                worst = worst.max(((ours - exact) / exact).abs());
+                x += 0.001_37;
+            }
+            assert!(worst < 4e-7, "{build}: worst relative error {worst}");
         }
-        assert!(worst < 4e-7, "worst relative error {worst}");
     }
 
     #[test]
     fn exp2_is_accurate() {
-        let mut worst = 0f64;
-        let mut t = -126.0f32;
-        while t <= 0.0 {
-            let ours = f64::from(exp2_nonpositive(t));
-            let exact = f64::from(t).exp2();
-            worst = worst.max(((ours - exact) / exact).abs());
-            t += 0.000_917;
+        let builds: Pair = [
+            ("mul+add", exp2_nonpositive::<false>),
+            ("fused", exp2_nonpositive::<true>),
+        ];
+        for (build, exp2) in builds {
+            let mut worst = 0f64;
+            let mut t = -126.0f32;
+            while t <= 0.0 {
+                let ours = f64::from(exp2(t));
+                let exact = f64::from(t).exp2();
+                worst = worst.max(((ours - exact) / exact).abs());
+                t += 0.000_917;
+            }
+            assert!(worst < 3e-7, "{build}: worst relative error {worst}");
+            assert_eq!(exp2(0.0), 1.0, "{build}");
+            assert_eq!(exp2(-1000.0), 2f32.powi(-126), "{build}");
+            assert!(exp2(f32::NAN).is_nan(), "{build}");
         }
-        assert!(worst < 3e-7, "worst relative error {worst}");
-        assert_eq!(exp2_nonpositive(0.0), 1.0);
-        assert_eq!(exp2_nonpositive(-1000.0), 2f32.powi(-126));
-        assert!(exp2_nonpositive(f32::NAN).is_nan());
     }
 
     #[test]
     fn erf_and_geglu_are_accurate() {
-        let mut worst = 0f64;
-        let mut x = -6.0f32;
-        while x < 6.0 {
-            let exact = libm::erf(f64::from(x));
-            worst = worst.max((f64::from(erf(x)) - exact).abs());
-            x += 0.000_73;
+        let builds: Pair = [("mul+add", erf::<false>), ("fused", erf::<true>)];
+        for (build, erf) in builds {
+            let mut worst = 0f64;
+            let mut x = -6.0f32;
+            while x < 6.0 {
+                let exact = libm::erf(f64::from(x));
+                worst = worst.max((f64::from(erf(x)) - exact).abs());
+                x += 0.000_73;
+            }
+            assert!(worst < 5e-7, "{build}: worst absolute error {worst}");
         }
-        assert!(worst < 5e-7, "worst absolute error {worst}");
         let gate: Vec<f32> = (0..1001).map(|i| (i as f32 - 500.0) * 0.013).collect();
         let hidden: Vec<f32> = gate.iter().map(|g| 1.5 - g).collect();
         let mut out = vec![0f32; gate.len()];

@@ -1,6 +1,8 @@
 //! A linear layer whose CPU product can run in bf16.
 //!
-//! In f32 (and on every other device or dtype) it is candle's `Linear`, unchanged. With
+//! On other devices and dtypes it is candle's `Linear`, unchanged. On the CPU in f32 it keeps
+//! candle's weights but writes `x · Wᵀ` straight into an output that already holds the bias
+//! (candle adds the bias in a second, single-threaded pass over the output). With
 //! [`Compute::Bf16`] its weight is packed once into bf16 ([`PackedRhs`], half the memory; the
 //! f32 weight is dropped) and `x · Wᵀ + b` is one bf16 product written straight into an
 //! output that already holds the bias. With [`Compute::Bf16Weights`] the weight is held in
@@ -109,9 +111,9 @@ impl Linear {
         !matches!(self.weights, Weights::Candle(_))
     }
 
-    /// [`Linear::forward`] of a layer with bf16 weights: `product(x, rows, out)` adds
-    /// `x · Wᵀ` to `out`, which holds the bias.
-    fn forward_bf16(
+    /// [`Linear::forward`] on the CPU: `product(x, rows, out)` adds `x · Wᵀ` to `out`, which
+    /// holds the bias.
+    fn forward_cpu(
         &self,
         xs: &Tensor,
         bias: Option<&[f32]>,
@@ -120,7 +122,7 @@ impl Linear {
         let (inputs, outputs) = (self.inputs, self.outputs);
         if xs.dim(D::Minus1)? != inputs || !matches!(xs.device(), Device::Cpu) {
             candle_core::bail!(
-                "linear (bf16): input {:?}, expected (…, {inputs}) on the CPU",
+                "linear: input {:?}, expected (…, {inputs}) on the CPU",
                 xs.dims()
             );
         }
@@ -128,7 +130,7 @@ impl Linear {
         let rows = xs.elem_count() / inputs.max(1);
         let mut out = match bias {
             Some(bias) => crate::kernels::filled::repeated_rows(bias, rows),
-            None => vec![0f32; rows * outputs],
+            None => crate::kernels::filled::zeros(rows * outputs),
         };
         let (x_store, x_layout) = xs.storage_and_layout();
         product(f32_slice(&x_store, x_layout)?, rows, &mut out);
@@ -144,16 +146,33 @@ impl Linear {
 impl Module for Linear {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         match &self.weights {
+            Weights::Candle(linear) if fast_f32(linear, xs) => {
+                let weight = linear.weight().contiguous()?;
+                let (w_store, w_layout) = weight.storage_and_layout();
+                let w = f32_slice(&w_store, w_layout)?;
+                let bias = linear.bias().map(|b| b.contiguous()).transpose()?;
+                let bias = bias.as_ref().map(|b| b.storage_and_layout());
+                let bias = match &bias {
+                    Some((store, layout)) => Some(f32_slice(store, layout)?),
+                    None => None,
+                };
+                self.forward_cpu(xs, bias, |x, rows, out| {
+                    // Wᵀ as the right operand: element (i, o) is W[o][i].
+                    let (lhs, rhs) = ((x, self.inputs, 1), (w, 1, self.inputs));
+                    let dims = (rows, self.outputs, self.inputs);
+                    gemm_f32(dims, out, self.outputs, lhs, rhs, bias.is_some(), true);
+                })
+            }
             Weights::Candle(linear) => linear.forward(xs),
             Weights::Bf16 { packed, bias } => {
-                self.forward_bf16(xs, bias.as_deref(), |x, rows, out| {
+                self.forward_cpu(xs, bias.as_deref(), |x, rows, out| {
                     let (lhs, rhs) = (Lhs::View((x, self.inputs, 1)), Rhs::Packed(packed));
                     let dims = (rows, self.outputs, self.inputs);
                     gemm_bf16(dims, out, self.outputs, lhs, rhs, true, true);
                 })
             }
             Weights::Widened { weight, bias } => {
-                self.forward_bf16(xs, bias.as_deref(), |x, rows, out| {
+                self.forward_cpu(xs, bias.as_deref(), |x, rows, out| {
                     weight.with_widened(|w| {
                         // Wᵀ as the right operand: element (i, o) is W[o][i].
                         let (lhs, rhs) = ((x, self.inputs, 1), (w, 1, self.inputs));
@@ -166,13 +185,20 @@ impl Module for Linear {
     }
 }
 
+/// Whether candle's f32 layer `linear` can run `xs` on the f32 CPU path of
+/// [`Linear::forward`].
+fn fast_f32(linear: &candle_nn::Linear, xs: &Tensor) -> bool {
+    let cpu_f32 = |t: &Tensor| matches!(t.device(), Device::Cpu) && t.dtype() == DType::F32;
+    cpu_f32(xs) && cpu_f32(linear.weight()) && linear.bias().is_none_or(cpu_f32)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::kernels::bf16::round_bf16;
 
-    /// Layers with bf16 weights against candle's f32 layer with the bf16-rounded weight: bit
-    /// for bit when the weight is widened for the f32 product ([`Compute::Bf16Weights`]), up
+    /// The f32 layer against candle's, and layers with bf16 weights against the f32 layer
+    /// with the bf16-rounded weight: bit for bit when the weight is widened for the f32 product ([`Compute::Bf16Weights`]), up
     /// to the input's rounding and the order of the sums for bf16 products; with and without
     /// a bias, on a batch of several token rows.
     #[test]
@@ -190,6 +216,10 @@ mod tests {
                 Linear::from_candle(inner, compute).unwrap()
             };
             let expected = layer(&rounded, Compute::F32).forward(&xs).unwrap();
+            // The f32 path (bias first, then the product) against candle's layer.
+            let candle = candle_nn::Linear::new(rounded.clone(), bias.clone());
+            let diff = crate::test_util::max_abs_diff(&expected, &candle.forward(&xs).unwrap());
+            assert!(diff < 1e-4, "f32 against candle: {diff}");
             let widened = layer(&weight, Compute::Bf16Weights);
             assert!(widened.is_bf16() && !layer(&weight, Compute::F32).is_bf16());
             let got = widened.forward(&xs).unwrap();

@@ -77,9 +77,15 @@ fn sandwich<const R: usize, const T: usize>(
 /// mmap threshold (`engine/allocator.rs`), so the buffers are reused, not mapped afresh.
 const CHUNK_BYTES: usize = 30 << 20;
 
-/// A tile size is worth it from this many tiles per image on (below, transforming the
-/// kernel costs more than it saves).
-pub const MIN_TILES: usize = 32;
+/// F(4×4) is worth it from this many tiles in a batch of images on, F(2×2) from
+/// [`MIN_TILES_F2`] (below, transforming the kernels costs more than the products save).
+/// Measured on SD 1.5's 1280 → 1280 convolutions, batch 2, 2-core Zen 3 (`examples/conv_bf16`,
+/// best of three alternating runs): at 16² (32 F(4×4) tiles) F(2×2) took 53 ms and F(4×4)
+/// 58 ms; at 8² (32 F(2×2) tiles) F(2×2) took 23 ms and the direct product 28 ms.
+pub const MIN_TILES_F4: usize = 64;
+
+/// See [`MIN_TILES_F4`].
+pub const MIN_TILES_F2: usize = 32;
 
 /// The Winograd variant for a 3×3 stride-1 convolution.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,11 +97,12 @@ pub enum Variant {
 }
 
 impl Variant {
-    /// The largest variant with at least [`MIN_TILES`] tiles on an `h × w` image, if any.
-    pub fn for_image(h: usize, w: usize) -> Option<Variant> {
-        if h.div_ceil(4) * w.div_ceil(4) >= MIN_TILES {
+    /// The largest variant with enough tiles ([`MIN_TILES_F4`], [`MIN_TILES_F2`]) on `batch`
+    /// images of `h × w`, if any.
+    pub fn for_images(batch: usize, h: usize, w: usize) -> Option<Variant> {
+        if batch * h.div_ceil(4) * w.div_ceil(4) >= MIN_TILES_F4 {
             Some(Variant::F4)
-        } else if h.div_ceil(2) * w.div_ceil(2) >= MIN_TILES {
+        } else if batch * h.div_ceil(2) * w.div_ceil(2) >= MIN_TILES_F2 {
             Some(Variant::F2)
         } else {
             None

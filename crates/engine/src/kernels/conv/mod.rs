@@ -401,7 +401,7 @@ impl Conv2d {
         let plane = g.out_h * g.out_w;
         let winograd = g
             .winograd
-            .then(|| winograd::Variant::for_image(g.height, g.width))
+            .then(|| winograd::Variant::for_images(g.batch, g.height, g.width))
             .flatten();
         let dims = (g.batch, g.cin, g.height, g.width);
         match winograd {
