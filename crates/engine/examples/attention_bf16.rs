@@ -1,5 +1,6 @@
-//! Micro benchmark of the CPU attention on the UNet's shapes at 512² (batch 2 × 8 heads): f32
-//! against bf16 (the fused path), one call on all of candle's threads (best of several runs).
+//! Micro benchmark of the CPU attention on the UNet's shapes at 512² and 1024² (batch 2 × 8
+//! heads): f32 against bf16 (the fused path), one call on all of candle's threads (best of
+//! several runs).
 //!
 //! `cargo run --release -p loopback-engine --example attention_bf16 [-- FILTER]`
 
@@ -11,9 +12,10 @@ use loopback_engine::kernels::attention::{DEFAULT_SCORE_BUDGET, attention};
 use loopback_engine::kernels::compute::Compute;
 
 /// name, heads (batch × heads), queries, keys, width.
-const SHAPES: [(&str, usize, usize, usize, usize); 5] = [
+const SHAPES: [(&str, usize, usize, usize, usize); 6] = [
     ("self 128² (16384 tokens, d 40)", 16, 16384, 16384, 40),
     ("self 64² (4096 tokens, d 40)", 16, 4096, 4096, 40),
+    ("self 64² at 1024² (4096 tokens, d 80)", 16, 4096, 4096, 80),
     ("self 32² (1024 tokens, d 80)", 16, 1024, 1024, 80),
     ("cross 64² (77 keys, d 40)", 16, 4096, 77, 40),
     ("VAE mid 64² (4096, d 512)", 1, 4096, 4096, 512),

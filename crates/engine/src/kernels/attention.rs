@@ -14,7 +14,9 @@
 //! fused path: per head and chunk of queries, one product for the scores into a per-thread
 //! scratch buffer, an in-place scaled softmax (vectorised `exp`), one product into the
 //! output — no score tensor, no separate scaling pass, chunks spread over the threads. The
-//! products are `gemm`'s, or on AVX2 CPUs the kernels of `attention_avx2.rs`.
+//! products are `gemm`'s, or on AVX2 CPUs the kernels of `attention_avx2.rs`; there, for
+//! values up to 40 wide, each chunk of queries runs `attention_avx2::attend` (key blocks
+//! with an online softmax, all in cache) instead.
 
 use candle_core::{D, DType, Device, Result, Tensor};
 use rayon::prelude::*;
@@ -36,10 +38,10 @@ const MIN_QUERY_CHUNK: usize = 64;
 /// d = 40: 1024 rows a task 432 ms, 256 rows 403 ms; 128 and 512 rows no faster).
 const MAX_QUERY_ROWS: usize = 256;
 
-/// Bytes of scores per query chunk with the AVX2 kernels ([`attention_avx2`]): a block the
-/// second-level cache holds between the score product, the softmax and the value product
-/// (the score product alone, 4096 keys of width 40: 24 rows a chunk 89 GFLOP/s, 256 rows 76
-/// GFLOP/s on one Zen 3 core).
+/// Bytes of scores per query chunk with the AVX2 kernels ([`attention_avx2`]) but not the
+/// fused path (values wider than 40): a block the second-level cache holds between the score
+/// product, the softmax and the value product (the score product alone, 4096 keys of width
+/// 40: 24 rows a chunk 89 GFLOP/s, 256 rows 76 GFLOP/s on one Zen 3 core).
 const AVX2_SCORE_BYTES: usize = 384 << 10;
 
 /// `softmax(q kᵀ · scale) v` for `q: (heads, n_q, d)`, `k, v: (heads, n_k, d)` (any leading
@@ -218,6 +220,8 @@ fn attention_cpu(
     // they beat `gemm` (scores up to 160 wide; values 8 to 40 wide, one tile of columns),
     // with query chunks whose scores stay in the second-level cache.
     let avx2 = compute != Compute::Bf16 && d <= 160 && attention_avx2::available();
+    // The fused path too: at width 80 it was slower than scores, softmax and `gemm` (4096
+    // tokens: 697 against 645 ms; 1024 tokens: 42 against 37 ms, 2-core Zen 3).
     let avx2_values = avx2 && dv % 8 == 0 && dv <= 40;
     let max_rows = if avx2_values {
         attention_avx2::ATTEND_ROWS
