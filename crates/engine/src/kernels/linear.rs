@@ -198,9 +198,9 @@ mod tests {
     use crate::kernels::bf16::round_bf16;
 
     /// The f32 layer against candle's, and layers with bf16 weights against the f32 layer
-    /// with the bf16-rounded weight: bit for bit when the weight is widened for the f32 product ([`Compute::Bf16Weights`]), up
-    /// to the input's rounding and the order of the sums for bf16 products; with and without
-    /// a bias, on a batch of several token rows.
+    /// with the bf16-rounded weight: bit for bit when the weight is widened for the f32
+    /// product ([`Compute::Bf16Weights`]), up to the input's rounding and the order of the
+    /// sums for bf16 products; with and without a bias, on a batch of several token rows.
     #[test]
     fn bf16_weights_match_f32_on_the_rounded_weight() {
         let dev = &Device::Cpu;
