@@ -255,10 +255,10 @@ fn attention_cpu(
                         let q_rows = &qh[c * chunk * d..];
                         if let (Some(packed), true) = (&packed, avx2_values) {
                             // Fused: key blocks with an online softmax, all in cache.
-                            let keys = n_k.min(attention_avx2::ATTEND_KEY_BLOCK);
-                            crate::kernels::scratch::grow_scratch(scores, rows * keys);
-                            crate::kernels::scratch::grow_scratch(norms, 2 * rows);
-                            let scratch = (&mut scores[..rows * keys], &mut norms[..2 * rows]);
+                            let (tile, stats) = attention_avx2::attend_scratch(rows, n_k);
+                            crate::kernels::scratch::grow_scratch(scores, tile);
+                            crate::kernels::scratch::grow_scratch(norms, stats);
+                            let scratch = (&mut scores[..tile], &mut norms[..stats]);
                             let (q, k, v) = ((q_rows, rows, d), (&packed[..], n_k), (vh, dv));
                             attention_avx2::attend(q, k, v, scale, out_rows, scratch);
                             return;

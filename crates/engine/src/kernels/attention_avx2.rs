@@ -305,12 +305,11 @@ unsafe fn values_avx2(
 /// and the block's value product added to the output, so a block's keys, scores and values
 /// are used while they are in cache. Taking the scores of all keys first and then the
 /// softmax and values streamed a head's keys (640 KiB at 4096 tokens) through the
-/// second-level cache and evicted the scores before the softmax read them. `tile` holds
-/// `rows · ATTEND_KEY_BLOCK` floats, `stats` `2 · rows`; both are written before read.
+/// second-level cache and evicted the scores before the softmax read them. `tile` and
+/// `stats` hold at least [`attend_scratch`] floats; both are written before read.
 ///
 /// # Panics
 /// When the CPU lacks AVX2 or FMA, `dv` is not a multiple of 8, or a slice is too short.
-#[allow(clippy::too_many_arguments)]
 pub fn attend(
     (q, rows, d): (&[f32], usize, usize),
     (packed, n_k): (&[f32], usize),
@@ -319,7 +318,8 @@ pub fn attend(
     out: &mut [f32],
     (tile, stats): (&mut [f32], &mut [f32]),
 ) {
-    assert!(tile.len() >= rows * ATTEND_KEY_BLOCK.min(n_k) && stats.len() >= 2 * rows);
+    let (tile_len, stats_len) = attend_scratch(rows, n_k);
+    assert!(tile.len() >= tile_len && stats.len() >= stats_len);
     let (maxes, sums) = stats[..2 * rows].split_at_mut(rows);
     let factor = scale * std::f32::consts::LOG2_E;
     for k0 in (0..n_k).step_by(ATTEND_KEY_BLOCK) {
@@ -350,6 +350,12 @@ pub fn attend(
         let inv = 1.0 / sum;
         row.iter_mut().for_each(|o| *o *= inv);
     }
+}
+
+/// Floats of the score tile and of the per-row statistics that [`attend`] needs for `rows`
+/// queries against `n_k` keys.
+pub fn attend_scratch(rows: usize, n_k: usize) -> (usize, usize) {
+    (rows * ATTEND_KEY_BLOCK.min(n_k), 2 * rows)
 }
 
 /// Arguments of a value tile: scores (from the tile's first row and key), their row stride,
@@ -485,8 +491,8 @@ mod tests {
             let mut packed = vec![f32::NAN; packed_len(n_k, d)];
             pack_keys(&k, n_k, d, &mut packed);
             let mut out = vec![f32::NAN; rows * dv];
-            let mut tile = vec![f32::NAN; rows * ATTEND_KEY_BLOCK.min(n_k)];
-            let mut stats = vec![f32::NAN; 2 * rows];
+            let (tile_len, stats_len) = attend_scratch(rows, n_k);
+            let (mut tile, mut stats) = (vec![f32::NAN; tile_len], vec![f32::NAN; stats_len]);
             attend(
                 (&q, rows, d),
                 (&packed, n_k),
