@@ -283,8 +283,10 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         };
         let hint = Tensor::rand(0f32, 1.0, (args.batch, 3, args.size, args.size), &device)?
             .to_dtype(dtype)?;
-        // As in a run's sampling loop, the passes keep the kernels' scratch buffers.
+        // As in a run's sampling loop, the passes keep the kernels' scratch buffers and take
+        // every block from the heap.
         let scratch = loopback_engine::kernels::ScratchHold::new();
+        let heap = loopback_engine::allocator::HeapOnly::begin();
         let unet_times = time(args.steps, || {
             let residuals = match &controlnet {
                 Some(net) => Some(net.forward(&x, 500.0, &context, added.as_ref(), &hint)?),
@@ -296,7 +298,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             drop(out);
             Ok(())
         })?;
-        drop(scratch);
+        drop((scratch, heap));
         report["controlnet"] = json!(args.controlnet);
         report["unet_step"] = summary(&unet_times);
         report["unet_peak_rss_mib"] = json!(peak_rss_mib());

@@ -453,8 +453,10 @@ pub fn img2img_controlled(
         }
         _ => None,
     };
-    // The UNet passes of this loop share the kernels' scratch buffers.
+    // The UNet passes of this loop share the kernels' scratch buffers, and reuse their
+    // activations' heap blocks however large.
     let scratch = crate::kernels::ScratchHold::new();
+    let heap = crate::allocator::HeapOnly::begin();
     for (n, i) in range.enumerate() {
         let t = sched.timesteps()[i];
         let calls = text_inputs.at_step(model, n)?;
@@ -527,7 +529,8 @@ pub fn img2img_controlled(
     // The UNet's activations and scratch are free now; return them before the decode's own
     // buffers.
     drop(scratch);
-    crate::allocator::release_free_memory();
+    // Returns the free memory too.
+    drop(heap);
     let decoded = model
         .vae
         .decode(
