@@ -5,7 +5,7 @@ the error is largest), with the constant term fixed to 1 so 2^0 is exact; prints
 coefficients of f^1 ... f^deg as f32 and the largest relative error of the polynomial
 evaluated in f32 by Horner's rule, as the kernel does.
 
-    python tools/dev/fit_exp2.py [DEGREE]    (default 5; needs numpy)
+    python tools/dev/fit_exp2.py [DEGREE]    (default 4; needs numpy)
 """
 
 import sys
@@ -35,7 +35,7 @@ def fit(deg: int):
 
 
 if __name__ == "__main__":
-    deg = int(sys.argv[1]) if len(sys.argv) > 1 else 5
+    deg = int(sys.argv[1]) if len(sys.argv) > 1 else 4
     coeffs, err, f32_err = fit(deg)
     print(f"degree {deg}: relative error {err:.3g}, evaluated in f32 {f32_err:.3g}")
     for k, c in enumerate(coeffs, start=1):

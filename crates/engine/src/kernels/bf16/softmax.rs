@@ -61,6 +61,7 @@ impl PackedLhs {
 mod x86 {
     use super::super::scalar::TILE;
     use super::super::simd::bf16x32;
+    use crate::kernels::fastmath::EXP2_POLY;
     use std::arch::x86_64::*;
 
     /// `2^t` for `t ≤ 0`, 16 lanes (see the module's notes): `t = k + f` with `k` the nearest
@@ -74,11 +75,11 @@ mod x86 {
             let t = _mm512_max_ps(t, _mm512_set1_ps(-150.0));
             let k = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(t);
             let f = _mm512_sub_ps(t, k);
-            let mut p = _mm512_set1_ps(0.009_582_85);
-            p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.055_906_426));
-            p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.240_240_99));
-            p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.693_124_2));
-            p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0));
+            let [first, rest @ ..] = EXP2_POLY;
+            let mut p = _mm512_set1_ps(first);
+            for c in rest {
+                p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(c));
+            }
             _mm512_scalef_ps(p, k)
         }
     }
