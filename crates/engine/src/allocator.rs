@@ -12,7 +12,7 @@
 //! steps) every block comes from the heap instead; the VAE passes, whose largest tensors are
 //! hundreds of megabytes, keep the mapped blocks, which return to the system on free and so
 //! keep the run's peak down. Measured (1024² step −5 %, page faults 2.26 M → 1.07 M): see
-//! `docs/performance.md`, "UNet passes without page faults".
+//! `docs/performance-avx2.md`, "UNet passes without page faults".
 
 /// Applies the settings; call once, first thing in `main`. A no-op where the C library is
 /// not glibc.

@@ -3,8 +3,10 @@
 //! candle's CPU softmax and SiLU call the C library's scalar `expf` once per element; the
 //! UNet's attention at 512² evaluates over a billion of them per step. Here `exp` is a
 //! branch-free Cephes-style polynomial (relative error about 2e-7, the same order as `expf`'s
-//! rounding) written so the compiler vectorises the loops, compiled three times: for AVX-512,
-//! for AVX2 + FMA, and for the baseline target; the best one the CPU has is chosen at run time.
+//! rounding; SiLU and GELU use it), and the softmax's a cheaper base-2 one (3e-6, see
+//! [`EXP2_POLY`]), written so the compiler vectorises the loops, compiled three times: for
+//! AVX-512, for AVX2 + FMA, and for the baseline target; the best one the CPU has is chosen at
+//! run time.
 
 /// `a · b + c`: one fused multiply-add in the copies compiled with FMA (`FMA`), a multiply
 /// and an add in the others (where `mul_add` would call the C library's `fmaf`). Rust never

@@ -50,6 +50,21 @@ impl Geometry {
         (self.batch, cout, self.out_h, self.out_w)
     }
 
+    /// The input's sizes: images, channels, height, width.
+    pub(crate) fn dims(&self) -> (usize, usize, usize, usize) {
+        (self.batch, self.cin, self.height, self.width)
+    }
+
+    /// The Winograd variant this convolution runs, if any (3×3, stride 1, padding 1, on
+    /// images where it pays).
+    pub(crate) fn winograd_variant(&self) -> Option<crate::kernels::winograd::Variant> {
+        self.winograd
+            .then(|| {
+                crate::kernels::winograd::Variant::for_images(self.batch, self.height, self.width)
+            })
+            .flatten()
+    }
+
     /// A 1×1 convolution of stride 1 without padding: the input is its own patch matrix.
     fn is_pointwise(&self) -> bool {
         self.k == 1

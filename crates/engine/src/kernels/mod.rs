@@ -99,7 +99,13 @@ mod tests {
         let image = vec![0.5f32; cin * h * w];
         let kernel = vec![0.25f32; cout * cin * 9];
         let mut out = vec![0f32; cout * h * w];
-        winograd::Variant::F4.convolve(&image, (1, cin, h, w), &kernel, cout, &mut out);
+        winograd::Variant::F4.convolve(
+            &image,
+            (1, cin, h, w),
+            winograd::Kernel::F32(&kernel),
+            cout,
+            &mut out,
+        );
         assert!(winograd::workspace_floats() > 0);
         release_scratch();
         assert!(winograd::workspace_floats() > 0, "freed while held");

@@ -384,7 +384,14 @@ impl Conv2d {
                             g.convolve_packed(&x[b * image_len..][..image_len], packed, out_image);
                         }
                     }
-                    Bf16Kernel::Widened(w) => w.with_widened(|w| self.convolve_f32(x, w, g, out)),
+                    Bf16Kernel::Widened(w) => match g.winograd_variant() {
+                        // Widened one output channel at a time by the kernel transform.
+                        Some(variant) => {
+                            let kernel = winograd::Kernel::Bf16(w.bits());
+                            variant.convolve(x, g.dims(), kernel, self.cout, out)
+                        }
+                        None => w.with_widened(|w| self.convolve_f32(x, w, g, out)),
+                    },
                 }
                 return Ok(());
             }
@@ -399,13 +406,10 @@ impl Conv2d {
     fn convolve_f32(&self, x: &[f32], w: &[f32], g: Geometry, out: &mut [f32]) {
         let image_len = g.cin * g.height * g.width;
         let plane = g.out_h * g.out_w;
-        let winograd = g
-            .winograd
-            .then(|| winograd::Variant::for_images(g.batch, g.height, g.width))
-            .flatten();
-        let dims = (g.batch, g.cin, g.height, g.width);
-        match winograd {
-            Some(variant) => variant.convolve(x, dims, w, self.cout, out),
+        match g.winograd_variant() {
+            Some(variant) => {
+                variant.convolve(x, g.dims(), winograd::Kernel::F32(w), self.cout, out)
+            }
             None => {
                 for (b, out_image) in out.chunks_mut(self.cout * plane).enumerate() {
                     g.convolve(&x[b * image_len..][..image_len], w, self.cout, out_image);

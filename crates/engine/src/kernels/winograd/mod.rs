@@ -126,14 +126,14 @@ impl Variant {
     }
 
     /// Adds the convolution of `batch` images (`batch × cin × h × w`) with the OIHW 3×3
-    /// kernel `w` (`cout × cin × 3 × 3`) to `out` (`batch × cout × h × w`, already holding
+    /// kernel `w` (`cout × cin × 3 × 3`, f32 or bf16) to `out` (`batch × cout × h × w`, already holding
     /// the bias). The tiles of all images share each matrix product, and the t² products run
     /// side by side, each on one thread.
     pub fn convolve(
         self,
         images: &[f32],
         dims: (usize, usize, usize, usize),
-        w: &[f32],
+        w: Kernel,
         cout: usize,
         out: &mut [f32],
     ) {
@@ -146,7 +146,7 @@ impl Variant {
         self,
         images: &[f32],
         dims: (usize, usize, usize, usize),
-        w: &[f32],
+        w: Kernel,
         cout: usize,
         out: &mut [f32],
         block: usize,
@@ -154,6 +154,29 @@ impl Variant {
         match self {
             Variant::F2 => f2::convolve_batch(images, dims, w, cout, out, block),
             Variant::F4 => f4::convolve_batch(images, dims, w, cout, out, block),
+        }
+    }
+}
+
+/// A layer's OIHW 3×3 kernel (`cout × cin × 3 × 3`) as the kernel transform reads it.
+#[derive(Debug, Clone, Copy)]
+pub enum Kernel<'a> {
+    /// f32 values.
+    F32(&'a [f32]),
+    /// bf16 bits ([`crate::kernels::widened::Bf16Weights`]), widened one output channel at a
+    /// time as that channel's kernels are transformed: a layer never holds its whole kernel
+    /// in f32 (SD 1.5's 2560 → 1280 one would take 118 MB; `--precision bf16` on a CPU
+    /// without bf16 instructions), and the values reach the transform from the cache.
+    Bf16(&'a [u16]),
+}
+
+impl<'a> Kernel<'a> {
+    /// The kernels of output channels `co..co + rows` (each `per_channel` values).
+    fn channels(self, co: usize, rows: usize, per_channel: usize) -> Kernel<'a> {
+        let range = co * per_channel..(co + rows) * per_channel;
+        match self {
+            Kernel::F32(w) => Kernel::F32(&w[range]),
+            Kernel::Bf16(bits) => Kernel::Bf16(&bits[range]),
         }
     }
 }
@@ -223,10 +246,20 @@ macro_rules! variant {
 
             /// `U = G g Gᵀ` for the output channels whose OIHW kernels are `w`, into `u`
             /// laid out `[c_out][ξ][c_in]` (so `U_ξ` is a matrix with row stride t²·c_in).
-            fn transform_kernels(w: &[f32], cin: usize, u: &mut [f32]) {
-                u.par_chunks_mut(T * T * cin)
-                    .zip(w.par_chunks(9 * cin))
-                    .for_each(|(out, g)| transform_row(out, g, cin));
+            fn transform_kernels(w: Kernel, cin: usize, u: &mut [f32]) {
+                let u = u.par_chunks_mut(T * T * cin);
+                match w {
+                    Kernel::F32(w) => u
+                        .zip(w.par_chunks(9 * cin))
+                        .for_each(|(out, g)| transform_row(out, g, cin)),
+                    Kernel::Bf16(bits) => u.zip(bits.par_chunks(9 * cin)).for_each_init(
+                        || vec![0f32; 9 * cin],
+                        |g, (out, bits)| {
+                            crate::kernels::widened::widen(g, bits);
+                            transform_row(out, g, cin)
+                        },
+                    ),
+                }
             }
 
             dispatch! {
@@ -398,7 +431,7 @@ macro_rules! variant {
             pub(super) fn convolve_batch(
                 images: &[f32],
                 (batch, cin, h, w): (usize, usize, usize, usize),
-                kernel: &[f32],
+                kernel: Kernel,
                 cout: usize,
                 out: &mut [f32],
                 block: usize,
@@ -422,7 +455,7 @@ macro_rules! variant {
                 let one_block = block >= cout;
                 with_workspace(lens, |v, m, u| {
                     if one_block {
-                        transform_kernels(&kernel[..cout * 9 * cin], cin, u);
+                        transform_kernels(kernel.channels(0, cout, 9 * cin), cin, u);
                     }
                     let mut t0 = 0;
                     while t0 < tiles {
@@ -440,8 +473,7 @@ macro_rules! variant {
                             // M[ξ][co][j].
                             let u = &mut u[..rows * T * T * cin];
                             if !one_block {
-                                let kernel = &kernel[co * 9 * cin..][..rows * 9 * cin];
-                                transform_kernels(kernel, cin, u);
+                                transform_kernels(kernel.channels(co, rows, 9 * cin), cin, u);
                             }
                             let u = &*u;
                             m.par_chunks_mut(cout * n).enumerate().for_each(|(xi, mx)| {
@@ -519,78 +551,4 @@ variant!(
 );
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Direct 3×3 convolution with padding 1, in f64.
-    fn direct(
-        image: &[f32],
-        (cin, h, w): (usize, usize, usize),
-        k: &[f32],
-        cout: usize,
-    ) -> Vec<f64> {
-        let mut out = vec![0f64; cout * h * w];
-        for co in 0..cout {
-            for y in 0..h {
-                for x in 0..w {
-                    let mut acc = 0f64;
-                    for ci in 0..cin {
-                        for ky in 0..3 {
-                            for kx in 0..3 {
-                                let (iy, ix) = (y as isize + ky - 1, x as isize + kx - 1);
-                                if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize {
-                                    continue;
-                                }
-                                let pixel = image[(ci * h + iy as usize) * w + ix as usize];
-                                let weight =
-                                    k[((co * cin + ci) * 3 + ky as usize) * 3 + kx as usize];
-                                acc += f64::from(pixel) * f64::from(weight);
-                            }
-                        }
-                    }
-                    out[(co * h + y) * w + x] = acc;
-                }
-            }
-        }
-        out
-    }
-
-    #[test]
-    fn both_variants_match_direct_convolution() {
-        use crate::test_util::uniform;
-        // Odd sizes exercise partial tiles at the right and bottom edges.
-        for &(cin, cout, h, w) in &[(5, 7, 13, 11), (32, 16, 24, 29), (64, 8, 16, 16)] {
-            // Two images: the batch shares the matrix products.
-            let image = uniform(2 * cin * h * w, 12345 + cin as u32);
-            let kernel: Vec<f32> = uniform(cout * cin * 9, 54321 + cout as u32)
-                .into_iter()
-                .map(|v| v / 3.0)
-                .collect();
-            let (first, second) = image.split_at(cin * h * w);
-            let mut reference = direct(first, (cin, h, w), &kernel, cout);
-            reference.extend(direct(second, (cin, h, w), &kernel, cout));
-            let scale = reference.iter().fold(0f64, |m, v| m.max(v.abs()));
-            for variant in [Variant::F2, Variant::F4] {
-                let mut out = vec![0f32; 2 * cout * h * w];
-                variant.convolve(&image, (2, cin, h, w), &kernel, cout, &mut out);
-                // The kernels transformed a few output channels at a time (the last block
-                // shorter) give the same sums.
-                let mut blocked = vec![0f32; 2 * cout * h * w];
-                variant.convolve_blocked(&image, (2, cin, h, w), &kernel, cout, &mut blocked, 3);
-                assert_eq!(out, blocked);
-                let worst = out
-                    .iter()
-                    .zip(&reference)
-                    .fold(0f64, |m, (o, r)| m.max((f64::from(*o) - r).abs()));
-                let tolerance = match variant {
-                    Variant::F2 => 2e-6,
-                    Variant::F4 => 1e-5,
-                };
-                assert!(
-                    worst / scale < tolerance,
-                    "{variant:?} {cin}->{cout} {h}x{w}: max abs diff {worst} (scale {scale})"
-                );
-            }
-        }
-    }
-}
+mod tests;
