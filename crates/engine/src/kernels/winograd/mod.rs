@@ -126,9 +126,9 @@ impl Variant {
     }
 
     /// Adds the convolution of `batch` images (`batch × cin × h × w`) with the OIHW 3×3
-    /// kernel `w` (`cout × cin × 3 × 3`, f32 or bf16) to `out` (`batch × cout × h × w`, already holding
-    /// the bias). The tiles of all images share each matrix product, and the t² products run
-    /// side by side, each on one thread.
+    /// kernel `w` (`cout × cin × 3 × 3`, f32 or bf16) to `out` (`batch × cout × h × w`,
+    /// already holding the bias). The tiles of all images share each matrix product, and the
+    /// t² products run side by side, each on one thread.
     pub fn convolve(
         self,
         images: &[f32],
